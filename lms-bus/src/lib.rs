@@ -1,0 +1,27 @@
+//! The Kafka bus every lms-pipeline component shares.
+//!
+//! - [`Producer`]: idempotent, `acks=all`, compressed; events keyed by learner (course for
+//!   the catalog, payment for payments); queue-full surfaced as backpressure.
+//! - [`Member`]: one member of a consumer group running a [`Processor`] batch by batch,
+//!   with dead letters, retries, and offsets committed only after effects are durable
+//!   (see the `consumer` module for the exact order and its invariants).
+//! - [`topics`]: topics.yaml and the idempotent `plan`/`apply`.
+//! - [`BusMetrics`]: Prometheus metrics, counted per batch.
+
+mod config;
+mod consumer;
+mod error;
+mod metrics;
+mod processor;
+mod producer;
+mod record;
+pub mod topics;
+
+pub use config::{ConsumerConfig, KafkaConfig};
+pub use consumer::{Member, MemberConfig, MemberReport};
+pub use error::{BoxError, BusError, ProcessError, ProduceError};
+pub use metrics::BusMetrics;
+pub use processor::{OffsetStore, Processor};
+pub use producer::{Delivered, OnQueueFull, OutRecord, Producer};
+pub use record::{Batch, PartitionOffsets, RawRecord, Record, TopicPartition};
+pub use topics::{TopicMap, TopicsFile};

@@ -1,0 +1,132 @@
+//! What a consumer-group member hands to a processor.
+
+use std::fmt;
+use std::sync::Arc;
+
+use lms_events::{Event, TraceContext, codec};
+use rdkafka::Message;
+use rdkafka::message::{BorrowedMessage, Headers};
+
+/// A topic and partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition number.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// Builds one.
+    pub fn new(topic: &str, partition: i32) -> Self {
+        Self { topic: Arc::from(topic), partition }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// A record as fetched, before decoding; kept so that a record that cannot be processed
+/// is dead-lettered byte for byte.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Where it came from.
+    pub tp: TopicPartition,
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub payload: Option<Vec<u8>>,
+    /// Record headers in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Broker or producer timestamp, in ms since the epoch.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl RawRecord {
+    /// Copies a fetched message.
+    pub fn from_message(m: &BorrowedMessage<'_>, topic: Arc<str>) -> Self {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            tp: TopicPartition { topic, partition: m.partition() },
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+
+    /// The value of the first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+
+    /// Decodes the event, or says why it cannot be.
+    pub fn decode(self) -> Result<Record, (RawRecord, String)> {
+        let Some(payload) = self.payload.as_deref() else {
+            return Err((self, "the record has no value".to_owned()));
+        };
+        match codec::decode(payload) {
+            Ok(event) => {
+                let trace = self
+                    .header(codec::headers::TRACEPARENT)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(TraceContext::parse_traceparent);
+                Ok(Record { event, trace, raw: self })
+            }
+            Err(e) => {
+                let reason = format!("undecodable event: {e}");
+                Err((self, reason))
+            }
+        }
+    }
+}
+
+/// A decoded record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The event.
+    pub event: Event,
+    /// W3C trace context from the `traceparent` header, if any.
+    pub trace: Option<TraceContext>,
+    /// The record as fetched.
+    pub raw: RawRecord,
+}
+
+/// Offsets of one partition in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The next offset this member believes is stored for the partition (`None`: nothing
+    /// stored yet). A store that keeps offsets with its effects must refuse the batch
+    /// ([`crate::ProcessError::Fenced`]) unless its stored offset equals this: that is
+    /// what fences a member that lost the partition to another one.
+    pub expected: Option<i64>,
+    /// The next offset to read once this batch is durable: one past its last record.
+    pub next: i64,
+}
+
+/// A batch of decoded records from the partitions assigned to one member.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The consumer group.
+    pub group: Arc<str>,
+    /// Records in fetch order (offset order within each partition). May be empty when
+    /// only offsets advance (every record of the range was dead-lettered).
+    pub records: Vec<Record>,
+    /// Offsets the batch covers, one entry per partition.
+    pub offsets: Vec<PartitionOffsets>,
+}

@@ -1,0 +1,79 @@
+//! Configuration: defaults, then a YAML file (`--config`), then `LMS_<SECTION>__<KEY>`
+//! environment variables (for example `LMS_KAFKA__BROKERS=kafka:9092`).
+
+use std::path::Path;
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Yaml};
+use lms_bus::{ConsumerConfig, KafkaConfig};
+use serde::{Deserialize, Serialize};
+
+/// Sections of the configuration; environment variables outside them are ignored.
+const SECTIONS: &[&str] = &["kafka", "consumer"];
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Kafka cluster and the producer.
+    pub kafka: KafkaConfig,
+    /// Consumer-group members of the processors.
+    #[serde(default)]
+    pub consumer: ConsumerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { kafka: KafkaConfig::new("127.0.0.1:9092"), consumer: ConsumerConfig::default() }
+    }
+}
+
+impl Config {
+    /// Loads defaults ← file ← environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            f = f.merge(Yaml::file(path));
+        }
+        f = f.merge(
+            Env::prefixed("LMS_")
+                .split("__")
+                .filter(|k| {
+                    let k = k.as_str().to_ascii_lowercase();
+                    SECTIONS.iter().any(|s| k.starts_with(&format!("{s}.")))
+                }),
+        );
+        f.extract().context("invalid configuration")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_and_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("lms.yaml", "kafka:\n  brokers: file:9092\n  topic_prefix: dev.\nconsumer:\n  max_batch_records: 10\n")?;
+            jail.set_env("LMS_KAFKA__BROKERS", "env:9092");
+            jail.set_env("LMS_JWT_SECRET", "not a config section");
+            let c = Config::load(Some(Path::new("lms.yaml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.kafka.brokers, "env:9092");
+            assert_eq!(c.kafka.topic_prefix, "dev.");
+            assert_eq!(c.consumer.max_batch_records, 10);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("lms.yaml", "kafka:\n  brokerz: x\n")?;
+            let err = Config::load(Some(Path::new("lms.yaml"))).err().map(|e| format!("{e:#}")).unwrap_or_default();
+            assert!(err.contains("brokerz"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,69 @@
+//! `topics plan|apply` against the real broker: the first apply creates every topic of
+//! topics.yaml, a second plan finds nothing to do, and raising a partition count in the
+//! file is applied.
+
+use std::time::Duration;
+
+use lms_bus::topics::{Action, TopicAdmin};
+use lms_bus::{KafkaConfig, TopicsFile};
+use tests::{eventually, init_logs, kafka_brokers, unique_prefix};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_creates_every_topic_and_a_second_apply_changes_nothing() {
+    init_logs();
+    let prefix = unique_prefix("topics");
+    let kafka = KafkaConfig::new(kafka_brokers());
+    let admin = TopicAdmin::new(&kafka).expect("admin");
+    let file = TopicsFile::bundled();
+
+    let plan = admin.plan(&file, &prefix, None, false).await.expect("plan");
+    assert_eq!(plan.actions.len(), file.topics.len(), "{plan}");
+    assert!(plan.actions.iter().all(|a| matches!(a, Action::Create { .. })));
+    assert!(admin.apply(&plan).await.expect("apply").is_empty(), "every create is supported");
+
+    let observed = eventually("the created topics to show up in metadata", Duration::from_secs(30), || {
+        let admin = &admin;
+        let (file, prefix) = (&file, &prefix);
+        async move {
+            let o = admin.observe().await.ok()?;
+            file.topics.iter().all(|t| o.contains_key(&format!("{prefix}{}", t.name))).then_some(o)
+        }
+    })
+    .await;
+    for t in &file.topics {
+        assert_eq!(observed[&format!("{prefix}{}", t.name)].partitions, t.partitions, "partitions of {}", t.name);
+    }
+
+    let again = admin.plan(&file, &prefix, None, false).await.expect("second plan");
+    assert!(again.is_noop(), "second plan must be empty:\n{again}");
+    assert!(again.drift.is_empty(), "{again}");
+    admin.apply(&again).await.expect("second apply is a no-op");
+
+    // Raising partitions in the file is applied by the next apply.
+    let mut bigger = file.clone();
+    bigger.topics[0].partitions += 2;
+    let plan = admin.plan(&bigger, &prefix, None, false).await.expect("plan with more partitions");
+    assert_eq!(
+        plan.actions,
+        vec![Action::AddPartitions {
+            topic: format!("{prefix}{}", bigger.topics[0].name),
+            from: file.topics[0].partitions,
+            to: bigger.topics[0].partitions
+        }]
+    );
+    // tansu 0.6.0 does not implement CreatePartitions: apply must say so and go on,
+    // and a broker that does implement it must end up with the new count.
+    let unsupported = admin.apply(&plan).await.expect("add partitions");
+    let name = format!("{prefix}{}", bigger.topics[0].name);
+    if unsupported.is_empty() {
+        eventually("the new partitions", Duration::from_secs(30), || {
+            let (admin, name) = (&admin, &name);
+            let want = bigger.topics[0].partitions;
+            async move { (admin.observe().await.ok()?[name].partitions == want).then_some(()) }
+        })
+        .await;
+    } else {
+        assert_eq!(unsupported.len(), 1);
+        assert!(unsupported[0].contains(&name) && unsupported[0].contains("does not support"), "{unsupported:?}");
+    }
+}

@@ -1,0 +1,162 @@
+//! The harness the integration tests share: where the real services are, unique names
+//! per test, polling with a deadline, and brokers a test can start and kill itself.
+//!
+//! Service addresses come from the environment that `cargo xtask test` sets, with
+//! loopback defaults for a developer who started the services by hand
+//! (`cargo xtask services` prints the exports).
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+
+/// Bootstrap servers of the shared test broker (tansu, memory engine): fast, but its
+/// watermarks are wrong and it cannot resume inside a record batch (see
+/// `it/tansu_probe.rs`), so tests that resume a group use [`durable_kafka_brokers`].
+pub fn kafka_brokers() -> String {
+    std::env::var("LMS_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// Bootstrap servers of the durable test broker (tansu, SQLite engine): correct watermarks.
+pub fn durable_kafka_brokers() -> String {
+    std::env::var("LMS_TEST_KAFKA_DURABLE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9093".to_owned())
+}
+
+/// A prefix no other test uses, for topics and groups.
+pub fn unique_prefix(test: &str) -> String {
+    format!("t{}-{}.", &uuid::Uuid::new_v4().simple().to_string()[..10], test)
+}
+
+/// Logs of the code under test, shown when a test fails (`RUST_LOG` to tune).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `check` until it returns `Some`, or returns `None` after `timeout` (for tests
+/// that explain a timeout themselves).
+pub async fn poll_until<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates a topic with `partitions` partitions (replication 1) on `brokers`.
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let nt = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let res = admin
+        .create_topics([&nt], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .expect("create_topics request");
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A tansu broker this test owns: it can be killed and restarted on the same port and
+/// (for the SQLite engine) the same data.
+pub struct OwnBroker {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    durable: bool,
+}
+
+impl OwnBroker {
+    /// Starts a broker; `durable` selects the SQLite engine under a fresh directory.
+    pub async fn start(durable: bool) -> OwnBroker {
+        let base = std::env::var("LMS_TEST_SERVICES_DIR").map(PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
+        let dir = base.join(format!("own-broker-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let mut b = OwnBroker { child: None, port: free_port(), dir, durable };
+        b.restart().await;
+        b
+    }
+
+    /// `host:port` of the broker.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// (Re)starts the broker on the same port and data, and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let bin = std::env::var("LMS_TANSU_BIN").unwrap_or_else(|_| "tansu".to_owned());
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let engine = if self.durable { "sqlite://tansu.db".to_owned() } else { "memory://tansu/".to_owned() };
+        let log = std::fs::File::create(self.dir.join("broker.log")).expect("broker log");
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu (LMS_TANSU_BIN)");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually("the test broker to accept connections", Duration::from_secs(30), || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(&addr).await.ok().map(|_| ()) }
+        })
+        .await;
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,144 @@
+//! `cargo xtask`: developer and CI tasks for the lms-pipeline workspace.
+//!
+//! `cargo xtask test` installs what the test suite needs, starts the real
+//! services (two tansu brokers, PostgreSQL and ClickHouse) on free loopback
+//! ports, runs `cargo nextest` against them and stops them again. This crate
+//! uses the standard library only, so that it builds in seconds.
+
+mod install;
+mod services;
+mod util;
+
+use std::{
+    env,
+    io::{self, BufRead as _},
+    process::{Command, ExitCode},
+};
+
+use services::{Layout, Services};
+use util::Result;
+
+const USAGE: &str = "\
+Usage: cargo xtask <command> [options]
+
+Commands:
+  test [-- <args>]  Install what is missing, start the services, run
+                    `cargo nextest run --workspace --no-fail-fast --profile ci <args>`
+                    with the services' addresses in the environment, then stop them.
+  services          Install what is missing, start the services, print their
+                    environment as `export` lines (also written to
+                    <target>/xtask/services/env) and keep them running until Enter
+                    is pressed or stdin is closed. Stop with Enter rather than Ctrl-C:
+                    Ctrl-C leaves PostgreSQL running until the next start.
+  install           Only install what is missing.
+  help              Print this message.
+
+The services' data and logs are kept in <target>/xtask/services/ until the next run.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "test" => test(rest),
+        "services" if rest.is_empty() => services(),
+        "install" if rest.is_empty() => install::ensure_all().map(|()| ExitCode::SUCCESS),
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        "services" | "install" => {
+            eprintln!("`{command}` takes no arguments\n\n{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+        _ => {
+            eprintln!("unknown command `{command}`\n\n{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo xtask test [-- <args>]`: runs the whole test suite against the real
+/// services and exits with nextest's exit code.
+fn test(args: &[String]) -> Result<ExitCode> {
+    // Cargo's alias passes the user's `--` through; the arguments after it go to nextest.
+    let extra = match args.split_first() {
+        Some((first, rest)) if first == "--" => rest,
+        _ if args.iter().any(|arg| arg == "-h" || arg == "--help") => {
+            println!("{USAGE}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => args,
+    };
+
+    install::ensure_all()?;
+    let services = Services::start(&Layout::new())?;
+    let env = services.env();
+    for (name, value) in &env {
+        println!("{name}={value}");
+    }
+
+    let mut nextest = Command::new(util::cargo());
+    nextest.current_dir(util::workspace_root()).args([
+        "nextest",
+        "run",
+        "--workspace",
+        "--no-fail-fast",
+        "--profile",
+        "ci",
+    ]);
+    // A run that executes no test at all must fail rather than pass silently.
+    if !extra
+        .iter()
+        .any(|arg| arg == "--no-tests" || arg.starts_with("--no-tests="))
+    {
+        nextest.arg("--no-tests=fail");
+    }
+    nextest
+        .args(extra)
+        .envs(env.iter().map(|(name, value)| (*name, value)));
+    println!("running {nextest:?}");
+    let status = nextest.status();
+
+    // Stop the services before reporting, so their messages come first.
+    drop(services);
+    let status = status.map_err(|error| format!("could not run cargo nextest: {error}"))?;
+    if !status.success() {
+        eprintln!("xtask: cargo nextest failed ({status})");
+    }
+    // A nextest killed by a signal has no exit code; report a plain failure then.
+    Ok(status
+        .code()
+        .and_then(|code| u8::try_from(code).ok())
+        .map_or(ExitCode::FAILURE, ExitCode::from))
+}
+
+/// `cargo xtask services`: keeps the services running for tests run by hand.
+fn services() -> Result<ExitCode> {
+    install::ensure_all()?;
+    let services = Services::start(&Layout::new())?;
+    let env_file = services.write_env_file()?;
+    println!();
+    for (name, value) in services.env() {
+        println!("export {name}={}", util::shell_quote(&value));
+    }
+    println!();
+    println!(
+        "(also in {}: `source` it in another shell)",
+        env_file.display()
+    );
+    println!("The services are running. Press Enter or close stdin to stop them.");
+    // Any outcome of reading — a line, end of input or an error — means stop.
+    let _ = io::stdin().lock().read_line(&mut String::new());
+    drop(services);
+    Ok(ExitCode::SUCCESS)
+}
