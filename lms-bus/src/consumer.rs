@@ -529,6 +529,7 @@ impl BatchEnv {
                 return Outcome::Stopped;
             }
             let processed = good.len() as u64;
+            let mut isolated = 0;
             let mut expected = expected;
             let batch = Batch { group: self.group.clone(), records: good, offsets: offsets(&next, &expected) };
             match self.process_with_retry(&batch).await {
@@ -538,7 +539,10 @@ impl BatchEnv {
                 Err(Fail::Permanent(reason)) => {
                     warn!(group = %self.group, %reason, "batch failed permanently; isolating the poison record(s)");
                     match self.isolate(batch.records, &mut expected, reason).await {
-                        Ok(n) => dead_lettered += n,
+                        Ok(n) => {
+                            dead_lettered += n;
+                            isolated = n;
+                        }
                         Err(Fail::Fenced) => return Outcome::Fenced { partitions: next.keys().cloned().collect() },
                         Err(_) => return Outcome::Stopped,
                     }
@@ -559,7 +563,7 @@ impl BatchEnv {
                     }
                 }
             }
-            self.metrics.processed.with_label_values(&[&*self.group]).inc_by(processed.saturating_sub(dead_lettered));
+            self.metrics.processed.with_label_values(&[&*self.group]).inc_by(processed - isolated);
             Outcome::Done { next, dead_lettered, started }
         }
         .instrument(span)
@@ -635,19 +639,8 @@ impl BatchEnv {
                             continue;
                         }
                         Err(Fail::Permanent(r)) => {
-                            let slice = b.records;
-                            if slice.len() == 1 {
-                                let rec = &slice[0];
-                                if !self.dead_letter(&[(rec.raw.clone(), r)]).await {
-                                    return Err(Fail::Stopped);
-                                }
-                                dead += 1;
-                                continue;
-                            }
-                            let mut first = slice;
-                            let second = first.split_off(first.len() / 2);
-                            queue.push_front((second, None));
-                            queue.push_front((first, None));
+                            // Known to fail now: split it (or dead-letter it) below.
+                            queue.push_front((b.records, Some(r)));
                             continue;
                         }
                         Err(other) => return Err(other),

@@ -179,4 +179,5 @@ async fn poison_records_are_dead_lettered_with_reason_and_origin_while_the_rest_
     assert_eq!(report.dead_lettered, 3);
     assert!(!picky.seen.lock().expect("lock").contains("poison-process"));
     assert_eq!(metrics.dead_lettered.with_label_values(&[&group, &learning]).get(), 3);
+    assert_eq!(metrics.processed.with_label_values(&[&group]).get(), 3000, "processed counts only events whose effects were applied");
 }
