@@ -4,12 +4,30 @@
 //! Architecture invariant: processors do not depend on each other; they share only the
 //! event contract (lms-events), the bus (lms-bus) and the stores (sinks).
 
+pub mod achievements;
+pub mod catalog;
 pub mod noop;
+pub mod progress;
+pub mod stateful;
 
 use std::sync::Arc;
 
 use lms_bus::Processor;
-use lms_events::Domain;
+use lms_events::{Domain, Event, EventData};
+use lms_store::Store;
+use tokio::sync::Notify;
+
+pub use stateful::{Stage, Stateful};
+
+/// What processors are built from.
+pub struct Context {
+    /// The state store (PostgreSQL or SQLite); stateless processors ignore it.
+    pub store: Store,
+    /// Woken after commits that put events in the outbox (the relay's waker).
+    pub relay: Arc<Notify>,
+    /// Achievement rules.
+    pub rules: Arc<achievements::rules::Rules>,
+}
 
 /// A processor the binary can run by name.
 pub struct Registered {
@@ -20,16 +38,86 @@ pub struct Registered {
     /// The domains (topics) it consumes.
     pub domains: &'static [Domain],
     /// Builds an instance.
-    pub build: fn() -> Arc<dyn Processor>,
+    pub build: fn(&Context) -> Arc<dyn Processor>,
 }
 
 /// Every processor, by name.
-pub const REGISTRY: &[Registered] = &[Registered {
-    name: "noop",
-    about: "Consumes every client event and only counts it: the baseline rate for benchmarks.",
-    domains: &[Domain::Learning, Domain::Enrollment, Domain::Payment, Domain::Catalog],
-    build: || Arc::new(noop::Noop::default()),
-}];
+pub const REGISTRY: &[Registered] = &[
+    Registered {
+        name: "catalog",
+        about: "Keeps the course catalog (highest version wins) and recomputes the progress of a course's learners when it changes.",
+        domains: &[Domain::Catalog],
+        build: |c| Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), catalog::Catalog)),
+    },
+    Registered {
+        name: "progress",
+        about: "Learner progress per course from learning and enrollment events; emits progress.updated and course.completed.",
+        domains: &[Domain::Learning, Domain::Enrollment],
+        build: |c| Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), progress::Progress)),
+    },
+    Registered {
+        name: "achievements",
+        about: "Unlocks the achievements of the rules file; emits achievement.unlocked.",
+        domains: &[Domain::Learning, Domain::Enrollment, Domain::Derived],
+        build: |c| {
+            Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), achievements::Achievements::new(Arc::clone(&c.rules))))
+        },
+    },
+    Registered {
+        name: "noop",
+        about: "Consumes every client event and only counts it: the baseline rate for benchmarks.",
+        domains: &[Domain::Learning, Domain::Enrollment, Domain::Payment, Domain::Catalog],
+        build: |_| Arc::new(noop::Noop::default()),
+    },
+];
+
+/// The id of a derived event that must exist once per subject (a completion, an unlock):
+/// a UUIDv5 of its kind and parts, so a re-emission (relay retry, replay) has the same id
+/// and consumers dedupe it.
+pub fn derived_id(kind: &str, parts: &[&str]) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c6d_7370_6970_656c_696e_6500_0000_0001);
+    let name = std::iter::once(kind).chain(parts.iter().copied()).collect::<Vec<_>>().join("\u{0}");
+    uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// The invariants processors rely on that a record written straight to a topic (not
+/// through the API's validation) may break; a failure dead-letters the record.
+pub fn check_ids(event: &Event) -> Result<(), String> {
+    let id = |what: &str, v: &str| {
+        if v.is_empty() || v.chars().count() > 128 {
+            Err(format!("{what} must have 1 to 128 characters"))
+        } else {
+            Ok(())
+        }
+    };
+    let finite = |what: &str, v: f64| if v.is_finite() && v >= 0.0 { Ok(()) } else { Err(format!("{what} must be a finite number >= 0")) };
+    id("tenant", &event.tenant)?;
+    if let Some(l) = event.learner_id() {
+        id("learner_id", l)?;
+    }
+    if let Some(c) = event.course_id() {
+        id("course_id", c)?;
+    }
+    match &event.data {
+        EventData::LessonStarted(d) | EventData::LessonCompleted(d) => id("lesson_id", &d.lesson_id),
+        EventData::VideoProgressed(d) => {
+            id("lesson_id", &d.lesson_id)?;
+            finite("watched_s", d.watched_s)
+        }
+        EventData::AssessmentGraded(d) => {
+            id("assessment_id", &d.assessment_id)?;
+            finite("score", d.score)?;
+            if d.max_score > 0.0 && d.max_score.is_finite() { Ok(()) } else { Err("max_score must be > 0".to_owned()) }
+        }
+        EventData::CoursePublished(d) => {
+            if d.version == 0 {
+                return Err("version must be >= 1".to_owned());
+            }
+            d.modules.iter().flat_map(|m| &m.lessons).try_for_each(|l| id("lesson_id", l))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Looks a processor up by name; the error lists the known names.
 pub fn lookup(name: &str) -> Result<&'static Registered, String> {
@@ -43,7 +131,14 @@ mod tests {
     #[test]
     fn unknown_names_list_the_known_ones() {
         let err = super::lookup("nope").err().unwrap_or_default();
-        assert!(err.contains("noop"), "{err}");
+        assert!(err.contains("noop") && err.contains("progress"), "{err}");
         assert!(super::lookup("noop").is_ok());
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        use super::derived_id;
+        assert_eq!(derived_id("k", &["a", "b"]), derived_id("k", &["a", "b"]));
+        assert_ne!(derived_id("k", &["ab", ""]), derived_id("k", &["a", "b"]));
     }
 }

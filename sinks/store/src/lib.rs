@@ -1,0 +1,221 @@
+//! Processor state: PostgreSQL in production, SQLite for the embedded default, through
+//! one portable SQL dialect (sqlx's `Any` driver).
+//!
+//! - [`Store`]: connects by URL (`postgres://…`, `sqlite://<path>`, `sqlite::memory:`),
+//!   applies the embedded migrations of its backend, and opens transactions.
+//! - [`offsets`]: consumer offsets written in the transaction of a batch's effects, with
+//!   a compare-and-set on the offsets the batch expected (this fences a member that lost
+//!   its partitions), and the [`lms_bus::OffsetStore`] the runner seeks from.
+//! - [`outbox`]: events a processor emits are written to the outbox in that same
+//!   transaction; the [`outbox::Relay`] produces them to Kafka and deletes them once
+//!   acknowledged (at least once; consumers dedupe by event id).
+//! - [`sql`]: the few helpers that keep statements portable (placeholders, multi-row
+//!   values, times as microseconds, course and learner locks).
+//!
+//! Portability rules every statement follows: `$n` placeholders (SQLite accepts them),
+//! `ON CONFLICT … DO UPDATE/NOTHING`, `RETURNING`, integers as BIGINT, floats as DOUBLE
+//! PRECISION (REAL on SQLite), times as BIGINT microseconds, no arrays, aggregates cast
+//! to BIGINT where PostgreSQL would answer NUMERIC. SQLite runs with one connection, so
+//! its transactions never conflict; PostgreSQL serialises what must be serialised with
+//! row locks (offsets) and transaction-scoped advisory locks ([`sql::lock_keys`]).
+
+pub mod offsets;
+pub mod outbox;
+pub mod sql;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Transaction};
+
+/// A transaction on the store.
+pub type Tx = Transaction<'static, Any>;
+
+/// Which database the store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL (production).
+    Postgres,
+    /// SQLite (embedded default, single process).
+    Sqlite,
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names no supported database.
+    #[error("unsupported store URL {0:?}: expected postgres://…, sqlite://<path> or sqlite::memory:")]
+    UnsupportedUrl(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The offsets a batch expected were not the stored ones: another member processed
+    /// these partitions meanwhile.
+    #[error("fenced: {0}")]
+    Fenced(String),
+    /// Stored data could not be read back (a bug or a foreign write).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True when retrying later may succeed (connection lost, deadlock, serialisation
+    /// failure, timeouts): everything except bad data and fencing.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Db(sqlx::Error::Database(e)) => {
+                // SQLSTATE class 22 (data exception) and 23 (integrity violation) are the
+                // batch's fault; 40 (rollback: deadlock, serialisation) and the rest are not.
+                let code = e.code().unwrap_or_default();
+                !(code.starts_with("22") || code.starts_with("23"))
+            }
+            Self::Db(_) => true,
+            Self::Migrate(_) | Self::UnsupportedUrl(_) | Self::Fenced(_) | Self::Corrupt(_) => false,
+        }
+    }
+
+    /// The bus's view of this error for a batch.
+    pub fn into_process_error(self) -> lms_bus::ProcessError {
+        match self {
+            Self::Fenced(why) => lms_bus::ProcessError::Fenced(why),
+            e if e.is_transient() => lms_bus::ProcessError::transient(e),
+            e => lms_bus::ProcessError::permanent(e),
+        }
+    }
+}
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// A connection pool to the state database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects. SQLite files are created when missing and run in WAL mode with one
+    /// connection; PostgreSQL gets `max_connections` connections.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else if url == "sqlite::memory:" {
+            (Backend::Sqlite, url.to_owned())
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            (Backend::Sqlite, if path.contains("mode=") { url.to_owned() } else { format!("{url}{sep}mode=rwc") })
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = match backend {
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(max_connections.max(2))
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(options)
+                    .await?
+            }
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(30))
+                    // One connection for ever: an in-memory database lives as long as it.
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            use sqlx::Executor as _;
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+        };
+        Ok(Store { pool, backend })
+    }
+
+    /// Applies the embedded migrations of the backend (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Connects and migrates.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let store = Store::connect(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for reads.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Readiness: one round trip.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A masked form of a store URL for logs (no password).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgres://lms:secret@db:5432/lms"), "postgres://lms:***@db:5432/lms");
+        assert_eq!(redact_url("sqlite://data/lms.db"), "sqlite://data/lms.db");
+    }
+
+    #[tokio::test]
+    async fn sqlite_migrates_twice_and_refuses_unknown_urls() {
+        let store = Store::open("sqlite::memory:", 1).await.expect("open");
+        store.migrate().await.expect("second migrate is a no-op");
+        store.ping().await.expect("ping");
+        assert!(matches!(Store::connect("mysql://x", 1).await, Err(StoreError::UnsupportedUrl(_))));
+    }
+}
