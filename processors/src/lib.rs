@@ -8,6 +8,7 @@ pub mod achievements;
 pub mod catalog;
 pub mod noop;
 pub mod progress;
+pub mod runtime;
 pub mod stateful;
 
 use std::sync::Arc;

@@ -1,7 +1,11 @@
-//! Achievements: learning, enrollment and `course.completed` events in; per-learner facts
+//! Achievements: learning, enrollment and `progress.updated` events in; per-learner facts
 //! in the store; rules ([`rules`]) evaluated for every learner a batch touches; each
 //! achievement unlocked at most once (per course where the rule is per course), listed
 //! by `GET /v1/learners/{id}/achievements` and announced with `achievement.unlocked`.
+//!
+//! The time of a course completion is taken from `progress.updated` (the latest one that
+//! says completed), not from `course.completed`, which is emitted once and so keeps the
+//! completion time known at that moment.
 //!
 //! One learner's events arrive on three topics whose partitions may be owned by
 //! different members, so a batch locks its learners exclusively (PostgreSQL advisory
@@ -15,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lms_bus::Record;
-use lms_events::data::AchievementUnlocked;
+use lms_events::data::{AchievementUnlocked, ProgressStatus};
 use lms_events::{Event, EventData, TraceContext};
 use lms_store::sql::{CHUNK_ROWS, from_us, lock_key, lock_keys, to_us, values};
 use lms_store::{Store, StoreError, Tx};
@@ -50,6 +54,10 @@ type LearnerKey = (String, String);
 struct Changes {
     /// (tenant, learner, kind, course) → earliest time µs.
     facts: BTreeMap<(String, String, &'static str, String), i64>,
+    /// (tenant, learner, course) → completion time µs of the latest `progress.updated`
+    /// saying completed: the progress processor refines `completed_at` as late events
+    /// arrive, and its updates of one learner arrive in order (one key, one partition).
+    completions: BTreeMap<(String, String, String), i64>,
     /// (tenant, learner, slot) → earliest time µs.
     activity: BTreeMap<(String, String, i64), i64>,
     traces: HashMap<LearnerKey, TraceContext>,
@@ -73,7 +81,11 @@ impl Changes {
         }
         match &e.data {
             EventData::LessonCompleted(d) => self.fact(e, &d.learner_id, "lesson_completed", &d.course_id, e.time),
-            EventData::CourseCompleted(d) => self.fact(e, &d.learner_id, "course_completed", &d.course_id, d.completed_at),
+            EventData::ProgressUpdated(d) => {
+                if let (ProgressStatus::Completed, Some(at)) = (d.status, d.completed_at) {
+                    self.completions.insert((e.tenant.clone(), d.learner_id.clone(), d.course_id.clone()), to_us(at));
+                }
+            }
             EventData::EnrollmentCreated(d) => self.fact(e, &d.learner_id, "enrolled", &d.course_id, e.time),
             EventData::AssessmentGraded(d) if d.score >= d.max_score => {
                 self.fact(e, &d.learner_id, "perfect_score", &d.course_id, e.time);
@@ -86,7 +98,10 @@ impl Changes {
     }
 
     fn learners(&self) -> BTreeSet<LearnerKey> {
-        self.facts.keys().map(|(t, l, _, _)| (t.clone(), l.clone())).chain(self.activity.keys().map(|(t, l, _)| (t.clone(), l.clone()))).collect()
+        let facts = self.facts.keys().map(|(t, l, _, _)| (t.clone(), l.clone()));
+        let completions = self.completions.keys().map(|(t, l, _)| (t.clone(), l.clone()));
+        let activity = self.activity.keys().map(|(t, l, _)| (t.clone(), l.clone()));
+        facts.chain(completions).chain(activity).collect()
     }
 }
 
@@ -108,6 +123,19 @@ async fn write_facts(conn: &mut AnyConnection, changes: &Changes) -> Result<(), 
         let mut q = sqlx::query(&sql);
         for ((t, l, kind, c), at) in chunk {
             q = q.bind(t.as_str()).bind(l.as_str()).bind(*kind).bind(c.as_str()).bind(**at);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    let completions: Vec<_> = changes.completions.iter().collect();
+    for chunk in completions.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "INSERT INTO achievement_facts (tenant, learner_id, kind, course_id, at_us) VALUES {} \
+             ON CONFLICT (tenant, learner_id, kind, course_id) DO UPDATE SET at_us = excluded.at_us",
+            values(chunk.len(), 5, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for ((t, l, c), at) in chunk {
+            q = q.bind(t.as_str()).bind(l.as_str()).bind("course_completed").bind(c.as_str()).bind(**at);
         }
         q.execute(&mut *conn).await?;
     }
@@ -210,13 +238,14 @@ async fn apply(rules: &Rules, store: &Store, tx: &mut Tx, records: &[Record]) ->
             .into_iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
             .collect::<Result<_, sqlx::Error>>()?;
-        // Late facts may move an existing unlock earlier: the answer must not depend on order.
-        let earlier = format!(
+        // Facts only converge (earliest times, the latest completion time), so the unlock
+        // time is the evaluation of the current facts: the last batch of a learner sets
+        // the time that processing every event in time order gives.
+        let current = format!(
             "INSERT INTO achievements (tenant, learner_id, achievement_id, course_id, title, unlocked_at_us) VALUES {rows} \
-             ON CONFLICT (tenant, learner_id, achievement_id, course_id) DO UPDATE SET unlocked_at_us = {}, title = excluded.title",
-            min_update("achievements", "unlocked_at_us")
+             ON CONFLICT (tenant, learner_id, achievement_id, course_id) DO UPDATE SET unlocked_at_us = excluded.unlocked_at_us, title = excluded.title"
         );
-        bind_unlocks(&earlier, chunk, &titles).execute(&mut **tx).await?;
+        bind_unlocks(&current, chunk, &titles).execute(&mut **tx).await?;
         for ((t, l), id, course, at) in chunk {
             if !fresh.contains(&(t.clone(), l.clone(), id.clone(), course.clone())) {
                 continue;

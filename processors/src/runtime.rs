@@ -1,0 +1,107 @@
+//! Runs processors: members of their consumer groups plus the outbox relay, sharing one
+//! producer and one store. Used by `lms processor run`, `lms demo` and the tests.
+//!
+//! Shutdown order: members first (each finishes its batch and commits), then the relay
+//! (a last round, so what the members committed leaves too), then the producer flushes.
+
+use std::sync::Arc;
+
+use lms_bus::{BusError, BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, MemberReport, Producer, TopicMap};
+use lms_store::outbox::{Relay, RelayConfig};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Context, Registered};
+
+/// Processors running in this process.
+pub struct Running {
+    members: Vec<(&'static str, Member)>,
+    relay: JoinHandle<()>,
+    relay_stop: CancellationToken,
+    members_stop: CancellationToken,
+}
+
+/// What `start` needs besides the processors.
+pub struct Plumbing {
+    /// Cluster and client settings (with the topic prefix).
+    pub kafka: KafkaConfig,
+    /// Batching and retries of the members.
+    pub consumer: ConsumerConfig,
+    /// Topic names.
+    pub topics: TopicMap,
+    /// The shared producer (dead letters and outbox relay).
+    pub producer: Arc<Producer>,
+    /// Metrics of the bus.
+    pub metrics: Arc<BusMetrics>,
+}
+
+/// A relay for `store` and the context processors are built from.
+pub fn context(store: lms_store::Store, producer: Arc<Producer>, rules: Arc<crate::achievements::rules::Rules>) -> (Context, Relay) {
+    let relay = Relay::new(store.clone(), producer, RelayConfig::default());
+    (Context { store, relay: relay.waker(), rules }, relay)
+}
+
+/// Starts `instances` members of each processor and the relay.
+pub fn start(
+    plumbing: &Plumbing,
+    ctx: &Context,
+    relay: Relay,
+    processors: &[&'static Registered],
+    instances: usize,
+) -> Result<Running, BusError> {
+    let members_stop = CancellationToken::new();
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn(relay.run(relay_stop.clone()));
+    let mut members = Vec::new();
+    for reg in processors {
+        for i in 0..instances.max(1) {
+            let config = MemberConfig {
+                kafka: plumbing.kafka.clone(),
+                consumer: plumbing.consumer.clone(),
+                group_id: plumbing.kafka.group_id(reg.name),
+                topics: reg.domains.iter().map(|d| plumbing.topics.topic(*d).to_owned()).collect(),
+                client_id: format!("lms-{}-{}-{i}", reg.name, std::process::id()),
+            };
+            let member = Member::spawn(
+                config,
+                (reg.build)(ctx),
+                Arc::clone(&plumbing.producer),
+                Arc::clone(&plumbing.metrics),
+                members_stop.clone(),
+            )?;
+            members.push((reg.name, member));
+        }
+    }
+    Ok(Running { members, relay, relay_stop, members_stop })
+}
+
+impl Running {
+    /// Members and the processor each runs.
+    pub fn members(&self) -> impl Iterator<Item = (&'static str, &Member)> {
+        self.members.iter().map(|(n, m)| (*n, m))
+    }
+
+    /// Stops gracefully (see the module doc) and reports what each member did.
+    pub async fn stop(self) -> Result<Vec<(&'static str, MemberReport)>, BusError> {
+        self.members_stop.cancel();
+        let mut reports = Vec::new();
+        let mut first_error = None;
+        for (name, m) in self.members {
+            match m.join().await {
+                Ok(r) => reports.push((name, r)),
+                Err(e) => {
+                    tracing::error!(processor = name, error = %e, "member failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.relay_stop.cancel();
+        if self.relay.await.is_err() {
+            tracing::error!("outbox relay task panicked");
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(reports),
+        }
+    }
+}
