@@ -10,7 +10,7 @@ use lms_bus::{ConsumerConfig, KafkaConfig};
 use serde::{Deserialize, Serialize};
 
 /// Sections of the configuration; environment variables outside them are ignored.
-const SECTIONS: &[&str] = &["kafka", "consumer"];
+const SECTIONS: &[&str] = &["kafka", "consumer", "store"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,11 +21,30 @@ pub struct Config {
     /// Consumer-group members of the processors.
     #[serde(default)]
     pub consumer: ConsumerConfig,
+    /// The processors' state store.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// The processors' state store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://user:password@host/db` (production) or `sqlite://<path>` (one process).
+    pub url: String,
+    /// Connections per process (PostgreSQL; SQLite always uses one).
+    pub max_connections: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { url: "sqlite://lms-data/state.db".to_owned(), max_connections: 8 }
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { kafka: KafkaConfig::new("127.0.0.1:9092"), consumer: ConsumerConfig::default() }
+        Self { kafka: KafkaConfig::new("127.0.0.1:9092"), consumer: ConsumerConfig::default(), store: StoreConfig::default() }
     }
 }
 
@@ -59,10 +78,12 @@ mod tests {
             jail.create_file("lms.yaml", "kafka:\n  brokers: file:9092\n  topic_prefix: dev.\nconsumer:\n  max_batch_records: 10\n")?;
             jail.set_env("LMS_KAFKA__BROKERS", "env:9092");
             jail.set_env("LMS_JWT_SECRET", "not a config section");
+            jail.set_env("LMS_STORE__URL", "postgres://lms@db/lms");
             let c = Config::load(Some(Path::new("lms.yaml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.kafka.brokers, "env:9092");
             assert_eq!(c.kafka.topic_prefix, "dev.");
             assert_eq!(c.consumer.max_batch_records, 10);
+            assert_eq!(c.store.url, "postgres://lms@db/lms");
             Ok(())
         });
     }

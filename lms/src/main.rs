@@ -3,6 +3,7 @@
 
 mod config;
 mod demo;
+mod processor;
 mod topics;
 
 use std::path::PathBuf;
@@ -37,6 +38,11 @@ enum Command {
     /// Shows or applies topics.yaml against the cluster.
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
+    /// Runs or lists the stream processors (catalog, progress, achievements, ...).
+    #[command(subcommand)]
+    Processor(processor::ProcessorCommand),
+    /// Applies the state store's schema migrations (also done on every start).
+    Migrate,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +54,8 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Topics(cmd) => topics::run(cmd, &config).await,
+            Command::Processor(cmd) => processor::run(cmd, &config).await,
+            Command::Migrate => processor::migrate(&config).await,
         }
     })
 }

@@ -4,6 +4,7 @@
 mod bus_dead_letters;
 mod bus_producer_faults;
 mod bus_takeover;
+mod progress_kill;
 mod progress_oracle;
 mod support;
 mod topics_apply;

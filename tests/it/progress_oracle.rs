@@ -36,17 +36,17 @@ const RULES: &str = "achievements:
 - {id: fast, title: Fast, rule: completed_within_days_of_enrollment, days: 10}
 ";
 
-const PARTITIONS: &[(Domain, i32)] =
+pub(crate) const PARTITIONS: &[(Domain, i32)] =
     &[(Domain::Learning, 4), (Domain::Enrollment, 2), (Domain::Catalog, 2), (Domain::Derived, 4), (Domain::DeadLetter, 1)];
 
 /// The generated stream, in the three phases it is produced in.
-struct World {
+pub(crate) struct World {
     /// Versioned courses, published (out of version order) before any activity.
-    early_catalog: Vec<Event>,
+    pub(crate) early_catalog: Vec<Event>,
     /// Enrollments and learning events, shuffled, with duplicates.
-    activity: Vec<Event>,
+    pub(crate) activity: Vec<Event>,
     /// Courses published only after their lesson events.
-    late_catalog: Vec<Event>,
+    pub(crate) late_catalog: Vec<Event>,
 }
 
 fn ev(tenant: &str, id: String, time: DateTime<Utc>, data: EventData) -> Event {
@@ -65,7 +65,7 @@ fn publish(tenant: &str, course: &str, version: u32, lessons: &[&str], time: Dat
     ev(tenant, format!("{tenant}-{course}-v{version}"), time, data)
 }
 
-fn world(seed: u64, learners_per_tenant: usize) -> World {
+pub(crate) fn world(seed: u64, learners_per_tenant: usize) -> World {
     let mut rng = StdRng::seed_from_u64(seed);
     let t0 = Utc.with_ymd_and_hms(2026, 10, 1, 6, 0, 0).single().expect("time");
     let mut early = Vec::new();
@@ -159,21 +159,21 @@ fn world(seed: u64, learners_per_tenant: usize) -> World {
 
 /// One learner-course as the oracle sees it.
 #[derive(Debug, Clone, PartialEq)]
-struct Expected {
+pub(crate) struct Expected {
     status: &'static str,
     lessons_completed: u32,
     lessons_total: u32,
     percent_complete: f64,
     time_spent_ms: i64,
     last_activity_at: Option<DateTime<Utc>>,
-    completed_at: Option<DateTime<Utc>>,
+    pub(crate) completed_at: Option<DateTime<Utc>>,
 }
 
-type LearnerKey = (String, String);
+pub(crate) type LearnerKey = (String, String);
 
 /// The plain computation: distinct events, catalog by highest version, facts by time.
-struct Oracle {
-    progress: BTreeMap<LearnerKey, BTreeMap<String, Expected>>,
+pub(crate) struct Oracle {
+    pub(crate) progress: BTreeMap<LearnerKey, BTreeMap<String, Expected>>,
     achievements: BTreeMap<LearnerKey, BTreeSet<(String, String, DateTime<Utc>)>>,
 }
 
@@ -181,7 +181,7 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).expect("time")
 }
 
-fn oracle(world: &World) -> Oracle {
+pub(crate) fn oracle(world: &World) -> Oracle {
     let mut seen = BTreeSet::new();
     let mut events: Vec<&Event> = world
         .early_catalog
@@ -309,7 +309,30 @@ fn oracle(world: &World) -> Oracle {
     Oracle { progress, achievements }
 }
 
-async fn wait_for_offsets(store: &Store, group: &str, topic_ends: &BTreeMap<String, BTreeMap<i32, i64>>, topics: &[String]) {
+/// Every learner's progress as read from the store equals the oracle's.
+pub(crate) async fn check_progress(store: &Store, expected: &Oracle) {
+    for ((tenant, learner), courses) in &expected.progress {
+        let got = processors::progress::read(store, tenant, learner).await.expect("read progress");
+        let got: BTreeMap<String, Expected> = got
+            .into_iter()
+            .map(|v| {
+                let e = Expected {
+                    status: v.status.as_str(),
+                    lessons_completed: v.lessons_completed,
+                    lessons_total: v.lessons_total,
+                    percent_complete: v.percent_complete,
+                    time_spent_ms: (v.time_spent_s * 1000.0).round() as i64,
+                    last_activity_at: v.last_activity_at,
+                    completed_at: v.completed_at,
+                };
+                (v.course_id, e)
+            })
+            .collect();
+        assert_eq!(&got, courses, "progress of {tenant}/{learner}");
+    }
+}
+
+pub(crate) async fn wait_for_offsets(store: &Store, group: &str, topic_ends: &BTreeMap<String, BTreeMap<i32, i64>>, topics: &[String]) {
     eventually(&format!("group {group} to store the end offsets of {topics:?}"), Duration::from_secs(120), || async {
         let stored = offsets::load(store, group).await.ok()?;
         let all = topics.iter().all(|t| {
@@ -321,7 +344,7 @@ async fn wait_for_offsets(store: &Store, group: &str, topic_ends: &BTreeMap<Stri
 }
 
 /// Distinct `course.completed` ids on the derived topic, and how many records carried them.
-fn completed_on_topic(brokers: &str, topic: &str, partitions: i32, expect: usize) -> (BTreeMap<(String, String, String), usize>, usize) {
+pub(crate) fn completed_on_topic(brokers: &str, topic: &str, partitions: i32, expect: usize) -> (BTreeMap<(String, String, String), BTreeSet<String>>, usize) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "oracle-reader")
@@ -333,7 +356,7 @@ fn completed_on_topic(brokers: &str, topic: &str, partitions: i32, expect: usize
         tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("assign");
     }
     consumer.assign(&tpl).expect("assign");
-    let mut per_key: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    let mut per_key: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
     let mut records = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while per_key.len() < expect && std::time::Instant::now() < deadline {
@@ -341,7 +364,7 @@ fn completed_on_topic(brokers: &str, topic: &str, partitions: i32, expect: usize
             let e = lms_events::decode(m.payload().unwrap_or_default()).expect("derived events decode");
             if let EventData::CourseCompleted(d) = &e.data {
                 records += 1;
-                *per_key.entry((e.tenant.clone(), d.learner_id.clone(), d.course_id.clone())).or_default() += 1;
+                per_key.entry((e.tenant.clone(), d.learner_id.clone(), d.course_id.clone())).or_default().insert(e.id.clone());
             }
         }
     }
@@ -351,7 +374,7 @@ fn completed_on_topic(brokers: &str, topic: &str, partitions: i32, expect: usize
             let e = lms_events::decode(m.payload().unwrap_or_default()).expect("decode");
             if let EventData::CourseCompleted(d) = &e.data {
                 records += 1;
-                *per_key.entry((e.tenant.clone(), d.learner_id.clone(), d.course_id.clone())).or_default() += 1;
+                per_key.entry((e.tenant.clone(), d.learner_id.clone(), d.course_id.clone())).or_default().insert(e.id.clone());
             }
         }
     }
@@ -401,25 +424,7 @@ pub async fn run_oracle(store_url: &str, test: &str) {
     eventually("the outbox to drain", Duration::from_secs(60), || async { (outbox::pending(&store).await.ok()? == 0).then_some(()) }).await;
 
     // Progress: final as soon as its groups are caught up.
-    for ((tenant, learner), courses) in &expected.progress {
-        let got = processors::progress::read(&store, tenant, learner).await.expect("read progress");
-        let got: BTreeMap<String, Expected> = got
-            .into_iter()
-            .map(|v| {
-                let e = Expected {
-                    status: v.status.as_str(),
-                    lessons_completed: v.lessons_completed,
-                    lessons_total: v.lessons_total,
-                    percent_complete: v.percent_complete,
-                    time_spent_ms: (v.time_spent_s * 1000.0).round() as i64,
-                    last_activity_at: v.last_activity_at,
-                    completed_at: v.completed_at,
-                };
-                (v.course_id, e)
-            })
-            .collect();
-        assert_eq!(&got, courses, "progress of {tenant}/{learner}");
-    }
+    check_progress(&store, &expected).await;
     let learners: usize = expected.progress.len();
     let completed: usize = expected.progress.values().flat_map(|c| c.values()).filter(|e| e.completed_at.is_some()).count();
     assert!(completed > 20 && learners >= 100, "the stream exercises completions: {completed} of {learners} learners");
@@ -466,6 +471,7 @@ pub async fn run_oracle(store_url: &str, test: &str) {
     let derived = topics.topic(Domain::Derived).to_owned();
     let (per_key, records) = completed_on_topic(&brokers, &derived, 4, want.len());
     assert_eq!(per_key.keys().cloned().collect::<BTreeSet<_>>(), want, "course.completed keys");
+    assert!(per_key.values().all(|ids| ids.len() == 1), "one course.completed event per learner and course");
     assert_eq!(records, want.len(), "course.completed records: one per learner and course");
 
     running.stop().await.expect("clean stop");

@@ -87,6 +87,15 @@ fn test(args: &[String]) -> Result<ExitCode> {
         println!("{name}={value}");
     }
 
+    // Tests that kill processor processes with SIGKILL run the `lms` binary itself;
+    // nextest builds test targets only, so build it first and tell the tests where it is.
+    util::run(
+        Command::new(util::cargo())
+            .current_dir(util::workspace_root())
+            .args(["build", "-p", "lms", "--bin", "lms"]),
+    )?;
+    let lms_bin = util::target_dir().join("debug").join("lms");
+
     let mut nextest = Command::new(util::cargo());
     nextest.current_dir(util::workspace_root()).args([
         "nextest",
@@ -105,7 +114,8 @@ fn test(args: &[String]) -> Result<ExitCode> {
     }
     nextest
         .args(extra)
-        .envs(env.iter().map(|(name, value)| (*name, value)));
+        .envs(env.iter().map(|(name, value)| (*name, value)))
+        .env("LMS_BIN", &lms_bin);
     println!("running {nextest:?}");
     let status = nextest.status();
 

@@ -1,0 +1,101 @@
+//! `lms processor`: run processors as members of their consumer groups.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use lms_bus::{BusMetrics, Producer, TopicsFile};
+use lms_store::Store;
+use processors::achievements::rules::Rules;
+use processors::runtime::{self, Plumbing};
+
+use crate::config::Config;
+
+/// Processor commands.
+#[derive(Debug, Subcommand)]
+pub enum ProcessorCommand {
+    /// Runs processors until SIGINT/SIGTERM, then drains: each member finishes its batch
+    /// and commits, the outbox relay sends what was committed, the producer flushes.
+    ///
+    /// Every processor is a consumer group (`<topic_prefix>lms-<name>`): start the same
+    /// command on more machines (or pods) to spread the partitions; any instance may be
+    /// killed at any time without losing or doubling an effect, since offsets are stored
+    /// with the effects in the state store.
+    ///
+    /// Example: `LMS_STORE__URL=postgres://lms@db/lms lms processor run progress catalog`
+    Run(RunArgs),
+    /// Lists the processors, the topics they read and what they do.
+    List,
+}
+
+/// Options of `lms processor run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Processors to run (see `lms processor list`), or `all` for every stateful one.
+    #[arg(required = true, num_args = 1..)]
+    names: Vec<String>,
+    /// Members per processor in this process (for local tests; in production run one
+    /// process per instance).
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
+    /// Achievement rules file (default: the rules shipped in config/achievements.yaml).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+}
+
+pub async fn run(cmd: ProcessorCommand, config: &Config) -> anyhow::Result<()> {
+    match cmd {
+        ProcessorCommand::List => {
+            for p in processors::REGISTRY {
+                let domains: Vec<&str> = p.domains.iter().map(|d| d.as_str()).collect();
+                println!("{:<14} reads {:<32} {}", p.name, domains.join(","), p.about);
+            }
+            Ok(())
+        }
+        ProcessorCommand::Run(args) => run_processors(args, config).await,
+    }
+}
+
+async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
+    let names: Vec<&str> = if args.names.iter().any(|n| n == "all") {
+        vec!["catalog", "progress", "achievements"]
+    } else {
+        args.names.iter().map(String::as_str).collect()
+    };
+    let selected = names.iter().map(|n| processors::lookup(n).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
+    let rules = Arc::new(Rules::load(args.rules.as_deref())?);
+    let store = Store::open(&config.store.url, config.store.max_connections)
+        .await
+        .with_context(|| format!("cannot open the state store {}", lms_store::redact_url(&config.store.url)))?;
+    let topics = TopicsFile::bundled().topic_map(&config.kafka.topic_prefix);
+    let metrics = BusMetrics::register(prometheus::default_registry())?;
+    let producer = Arc::new(Producer::new(&config.kafka, topics.clone(), Arc::clone(&metrics), "lms-processor")?);
+    let (ctx, relay) = runtime::context(store.clone(), Arc::clone(&producer), rules);
+    let plumbing = Plumbing { kafka: config.kafka.clone(), consumer: config.consumer.clone(), topics, producer, metrics };
+    let running = runtime::start(&plumbing, &ctx, relay, &selected, args.instances)?;
+    tracing::info!(
+        processors = ?names,
+        instances = args.instances,
+        store = %lms_store::redact_url(&config.store.url),
+        brokers = %config.kafka.brokers,
+        "processors running; SIGINT/SIGTERM drains and stops"
+    );
+    crate::shutdown_signal().await;
+    tracing::info!("draining");
+    for (name, report) in running.stop().await? {
+        tracing::info!(processor = name, batches = report.batches, records = report.records, "member stopped");
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// `lms migrate`: applies the state store's migrations.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let store = Store::open(&config.store.url, 2)
+        .await
+        .with_context(|| format!("cannot migrate the state store {}", lms_store::redact_url(&config.store.url)))?;
+    println!("state store {} is at the latest schema", lms_store::redact_url(&config.store.url));
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Two `lms processor run catalog progress` processes share the groups over PostgreSQL
+//! while about 200 000 events flow; one of them is killed with SIGKILL at random moments
+//! and restarted, again and again. The final progress must equal the oracle, and
+//! `course.completed` must exist exactly once per completed learner and course.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lms_bus::{BusMetrics, Producer, TopicsFile};
+use lms_events::{Domain, Event};
+use lms_store::{Store, offsets, outbox};
+use rand::{Rng, SeedableRng};
+use tests::{create_topic, eventually, init_logs, kafka_brokers, unique_prefix};
+
+use crate::progress_oracle::{PARTITIONS, check_progress, completed_on_topic, oracle, world};
+use crate::support::{fresh_postgres_db, kafka, produce_all};
+
+const KILLS: usize = 5;
+
+fn lms_bin() -> String {
+    std::env::var("LMS_BIN").expect("LMS_BIN: the lms binary (run the tests with `cargo xtask test`, which builds it)")
+}
+
+fn spawn(brokers: &str, prefix: &str, store: &str, n: usize) -> Child {
+    let log = std::env::temp_dir().join(format!("{prefix}processor-{n}.log"));
+    let log = std::fs::File::create(&log).expect("log file");
+    Command::new(lms_bin())
+        .args(["processor", "run", "catalog", "progress"])
+        .env("LMS_KAFKA__BROKERS", brokers)
+        .env("LMS_KAFKA__TOPIC_PREFIX", prefix)
+        .env("LMS_STORE__URL", store)
+        .env("LMS_CONSUMER__MAX_BATCH_RECORDS", "500")
+        .env("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50")
+        .env("LMS_CONSUMER__SESSION_TIMEOUT_MS", "6000")
+        .env("RUST_LOG", "info,librdkafka=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start lms processor run")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn progress_survives_sigkill_of_instances() {
+    init_logs();
+    let prefix = unique_prefix("progress-kill");
+    let brokers = kafka_brokers();
+    let topics = TopicsFile::bundled().topic_map(&prefix);
+    for (domain, partitions) in PARTITIONS {
+        create_topic(&brokers, topics.topic(*domain), *partitions).await;
+    }
+    let url = fresh_postgres_db("progress_kill").await;
+    let store = Store::open(&url, 4).await.expect("store");
+
+    // tansu's memory engine loses the rest of a stored record batch when a consumer
+    // resumes inside it (see tansu_probe.rs): one record per batch keeps every resume
+    // point on a batch boundary, so this test checks the processors, not tansu.
+    let mut k = kafka(&brokers, &prefix);
+    k.properties.insert("batch.num.messages".into(), "1".into());
+    let producer = Arc::new(Producer::new(&k, topics.clone(), BusMetrics::standalone(), "kill-producer").expect("producer"));
+
+    let world = world(11, 4100);
+    let expected = oracle(&world);
+    let total = world.early_catalog.len() + world.activity.len() + world.late_catalog.len();
+    assert!(total >= 200_000, "the run has at least 200 000 events, not {total}");
+
+    let mut ends: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+    let track = |ends: &mut BTreeMap<String, BTreeMap<i32, i64>>, events: &[Event], got: crate::support::Produced| {
+        for e in events {
+            let (p, o) = got.at[&e.id];
+            let end = ends.entry(topics.topic(e.domain()).to_owned()).or_default().entry(p).or_insert(0);
+            *end = (*end).max(o + 1);
+        }
+    };
+    let mut procs = vec![spawn(&brokers, &prefix, &url, 0), spawn(&brokers, &prefix, &url, 1)];
+    track(&mut ends, &world.early_catalog, produce_all(&producer, &world.early_catalog).await);
+    let g = |name: &str| kafka(&brokers, &prefix).group_id(name);
+    let catalog_topic = vec![topics.topic(Domain::Catalog).to_owned()];
+    crate::progress_oracle::wait_for_offsets(&store, &g("catalog"), &ends, &catalog_topic).await;
+
+    // Produce while killing: the kills land before, during and after the backlog.
+    let producing = {
+        let producer = Arc::clone(&producer);
+        let activity = world.activity.clone();
+        let late = world.late_catalog.clone();
+        tokio::spawn(async move {
+            let a = produce_all(&producer, &activity).await;
+            let l = produce_all(&producer, &late).await;
+            (a, l)
+        })
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let started = Instant::now();
+    for kill in 0..KILLS {
+        // Random kill points: these delays place faults, they synchronise nothing.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
+        let victim = rng.random_range(0..procs.len());
+        procs[victim].kill().expect("SIGKILL");
+        let _ = procs[victim].wait();
+        tracing::info!(kill, victim, elapsed_ms = started.elapsed().as_millis() as u64, "killed a processor with SIGKILL");
+        procs[victim] = spawn(&brokers, &prefix, &url, 2 + kill);
+    }
+    let (a, l) = producing.await.expect("producer task");
+    track(&mut ends, &world.activity, a);
+    track(&mut ends, &world.late_catalog, l);
+
+    let learning = vec![topics.topic(Domain::Learning).to_owned(), topics.topic(Domain::Enrollment).to_owned()];
+    crate::progress_oracle::wait_for_offsets(&store, &g("progress"), &ends, &learning).await;
+    crate::progress_oracle::wait_for_offsets(&store, &g("catalog"), &ends, &catalog_topic).await;
+    eventually("the outbox to drain", Duration::from_secs(120), || async { (outbox::pending(&store).await.ok()? == 0).then_some(()) })
+        .await;
+    check_progress(&store, &expected).await;
+
+    let want: usize = expected.progress.values().flat_map(|c| c.values()).filter(|e| e.completed_at.is_some()).count();
+    let (per_key, records) = completed_on_topic(&brokers, topics.topic(Domain::Derived), 4, want);
+    assert_eq!(per_key.len(), want, "learner-courses with a course.completed");
+    let doubled: Vec<_> = per_key.iter().filter(|(_, ids)| ids.len() != 1).collect();
+    assert!(doubled.is_empty(), "course.completed events with more than one id: {doubled:?}");
+    // A relay killed between the broker's acknowledgement and its delete sends a record
+    // again with the same id (consumers dedupe by id): report it, it is not a new event.
+    tracing::info!(records, distinct = want, "course.completed records on the derived topic");
+    let stored = offsets::load(&store, &g("progress")).await.expect("offsets");
+    assert!(!stored.is_empty());
+
+    for mut p in procs {
+        // SIGTERM would be the graceful path; this test only needs them gone.
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
