@@ -94,6 +94,15 @@ impl From<sqlx::Error> for RelayError {
     }
 }
 
+/// Gives the relay lock up by closing its session. Returning the connection to the pool
+/// would keep the session, and with it the lock, alive in the pool: no relay, this one
+/// included, could take it again.
+fn release(lock: Option<PoolConnection<Any>>) {
+    if let Some(conn) = lock {
+        drop(conn.detach());
+    }
+}
+
 /// Produces outbox rows to Kafka and deletes them once acknowledged.
 pub struct Relay {
     store: Store,
@@ -127,6 +136,7 @@ impl Relay {
                         tracing::warn!(error = %e, "outbox: last round before shutdown failed; rows stay for the next start");
                     }
                 }
+                release(lock);
                 return;
             }
             if self.store.backend() == Backend::Postgres && lock.is_none() {
@@ -156,7 +166,7 @@ impl Relay {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay round failed");
                     if matches!(e, RelayError::Store(_)) {
                         // The lock's session may be gone with the database: take it again.
-                        lock = None;
+                        release(lock.take());
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
