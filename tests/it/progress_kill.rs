@@ -92,13 +92,21 @@ async fn progress_survives_sigkill_of_instances() {
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let started = Instant::now();
+    let progress_group = g("progress");
+    let step = world.activity.len() as i64 / (KILLS as i64 + 2);
     for kill in 0..KILLS {
-        // Random kill points: these delays place faults, they synchronise nothing.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
+        // Kill points: when the group's stored offsets have passed a random mark in the
+        // kill's share of the stream, so kills land all along the run.
+        let mark = step * (kill as i64 + 1) + rng.random_range(0..step / 2);
+        eventually(&format!("progress to store {mark} offsets before kill {kill}"), Duration::from_secs(180), || async {
+            let stored: i64 = offsets::load(&store, &progress_group).await.ok()?.values().sum();
+            (stored >= mark).then_some(())
+        })
+        .await;
         let victim = rng.random_range(0..procs.len());
         procs[victim].kill().expect("SIGKILL");
         let _ = procs[victim].wait();
-        tracing::info!(kill, victim, elapsed_ms = started.elapsed().as_millis() as u64, "killed a processor with SIGKILL");
+        tracing::info!(kill, victim, mark, elapsed_ms = started.elapsed().as_millis() as u64, "killed a processor with SIGKILL");
         procs[victim] = spawn(&brokers, &prefix, &url, 2 + kill);
     }
     let (a, l) = producing.await.expect("producer task");

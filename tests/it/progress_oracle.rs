@@ -358,24 +358,25 @@ pub(crate) fn completed_on_topic(brokers: &str, topic: &str, partitions: i32, ex
     consumer.assign(&tpl).expect("assign");
     let mut per_key: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
     let mut records = 0;
+    let mut take = |m: &rdkafka::message::BorrowedMessage<'_>| {
+        let e = lms_events::decode(m.payload().unwrap_or_default()).expect("derived events decode");
+        if let EventData::CourseCompleted(d) = &e.data {
+            records += 1;
+            per_key.entry((e.tenant.clone(), d.learner_id.clone(), d.course_id.clone())).or_default().insert(e.id.clone());
+        }
+        per_key.len()
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while per_key.len() < expect && std::time::Instant::now() < deadline {
+    let mut seen = 0;
+    while seen < expect && std::time::Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let e = lms_events::decode(m.payload().unwrap_or_default()).expect("derived events decode");
-            if let EventData::CourseCompleted(d) = &e.data {
-                records += 1;
-                per_key.entry((e.tenant.clone(), d.learner_id.clone(), d.course_id.clone())).or_default().insert(e.id.clone());
-            }
+            seen = take(&m);
         }
     }
     // Read on until the topic is quiet, so that a duplicate right behind is seen too.
     while let Some(r) = consumer.poll(Duration::from_millis(500)) {
         if let Ok(m) = r {
-            let e = lms_events::decode(m.payload().unwrap_or_default()).expect("decode");
-            if let EventData::CourseCompleted(d) = &e.data {
-                records += 1;
-                per_key.entry((e.tenant.clone(), d.learner_id.clone(), d.course_id.clone())).or_default().insert(e.id.clone());
-            }
+            take(&m);
         }
     }
     (per_key, records)
