@@ -5,6 +5,11 @@
 //! the broker you point it at: the raw producer rate (the pipeline's producer: idempotent,
 //! `acks=all`, many records in flight) and the rate of a consumer group running the no-op
 //! processor (the bus's own cost: fetch, decode, batch, commit).
+//!
+//! `loadtest http` drives the write API (batch and single-event posts) and prints its
+//! rates and latencies next to the raw producer rate against the same broker (see `http`).
+
+mod http;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,12 +49,15 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         members: usize,
     },
+    /// The write API's batch and single-event rates and latencies, next to the raw producer.
+    Http(http::HttpArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bus { brokers, events, partitions, members } => bus(&brokers, events, partitions, members).await,
+        Command::Http(args) => http::run(args).await,
     }
 }
 

@@ -1,0 +1,193 @@
+//! Configuration of the HTTP services. Every option name carries its unit.
+//!
+//! The binary reads it as the `api` section of its configuration (defaults, then the YAML
+//! file, then `LMS_API__<KEY>` environment variables) and fills [`ApiConfig::jwt_secret`]
+//! from `LMS_JWT_SECRET`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use lms_bus::KafkaConfig;
+use serde::{Deserialize, Serialize};
+
+/// How the HTTP services listen, authenticate, limit and answer.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the HTTP server listens on, `host:port`.
+    pub listen: String,
+    /// Secret of the HS256 JSON Web Tokens clients authenticate with. The binary fills it
+    /// from the environment variable `LMS_JWT_SECRET`; the services refuse to start without it.
+    pub jwt_secret: Option<String>,
+    /// Clock skew tolerated when checking a token's `exp`, in seconds.
+    pub jwt_leeway_s: u64,
+    /// Largest request body accepted, in bytes; a larger body is answered 413.
+    pub max_body_bytes: usize,
+    /// Most events (or xAPI statements) in one request; more is answered 413.
+    pub max_batch_events: usize,
+    /// Largest single event (its JSON), in bytes; a larger one is rejected (422) at its index.
+    pub max_event_bytes: usize,
+    /// How long a client may take to send its whole body before the request is answered 408
+    /// (protects the service from slow bodies), in milliseconds.
+    pub body_timeout_ms: u64,
+    /// Per-tenant rate limit of write requests (token bucket).
+    pub rate_limit: RateLimitConfig,
+    /// Webhook signing secret per tenant: `POST /v1/payments/webhook` accepts calls only for
+    /// the tenants listed here.
+    pub webhook_secrets: BTreeMap<String, String>,
+    /// Oldest (or furthest in the future) webhook signature timestamp accepted, in seconds.
+    pub webhook_tolerance_s: u64,
+    /// Webhook ids remembered per instance to answer redeliveries without producing again.
+    pub webhook_dedupe_capacity: usize,
+    /// The `Retry-After` value sent with 503 answers (broker unavailable, queue full), in
+    /// seconds.
+    pub retry_after_s: u64,
+    /// How long the API's producer waits for the broker to acknowledge a record before the
+    /// request is answered 503 (librdkafka `message.timeout.ms` of the API's producer), in
+    /// milliseconds. See [`ApiConfig::producer_kafka_config`].
+    pub delivery_timeout_ms: u64,
+    /// How often the background readiness task checks the broker and the registered
+    /// checks, in milliseconds.
+    pub readiness_interval_ms: u64,
+    /// How long one readiness check may take before it counts as failed, in milliseconds.
+    pub readiness_timeout_ms: u64,
+}
+
+/// A token bucket per tenant: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Write requests per second a tenant may sustain; `0` turns the limit off. A batch
+    /// counts as one request.
+    pub per_second: f64,
+    /// Write requests a tenant may send at once after being idle (the bucket size).
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { per_second: 1_000.0, burst: 2_000 }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".to_owned(),
+            jwt_secret: None,
+            jwt_leeway_s: 30,
+            max_body_bytes: 4 * 1024 * 1024,
+            max_batch_events: 1_000,
+            max_event_bytes: 64 * 1024,
+            body_timeout_ms: 10_000,
+            rate_limit: RateLimitConfig::default(),
+            webhook_secrets: BTreeMap::new(),
+            webhook_tolerance_s: 300,
+            webhook_dedupe_capacity: 100_000,
+            retry_after_s: 2,
+            delivery_timeout_ms: 5_000,
+            readiness_interval_ms: 1_000,
+            readiness_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The Kafka configuration of the API's producer: `kafka` with the delivery timeout
+    /// replaced by [`ApiConfig::delivery_timeout_ms`], so that an unavailable broker turns
+    /// into a 503 within seconds instead of holding requests for the bus default (30 s).
+    pub fn producer_kafka_config(&self, kafka: &KafkaConfig) -> KafkaConfig {
+        let mut k = kafka.clone();
+        k.delivery_timeout_ms = self.delivery_timeout_ms;
+        k
+    }
+
+    pub(crate) fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+}
+
+/// Secrets are not printed.
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted: BTreeMap<&str, &str> = self.webhook_secrets.keys().map(|k| (k.as_str(), "<redacted>")).collect();
+        f.debug_struct("ApiConfig")
+            .field("listen", &self.listen)
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field("jwt_leeway_s", &self.jwt_leeway_s)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_batch_events", &self.max_batch_events)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("body_timeout_ms", &self.body_timeout_ms)
+            .field("rate_limit", &self.rate_limit)
+            .field("webhook_secrets", &redacted)
+            .field("webhook_tolerance_s", &self.webhook_tolerance_s)
+            .field("webhook_dedupe_capacity", &self.webhook_dedupe_capacity)
+            .field("retry_after_s", &self.retry_after_s)
+            .field("delivery_timeout_ms", &self.delivery_timeout_ms)
+            .field("readiness_interval_ms", &self.readiness_interval_ms)
+            .field("readiness_timeout_ms", &self.readiness_timeout_ms)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's error type, in tests only
+mod tests {
+    use super::*;
+    use figment::Figment;
+    use figment::providers::{Env, Format, Serialized, Yaml};
+
+    fn load() -> Result<ApiConfig, figment::Error> {
+        Figment::from(Serialized::defaults(ApiConfig::default()))
+            .merge(Yaml::file("lms.yaml").nested())
+            .merge(Env::prefixed("LMS_API__").split("__"))
+            .extract()
+    }
+
+    /// The README example: a file section `api:` and `LMS_API__*` overrides, as the binary
+    /// loads them.
+    #[test]
+    fn file_and_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "lms.yaml",
+                "default:\n  listen: 127.0.0.1:9000\n  rate_limit:\n    per_second: 50\n  webhook_secrets:\n    acme: whsec_1\n",
+            )?;
+            jail.set_env("LMS_API__MAX_BATCH_EVENTS", "10");
+            jail.set_env("LMS_API__RATE_LIMIT__BURST", "7");
+            let c = load()?;
+            assert_eq!(c.listen, "127.0.0.1:9000");
+            assert_eq!(c.max_batch_events, 10);
+            assert_eq!(c.rate_limit, RateLimitConfig { per_second: 50.0, burst: 7 });
+            assert_eq!(c.webhook_secrets["acme"], "whsec_1");
+            assert_eq!(c.retry_after_s, 2, "defaults stay");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_and_secrets_not_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("lms.yaml", "default:\n  max_body_byte: 10\n")?;
+            let err = load().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("max_body_byte"), "{err}");
+            Ok(())
+        });
+        let c = ApiConfig {
+            jwt_secret: Some("s3cret".into()),
+            webhook_secrets: [("acme".to_owned(), "whsec_x".to_owned())].into(),
+            ..ApiConfig::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("whsec_x") && shown.contains("acme"), "{shown}");
+    }
+
+    #[test]
+    fn the_producer_gets_the_short_delivery_timeout() {
+        let c = ApiConfig { delivery_timeout_ms: 1234, ..ApiConfig::default() };
+        let k = c.producer_kafka_config(&KafkaConfig::new("b:9092").with_prefix("p."));
+        assert_eq!((k.delivery_timeout_ms, k.topic_prefix.as_str()), (1234, "p."));
+    }
+}

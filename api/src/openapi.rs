@@ -1,0 +1,148 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and types.
+//!
+//! utoipa describes the routes and the response types; the event input schema, generated
+//! by `lms-events` from the event types, is added as the `ClientEvent` component (its
+//! `$defs` become components too). The document is committed as `api/openapi.json`; the
+//! test `openapi_json_is_current` keeps it in step (`LMS_BLESS=1 cargo test -p api`
+//! rewrites it).
+
+use serde_json::{Value, json};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "lms-pipeline write API",
+        description = "Thin write services of lms-pipeline: events, xAPI statements, enrollments, payment webhooks; \
+                       and the operations routes. See docs/CONTRACT.md.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        crate::events::post_events,
+        crate::xapi::post_statements,
+        crate::enrollments::post_enrollment,
+        crate::enrollments::delete_enrollment,
+        crate::webhook::post_webhook,
+        crate::ops::livez,
+        crate::ops::readyz,
+        crate::ops::metrics,
+        crate::ops::openapi,
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "write", description = "Write services: authenticate, validate, put on the right topic, answer"),
+        (name = "operations", description = "Liveness, readiness, metrics, this document")
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("HS256 token with claims sub, tenant, scope (space-separated), exp"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some("xAPI only: any user name, the bearer token as password (for LRS clients configured with key and secret)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document as JSON.
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    doc["info"]["version"] = json!("v1");
+    let mut input = lms_events::input_event_schema();
+    let defs = input.as_object_mut().and_then(|o| o.remove("$defs")).unwrap_or_else(|| json!({}));
+    if let Some(o) = input.as_object_mut() {
+        o.remove("$schema");
+    }
+    rewrite_refs(&mut input);
+    let schemas = &mut doc["components"]["schemas"];
+    if let Value::Object(defs) = defs {
+        for (name, mut schema) in defs {
+            rewrite_refs(&mut schema);
+            debug_assert!(schemas.get(&name).is_none(), "schema name {name} is used twice");
+            schemas[name.as_str()] = schema;
+        }
+    }
+    schemas["ClientEvent"] = input;
+    schemas["ClientEventBatch"] = json!({
+        "type": "array", "maxItems": 1000, "minItems": 1,
+        "items": {"$ref": "#/components/schemas/ClientEvent"},
+        "description": "A batch of at most 1000 events."
+    });
+    schemas["ClientEventOrBatch"] = json!({
+        "oneOf": [{"$ref": "#/components/schemas/ClientEvent"}, {"$ref": "#/components/schemas/ClientEventBatch"}],
+        "description": "One event, or a batch of at most 1000."
+    });
+    doc
+}
+
+/// Points `#/$defs/X` references at `#/components/schemas/X`.
+fn rewrite_refs(value: &mut Value) {
+    match value {
+        Value::Object(o) => {
+            for (k, v) in o.iter_mut() {
+                match v {
+                    Value::String(s) if k == "$ref" => {
+                        if let Some(name) = s.strip_prefix("#/$defs/") {
+                            *s = format!("#/components/schemas/{name}");
+                        }
+                    }
+                    _ => rewrite_refs(v),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed `api/openapi.json` is the generated document.
+    #[test]
+    fn openapi_json_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+        let generated = format!("{}\n", serde_json::to_string_pretty(&document()).unwrap());
+        if std::env::var_os("LMS_BLESS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(committed == generated, "api/openapi.json is stale: run `LMS_BLESS=1 cargo test -p api` and commit it");
+    }
+
+    #[test]
+    fn every_route_and_reference_is_there() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        for path in ["/v1/events", "/v1/xapi/statements", "/v1/enrollments", "/v1/enrollments/{learner_id}/{course_id}", "/v1/payments/webhook", "/livez", "/readyz", "/metrics", "/openapi.json"] {
+            assert!(doc["paths"].get(path).is_some(), "{path} is documented");
+        }
+        let text = doc.to_string();
+        for (i, _) in text.match_indices("\"$ref\":\"#/components/schemas/") {
+            let name: String = text[i + "\"$ref\":\"#/components/schemas/".len()..].chars().take_while(|c| *c != '"').collect();
+            assert!(doc["components"]["schemas"].get(&name).is_some(), "{name} is referenced but missing");
+        }
+        assert!(!text.contains("#/$defs/"));
+    }
+}

@@ -1,0 +1,715 @@
+//! What the analytics tests share: a generated event stream (several tenants, duplicates,
+//! reordering, refunds, the derived events the progress processor would emit), an oracle that
+//! computes every analytics answer plainly from the distinct events, the queries every test
+//! asks, and plumbing to run the analytics sink through the real broker.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Duration as Days, NaiveDate, TimeZone, Utc};
+use lms_analytics::{
+    ActiveLearnersPoint, AnalyticsSink, AnalyticsStore, AtRiskLearner, AtRiskParams, ClickHouseConfig, ClickHouseStore,
+    CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity, RevenueParams, RevenuePoint, ScoreBucket,
+    Scores, ScoresParams, SeriesParams,
+};
+use lms_bus::{BusMetrics, KafkaConfig, Member, MemberConfig, OnQueueFull, Producer, TopicsFile};
+use lms_events::data::{
+    AchievementUnlocked, AssessmentGraded, CourseCompleted, CoursePublished, EnrollmentCreated, EnrollmentDropped,
+    EnrollmentSource, LessonRef, Module, PaymentFailed, PaymentRefunded, PaymentSucceeded, ProgressStatus,
+    ProgressUpdated, VideoProgressed,
+};
+use lms_events::{Event, EventData};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tests::create_topic;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::fast_consumer;
+
+/// The test ClickHouse (18.16), from `LMS_TEST_CLICKHOUSE_URL`.
+pub fn clickhouse_url() -> String {
+    std::env::var("LMS_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned())
+}
+
+/// A ClickHouse store on a database of its own, migrated.
+pub async fn fresh_clickhouse(test: &str) -> ClickHouseStore {
+    let db = format!("t_{}_{}", test, &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let store = ClickHouseStore::new(ClickHouseConfig::new(clickhouse_url(), db));
+    store.migrate().await.expect("migrate the test database");
+    store
+}
+
+/// The first day of the generated activity.
+pub fn start() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).single().expect("valid time")
+}
+
+/// The generated stream: every distinct event once, then what is delivered (duplicates and
+/// all, shuffled).
+pub struct Stream {
+    /// Distinct events, in generation order.
+    pub distinct: Vec<Event>,
+    /// The delivery: the distinct events plus copies of some, in random order.
+    pub delivered: Vec<Event>,
+}
+
+struct Gen {
+    rng: StdRng,
+    n: u64,
+    events: Vec<Event>,
+}
+
+impl Gen {
+    fn event(&mut self, tenant: &str, time: DateTime<Utc>, data: EventData) -> Event {
+        self.n += 1;
+        let e = Event {
+            specversion: "1.0".to_owned(),
+            id: format!("{tenant}-e{:06}", self.n),
+            source: "analytics-test".to_owned(),
+            time,
+            subject: data.learner_id().map(str::to_owned),
+            tenant: tenant.to_owned(),
+            data,
+        };
+        self.events.push(e.clone());
+        e
+    }
+
+    fn at(&mut self, base: DateTime<Utc>, max_minutes: i64) -> DateTime<Utc> {
+        base + Days::minutes(self.rng.random_range(1..=max_minutes.max(1)))
+    }
+}
+
+/// Generates a stream over `tenants` tenants with `learners` learners each, seeded.
+pub fn generate(seed: u64, tenants: usize, learners: usize) -> Stream {
+    let mut g = Gen { rng: StdRng::seed_from_u64(seed), n: 0, events: Vec::new() };
+    for t in 0..tenants {
+        let tenant = format!("tenant-{t}");
+        let mut payments: Vec<(String, i64, String)> = Vec::new();
+        // Courses: 3 per tenant with 3–7 lessons.
+        let mut courses = Vec::new();
+        for c in 0..3 {
+            let course_id = format!("course-{c}");
+            let lessons: Vec<String> = (0..g.rng.random_range(3..=7)).map(|l| format!("lesson-{l}")).collect();
+            let published = start() - Days::days(30);
+            g.event(&tenant, published, EventData::CoursePublished(CoursePublished {
+                course_id: course_id.clone(),
+                title: format!("Course {c}"),
+                version: 1,
+                modules: vec![Module { module_id: "m1".to_owned(), lessons: lessons.clone() }],
+            }));
+            courses.push((course_id, lessons));
+        }
+        for l in 0..learners {
+            let learner = format!("learner-{l}");
+            for (course_id, lessons) in &courses {
+                let roll: f64 = g.rng.random();
+                if roll > 0.7 {
+                    continue;
+                }
+                // About one in ten learns without an enrollment.
+                let enrolled = roll < 0.63;
+                // Some activity starts before the queried ranges, some runs past them.
+                let mut t0 = start() + Days::minutes(g.rng.random_range(-20 * 24 * 60..80 * 24 * 60));
+                let enrolled_at = t0;
+                if enrolled {
+                    let source = [EnrollmentSource::SelfService, EnrollmentSource::Admin, EnrollmentSource::Purchase][g.rng.random_range(0..3)];
+                    g.event(&tenant, t0, EventData::EnrollmentCreated(EnrollmentCreated {
+                        learner_id: learner.clone(),
+                        course_id: course_id.clone(),
+                        source,
+                    }));
+                    if source == EnrollmentSource::Purchase || g.rng.random_bool(0.2) {
+                        let payment_id = format!("{tenant}-pay-{l}-{course_id}");
+                        let currency = ["EUR", "USD"][g.rng.random_range(0..2)].to_owned();
+                        let amount = g.rng.random_range(1_000..50_000);
+                        let paid_at = g.at(t0, 60);
+                        let with_course = g.rng.random_bool(0.85);
+                        g.event(&tenant, paid_at, EventData::PaymentSucceeded(PaymentSucceeded {
+                            payment_id: payment_id.clone(),
+                            learner_id: learner.clone(),
+                            course_id: with_course.then(|| course_id.clone()),
+                            amount_minor: amount,
+                            currency: currency.clone(),
+                        }));
+                        payments.push((payment_id, amount, currency));
+                    }
+                }
+                // Learning: lessons in order, some repeated, up to a random point.
+                let stop = g.rng.random_range(0..=lessons.len());
+                let mut done: BTreeSet<String> = BTreeSet::new();
+                for lesson in lessons.iter().take(stop) {
+                    t0 = g.at(t0, 3 * 24 * 60);
+                    let r = LessonRef { learner_id: learner.clone(), course_id: course_id.clone(), lesson_id: lesson.clone() };
+                    g.event(&tenant, t0, EventData::LessonStarted(r.clone()));
+                    if g.rng.random_bool(0.5) {
+                        let at = g.at(t0, 30);
+                        g.event(&tenant, at, EventData::VideoProgressed(VideoProgressed {
+                            learner_id: learner.clone(),
+                            course_id: course_id.clone(),
+                            lesson_id: lesson.clone(),
+                            position_s: 100.0,
+                            duration_s: 600.0,
+                            watched_s: 100.0,
+                        }));
+                    }
+                    t0 = g.at(t0, 60);
+                    let repeats = if g.rng.random_bool(0.1) { 2 } else { 1 };
+                    for _ in 0..repeats {
+                        g.event(&tenant, t0, EventData::LessonCompleted(r.clone()));
+                    }
+                    if done.insert(lesson.clone()) {
+                        let total = lessons.len() as u32;
+                        let completed = done.len() as u32;
+                        let percent = (1000.0 * f64::from(completed) / f64::from(total)).round() / 10.0;
+                        let finished = completed == total;
+                        g.event(&tenant, t0, EventData::ProgressUpdated(ProgressUpdated {
+                            learner_id: learner.clone(),
+                            course_id: course_id.clone(),
+                            course_version: 1,
+                            lessons_completed: completed,
+                            lessons_total: total,
+                            percent_complete: percent,
+                            status: if finished { ProgressStatus::Completed } else { ProgressStatus::InProgress },
+                            time_spent_s: 0.0,
+                            last_activity_at: Some(t0),
+                            completed_at: finished.then_some(t0),
+                        }));
+                        if finished {
+                            g.event(&tenant, t0, EventData::CourseCompleted(CourseCompleted {
+                                learner_id: learner.clone(),
+                                course_id: course_id.clone(),
+                                course_version: 1,
+                                completed_at: t0,
+                            }));
+                            g.event(&tenant, t0, EventData::AchievementUnlocked(AchievementUnlocked {
+                                learner_id: learner.clone(),
+                                achievement_id: format!("finished-{course_id}"),
+                                title: "Finished".to_owned(),
+                                course_id: Some(course_id.clone()),
+                                unlocked_at: t0,
+                            }));
+                        }
+                    }
+                }
+                // Assessment attempts: 0–3, scores on 20 or 50 points.
+                let max_score = [20.0, 50.0][g.rng.random_range(0..2)];
+                for attempt in 1..=g.rng.random_range(0..=3u32) {
+                    t0 = g.at(t0, 24 * 60);
+                    let score = f64::from(g.rng.random_range(0..=max_score as u32));
+                    g.event(&tenant, t0, EventData::AssessmentGraded(AssessmentGraded {
+                        learner_id: learner.clone(),
+                        course_id: course_id.clone(),
+                        assessment_id: format!("quiz-{course_id}"),
+                        score,
+                        max_score,
+                        attempt,
+                    }));
+                }
+                // Drops (after the activity or not), and some re-enrollments.
+                if enrolled && g.rng.random_bool(0.25) {
+                    let after = if g.rng.random_bool(0.5) { t0 } else { enrolled_at };
+                    let dropped_at = g.at(after, 5 * 24 * 60);
+                    g.event(&tenant, dropped_at, EventData::EnrollmentDropped(EnrollmentDropped {
+                        learner_id: learner.clone(),
+                        course_id: course_id.clone(),
+                    }));
+                    if g.rng.random_bool(0.3) {
+                        let again = g.at(dropped_at, 10 * 24 * 60);
+                        g.event(&tenant, again, EventData::EnrollmentCreated(EnrollmentCreated {
+                            learner_id: learner.clone(),
+                            course_id: course_id.clone(),
+                            source: EnrollmentSource::SelfService,
+                        }));
+                    }
+                }
+            }
+        }
+        // Refunds: a third of the payments, partly, some weeks later; two refunds of
+        // payments never seen; a few failed payments.
+        for (payment_id, amount, currency) in payments.clone() {
+            if g.rng.random_bool(0.33) {
+                let at = start() + Days::minutes(g.rng.random_range(0..100 * 24 * 60));
+                let part = g.rng.random_range(1..=amount);
+                g.event(&tenant, at, EventData::PaymentRefunded(PaymentRefunded { payment_id, amount_minor: part, currency }));
+            }
+        }
+        for i in 0..2 {
+            let at = start() + Days::days(10 + i);
+            g.event(&tenant, at, EventData::PaymentRefunded(PaymentRefunded {
+                payment_id: format!("{tenant}-unknown-{i}"),
+                amount_minor: 999,
+                currency: "EUR".to_owned(),
+            }));
+        }
+        for i in 0..3 {
+            let at = start() + Days::days(i);
+            g.event(&tenant, at, EventData::PaymentFailed(PaymentFailed {
+                payment_id: format!("{tenant}-failed-{i}"),
+                learner_id: format!("learner-{i}"),
+                reason: "card declined".to_owned(),
+            }));
+        }
+    }
+    let distinct = g.events.clone();
+    let mut delivered = distinct.clone();
+    for e in &distinct {
+        if g.rng.random_bool(0.15) {
+            delivered.push(e.clone());
+        }
+    }
+    delivered.shuffle(&mut g.rng);
+    Stream { distinct, delivered }
+}
+
+// ---------------------------------------------------------------------------------------
+// The oracle: every answer computed plainly over the distinct events.
+// ---------------------------------------------------------------------------------------
+
+fn bucket_of(g: Granularity, d: NaiveDate) -> NaiveDate {
+    match g {
+        Granularity::Day => d,
+        Granularity::Week => {
+            let mut d = d;
+            while d.weekday() != chrono::Weekday::Mon {
+                d = d.pred_opt().expect("a day before");
+            }
+            d
+        }
+        Granularity::Month => NaiveDate::from_ymd_opt(d.year(), d.month(), 1).expect("first of month"),
+    }
+}
+
+/// A learner in a course, as the oracle sees it.
+#[derive(Default)]
+struct InCourse {
+    /// The latest enrollment event: its time and whether it was a drop.
+    enrollment: Option<(DateTime<Utc>, bool)>,
+    /// The latest learning event.
+    last: Option<DateTime<Utc>>,
+    /// The furthest percent_complete.
+    percent: f64,
+    completed: bool,
+}
+
+/// The oracle over a stream's distinct events.
+pub struct Oracle {
+    events: Vec<Event>,
+}
+
+fn is_learning(d: &EventData) -> bool {
+    matches!(
+        d,
+        EventData::LessonStarted(_) | EventData::LessonCompleted(_) | EventData::VideoProgressed(_) | EventData::AssessmentGraded(_)
+    )
+}
+
+fn in_range(t: DateTime<Utc>, from: NaiveDate, to: NaiveDate) -> bool {
+    let d = t.date_naive();
+    from <= d && d <= to
+}
+
+impl Oracle {
+    /// Keeps the first copy of each id.
+    pub fn new(events: &[Event]) -> Oracle {
+        let mut seen = HashSet::new();
+        let events = events.iter().filter(|e| seen.insert((e.tenant.clone(), e.id.clone()))).cloned().collect();
+        Oracle { events }
+    }
+
+    fn of<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a Event> + 'a {
+        self.events.iter().filter(move |e| e.tenant == tenant)
+    }
+
+    pub fn active_learners(&self, p: &SeriesParams) -> Vec<ActiveLearnersPoint> {
+        let mut sets: BTreeMap<NaiveDate, HashSet<&str>> = BTreeMap::new();
+        for e in self.of(&p.tenant) {
+            if is_learning(&e.data) && in_range(e.time, p.from, p.to) && course_matches(e.course_id(), &p.course_id) {
+                sets.entry(bucket_of(p.granularity, e.time.date_naive())).or_default().insert(e.learner_id().expect("learner"));
+            }
+        }
+        sets.into_iter().map(|(bucket, s)| ActiveLearnersPoint { bucket, active_learners: s.len() as u64 }).collect()
+    }
+
+    pub fn enrollments(&self, p: &SeriesParams) -> Vec<EnrollmentsPoint> {
+        let mut counts: BTreeMap<NaiveDate, (u64, u64)> = BTreeMap::new();
+        for e in self.of(&p.tenant) {
+            if !in_range(e.time, p.from, p.to) || !course_matches(e.course_id(), &p.course_id) {
+                continue;
+            }
+            let b = bucket_of(p.granularity, e.time.date_naive());
+            match e.data {
+                EventData::EnrollmentCreated(_) => counts.entry(b).or_default().0 += 1,
+                EventData::EnrollmentDropped(_) => counts.entry(b).or_default().1 += 1,
+                _ => {}
+            }
+        }
+        counts.into_iter().map(|(bucket, (enrollments, drops))| EnrollmentsPoint { bucket, enrollments, drops }).collect()
+    }
+
+    pub fn completions(&self, p: &SeriesParams) -> Vec<CompletionsPoint> {
+        let mut first: HashMap<(&str, &str), DateTime<Utc>> = HashMap::new();
+        for e in self.of(&p.tenant) {
+            if let EventData::CourseCompleted(c) = &e.data {
+                if course_matches(Some(&c.course_id), &p.course_id) {
+                    let t = first.entry((&c.course_id, &c.learner_id)).or_insert(c.completed_at);
+                    *t = (*t).min(c.completed_at);
+                }
+            }
+        }
+        let mut counts: BTreeMap<NaiveDate, u64> = BTreeMap::new();
+        for t in first.values().filter(|t| in_range(**t, p.from, p.to)) {
+            *counts.entry(bucket_of(p.granularity, t.date_naive())).or_default() += 1;
+        }
+        counts.into_iter().map(|(bucket, completions)| CompletionsPoint { bucket, completions }).collect()
+    }
+
+    /// What the oracle knows of each learner of a course.
+    fn course_learners(&self, tenant: &str, course: &str) -> BTreeMap<String, InCourse> {
+        let mut m: BTreeMap<String, InCourse> = BTreeMap::new();
+        for e in self.of(tenant).filter(|e| e.course_id() == Some(course)) {
+            let Some(learner) = e.learner_id() else { continue };
+            let entry = m.entry(learner.to_owned()).or_default();
+            match &e.data {
+                EventData::EnrollmentCreated(_) | EventData::EnrollmentDropped(_) => {
+                    let this = (e.time, matches!(e.data, EventData::EnrollmentDropped(_)));
+                    // The latest by event time; at equal times a drop wins.
+                    if entry.enrollment.is_none_or(|prev| this > prev) {
+                        entry.enrollment = Some(this);
+                    }
+                }
+                EventData::ProgressUpdated(p) => entry.percent = entry.percent.max(p.percent_complete),
+                EventData::CourseCompleted(_) => entry.completed = true,
+                d if is_learning(d) => entry.last = Some(entry.last.map_or(e.time, |t| t.max(e.time))),
+                _ => {}
+            }
+        }
+        m
+    }
+
+    pub fn funnel(&self, p: &FunnelParams) -> Funnel {
+        let mut f = Funnel::default();
+        for l in self.course_learners(&p.tenant, &p.course_id).values() {
+            let enrolled_now = matches!(l.enrollment, Some((_, false)));
+            if !(enrolled_now || l.completed) {
+                continue;
+            }
+            f.enrolled += 1;
+            f.started += u64::from(l.last.is_some());
+            f.reached_25 += u64::from(l.percent >= 25.0);
+            f.reached_50 += u64::from(l.percent >= 50.0);
+            f.reached_75 += u64::from(l.percent >= 75.0);
+            f.completed += u64::from(l.completed);
+        }
+        f
+    }
+
+    pub fn at_risk(&self, p: &AtRiskParams) -> Vec<AtRiskLearner> {
+        let threshold = p.as_of - Days::days(i64::from(p.inactive_days));
+        let mut out: Vec<(DateTime<Utc>, AtRiskLearner)> = Vec::new();
+        for (learner_id, l) in self.course_learners(&p.tenant, &p.course_id) {
+            let Some((enrolled_at, false)) = l.enrollment else { continue };
+            if l.completed {
+                continue;
+            }
+            let reference = l.last.unwrap_or(enrolled_at);
+            if reference < threshold {
+                out.push((reference, AtRiskLearner { learner_id, percent_complete: l.percent, last_activity_at: l.last }));
+            }
+        }
+        out.sort_by(|a, b| (a.0, &a.1.learner_id).cmp(&(b.0, &b.1.learner_id)));
+        out.truncate(p.limit as usize);
+        out.into_iter().map(|(_, l)| l).collect()
+    }
+
+    pub fn revenue(&self, p: &RevenueParams) -> Vec<RevenuePoint> {
+        let s = &p.series;
+        let mut paid: HashMap<&str, (&str, Option<&str>)> = HashMap::new();
+        for e in self.of(&s.tenant) {
+            if let EventData::PaymentSucceeded(d) = &e.data {
+                paid.insert(&d.payment_id, (&d.currency, d.course_id.as_deref()));
+            }
+        }
+        let wanted = |currency: &str, course: Option<&str>| {
+            p.currency.as_deref().is_none_or(|c| c == currency) && s.course_id.as_deref().is_none_or(|c| Some(c) == course)
+        };
+        let mut sums: BTreeMap<(NaiveDate, String), (i64, i64)> = BTreeMap::new();
+        for e in self.of(&s.tenant).filter(|e| in_range(e.time, s.from, s.to)) {
+            let b = bucket_of(s.granularity, e.time.date_naive());
+            match &e.data {
+                EventData::PaymentSucceeded(d) if wanted(&d.currency, d.course_id.as_deref()) => {
+                    sums.entry((b, d.currency.clone())).or_default().0 += d.amount_minor;
+                }
+                EventData::PaymentRefunded(d) => {
+                    if let Some((currency, course)) = paid.get(d.payment_id.as_str()) {
+                        if wanted(currency, *course) {
+                            sums.entry((b, (*currency).to_owned())).or_default().1 += d.amount_minor;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        sums.into_iter()
+            .map(|((bucket, currency), (gross, refunds))| RevenuePoint {
+                bucket,
+                currency,
+                gross_minor: gross,
+                refunds_minor: refunds,
+                net_minor: gross - refunds,
+            })
+            .collect()
+    }
+
+    pub fn scores(&self, p: &ScoresParams) -> Scores {
+        let mut attempts = 0;
+        let mut best: HashMap<&str, f64> = HashMap::new();
+        for e in self.of(&p.tenant) {
+            let EventData::AssessmentGraded(a) = &e.data else { continue };
+            if a.assessment_id != p.assessment_id
+                || p.range.is_some_and(|(from, to)| !in_range(e.time, from, to))
+                || !course_matches(Some(&a.course_id), &p.course_id)
+            {
+                continue;
+            }
+            attempts += 1;
+            let pct = 100.0 * a.score / a.max_score;
+            let b = best.entry(&a.learner_id).or_insert(pct);
+            *b = b.max(pct);
+        }
+        let mut values: Vec<f64> = best.into_values().collect();
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let round2 = |v: f64| (v * 100.0).round() / 100.0;
+        let percentile = |q: usize| (n > 0).then(|| round2(values[((q * n).div_ceil(100)).max(1) - 1]));
+        let mut histogram: Vec<ScoreBucket> = (0..10).map(|i| ScoreBucket { from_pct: i * 10, to_pct: i * 10 + 10, count: 0 }).collect();
+        for v in &values {
+            let i = if *v >= 100.0 { 9 } else { (*v / 10.0).floor() as usize };
+            histogram[i].count += 1;
+        }
+        Scores {
+            attempts,
+            learners: n as u64,
+            mean_pct: (n > 0).then(|| round2(values.iter().sum::<f64>() / n as f64)),
+            p50_pct: percentile(50),
+            p90_pct: percentile(90),
+            histogram,
+        }
+    }
+}
+
+fn course_matches(course: Option<&str>, filter: &Option<String>) -> bool {
+    filter.as_deref().is_none_or(|f| Some(f) == course)
+}
+
+// ---------------------------------------------------------------------------------------
+// The queries every test asks, and the comparison.
+// ---------------------------------------------------------------------------------------
+
+/// Every answer of one store (or the oracle), in a fixed order, for comparing.
+#[derive(Debug, PartialEq)]
+pub enum Answer {
+    Active(Vec<ActiveLearnersPoint>),
+    Enrollments(Vec<EnrollmentsPoint>),
+    Completions(Vec<CompletionsPoint>),
+    Funnel(Funnel),
+    Revenue(Vec<RevenuePoint>),
+    Scores(Scores),
+    AtRisk(Vec<AtRiskLearner>),
+}
+
+/// The queries: every endpoint, every granularity, with and without filters, two ranges,
+/// every tenant plus one with no data.
+pub struct Queries {
+    pub series: Vec<SeriesParams>,
+    pub revenue: Vec<RevenueParams>,
+    pub funnels: Vec<FunnelParams>,
+    pub scores: Vec<ScoresParams>,
+    pub at_risk: Vec<AtRiskParams>,
+}
+
+pub fn queries(tenants: usize) -> Queries {
+    let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("date");
+    let mut q = Queries { series: vec![], revenue: vec![], funnels: vec![], scores: vec![], at_risk: vec![] };
+    let mut names: Vec<String> = (0..tenants).map(|t| format!("tenant-{t}")).collect();
+    names.push("tenant-without-data".to_owned());
+    for tenant in &names {
+        for (from, to) in [(d("2026-03-01"), d("2026-05-31")), (d("2026-03-18"), d("2026-04-09"))] {
+            for granularity in [Granularity::Day, Granularity::Week, Granularity::Month] {
+                for course_id in [None, Some("course-1".to_owned())] {
+                    let s = SeriesParams { tenant: tenant.clone(), from, to, granularity, course_id };
+                    for currency in [None, Some("EUR".to_owned())] {
+                        q.revenue.push(RevenueParams { series: s.clone(), currency });
+                    }
+                    q.series.push(s);
+                }
+            }
+        }
+        for c in 0..3 {
+            let course_id = format!("course-{c}");
+            q.funnels.push(FunnelParams { tenant: tenant.clone(), course_id: course_id.clone() });
+            q.scores.push(ScoresParams { tenant: tenant.clone(), assessment_id: format!("quiz-{course_id}"), range: None, course_id: None });
+            q.scores.push(ScoresParams {
+                tenant: tenant.clone(),
+                assessment_id: format!("quiz-{course_id}"),
+                range: Some((d("2026-03-10"), d("2026-04-20"))),
+                course_id: Some(course_id.clone()),
+            });
+            for (days, as_of) in [(7, start() + Days::days(60)), (14, start() + Days::days(120)), (0, start())] {
+                q.at_risk.push(AtRiskParams {
+                    tenant: tenant.clone(),
+                    course_id: course_id.clone(),
+                    inactive_days: days,
+                    as_of,
+                    limit: if days == 14 { 5 } else { 1000 },
+                });
+            }
+        }
+    }
+    q
+}
+
+/// Every answer of a store.
+pub async fn answers(store: &dyn AnalyticsStore, q: &Queries) -> Vec<Answer> {
+    let mut out = Vec::new();
+    for p in &q.series {
+        out.push(Answer::Active(store.active_learners(p).await.expect("active learners")));
+        out.push(Answer::Enrollments(store.enrollments(p).await.expect("enrollments")));
+        out.push(Answer::Completions(store.completions(p).await.expect("completions")));
+    }
+    for p in &q.revenue {
+        out.push(Answer::Revenue(store.revenue(p).await.expect("revenue")));
+    }
+    for p in &q.funnels {
+        out.push(Answer::Funnel(store.funnel(p).await.expect("funnel")));
+    }
+    for p in &q.scores {
+        out.push(Answer::Scores(store.scores(p).await.expect("scores")));
+    }
+    for p in &q.at_risk {
+        out.push(Answer::AtRisk(store.at_risk(p).await.expect("at risk")));
+    }
+    out
+}
+
+/// Every answer of the oracle, in the order of [`answers`].
+pub fn oracle_answers(o: &Oracle, q: &Queries) -> Vec<Answer> {
+    let mut out = Vec::new();
+    for p in &q.series {
+        out.push(Answer::Active(o.active_learners(p)));
+        out.push(Answer::Enrollments(o.enrollments(p)));
+        out.push(Answer::Completions(o.completions(p)));
+    }
+    for p in &q.revenue {
+        out.push(Answer::Revenue(o.revenue(p)));
+    }
+    for p in &q.funnels {
+        out.push(Answer::Funnel(o.funnel(p)));
+    }
+    for p in &q.scores {
+        out.push(Answer::Scores(o.scores(p)));
+    }
+    for p in &q.at_risk {
+        out.push(Answer::AtRisk(o.at_risk(p)));
+    }
+    out
+}
+
+/// Fails with the first differing answer, naming which one.
+pub fn assert_same(what: &str, got: &[Answer], expected: &[Answer]) {
+    assert_eq!(got.len(), expected.len(), "{what}: number of answers");
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        assert_eq!(g, e, "{what}: answer {i} differs");
+    }
+}
+
+/// Guards against an oracle comparison that passes because everything is empty: the stream
+/// must make every endpoint answer something for the first tenant.
+pub fn assert_substantial(expected: &[Answer]) {
+    let mut seen = [false; 7];
+    for a in expected {
+        match a {
+            Answer::Active(v) => seen[0] |= !v.is_empty(),
+            Answer::Enrollments(v) => seen[1] |= v.iter().any(|p| p.drops > 0),
+            Answer::Completions(v) => seen[2] |= !v.is_empty(),
+            Answer::Funnel(f) => seen[3] |= f.completed > 0 && f.reached_50 > f.completed && f.started < f.enrolled,
+            Answer::Revenue(v) => seen[4] |= v.iter().any(|r| r.refunds_minor > 0),
+            Answer::Scores(s) => seen[5] |= s.learners > 1 && s.attempts > s.learners,
+            Answer::AtRisk(v) => seen[6] |= v.len() > 1,
+        }
+    }
+    assert_eq!(seen, [true; 7], "the generated stream exercises every endpoint");
+}
+
+// ---------------------------------------------------------------------------------------
+// The sink through the broker.
+// ---------------------------------------------------------------------------------------
+
+/// Topic → partition → one past the last offset produced.
+pub type Ends = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// Partitions of each test topic (fewer than production keeps the test quick).
+pub const PARTITIONS: i32 = 3;
+
+/// Creates the sink's topics under `kafka`'s prefix.
+pub async fn create_sink_topics(brokers: &str, kafka: &KafkaConfig) {
+    let map = TopicsFile::bundled().topic_map(&kafka.topic_prefix);
+    for topic in AnalyticsSink::topics(&map) {
+        create_topic(brokers, &topic, PARTITIONS).await;
+    }
+}
+
+/// Produces events in order and returns the end offset of every partition written.
+pub async fn produce(producer: &Producer, events: &[Event]) -> Ends {
+    let mut ends = Ends::new();
+    for chunk in events.chunks(5_000) {
+        let batch: Vec<_> = chunk.iter().map(|e| (e.clone(), None)).collect();
+        let results = producer.send_events(&batch, OnQueueFull::Wait(Duration::from_secs(60))).await;
+        for (e, r) in chunk.iter().zip(results) {
+            let d = r.expect("test events are delivered");
+            let topic = producer.topics().topic(e.domain()).to_owned();
+            let end = ends.entry(topic).or_default().entry(d.partition).or_insert(0);
+            *end = (*end).max(d.offset + 1);
+        }
+    }
+    ends
+}
+
+/// Merges the ends of two productions.
+pub fn merge_ends(a: &mut Ends, b: Ends) {
+    for (topic, parts) in b {
+        for (p, end) in parts {
+            let e = a.entry(topic.clone()).or_default().entry(p).or_insert(0);
+            *e = (*e).max(end);
+        }
+    }
+}
+
+/// Whether `group` has committed every partition up to its end.
+pub fn committed_to_ends(brokers: &str, group: &str, ends: &Ends) -> bool {
+    ends.iter().all(|(topic, parts)| {
+        let got = crate::support::committed(brokers, group, topic, PARTITIONS);
+        parts.iter().all(|(p, end)| got.get(p) == Some(end))
+    })
+}
+
+/// Starts one member of the analytics group writing to `store`.
+pub fn spawn_sink(
+    kafka: &KafkaConfig,
+    store: Arc<dyn AnalyticsStore>,
+    producer: Arc<Producer>,
+    metrics: Arc<BusMetrics>,
+    shutdown: CancellationToken,
+) -> Member {
+    let map = TopicsFile::bundled().topic_map(&kafka.topic_prefix);
+    let cfg = MemberConfig {
+        kafka: kafka.clone(),
+        consumer: fast_consumer(),
+        group_id: kafka.group_id(AnalyticsSink::NAME),
+        topics: AnalyticsSink::topics(&map),
+        client_id: format!("analytics-test-{}", uuid::Uuid::new_v4().simple()),
+    };
+    Member::spawn(cfg, Arc::new(AnalyticsSink::new(store)), producer, metrics, shutdown).expect("spawn the analytics member")
+}
