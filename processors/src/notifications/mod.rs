@@ -1,0 +1,824 @@
+//! Notifications: enrollment, payment and derived events in; one decided notification per
+//! source event and learner (or per milestone) out, with its delivery intents, in the
+//! transaction that advances the offsets; a [`dispatcher`] performs the deliveries.
+//!
+//! Per batch, under exclusive locks on its learners (one learner's events come from three
+//! topics whose partitions may belong to different members):
+//! 1. Candidates: `enrollment.created`, `payment.*` (a refund's learner is the payment's,
+//!    kept in `notification_payments`), `course.completed`, `achievement.unlocked`, and the
+//!    25/50/75 % milestones a `progress.updated` reaches (each once per learner and course:
+//!    its source key is the milestone, not the event; milestones below the highest one an
+//!    event reaches, and all of them once the course is completed, are stored as
+//!    superseded and not delivered).
+//! 2. Dedupe: a candidate whose `(tenant, learner, source key)` is stored is dropped, so
+//!    redelivery and replay notify nobody twice.
+//! 3. Render the title and body ([`templates`]) in the learner's locale. A template error
+//!    fails the batch permanently; the runner isolates the event and dead-letters it with
+//!    the reason.
+//! 4. Decide ([`preferences`]): payments are transactional (never muted, never digested,
+//!    never throttled). Otherwise a muted category is stored as muted; a learner with a
+//!    digest preference gets the item in the hourly or daily digest; else at most
+//!    `throttle_per_window` per learner, category and window are delivered and the rest go
+//!    into that window's digest.
+//! 5. Write: notifications, delivery intents (one per available channel, due at once or at
+//!    the end of the learner's quiet hours), throttle counters, and digest timers (durable
+//!    rows the dispatcher closes when due) — then the offsets commit with them.
+//!
+//! Times of decisions (quiet hours, windows) are the processing time of the [`Clock`].
+//!
+//! [`Notifications`] implements `Processor` itself instead of being a `Stage` run by
+//! `Stateful` (whose per-batch transaction it repeats: offsets first, effects, commit): a
+//! template error must fail the batch permanently, so the runner isolates and
+//! dead-letters the one event, while store errors keep their transient/permanent split.
+
+pub mod config;
+pub mod dispatcher;
+pub mod inbox;
+pub mod preferences;
+pub mod templates;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Days, TimeZone as _, Utc};
+use lms_bus::{Batch, OffsetStore, ProcessError, Processor, Record};
+use lms_events::data::ProgressStatus;
+use lms_events::{EventData, TraceContext};
+use lms_store::sql::{CHUNK_ROWS, lock_key, lock_keys, to_us, values};
+
+/// Rows per statement of the wide inserts of a batch (up to 12 columns: 24 000 bind
+/// parameters, below both databases' limits): fewer round trips than `CHUNK_ROWS`.
+const WIDE_CHUNK_ROWS: usize = 2000;
+use lms_store::{Store, StoreError, Tx, offsets};
+use serde_json::{Value, json};
+use sqlx::Row as _;
+use tokio::sync::Notify;
+
+pub use self::config::{Clock, NotifyConfig};
+use self::preferences::{Digest, Preferences};
+use self::templates::{TemplateError, Templates};
+use crate::derived_id;
+
+/// The `source` of the events the notifications processor emits.
+pub const SOURCE: &str = "lms-notifications";
+
+/// The template kinds.
+pub const KINDS: &[&str] = &[
+    "enrollment_created",
+    "payment_succeeded",
+    "payment_refunded",
+    "payment_failed",
+    "course_completed",
+    "achievement_unlocked",
+    "progress_milestone",
+    "digest",
+];
+
+/// Progress milestones, in percent.
+pub const MILESTONES: [u32; 3] = [25, 50, 75];
+
+/// The category of payments: transactional.
+pub const TRANSACTIONAL: &str = "payment";
+
+/// What the processor and the dispatcher share: configuration, templates, the clock, and
+/// the waker of the dispatcher.
+#[derive(Debug)]
+pub struct Settings {
+    /// The `notifications` configuration.
+    pub config: NotifyConfig,
+    /// The templates.
+    pub templates: Templates,
+    /// The time decisions are made by.
+    pub clock: Clock,
+    /// Woken after commits that planned deliveries.
+    pub dispatcher: Arc<Notify>,
+}
+
+impl Settings {
+    /// Settings of `config` with `templates`.
+    pub fn new(config: NotifyConfig, templates: Templates) -> Settings {
+        Settings { config, templates, clock: Clock::default(), dispatcher: Arc::new(Notify::new()) }
+    }
+
+    /// Settings of `config`, with the templates of its `templates_dir`.
+    pub fn load(config: NotifyConfig) -> Result<Settings, templates::LoadError> {
+        let templates = Templates::load(config.templates_dir.as_deref())?;
+        Ok(Settings::new(config, templates))
+    }
+
+    /// With this clock (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Settings {
+        self.clock = clock;
+        self
+    }
+
+    fn window_us(&self) -> i64 {
+        i64::try_from(self.config.window_s.max(1)).unwrap_or(3600) * 1_000_000
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::new(NotifyConfig::default(), Templates::from_sets([]))
+    }
+}
+
+/// Why a batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An event's notification could not be rendered (dead-lettered with this reason).
+    #[error("event {event_id}: {source}")]
+    Template {
+        /// The event.
+        event_id: String,
+        /// Why.
+        #[source]
+        source: TemplateError,
+    },
+}
+
+impl From<sqlx::Error> for NotifyError {
+    fn from(e: sqlx::Error) -> Self {
+        NotifyError::Store(e.into())
+    }
+}
+
+/// The notifications processor: run it as a member of its consumer group.
+pub struct Notifications {
+    store: Store,
+    settings: Arc<Settings>,
+}
+
+impl Notifications {
+    /// On `store` with `settings`.
+    pub fn new(store: Store, settings: Arc<Settings>) -> Self {
+        Self { store, settings }
+    }
+
+    async fn run(&self, batch: &Batch) -> Result<usize, NotifyError> {
+        let mut tx = self.store.begin().await?;
+        offsets::advance(&mut tx, &batch.group, &batch.offsets).await?;
+        let planned = apply(&self.settings, &self.store, &mut tx, &batch.records).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(planned)
+    }
+}
+
+#[async_trait]
+impl Processor for Notifications {
+    fn name(&self) -> &str {
+        "notifications"
+    }
+
+    fn check(&self, record: &Record) -> Result<(), String> {
+        crate::check_ids(&record.event)
+    }
+
+    async fn process(&self, batch: &Batch) -> Result<(), ProcessError> {
+        match self.run(batch).await {
+            Ok(planned) => {
+                if planned > 0 {
+                    self.settings.dispatcher.notify_one();
+                }
+                Ok(())
+            }
+            Err(NotifyError::Store(e)) => Err(e.into_process_error()),
+            Err(e @ NotifyError::Template { .. }) => {
+                tracing::warn!(error = %e, "notification template failed");
+                Err(ProcessError::permanent(e))
+            }
+        }
+    }
+
+    fn offset_store(&self) -> Option<Arc<dyn OffsetStore>> {
+        Some(Arc::new(self.store.clone()))
+    }
+}
+
+/// A notification to decide.
+struct Candidate {
+    tenant: String,
+    learner: String,
+    category: &'static str,
+    kind: &'static str,
+    source_key: String,
+    source_event_id: String,
+    vars: Value,
+    superseded: bool,
+    event_at_us: i64,
+    trace: Option<TraceContext>,
+}
+
+/// `amount_minor` as a decimal with two places (the templates' `amount`).
+fn amount(minor: i64) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    format!("{sign}{}.{:02}", (minor / 100).abs(), (minor % 100).abs())
+}
+
+async fn payment_learners(tx: &mut Tx, records: &[Record]) -> Result<HashMap<(String, String), String>, StoreError> {
+    let mut known: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+    for r in records {
+        let e = &r.event;
+        match &e.data {
+            EventData::PaymentSucceeded(d) => {
+                known.entry((e.tenant.clone(), d.payment_id.clone())).or_insert_with(|| d.learner_id.clone());
+            }
+            EventData::PaymentFailed(d) => {
+                known.entry((e.tenant.clone(), d.payment_id.clone())).or_insert_with(|| d.learner_id.clone());
+            }
+            EventData::PaymentRefunded(d) => {
+                wanted.insert((e.tenant.clone(), d.payment_id.clone()));
+            }
+            _ => {}
+        }
+    }
+    let rows: Vec<_> = known.iter().collect();
+    for chunk in rows.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "INSERT INTO notification_payments (tenant, payment_id, learner_id) VALUES {} ON CONFLICT (tenant, payment_id) DO NOTHING",
+            values(chunk.len(), 3, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for ((t, p), l) in chunk {
+            q = q.bind(t.as_str()).bind(p.as_str()).bind(l.as_str());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    let mut out: HashMap<(String, String), String> = HashMap::new();
+    let wanted: Vec<_> = wanted.into_iter().collect();
+    for chunk in wanted.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "SELECT tenant, payment_id, learner_id FROM notification_payments WHERE (tenant, payment_id) IN (VALUES {})",
+            values(chunk.len(), 2, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for (t, p) in chunk {
+            q = q.bind(t.as_str()).bind(p.as_str());
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            out.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+        }
+    }
+    Ok(out)
+}
+
+fn candidates(records: &[Record], payments: &HashMap<(String, String), String>) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for r in records {
+        let e = &r.event;
+        let mut push = |learner: &str, category: &'static str, kind: &'static str, source_key: String, vars: Value, superseded: bool| {
+            out.push(Candidate {
+                tenant: e.tenant.clone(),
+                learner: learner.to_owned(),
+                category,
+                kind,
+                source_key,
+                source_event_id: e.id.clone(),
+                vars,
+                superseded,
+                event_at_us: to_us(e.time),
+                trace: r.trace,
+            });
+        };
+        match &e.data {
+            EventData::EnrollmentCreated(d) => push(
+                &d.learner_id,
+                "enrollment",
+                "enrollment_created",
+                e.id.clone(),
+                json!({"course_id": d.course_id, "source": d.source.as_str()}),
+                false,
+            ),
+            EventData::PaymentSucceeded(d) => push(
+                &d.learner_id,
+                TRANSACTIONAL,
+                "payment_succeeded",
+                e.id.clone(),
+                json!({"payment_id": d.payment_id, "amount": amount(d.amount_minor), "currency": d.currency, "course_id": d.course_id}),
+                false,
+            ),
+            EventData::PaymentFailed(d) => push(
+                &d.learner_id,
+                TRANSACTIONAL,
+                "payment_failed",
+                e.id.clone(),
+                json!({"payment_id": d.payment_id, "reason": d.reason}),
+                false,
+            ),
+            EventData::PaymentRefunded(d) => match payments.get(&(e.tenant.clone(), d.payment_id.clone())) {
+                Some(learner) => push(
+                    learner,
+                    TRANSACTIONAL,
+                    "payment_refunded",
+                    e.id.clone(),
+                    json!({"payment_id": d.payment_id, "amount": amount(d.amount_minor), "currency": d.currency}),
+                    false,
+                ),
+                None => tracing::warn!(event_id = %e.id, payment_id = %d.payment_id, "refund of an unknown payment: nobody to notify"),
+            },
+            EventData::CourseCompleted(d) => push(
+                &d.learner_id,
+                "completion",
+                "course_completed",
+                e.id.clone(),
+                json!({"course_id": d.course_id, "completed_at": d.completed_at.to_rfc3339()}),
+                false,
+            ),
+            EventData::AchievementUnlocked(d) => push(
+                &d.learner_id,
+                "achievement",
+                "achievement_unlocked",
+                e.id.clone(),
+                json!({"title": d.title, "achievement_id": d.achievement_id, "course_id": d.course_id}),
+                false,
+            ),
+            EventData::ProgressUpdated(d) => {
+                let reached: Vec<u32> = MILESTONES.iter().copied().filter(|m| d.percent_complete >= f64::from(*m)).collect();
+                let completed = d.status == ProgressStatus::Completed;
+                for (i, m) in reached.iter().enumerate() {
+                    let superseded = completed || i + 1 < reached.len();
+                    push(
+                        &d.learner_id,
+                        "milestone",
+                        "progress_milestone",
+                        format!("milestone:{}:{m}", d.course_id),
+                        json!({"course_id": d.course_id, "milestone": m, "percent_complete": d.percent_complete}),
+                        superseded,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Where an item goes.
+enum Decision {
+    Direct,
+    Muted,
+    Superseded,
+    Digest { key: String, due_us: i64 },
+}
+
+/// The digest window of `now` for a learner who chose `digest`: (key, due µs).
+fn digest_window(settings: &Settings, prefs: &Preferences, now: DateTime<Utc>) -> Option<(String, i64)> {
+    let now_us = to_us(now);
+    match prefs.digest {
+        Digest::Off => None,
+        Digest::Hourly => {
+            let w = settings.window_us();
+            let start = now_us.div_euclid(w) * w;
+            Some((format!("hourly:{start}"), start + w))
+        }
+        Digest::Daily if settings.config.daily_window_s == 86_400 => {
+            let tz = prefs.tz();
+            let local = now.with_timezone(&tz).date_naive();
+            let midnight = |d: chrono::NaiveDate| {
+                let t = d.and_hms_opt(0, 0, 0).unwrap_or_default();
+                tz.from_local_datetime(&t)
+                    .earliest()
+                    .or_else(|| tz.from_local_datetime(&(t + chrono::Duration::hours(1))).earliest())
+                    .map(|t| to_us(t.with_timezone(&Utc)))
+            };
+            let start = midnight(local).unwrap_or(now_us);
+            let end = midnight(local + Days::new(1)).unwrap_or(now_us + 86_400_000_000);
+            Some((format!("daily:{start}"), end))
+        }
+        Digest::Daily => {
+            let w = i64::try_from(settings.config.daily_window_s.max(1)).unwrap_or(86_400) * 1_000_000;
+            let start = now_us.div_euclid(w) * w;
+            Some((format!("daily:{start}"), start + w))
+        }
+    }
+}
+
+/// A notification row.
+struct NotificationRow {
+    tenant: String,
+    id: String,
+    learner: String,
+    category: &'static str,
+    source_key: String,
+    source_event_id: String,
+    title: String,
+    body: String,
+    state: &'static str,
+    digest_key: Option<String>,
+    event_at_us: i64,
+}
+
+/// A delivery intent.
+pub(crate) struct DeliveryRow<'a> {
+    tenant: &'a str,
+    notification_id: &'a str,
+    channel: &'static str,
+    learner: &'a str,
+    category: &'a str,
+    source_event_id: &'a str,
+    target: Option<&'a str>,
+    due_us: i64,
+}
+
+/// The delivery intents of a notification for a learner with `prefs`.
+#[allow(clippy::too_many_arguments)] // One notification's identity, each a plain string.
+pub(crate) fn deliveries_for<'a>(
+    settings: &Settings,
+    prefs: &'a Preferences,
+    tenant: &'a str,
+    learner: &'a str,
+    notification_id: &'a str,
+    category: &'a str,
+    source_event_id: &'a str,
+    now: DateTime<Utc>,
+) -> Vec<DeliveryRow<'a>> {
+    let due_us = to_us(prefs.deliver_at(now));
+    let mut out = Vec::with_capacity(3);
+    let mut add = |channel, target| out.push(DeliveryRow { tenant, notification_id, channel, learner, category, source_event_id, target, due_us });
+    if prefs.channels.in_app {
+        add("in_app", None);
+    }
+    if let (true, Some(email)) = (prefs.channels.email, prefs.email.as_deref()) {
+        add("email", Some(email));
+    }
+    if prefs.channels.webhook && settings.config.webhooks.contains_key(tenant) {
+        add("webhook", None);
+    }
+    out
+}
+
+/// Writes delivery intents (existing ones are kept).
+pub(crate) async fn insert_deliveries(tx: &mut Tx, rows: &[DeliveryRow<'_>], now_us: i64) -> Result<(), StoreError> {
+    for chunk in rows.chunks(WIDE_CHUNK_ROWS) {
+        let sql = format!(
+            "INSERT INTO notification_deliveries (tenant, notification_id, channel, learner_id, category, source_event_id, target, \
+             state, due_at_us, attempts, updated_at_us) VALUES {} ON CONFLICT (tenant, notification_id, channel) DO NOTHING",
+            values(chunk.len(), 11, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for d in chunk {
+            q = q
+                .bind(d.tenant)
+                .bind(d.notification_id)
+                .bind(d.channel)
+                .bind(d.learner)
+                .bind(d.category)
+                .bind(d.source_event_id)
+                .bind(d.target)
+                .bind("pending")
+                .bind(d.due_us)
+                .bind(0_i64)
+                .bind(now_us);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+async fn insert_notifications(tx: &mut Tx, rows: &[NotificationRow], now_us: i64) -> Result<(), StoreError> {
+    for chunk in rows.chunks(WIDE_CHUNK_ROWS) {
+        let sql = format!(
+            "INSERT INTO notifications (tenant, id, learner_id, category, source_key, source_event_id, title, body, state, digest_key, \
+             event_at_us, created_at_us) VALUES {} ON CONFLICT DO NOTHING",
+            values(chunk.len(), 12, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for n in chunk {
+            q = q
+                .bind(n.tenant.as_str())
+                .bind(n.id.as_str())
+                .bind(n.learner.as_str())
+                .bind(n.category)
+                .bind(n.source_key.as_str())
+                .bind(n.source_event_id.as_str())
+                .bind(n.title.as_str())
+                .bind(n.body.as_str())
+                .bind(n.state)
+                .bind(n.digest_key.as_deref())
+                .bind(n.event_at_us)
+                .bind(now_us);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+type LearnerKey = (String, String);
+
+/// The candidates already decided (their notification exists), as (tenant, learner, source key).
+async fn existing_keys(tx: &mut Tx, items: &[Candidate]) -> Result<HashSet<(String, String, String)>, StoreError> {
+    let ids: HashMap<(String, String), &Candidate> =
+        items.iter().map(|c| ((c.tenant.clone(), notification_id(&c.tenant, &c.learner, &c.source_key)), c)).collect();
+    let keys: Vec<&(String, String)> = ids.keys().collect();
+    let mut out = HashSet::new();
+    for chunk in keys.chunks(CHUNK_ROWS) {
+        let sql = format!("SELECT tenant, id FROM notifications WHERE (tenant, id) IN (VALUES {})", values(chunk.len(), 2, 1));
+        let mut q = sqlx::query(&sql);
+        for (t, id) in chunk {
+            q = q.bind(t.as_str()).bind(id.as_str());
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            if let Some(c) = ids.get(&(row.try_get(0)?, row.try_get(1)?)) {
+                out.insert((c.tenant.clone(), c.learner.clone(), c.source_key.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn load_counters(tx: &mut Tx, learners: &[LearnerKey], window_start: i64) -> Result<HashMap<(String, String, String), i64>, StoreError> {
+    let mut out = HashMap::new();
+    for chunk in learners.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "SELECT tenant, learner_id, category, sent FROM notification_counters WHERE window_start_us = $1 AND (tenant, learner_id) IN (VALUES {})",
+            values(chunk.len(), 2, 2)
+        );
+        let mut q = sqlx::query(&sql).bind(window_start);
+        for (t, l) in chunk {
+            q = q.bind(t.as_str()).bind(l.as_str());
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            out.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?), row.try_get(3)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Opens (or finds) digest timers; answers the keys whose digest was already sent.
+async fn open_digests(tx: &mut Tx, digests: &BTreeMap<(String, String, String), i64>) -> Result<HashSet<(String, String, String)>, StoreError> {
+    let mut closed = HashSet::new();
+    let rows: Vec<_> = digests.iter().collect();
+    for chunk in rows.chunks(CHUNK_ROWS) {
+        // DO UPDATE (not NOTHING) locks the row: a dispatcher closing it right now is
+        // waited for, and its `sent` is seen.
+        let sql = format!(
+            "INSERT INTO notification_digests (tenant, learner_id, digest_key, due_at_us, state) VALUES {} \
+             ON CONFLICT (tenant, learner_id, digest_key) DO UPDATE SET due_at_us = notification_digests.due_at_us \
+             RETURNING tenant, learner_id, digest_key, state",
+            values(chunk.len(), 5, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for ((t, l, k), due) in chunk {
+            q = q.bind(t.as_str()).bind(l.as_str()).bind(k.as_str()).bind(**due).bind("open");
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            let state: String = row.try_get(3)?;
+            if state != "open" {
+                closed.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+            }
+        }
+    }
+    Ok(closed)
+}
+
+/// The id of a notification.
+pub fn notification_id(tenant: &str, learner: &str, source_key: &str) -> String {
+    derived_id("notification", &[tenant, learner, source_key])
+}
+
+/// Template variables: the item's own plus the common ones.
+fn with_common(mut vars: Value, tenant: &str, learner: &str, category: &str) -> Value {
+    if let Value::Object(m) = &mut vars {
+        m.insert("tenant".into(), json!(tenant));
+        m.insert("learner_id".into(), json!(learner));
+        m.insert("category".into(), json!(category));
+    }
+    vars
+}
+
+/// Decides a batch; answers the number of delivery intents written.
+async fn apply(settings: &Settings, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<usize, NotifyError> {
+    let payments = payment_learners(tx, records).await?;
+    let mut items = candidates(records, &payments);
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let learners: Vec<LearnerKey> =
+        items.iter().map(|c| (c.tenant.clone(), c.learner.clone())).collect::<BTreeSet<_>>().into_iter().collect();
+    let locks: Vec<i64> = learners.iter().map(|(t, l)| lock_key("learner", &[t, l])).collect();
+    lock_keys(tx, store.backend(), &locks, true).await?;
+
+    // Dedupe against the store and within the batch (the first occurrence wins).
+    let mut seen = existing_keys(tx, &items).await?;
+    items.retain(|c| seen.insert((c.tenant.clone(), c.learner.clone(), c.source_key.clone())));
+    if items.is_empty() {
+        return Ok(0);
+    }
+
+    let prefs = preferences::load(tx, &learners).await?;
+    let defaults = Preferences::default();
+    let now = settings.clock.now();
+    let now_us = to_us(now);
+    let window = settings.window_us();
+    let window_start = now_us.div_euclid(window) * window;
+    let mut counters = load_counters(tx, &learners, window_start).await?;
+    let mut increments: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    let limit = i64::from(settings.config.throttle_per_window);
+
+    let mut rows = Vec::with_capacity(items.len());
+    let mut decisions = Vec::with_capacity(items.len());
+    let mut digests: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    for c in &items {
+        let p = prefs.get(&(c.tenant.clone(), c.learner.clone())).unwrap_or(&defaults);
+        let vars = with_common(c.vars.clone(), &c.tenant, &c.learner, c.category);
+        let rendered = settings
+            .templates
+            .render(&c.tenant, &p.locale, c.kind, &vars)
+            .map_err(|source| NotifyError::Template { event_id: c.source_event_id.clone(), source })?;
+        let decision = if c.superseded {
+            Decision::Superseded
+        } else if c.category == TRANSACTIONAL {
+            Decision::Direct
+        } else if p.mutes(c.category) {
+            Decision::Muted
+        } else if let Some((key, due_us)) = digest_window(settings, p, now) {
+            Decision::Digest { key, due_us }
+        } else {
+            let key = (c.tenant.clone(), c.learner.clone(), c.category.to_owned());
+            let sent = counters.entry(key.clone()).or_insert(0);
+            if *sent < limit {
+                *sent += 1;
+                *increments.entry(key).or_insert(0) += 1;
+                Decision::Direct
+            } else {
+                Decision::Digest { key: format!("throttle:{}:{window_start}", c.category), due_us: window_start + window }
+            }
+        };
+        if let Decision::Digest { key, due_us } = &decision {
+            digests.insert((c.tenant.clone(), c.learner.clone(), key.clone()), *due_us);
+        }
+        rows.push(NotificationRow {
+            tenant: c.tenant.clone(),
+            id: notification_id(&c.tenant, &c.learner, &c.source_key),
+            learner: c.learner.clone(),
+            category: c.category,
+            source_key: c.source_key.clone(),
+            source_event_id: c.source_event_id.clone(),
+            title: rendered.title,
+            body: rendered.body,
+            state: "direct",
+            digest_key: None,
+            event_at_us: c.event_at_us,
+        });
+        decisions.push(decision);
+    }
+
+    // A digest already sent (its window closed by a dispatcher with a clock ahead of
+    // ours) cannot take items any more: they are delivered on their own.
+    let closed = open_digests(tx, &digests).await?;
+    for (row, decision) in rows.iter_mut().zip(decisions.iter_mut()) {
+        match decision {
+            Decision::Direct => {}
+            Decision::Muted => row.state = "muted",
+            Decision::Superseded => row.state = "superseded",
+            Decision::Digest { key, .. } => {
+                if closed.contains(&(row.tenant.clone(), row.learner.clone(), key.clone())) {
+                    *decision = Decision::Direct;
+                } else {
+                    row.state = "digest";
+                    row.digest_key = Some(key.clone());
+                }
+            }
+        }
+    }
+    insert_notifications(tx, &rows, now_us).await?;
+
+    let mut deliveries = Vec::new();
+    for (row, decision) in rows.iter().zip(&decisions) {
+        if let Decision::Direct = decision {
+            let p = prefs.get(&(row.tenant.clone(), row.learner.clone())).unwrap_or(&defaults);
+            deliveries.extend(deliveries_for(settings, p, &row.tenant, &row.learner, &row.id, row.category, &row.source_event_id, now));
+        }
+    }
+    insert_deliveries(tx, &deliveries, now_us).await?;
+
+    let counts: Vec<_> = increments.iter().collect();
+    for chunk in counts.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "INSERT INTO notification_counters (tenant, learner_id, category, window_start_us, sent) VALUES {} \
+             ON CONFLICT (tenant, learner_id, category, window_start_us) DO UPDATE SET sent = notification_counters.sent + excluded.sent",
+            values(chunk.len(), 5, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for ((t, l, c), n) in chunk {
+            q = q.bind(t.as_str()).bind(l.as_str()).bind(c.as_str()).bind(window_start).bind(**n);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    for (c, d) in items.iter().zip(&decisions) {
+        let outcome = match d {
+            Decision::Direct => "direct",
+            Decision::Muted => "muted",
+            Decision::Superseded => "superseded",
+            Decision::Digest { .. } => "digest",
+        };
+        tracing::debug!(event_id = %c.source_event_id, trace_id = ?c.trace.map(|t| t.to_traceparent()), category = c.category, outcome, "notification decided");
+    }
+    Ok(deliveries.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use lms_bus::{BusMetrics, KafkaConfig, PartitionOffsets, Producer, RawRecord, TopicPartition, TopicsFile};
+    use lms_events::Event;
+    use lms_events::data::AchievementUnlocked;
+
+    use super::*;
+
+    fn record(event: Event, offset: i64) -> Record {
+        let raw = RawRecord {
+            tp: TopicPartition::new("derived", 0),
+            offset,
+            key: None,
+            payload: Some(lms_events::codec::encode(&event)),
+            headers: Vec::new(),
+            timestamp_ms: None,
+        };
+        Record { event, trace: None, raw }
+    }
+
+    fn unlock(learner: &str, n: usize) -> Event {
+        let data = AchievementUnlocked {
+            learner_id: learner.to_owned(),
+            achievement_id: format!("a{n}"),
+            title: format!("Badge {n}"),
+            course_id: None,
+            unlocked_at: Utc::now(),
+        };
+        Event::derived("acme", "test", Utc::now(), EventData::AchievementUnlocked(data))
+    }
+
+    /// The whole path on SQLite (the embedded default): decide with throttle and digest,
+    /// dedupe a redelivery, deliver in-app, close the digest when its window ends.
+    #[tokio::test]
+    async fn sqlite_decides_throttles_digests_and_delivers_in_app() {
+        let store = Store::open("sqlite::memory:", 1).await.expect("store");
+        let config = NotifyConfig { throttle_per_window: 2, ..NotifyConfig::default() };
+        let settings = Arc::new(Settings::new(config, Templates::from_sets([])));
+        let into_window = settings.clock.now().timestamp().rem_euclid(3600);
+        settings.clock.advance(std::time::Duration::from_secs(u64::try_from(3601 - into_window).unwrap_or(1)));
+        let processor = Notifications::new(store.clone(), Arc::clone(&settings));
+        let events: Vec<Event> = (0..5).map(|n| unlock("ada", n)).collect();
+        let batch = |records: Vec<Record>, expected: Option<i64>, next: i64| Batch {
+            group: Arc::from("lms-notifications"),
+            records,
+            offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected, next }],
+        };
+        let records: Vec<Record> = events.iter().enumerate().map(|(i, e)| record(e.clone(), i as i64)).collect();
+        processor.process(&batch(records, None, 5)).await.expect("first batch");
+        // The same events again (a redelivery): nothing new.
+        let again: Vec<Record> = events.iter().enumerate().map(|(i, e)| record(e.clone(), 5 + i as i64)).collect();
+        processor.process(&batch(again, Some(5), 10)).await.expect("redelivery");
+        let count = |sql: &'static str| {
+            let store = store.clone();
+            async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(store.pool()).await.expect(sql) }
+        };
+        assert_eq!(count("SELECT COUNT(*) FROM notifications").await, 5);
+        assert_eq!(count("SELECT COUNT(*) FROM notifications WHERE state = 'digest'").await, 3);
+        assert_eq!(count("SELECT COUNT(*) FROM notification_deliveries").await, 2, "in-app only, for the two within the limit");
+
+        let topics = TopicsFile::bundled().topic_map("unit.");
+        let producer = Arc::new(Producer::new(&KafkaConfig::new("127.0.0.1:9"), topics, BusMetrics::standalone(), "unit").expect("producer"));
+        let dispatcher =
+            dispatcher::Dispatcher::new(store.clone(), Arc::clone(&settings), producer, Arc::new(Notify::new()), "lms-notifications".into());
+        assert_eq!(dispatcher.round().await.expect("round"), 2);
+        assert_eq!(inbox::list(&store, "acme", "ada", false).await.expect("inbox").len(), 2);
+        settings.clock.advance(std::time::Duration::from_secs(3600));
+        assert_eq!(dispatcher.round().await.expect("round"), 1, "the digest's in-app delivery");
+        let listed = inbox::list(&store, "acme", "ada", true).await.expect("inbox");
+        assert_eq!(listed.len(), 3);
+        assert_eq!((listed[0].category.as_str(), listed[0].title.as_str()), ("digest", "3 new notifications"));
+        assert_eq!(dispatcher.round().await.expect("round"), 0, "nothing twice");
+        assert_eq!(count("SELECT COUNT(*) FROM outbox").await, 3, "one notification.sent per delivery");
+        assert!(inbox::mark_read(&store, "acme", "ada", &listed[0].id).await.expect("mark"));
+        assert_eq!(inbox::list(&store, "acme", "ada", true).await.expect("inbox").len(), 2);
+    }
+
+    #[test]
+    fn amounts_have_two_decimals() {
+        assert_eq!(amount(1234), "12.34");
+        assert_eq!(amount(5), "0.05");
+        assert_eq!(amount(100_000), "1000.00");
+    }
+
+    #[test]
+    fn hourly_and_daily_digest_windows() {
+        let settings = Settings::default();
+        let now = DateTime::parse_from_rfc3339("2026-11-21T10:20:00Z").unwrap().with_timezone(&Utc);
+        let hourly = Preferences { digest: Digest::Hourly, ..Preferences::default() };
+        let (key, due) = digest_window(&settings, &hourly, now).unwrap();
+        let ten = to_us(DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").unwrap().with_timezone(&Utc));
+        assert_eq!((key.as_str(), due), (format!("hourly:{ten}").as_str(), ten + 3_600_000_000));
+        let daily = Preferences { digest: Digest::Daily, timezone: "Europe/Berlin".into(), ..Preferences::default() };
+        let (_, due) = digest_window(&settings, &daily, now).unwrap();
+        let midnight = to_us(DateTime::parse_from_rfc3339("2026-11-21T23:00:00Z").unwrap().with_timezone(&Utc));
+        assert_eq!(due, midnight, "the end of the learner's local day");
+        assert!(digest_window(&settings, &Preferences::default(), now).is_none());
+    }
+}
