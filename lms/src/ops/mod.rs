@@ -1,0 +1,74 @@
+//! Operator commands: `lms groups`, `lms replay`, `lms dlq`. The logic lives in
+//! `lms_bus::admin`; here are the command lines, the state store and the printing.
+
+pub mod dlq;
+pub mod groups;
+pub mod health;
+pub mod replay;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use lms_bus::{BusMetrics, Producer, TopicsFile};
+use lms_bus::admin::groups::{GroupSpec, OffsetsKeptIn};
+use lms_store::Store;
+
+use crate::config::Config;
+
+/// The pipeline's consumer groups: one per registered processor, with the topics it
+/// reads and where it keeps the offsets it resumes from. That is asked of the processor
+/// itself (`Processor::offset_store`); a processor that cannot be built here (the
+/// analytics sink without its analytics store) counts as store-backed when the state
+/// store holds offsets for its group, which only store-backed processors write.
+pub async fn group_specs(config: &Config, store: &Store) -> anyhow::Result<Vec<GroupSpec>> {
+    let topics = TopicsFile::bundled().topic_map(&config.kafka.topic_prefix);
+    let rules = Arc::new(processors::achievements::rules::Rules::load(None)?);
+    // The producer connects lazily and sends nothing: building a processor needs one.
+    let producer = Arc::new(Producer::new(&config.kafka, topics.clone(), BusMetrics::standalone(), "lms-ops")?);
+    let (ctx, _relay) = processors::runtime::context(
+        store.clone(),
+        producer,
+        rules,
+        Arc::new(processors::notifications::Settings::default()),
+    );
+    let mut out = Vec::new();
+    for r in processors::REGISTRY {
+        let group = config.kafka.group_id(r.name);
+        let offsets = match (r.build)(&ctx) {
+            Ok(p) if p.offset_store().is_some() => OffsetsKeptIn::Store,
+            Ok(_) => OffsetsKeptIn::Kafka,
+            Err(_) if !lms_store::offsets::load(store, &group).await?.is_empty() => OffsetsKeptIn::Store,
+            Err(_) => OffsetsKeptIn::Kafka,
+        };
+        out.push(GroupSpec {
+            group,
+            processor: r.name.to_owned(),
+            topics: r.domains.iter().map(|d| topics.topic(*d).to_owned()).collect(),
+            offsets,
+        });
+    }
+    Ok(out)
+}
+
+/// Picks groups by processor name or group id; an unknown one fails with the known ones.
+pub fn select(specs: Vec<GroupSpec>, wanted: &[String]) -> anyhow::Result<Vec<GroupSpec>> {
+    if wanted.is_empty() {
+        return Ok(specs);
+    }
+    let mut out = Vec::new();
+    for w in wanted {
+        let Some(s) = specs.iter().find(|s| &s.processor == w || &s.group == w) else {
+            let known: Vec<String> = specs.iter().map(|s| format!("{} ({})", s.processor, s.group)).collect();
+            anyhow::bail!("unknown group {w:?}; the pipeline's groups are: {}", known.join(", "));
+        };
+        out.push(s.clone());
+    }
+    Ok(out)
+}
+
+/// Opens the state store of the configuration.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.store.url, 2)
+        .await
+        .with_context(|| format!("cannot open the state store {}", lms_store::redact_url(&config.store.url)))
+}
