@@ -1,0 +1,62 @@
+//! Read endpoints of the learner resources the processors keep in the state store:
+//! `GET /v1/learners/{learner_id}/progress` and `GET /v1/learners/{learner_id}/achievements`.
+//!
+//! A learner token (`learner:read`) reads only itself; `analytics:read` and `admin` read any
+//! learner of the token's tenant. The tenant always comes from the token, never from the
+//! request, so no request can name another tenant's learner.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use lms_store::{Store, StoreError};
+use processors::achievements::{self, AchievementView};
+use processors::progress::{self, model::ProgressView};
+
+use crate::auth::Claims;
+use crate::problem::Problem;
+
+/// The learner read routes over `store`, to [`crate::Api::merge`].
+pub fn router(store: Store) -> Router {
+    Router::new()
+        .route("/v1/learners/{learner_id}/progress", get(get_progress))
+        .route("/v1/learners/{learner_id}/achievements", get(get_achievements))
+        .with_state(store)
+}
+
+async fn get_progress(
+    State(store): State<Store>,
+    claims: Claims,
+    Path(learner_id): Path<String>,
+) -> Result<Json<Vec<ProgressView>>, Problem> {
+    check_learner(&claims, &learner_id)?;
+    progress::read(&store, &claims.tenant, &learner_id).await.map(Json).map_err(store_problem)
+}
+
+async fn get_achievements(
+    State(store): State<Store>,
+    claims: Claims,
+    Path(learner_id): Path<String>,
+) -> Result<Json<Vec<AchievementView>>, Problem> {
+    check_learner(&claims, &learner_id)?;
+    achievements::read(&store, &claims.tenant, &learner_id).await.map(Json).map_err(store_problem)
+}
+
+/// The token may read `learner_id`, which is a well-formed id (1 to 128 characters).
+pub(crate) fn check_learner(claims: &Claims, learner_id: &str) -> Result<(), Problem> {
+    claims.may_read_learner(learner_id)?;
+    if learner_id.is_empty() || learner_id.chars().count() > 128 {
+        return Err(Problem::bad_request("learner_id must have 1 to 128 characters"));
+    }
+    Ok(())
+}
+
+/// 503 with `Retry-After` while the store is unreachable; 500 otherwise (logged).
+pub(crate) fn store_problem(e: StoreError) -> Problem {
+    if e.is_transient() {
+        tracing::warn!(error = %e, "state store unavailable for a read");
+        Problem::unavailable("the state store is unavailable; retry shortly", 2)
+    } else {
+        tracing::error!(error = %e, "state store read failed");
+        Problem::internal("the read failed")
+    }
+}
