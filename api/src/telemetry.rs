@@ -79,12 +79,12 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
 
 /// The context of a request: a child of a valid incoming `traceparent`, else a sampled root.
 fn context_of(parts: &Parts) -> TraceContext {
-    parts
-        .headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse_traceparent)
-        .map_or_else(|| TraceContext::new_root(true), |parent| parent.child())
+    incoming(parts).map_or_else(|| TraceContext::new_root(true), |parent| parent.child())
+}
+
+/// The caller's valid `traceparent`, if any.
+fn incoming(parts: &Parts) -> Option<TraceContext> {
+    parts.headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse_traceparent)
 }
 
 /// The middleware around every route: span, trace context, metrics.
@@ -93,7 +93,9 @@ pub(crate) async fn observe(State(metrics): State<Arc<ApiMetrics>>, request: Req
     let (mut parts, body) = request.into_parts();
     let route = parts.extensions.get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let method = parts.method.clone();
-    let trace = context_of(&parts);
+    let parent = incoming(&parts);
+    let trace = parent.map_or_else(|| TraceContext::new_root(true), |p| p.child());
+    let start = std::time::SystemTime::now();
     parts.extensions.insert(RequestTrace(trace));
     let span = tracing::info_span!(
         "http_request",
@@ -113,6 +115,19 @@ pub(crate) async fn observe(State(metrics): State<Arc<ApiMetrics>>, request: Req
     } else {
         span.in_scope(|| tracing::debug!(status = status.as_u16(), elapsed_ms = elapsed.as_millis() as u64, "request answered"));
     }
+    lms_bus::otel::export(lms_bus::otel::SpanRecord {
+        name: format!("{method} {route}"),
+        kind: opentelemetry::trace::SpanKind::Server,
+        context: trace,
+        parent: parent.map(|p| p.span_id),
+        start,
+        end: std::time::SystemTime::now(),
+        attributes: vec![
+            opentelemetry::KeyValue::new("http.request.method", method.to_string()),
+            opentelemetry::KeyValue::new("http.route", route.clone()),
+            opentelemetry::KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
+        ],
+    });
     metrics.requests.with_label_values(&[route.as_str(), method.as_str(), status.as_str()]).inc();
     metrics.duration.with_label_values(&[route.as_str(), method.as_str()]).observe(elapsed.as_secs_f64());
     response

@@ -501,6 +501,7 @@ struct BatchEnv {
 impl BatchEnv {
     async fn handle_batch(self: Arc<Self>, raws: Vec<RawRecord>, expected: HashMap<TopicPartition, Option<i64>>) -> Outcome {
         let started = Instant::now();
+        let received = std::time::SystemTime::now();
         let span = info_span!("batch", group = %self.group, records = raws.len());
         async move {
             let mut next: BTreeMap<TopicPartition, i64> = BTreeMap::new();
@@ -532,8 +533,9 @@ impl BatchEnv {
             let mut isolated = 0;
             let mut expected = expected;
             let batch = Batch { group: self.group.clone(), records: good, offsets: offsets(&next, &expected) };
+            let write_start = std::time::SystemTime::now();
             match self.process_with_retry(&batch).await {
-                Ok(()) => {}
+                Ok(()) => crate::otel::batch_spans(&self.group, &batch.records, received, write_start, std::time::SystemTime::now()),
                 Err(Fail::Stopped) => return Outcome::Stopped,
                 Err(Fail::Fenced) => return Outcome::Fenced { partitions: next.keys().cloned().collect() },
                 Err(Fail::Permanent(reason)) => {

@@ -1,0 +1,172 @@
+//! One trace per event, end to end: an event posted with a `traceparent` yields spans in
+//! that trace from the API (its request), and from each processor that handles it (its
+//! `process` span, child of the API's span, and the `write` of its store), exported over
+//! OTLP/HTTP by the real binaries to a receiver in this test.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use lms_bus::TopicsFile;
+use lms_events::Domain;
+use serde_json::{Value, json};
+use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, unique_prefix};
+
+use crate::api_support::{SECRET, token};
+use crate::support::fresh_postgres_db;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lms(args: &[&str], env: &[(&str, String)], log: String) -> Proc {
+    let bin = std::env::var("LMS_BIN").expect("LMS_BIN: the lms binary (run the tests with `cargo xtask test`)");
+    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,librdkafka=warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("start lms"))
+}
+
+/// A span as received: service, name, ids.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+}
+
+fn spans_of(body: &Value) -> Vec<Received> {
+    let mut out = Vec::new();
+    for rs in body["resourceSpans"].as_array().into_iter().flatten() {
+        let service = rs["resource"]["attributes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["key"] == "service.name")
+            .and_then(|a| a["value"]["stringValue"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+            for s in ss["spans"].as_array().into_iter().flatten() {
+                let text = |k: &str| s[k].as_str().unwrap_or_default().to_lowercase();
+                out.push(Received {
+                    service: service.clone(),
+                    name: text("name"),
+                    trace_id: text("traceId"),
+                    span_id: text("spanId"),
+                    parent: text("parentSpanId"),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_has_one_trace_across_api_processors_and_sinks() {
+    init_logs();
+    let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let receiver = Router::new()
+        .route(
+            "/v1/traces",
+            post(|State(r): State<Arc<Mutex<Vec<Received>>>>, body: axum::body::Bytes| async move {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                r.lock().expect("spans").extend(spans_of(&v));
+                axum::Json(json!({}))
+            }),
+        )
+        .with_state(Arc::clone(&received));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let otlp = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let prefix = unique_prefix("otlp");
+    let brokers = kafka_brokers();
+    let topics = TopicsFile::bundled().topic_map(&prefix);
+    for domain in Domain::ALL {
+        create_topic(&brokers, topics.topic(domain), 1).await;
+    }
+    let port = free_port();
+    let env = vec![
+        ("LMS_KAFKA__BROKERS", brokers.clone()),
+        ("LMS_KAFKA__TOPIC_PREFIX", prefix.clone()),
+        ("LMS_STORE__URL", fresh_postgres_db("otlp_trace").await),
+        ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50".to_owned()),
+        ("LMS_ANALYTICS__STORE", "parquet".to_owned()),
+        ("LMS_ANALYTICS__DIR", std::env::temp_dir().join(format!("{prefix}analytics")).display().to_string()),
+        ("LMS_API__LISTEN", format!("127.0.0.1:{port}")),
+        ("LMS_JWT_SECRET", SECRET.to_owned()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+    ];
+    let _processors = lms(&["processor", "run", "progress", "analytics"], &env, format!("{prefix}processors.log"));
+    let _api = lms(&["api"], &env, format!("{prefix}api.log"));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    eventually("the API is ready", Duration::from_secs(60), || async {
+        (http.get(format!("{base}/readyz")).send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let event = json!({"specversion": "1.0", "id": "traced-1", "type": "lesson.completed", "source": "otlp-test",
+        "time": "2026-11-20T10:00:00Z", "subject": "ada", "data": {"learner_id": "ada", "course_id": "c", "lesson_id": "l1"}});
+    let r = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(token("events:write"))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&event)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 202);
+
+    let progress_group = format!("{prefix}lms-progress");
+    let analytics_group = format!("{prefix}lms-analytics");
+    let spans = eventually("the spans of the event's trace from the API and both processors", Duration::from_secs(60), || {
+        let mine: Vec<Received> = received.lock().expect("spans").iter().filter(|s| s.trace_id == trace_id).cloned().collect();
+        let names: Vec<String> = mine.iter().map(|s| s.name.clone()).collect();
+        let want = [
+            "post /v1/events".to_owned(),
+            format!("{progress_group} process"),
+            format!("{progress_group} write"),
+            format!("{analytics_group} process"),
+            format!("{analytics_group} write"),
+        ];
+        let all = want.iter().all(|w| names.contains(&w.to_lowercase()));
+        async move { all.then_some(mine) }
+    })
+    .await;
+    let named = |name: String| -> Vec<&Received> { spans.iter().filter(|s| s.name == name.to_lowercase()).collect() };
+    let api = named("post /v1/events".to_owned());
+    assert_eq!(api.len(), 1, "one request span");
+    let api = api[0];
+    assert_eq!(api.service, "lms-api");
+    assert_eq!(api.parent, caller_span, "the API's span is a child of the caller's");
+    for group in [&progress_group, &analytics_group] {
+        // The event itself, and (for analytics) the derived events it caused, whose records
+        // carry the same trace.
+        let process = named(format!("{group} process"));
+        let write = named(format!("{group} write"));
+        assert!(process.iter().all(|p| p.service == "lms-processor"));
+        assert!(process.iter().any(|p| p.parent == api.span_id), "{group}: processing the event is a child of the API's span: {spans:#?}");
+        assert!(
+            write.iter().all(|w| process.iter().any(|p| p.span_id == w.parent)),
+            "{group}: each store write is a child of a processing span: {spans:#?}"
+        );
+    }
+}
