@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use lms_bus::{Batch, ProcessError, Processor, TopicMap};
+use lms_bus::{Batch, ProcessError, Processor, Record, TopicMap};
 use lms_events::{Domain, Event};
 use tracing::{debug, warn};
 
@@ -46,6 +46,12 @@ impl AnalyticsSink {
 impl Processor for AnalyticsSink {
     fn name(&self) -> &str {
         Self::NAME
+    }
+
+    /// Records that break the events' invariants (written straight to a topic) are
+    /// dead-lettered, as by every processor, instead of skewing the rollups.
+    fn check(&self, record: &Record) -> Result<(), String> {
+        lms_events::invariants::check(&record.event)
     }
 
     async fn process(&self, batch: &Batch) -> Result<(), ProcessError> {
