@@ -2,8 +2,9 @@
 //! per table and chunk, never one round trip per event) and bulk reads.
 //!
 //! Every write is order-insensitive and idempotent: lessons keep their earliest
-//! completion, activity its latest time, enrollment the state of its latest event (ties
-//! broken by event id), and watching time is added only for report ids never seen before.
+//! completion, activity its latest time, enrollment the state of its latest event (at
+//! equal times a drop wins, then the larger event id: the rule of the analytics store),
+//! and watching time is added only for report ids never seen before.
 
 use std::collections::{HashMap, HashSet};
 
@@ -107,7 +108,9 @@ pub async fn upsert_courses(conn: &mut AnyConnection, rows: &[(Key, CourseDelta)
             newer = "(excluded.enrollment_at_us IS NOT NULL AND (progress_courses.enrollment_at_us IS NULL \
                      OR excluded.enrollment_at_us > progress_courses.enrollment_at_us \
                      OR (excluded.enrollment_at_us = progress_courses.enrollment_at_us \
-                         AND excluded.enrollment_event_id > progress_courses.enrollment_event_id)))",
+                         AND ((excluded.enrollment_state = 'dropped' AND progress_courses.enrollment_state <> 'dropped') \
+                              OR (excluded.enrollment_state = progress_courses.enrollment_state \
+                                  AND excluded.enrollment_event_id > progress_courses.enrollment_event_id)))))",
         );
         let mut q = sqlx::query(&sql);
         for (k, d) in chunk {

@@ -9,6 +9,8 @@
 
 pub mod db;
 pub mod model;
+#[cfg(test)]
+mod properties;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -94,7 +96,10 @@ impl Changes {
         if state == "enrolled" {
             d.first_enrolled_us = Some(d.first_enrolled_us.map_or(at, |x| x.min(at)));
         }
-        let newer = d.enrollment.as_ref().is_none_or(|(t, i, _)| (at, &id) > (*t, i));
+        // The latest event wins; at equal times a drop wins (as in the analytics store, so
+        // the funnel and at-risk lists agree with progress), then the larger event id.
+        let newer =
+            d.enrollment.as_ref().is_none_or(|(t, i, s)| (at, state == "dropped", &id) > (*t, *s == "dropped", i));
         if newer {
             d.enrollment = Some((at, id, state));
         }
