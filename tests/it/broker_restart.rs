@@ -3,40 +3,19 @@
 //! was not acknowledged with the same ids, as the contract tells them to.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lms_bus::TopicsFile;
 use lms_events::Domain;
 use lms_store::Store;
 use serde_json::{Value, json};
-use tests::{OwnBroker, create_topic, eventually, free_port, init_logs, unique_prefix};
+use tests::{OwnBroker, spawn_lms, create_topic, eventually, free_port, init_logs, unique_prefix};
 
 use crate::api_support::{SECRET, token};
 use crate::support::fresh_postgres_db;
 
 const LEARNERS: usize = 60;
 const LESSONS: usize = 30;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn lms(args: &[&str], env: &[(&str, String)], log: String) -> Proc {
-    let bin = std::env::var("LMS_BIN").expect("LMS_BIN: the lms binary (run the tests with `cargo xtask test`)");
-    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
-    let mut cmd = Command::new(bin);
-    cmd.args(args).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,librdkafka=error");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Proc(cmd.spawn().expect("start lms"))
-}
 
 fn batches() -> Vec<Vec<Value>> {
     let lessons: Vec<String> = (0..LESSONS).map(|i| format!("l{i:02}")).collect();
@@ -85,8 +64,8 @@ async fn events_acknowledged_across_a_broker_kill_are_all_processed() {
         ("LMS_API__DELIVERY_TIMEOUT_MS", "3000".to_owned()),
         ("LMS_JWT_SECRET", SECRET.to_owned()),
     ];
-    let _processors = lms(&["processor", "run", "catalog", "progress"], &env, format!("{prefix}processors.log"));
-    let _api = lms(&["api"], &env, format!("{prefix}api.log"));
+    let _processors = spawn_lms(&["processor", "run", "catalog", "progress"], &env, &format!("{prefix}processors.log"));
+    let _api = spawn_lms(&["api"], &env, &format!("{prefix}api.log"));
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
     eventually("the API is ready", Duration::from_secs(60), || async {

@@ -14,9 +14,7 @@ use crate::api_support::{self, TestApi, read_until};
 
 const NOW: &str = "2026-11-20T00:00:00Z";
 
-fn lms_bin() -> String {
-    std::env::var("LMS_BIN").expect("LMS_BIN: the lms binary (run the tests with `cargo xtask test`, which builds it)")
-}
+use tests::lms_bin;
 
 /// The options both runs use, as the library takes them and as the command line does.
 fn cohort(tenant: &str) -> (CohortConfig, Vec<String>) {

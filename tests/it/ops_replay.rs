@@ -7,7 +7,7 @@
 //! equal to the oracle, one `course.completed` id per learner and course.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +20,7 @@ use tests::{create_topic, durable_kafka_brokers, eventually, free_port, init_log
 use crate::progress_oracle::{PARTITIONS, check_progress, completed_on_topic, oracle, wait_for_offsets, world};
 use crate::support::{fresh_postgres_db, kafka, produce_all};
 
-pub(crate) fn lms_bin() -> String {
-    std::env::var("LMS_BIN").expect("LMS_BIN: the lms binary (run the tests with `cargo xtask test`, which builds it)")
-}
+pub(crate) use tests::{Proc, lms_bin};
 
 /// The environment of one pipeline deployment: broker, topic prefix, state store.
 #[derive(Clone)]
@@ -80,17 +78,6 @@ impl Deployment {
     }
 }
 
-/// A process the test started; killed when dropped, so a failing test leaves none behind.
-pub(crate) struct Proc(pub(crate) Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 /// Stops a process with SIGTERM (graceful drain) and waits for it.
 pub(crate) fn terminate(proc: &mut Proc) {

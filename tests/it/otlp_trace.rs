@@ -3,7 +3,6 @@
 //! `process` span, child of the API's span, and the `write` of its store), exported over
 //! OTLP/HTTP by the real binaries to a receiver in this test.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,30 +12,10 @@ use axum::routing::post;
 use lms_bus::TopicsFile;
 use lms_events::Domain;
 use serde_json::{Value, json};
-use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, unique_prefix};
+use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, spawn_lms, unique_prefix};
 
 use crate::api_support::{SECRET, token};
 use crate::support::fresh_postgres_db;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn lms(args: &[&str], env: &[(&str, String)], log: String) -> Proc {
-    let bin = std::env::var("LMS_BIN").expect("LMS_BIN: the lms binary (run the tests with `cargo xtask test`)");
-    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
-    let mut cmd = Command::new(bin);
-    cmd.args(args).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,librdkafka=warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Proc(cmd.spawn().expect("start lms"))
-}
 
 /// A span as received: service, name, ids.
 #[derive(Debug, Clone)]
@@ -112,8 +91,8 @@ async fn an_event_has_one_trace_across_api_processors_and_sinks() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
         ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
     ];
-    let _processors = lms(&["processor", "run", "progress", "analytics"], &env, format!("{prefix}processors.log"));
-    let _api = lms(&["api"], &env, format!("{prefix}api.log"));
+    let _processors = spawn_lms(&["processor", "run", "progress", "analytics"], &env, &format!("{prefix}processors.log"));
+    let _api = spawn_lms(&["api"], &env, &format!("{prefix}api.log"));
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     eventually("the API is ready", Duration::from_secs(60), || async {

@@ -3,37 +3,16 @@
 //! achievements and analytics come out of the read endpoints, with the contract's access
 //! rules.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lms_bus::TopicsFile;
 use lms_events::Domain;
 use serde_json::{Value, json};
+pub(crate) use tests::{Proc, spawn_lms as lms};
 use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, unique_prefix};
 
 use crate::api_support::{SECRET, TENANT, answer, token, token_with};
 use crate::support::fresh_postgres_db;
-
-/// Kills the child on drop, so a failing test leaves no process behind.
-pub(crate) struct Proc(pub(crate) Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub(crate) fn lms(args: &[&str], env: &[(&str, String)], log: &str) -> Proc {
-    let bin = std::env::var("LMS_BIN").expect("LMS_BIN: the lms binary (run the tests with `cargo xtask test`)");
-    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
-    let mut cmd = Command::new(bin);
-    cmd.args(args).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,librdkafka=warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Proc(cmd.spawn().expect("start lms"))
-}
 
 /// Checks `body`, the 200 answer of `GET route`, against the committed OpenAPI document.
 pub(crate) fn conforms(route: &str, body: &Value) {

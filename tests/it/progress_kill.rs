@@ -19,9 +19,7 @@ use crate::support::{fresh_postgres_db, kafka, produce_all};
 
 const KILLS: usize = 5;
 
-fn lms_bin() -> String {
-    std::env::var("LMS_BIN").expect("LMS_BIN: the lms binary (run the tests with `cargo xtask test`, which builds it)")
-}
+use tests::lms_bin;
 
 fn spawn(brokers: &str, prefix: &str, store: &str, n: usize) -> Child {
     let log = std::env::temp_dir().join(format!("{prefix}processor-{n}.log"));

@@ -7,7 +7,6 @@
 //! `tests::proxy`): to the processes it is the database going away and coming back.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,32 +14,12 @@ use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_events::{Domain, Event};
 use lms_store::Store;
 use tests::proxy::Proxy;
-use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, unique_prefix};
+use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, spawn_lms, unique_prefix};
 
 use crate::progress_oracle::{PARTITIONS, check_progress, completed_on_topic, oracle, wait_for_offsets, world};
 use crate::support::{fresh_postgres_db, kafka, produce_all};
 
 const OUTAGE: Duration = Duration::from_secs(30);
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn lms(args: &[&str], env: &[(&str, String)], log: String) -> Proc {
-    let bin = std::env::var("LMS_BIN").expect("LMS_BIN: the lms binary (run the tests with `cargo xtask test`)");
-    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
-    let mut cmd = Command::new(bin);
-    cmd.args(args).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,librdkafka=warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Proc(cmd.spawn().expect("start lms"))
-}
 
 async fn status(http: &reqwest::Client, url: &str) -> Option<u16> {
     http.get(url).timeout(Duration::from_secs(5)).send().await.ok().map(|r| r.status().as_u16())
@@ -75,12 +54,12 @@ async fn postgres_down_for_30_s_loses_and_doubles_nothing() {
         ("LMS_API__READINESS_INTERVAL_MS", "200".to_owned()),
         ("LMS_JWT_SECRET", "outage-test".to_owned()),
     ];
-    let mut processors = lms(
+    let mut processors = spawn_lms(
         &["processor", "run", "catalog", "progress", "--listen", &format!("127.0.0.1:{health}")],
         &env,
-        format!("{prefix}processors.log"),
+        &format!("{prefix}processors.log"),
     );
-    let mut api = lms(&["api"], &env, format!("{prefix}api.log"));
+    let mut api = spawn_lms(&["api"], &env, &format!("{prefix}api.log"));
     let http = reqwest::Client::new();
     let ready = |port: u16| format!("http://127.0.0.1:{port}/readyz");
     let live = |port: u16| format!("http://127.0.0.1:{port}/livez");
