@@ -1,0 +1,246 @@
+//! Property tests: the progress figures depend on the set of events only, not on their
+//! order, their batching or their redelivery.
+//!
+//! Arbitrary sequences of catalog, enrollment and learning events for two learners and two
+//! courses go through the real stages ([`crate::catalog::Catalog`] for `course.*`,
+//! [`Progress`] for the rest) on an in-memory SQLite store, one transaction per batch as
+//! the runner does; the same events shuffled, cut into other batches and with duplicates
+//! must leave the same `GET /v1/learners/{id}/progress` answers, and `course.completed` is
+//! emitted at most once per learner and course (and once for every completed course).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use lms_bus::{RawRecord, Record, TopicPartition};
+use lms_events::data::{CoursePublished, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LessonRef, Module, VideoProgressed};
+use lms_events::{Event, EventData, data::ProgressStatus};
+use lms_store::Store;
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+use super::Progress;
+use super::model::ProgressView;
+use crate::catalog::Catalog;
+use crate::stateful::Stage;
+
+const TENANT: &str = "acme";
+const LEARNERS: [&str; 2] = ["ada", "bob"];
+const COURSES: [&str; 2] = ["c1", "c2"];
+const LESSONS: [&str; 3] = ["l1", "l2", "l3"];
+
+/// The lessons of a course version: fixed per (course, version), so that two publications of
+/// one version agree, as the contract assumes.
+fn lessons_of(course: usize, version: u32) -> Vec<String> {
+    let pick: &[usize] = match (course, version) {
+        (0, 1) => &[0, 1],
+        (0, 2) => &[0, 1, 2],
+        (0, _) => &[1, 2],
+        (_, 1) => &[0],
+        (_, 2) => &[0, 2],
+        (_, _) => &[2],
+    };
+    pick.iter().map(|&i| LESSONS[i].to_owned()).collect()
+}
+
+/// One generated event, before it gets its id and time.
+#[derive(Debug, Clone)]
+enum Op {
+    Publish { course: usize, version: u32 },
+    Enroll { learner: usize, course: usize },
+    Drop { learner: usize, course: usize },
+    Started { learner: usize, course: usize, lesson: usize },
+    Completed { learner: usize, course: usize, lesson: usize },
+    Video { learner: usize, course: usize, lesson: usize, watched_ms: u32 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let (l, c, s) = (0..LEARNERS.len(), 0..COURSES.len(), 0..LESSONS.len());
+    prop_oneof![
+        (c.clone(), 1u32..=3).prop_map(|(course, version)| Op::Publish { course, version }),
+        (l.clone(), c.clone()).prop_map(|(learner, course)| Op::Enroll { learner, course }),
+        (l.clone(), c.clone()).prop_map(|(learner, course)| Op::Drop { learner, course }),
+        (l.clone(), c.clone(), s.clone()).prop_map(|(learner, course, lesson)| Op::Started { learner, course, lesson }),
+        (l.clone(), c.clone(), s.clone()).prop_map(|(learner, course, lesson)| Op::Completed { learner, course, lesson }),
+        (l.clone(), c.clone(), s.clone()).prop_map(|(learner, course, lesson)| Op::Completed { learner, course, lesson }),
+        (l, c, s, 0u32..400_000).prop_map(|(learner, course, lesson, watched_ms)| Op::Video { learner, course, lesson, watched_ms }),
+    ]
+}
+
+fn time(minute: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).single().expect("a valid time") + chrono::Duration::minutes(i64::from(minute))
+}
+
+fn event(i: usize, op: &Op, minute: u32) -> Event {
+    let lesson = |learner: usize, course: usize, lesson: usize| LessonRef {
+        learner_id: LEARNERS[learner].to_owned(),
+        course_id: COURSES[course].to_owned(),
+        lesson_id: LESSONS[lesson].to_owned(),
+    };
+    let data = match *op {
+        Op::Publish { course, version } => EventData::CoursePublished(CoursePublished {
+            course_id: COURSES[course].to_owned(),
+            title: format!("{} v{version}", COURSES[course]),
+            version,
+            modules: vec![Module { module_id: "m".to_owned(), lessons: lessons_of(course, version) }],
+        }),
+        Op::Enroll { learner, course } => EventData::EnrollmentCreated(EnrollmentCreated {
+            learner_id: LEARNERS[learner].to_owned(),
+            course_id: COURSES[course].to_owned(),
+            source: EnrollmentSource::SelfService,
+        }),
+        Op::Drop { learner, course } => EventData::EnrollmentDropped(EnrollmentDropped {
+            learner_id: LEARNERS[learner].to_owned(),
+            course_id: COURSES[course].to_owned(),
+        }),
+        Op::Started { learner, course, lesson: l } => EventData::LessonStarted(lesson(learner, course, l)),
+        Op::Completed { learner, course, lesson: l } => EventData::LessonCompleted(lesson(learner, course, l)),
+        Op::Video { learner, course, lesson: l, watched_ms } => EventData::VideoProgressed(VideoProgressed {
+            learner_id: LEARNERS[learner].to_owned(),
+            course_id: COURSES[course].to_owned(),
+            lesson_id: LESSONS[l].to_owned(),
+            position_s: 10.0,
+            duration_s: 600.0,
+            watched_s: f64::from(watched_ms) / 1000.0,
+        }),
+    };
+    let subject = data.learner_id().map(str::to_owned);
+    Event {
+        specversion: lms_events::SPEC_VERSION.to_owned(),
+        id: format!("e{i}"),
+        source: "proptest".to_owned(),
+        time: time(minute),
+        subject,
+        tenant: TENANT.to_owned(),
+        data,
+    }
+}
+
+fn record(event: Event, offset: i64) -> Record {
+    let raw = RawRecord {
+        tp: TopicPartition::new("events", 0),
+        offset,
+        key: None,
+        payload: Some(lms_events::codec::encode(&event)),
+        headers: Vec::new(),
+        timestamp_ms: None,
+    };
+    Record { event, trace: None, raw }
+}
+
+/// What a run leaves: each learner's progress, and how many `course.completed` were emitted
+/// per (learner, course).
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    progress: BTreeMap<&'static str, Vec<ProgressView>>,
+    completions: BTreeMap<(String, String), usize>,
+}
+
+/// Applies `events` in this order on a fresh store, in batches of the given sizes (cycled):
+/// within a batch the catalog's events go to the catalog stage and the others to the
+/// progress stage, each stage in its own transaction, as the two processors do.
+async fn run(events: &[Event], batch_sizes: &[usize]) -> Outcome {
+    let store = Store::open("sqlite::memory:", 1).await.expect("an in-memory store");
+    let mut completions = BTreeMap::new();
+    let mut rest = events;
+    let mut sizes = batch_sizes.iter().cycle();
+    let mut offset = 0;
+    while !rest.is_empty() {
+        let n = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        let (catalog, learning): (Vec<&Event>, Vec<&Event>) = batch.iter().partition(|e| e.data.event_type().as_str().starts_with("course."));
+        for (stage, events) in [(&Catalog as &dyn Stage, catalog), (&Progress as &dyn Stage, learning)] {
+            if events.is_empty() {
+                continue;
+            }
+            let records: Vec<Record> = events
+                .into_iter()
+                .map(|e| {
+                    offset += 1;
+                    record(e.clone(), offset)
+                })
+                .collect();
+            let mut tx = store.begin().await.expect("begin");
+            let emitted = stage.apply(&store, &mut tx, &records).await.expect("apply");
+            tx.commit().await.expect("commit");
+            for (e, _) in emitted {
+                if let EventData::CourseCompleted(c) = e.data {
+                    *completions.entry((c.learner_id, c.course_id)).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    let mut progress = BTreeMap::new();
+    for learner in LEARNERS {
+        let mut views = super::read(&store, TENANT, learner).await.expect("read progress");
+        views.sort_by(|a, b| a.course_id.cmp(&b.course_id));
+        progress.insert(learner, views);
+    }
+    store.close().await;
+    Outcome { progress, completions }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(f)
+}
+
+/// Checks the completions of one run: at most one `course.completed` per learner and
+/// course, and one for every course its final progress shows completed.
+fn check_completions(outcome: &Outcome, what: &str) -> Result<(), TestCaseError> {
+    for ((learner, course), n) in &outcome.completions {
+        prop_assert!(*n <= 1, "{what}: {n} course.completed for {learner} in {course}");
+    }
+    for (learner, views) in &outcome.progress {
+        for v in views.iter().filter(|v| v.status == ProgressStatus::Completed) {
+            prop_assert!(
+                outcome.completions.contains_key(&((*learner).to_owned(), v.course_id.clone())),
+                "{what}: {learner} completed {} without a course.completed",
+                v.course_id
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The generated events: in their order of generation (one batch each), and the same set
+/// shuffled, batched otherwise, and with some events delivered twice.
+fn scenario() -> impl Strategy<Value = (Vec<Event>, Vec<Event>, Vec<usize>, Vec<Index>)> {
+    prop::collection::vec((op(), 0u32..2_000), 1..40).prop_flat_map(|ops| {
+        let events: Vec<Event> = ops.iter().enumerate().map(|(i, (op, minute))| event(i, op, *minute)).collect();
+        (
+            Just(events.clone()),
+            Just(events).prop_shuffle(),
+            prop::collection::vec(1usize..8, 1..6),
+            prop::collection::vec(any::<Index>(), 0..8),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn progress_depends_on_the_events_not_on_their_order_batching_or_duplicates(
+        (events, shuffled, batch_sizes, duplicates) in scenario()
+    ) {
+        let reference = block_on(run(&events, &[1]));
+        check_completions(&reference, "in order")?;
+
+        let reordered = block_on(run(&shuffled, &batch_sizes));
+        check_completions(&reordered, "shuffled")?;
+        prop_assert_eq!(&reordered.progress, &reference.progress, "shuffled and batched {:?}", batch_sizes);
+
+        // Redeliveries: some events again at arbitrary places (in the same batch or later),
+        // then the whole stream once more, as after a consumer restarted from old offsets.
+        let mut redelivered = shuffled.clone();
+        for (k, at) in duplicates.iter().enumerate() {
+            let original = shuffled[at.index(shuffled.len())].clone();
+            let position = duplicates[(k + 1) % duplicates.len()].index(redelivered.len() + 1);
+            redelivered.insert(position, original);
+        }
+        redelivered.extend(events.iter().cloned());
+        let again = block_on(run(&redelivered, &batch_sizes));
+        check_completions(&again, "with duplicates")?;
+        prop_assert_eq!(&again.progress, &reference.progress, "with duplicates");
+    }
+}
