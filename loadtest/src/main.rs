@@ -8,8 +8,18 @@
 //!
 //! `loadtest http` drives the write API (batch and single-event posts) and prints its
 //! rates and latencies next to the raw producer rate against the same broker (see `http`).
+//!
+//! `loadtest processors` measures a processor's rate with 1, 2, 4 … members against the
+//! no-op processor on the same topics (see `procbench`); `loadtest chaos` runs the whole
+//! pipeline while SIGKILLing processor processes and compares every read endpoint with the
+//! oracle (see `loadtest::chaos`).
+//!
+//! `loadtest notify` measures the notifications processor's decision rate against a no-op
+//! consumer on the same topic, and the dispatcher's in-app and e-mail rates (see `notify`).
 
 mod http;
+mod notify;
+mod procbench;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,9 +29,7 @@ use clap::{Parser, Subcommand};
 use lms_bus::{BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, OnQueueFull, Producer, TopicsFile};
 use lms_events::{Domain, Event, EventData, LessonRef};
 use processors::noop::Noop;
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use loadtest::create_topics;
 use tokio_util::sync::CancellationToken;
 
 /// Benchmarks against running services.
@@ -51,6 +59,65 @@ enum Command {
     },
     /// The write API's batch and single-event rates and latencies, next to the raw producer.
     Http(http::HttpArgs),
+    /// Notifications decided per second versus a no-op consumer, and the dispatcher's rates.
+    Notify(notify::NotifyArgs),
+    /// The whole pipeline as `lms` processes while processor instances are SIGKILLed at
+    /// random; every read endpoint compared with the oracle (exit status 1 on a difference).
+    Chaos(ChaosArgs),
+    /// A processor's events/s with 1, 2, 4 … members versus the no-op processor on the same
+    /// topics, with the broker's CPU share.
+    Processors(procbench::ProcessorsArgs),
+}
+
+/// Options of `loadtest chaos` (services from the environment `cargo xtask services` prints).
+#[derive(Debug, clap::Args)]
+struct ChaosArgs {
+    /// Bootstrap servers of the broker.
+    #[arg(long, env = "LMS_TEST_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Let the processes batch records (by default each produces one record per batch, as
+    /// tansu's memory engine skips records when a consumer resumes inside a stored batch).
+    #[arg(long)]
+    batches: bool,
+    /// PostgreSQL URL allowed to create databases (the run creates a fresh one).
+    #[arg(long, env = "LMS_TEST_POSTGRES_URL")]
+    postgres_url: String,
+    /// ClickHouse HTTP URL (the run creates a fresh database).
+    #[arg(long, env = "LMS_TEST_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    clickhouse_url: String,
+    /// The `lms` binary (default: the one next to this binary).
+    #[arg(long, env = "LMS_BIN")]
+    lms_bin: Option<std::path::PathBuf>,
+    /// SIGKILLs to deliver.
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+    /// Shortest delay between two kills (ms).
+    #[arg(long, default_value_t = 500)]
+    kill_min_ms: u64,
+    /// Longest delay between two kills (ms).
+    #[arg(long, default_value_t = 3000)]
+    kill_max_ms: u64,
+    /// Processor processes.
+    #[arg(long, default_value_t = 2)]
+    instances: usize,
+    /// Cohort seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Tenants of the cohort.
+    #[arg(long, default_value_t = 2)]
+    tenants: usize,
+    /// Courses per tenant.
+    #[arg(long, default_value_t = 4)]
+    courses: usize,
+    /// Learners per tenant.
+    #[arg(long, default_value_t = 150)]
+    learners: usize,
+    /// Weeks of the cohort's period.
+    #[arg(long, default_value_t = 6)]
+    weeks: u32,
+    /// Where the processes' logs go.
+    #[arg(long, default_value = "lms-data/chaos")]
+    log_dir: std::path::PathBuf,
 }
 
 #[tokio::main]
@@ -58,7 +125,35 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bus { brokers, events, partitions, members } => bus(&brokers, events, partitions, members).await,
         Command::Http(args) => http::run(args).await,
+        Command::Notify(args) => notify::run(args).await,
+        Command::Chaos(args) => chaos(args).await,
+        Command::Processors(args) => procbench::run(args).await,
     }
+}
+
+async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
+    let lms_bin = match args.lms_bin {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("lms"),
+    };
+    let mut cfg = loadtest::chaos::ChaosConfig::new(lms_bin, args.brokers, args.postgres_url, args.clickhouse_url);
+    cfg.kills = args.kills;
+    cfg.kill_delay_ms = (args.kill_min_ms, args.kill_max_ms);
+    cfg.instances = args.instances;
+    cfg.seed = args.seed;
+    cfg.tenants = args.tenants;
+    cfg.courses = args.courses;
+    cfg.learners = args.learners;
+    cfg.weeks = args.weeks;
+    cfg.log_dir = args.log_dir;
+    cfg.one_record_per_batch = !args.batches;
+    cfg.verbose = true;
+    let report = loadtest::chaos::run(&cfg).await?;
+    println!("{report}");
+    if !report.ok() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn bus(brokers: &str, n: usize, partitions: i32, members: usize) -> anyhow::Result<()> {
@@ -66,13 +161,7 @@ async fn bus(brokers: &str, n: usize, partitions: i32, members: usize) -> anyhow
     let kafka = KafkaConfig::new(brokers).with_prefix(&prefix);
     let topics = TopicsFile::bundled().topic_map(&prefix);
     let topic = topics.topic(Domain::Learning).to_owned();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for (t, p) in [(topic.as_str(), partitions), (topics.topic(Domain::DeadLetter), 1)] {
-        for r in admin.create_topics([&NewTopic::new(t, p, TopicReplication::Fixed(1))], &opts).await? {
-            r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
-        }
-    }
+    create_topics(brokers, &[(topic.as_str(), partitions), (topics.topic(Domain::DeadLetter), 1)]).await?;
     println!("broker {brokers}, topic {topic} ({partitions} partitions), {n} events of ~{} bytes", sample_size());
 
     let metrics = BusMetrics::standalone();

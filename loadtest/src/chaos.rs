@@ -1,0 +1,823 @@
+//! The chaos run: the whole pipeline as separate `lms` processes against real services,
+//! with processor instances killed by SIGKILL at random moments, then every read endpoint
+//! compared with the oracles.
+//!
+//! 1. Fresh names: a topic prefix, a PostgreSQL database, a ClickHouse database.
+//! 2. `lms api` and `instances` processes of `lms processor run catalog progress achievements
+//!    notifications analytics` (each process one member of every group).
+//! 3. A generated cohort (`lms_generator::Cohort`) through `POST /v1/events` with a token per
+//!    tenant minted from the JWT secret; 429 and 503 (and connection errors) are retried with
+//!    the same body, so the same ids. The catalog goes first and the run waits for the catalog
+//!    group to reach the end of its topic: the oracles assume the final catalog (a course
+//!    completed under version 1 and extended by version 2 would otherwise have emitted a
+//!    `course.completed` that depends on the order of processing, not on the events).
+//! 4. Meanwhile a schedule kills a random processor process with SIGKILL after a random
+//!    delay, `kills` times, restarting each at once.
+//! 5. Once the kills are done: wait until every group has committed the end of every
+//!    partition it reads and the outbox is empty (twice in a row), then compare progress
+//!    and achievements of every learner and the analytics endpoints (active learners,
+//!    enrollments, completions, revenue per granularity, with and without a course filter;
+//!    funnel per course; scores per assessment) with [`crate::oracle`].
+//!
+//! The result counts, per endpoint, what is missing (`lost`: a count below the oracle's, a
+//! learner-course or achievement absent) and what is counted twice (`doubled`: a count
+//! above it, an extra item), and other differences (`wrong`: times, means).
+//!
+//! tansu's memory engine skips records when a consumer resumes inside a stored batch (see
+//! the README's broker defects): with `one_record_per_batch` every `lms` process produces
+//! one record per batch (`kafka.properties.batch.num.messages: 1` in a configuration file),
+//! so every resume point is a batch boundary. tansu 0.6.0's SQLite engine is no way out
+//! here: under this churn of group joins it panicked (`lite.rs:503`, "more or less than one
+//! row") and stopped serving.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use api::auth::{Claims, scope, sign_hs256};
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::StreamExt as _;
+use lms_analytics::{
+    ActiveLearnersPoint, CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity, RevenueParams, RevenuePoint,
+    Scores, ScoresParams, SeriesParams,
+};
+use lms_bus::TopicsFile;
+use lms_events::data::{CourseCompleted, ProgressStatus, ProgressUpdated};
+use lms_events::{Domain, Event, EventData};
+use lms_generator::{Cohort, CohortConfig, Tenant};
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, TopicPartitionList};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::oracle::{analytics, progress};
+
+/// The processors every process runs.
+pub const PROCESSORS: &[&str] = &["catalog", "progress", "achievements", "notifications", "analytics"];
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    /// The `lms` binary.
+    pub lms_bin: PathBuf,
+    /// Bootstrap servers (the durable broker with tansu).
+    pub brokers: String,
+    /// A PostgreSQL URL allowed to `CREATE DATABASE`; the run uses a fresh database on it.
+    pub postgres_url: String,
+    /// ClickHouse HTTP URL; the run uses a fresh database on it.
+    pub clickhouse_url: String,
+    /// SIGKILLs to deliver.
+    pub kills: usize,
+    /// Random delay between two kills, milliseconds (uniform in the range).
+    pub kill_delay_ms: (u64, u64),
+    /// Processor processes (each runs one member of every group).
+    pub instances: usize,
+    /// Cohort: seed, tenants, courses per tenant, learners per tenant, weeks.
+    pub seed: u64,
+    /// See `seed`.
+    pub tenants: usize,
+    /// See `seed`.
+    pub courses: usize,
+    /// See `seed`.
+    pub learners: usize,
+    /// See `seed`.
+    pub weeks: u32,
+    /// The end of the cohort's period.
+    pub now: DateTime<Utc>,
+    /// Events per POST.
+    pub batch_size: usize,
+    /// Concurrent POSTs.
+    pub concurrency: usize,
+    /// Partitions of each topic (the dead-letter topic has one).
+    pub partitions: i32,
+    /// How long the groups may take to catch up after the last kill.
+    pub catch_up_timeout: Duration,
+    /// Where the processes' logs (and their configuration file) go.
+    pub log_dir: PathBuf,
+    /// Every process produces one record per batch (for tansu's memory engine).
+    pub one_record_per_batch: bool,
+    /// Print what happens.
+    pub verbose: bool,
+}
+
+impl ChaosConfig {
+    /// Defaults around the given services: 20 kills, 2 instances, 2 tenants of 150 learners
+    /// over 6 weeks.
+    pub fn new(lms_bin: PathBuf, brokers: String, postgres_url: String, clickhouse_url: String) -> ChaosConfig {
+        ChaosConfig {
+            lms_bin,
+            brokers,
+            postgres_url,
+            clickhouse_url,
+            kills: 20,
+            kill_delay_ms: (500, 3000),
+            instances: 2,
+            seed: 42,
+            tenants: 2,
+            courses: 4,
+            learners: 150,
+            weeks: 6,
+            now: DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z").map(|t| t.to_utc()).unwrap_or_else(|_| Utc::now()),
+            batch_size: 200,
+            concurrency: 4,
+            partitions: 4,
+            catch_up_timeout: Duration::from_secs(300),
+            log_dir: std::env::temp_dir(),
+            one_record_per_batch: true,
+            verbose: false,
+        }
+    }
+}
+
+/// Differences of one endpoint from the oracle.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    /// The endpoint.
+    pub endpoint: String,
+    /// Items compared (learner-courses, achievements, buckets, funnels, ...).
+    pub checked: u64,
+    /// Counted too few (events lost).
+    pub lost: u64,
+    /// Counted too many (events counted twice).
+    pub doubled: u64,
+    /// Other differences (times, means, percentiles).
+    pub wrong: u64,
+    /// The first few differences.
+    pub examples: Vec<String>,
+}
+
+impl Tally {
+    fn new(endpoint: &str) -> Tally {
+        Tally { endpoint: endpoint.to_owned(), ..Tally::default() }
+    }
+
+    /// Compares a count; returns whether it matched.
+    fn count(&mut self, got: u64, want: u64) -> bool {
+        if got < want {
+            self.lost += want - got;
+        } else {
+            self.doubled += got - want;
+        }
+        got == want
+    }
+
+    fn example(&mut self, what: String) {
+        if self.examples.len() < 5 {
+            self.examples.push(what);
+        }
+    }
+
+    /// No difference at all.
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.doubled == 0 && self.wrong == 0
+    }
+}
+
+/// The outcome of a chaos run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Events generated (and accepted by the API).
+    pub events: usize,
+    /// SIGKILLs delivered.
+    pub kills: usize,
+    /// Of those, delivered before the API had accepted every event.
+    pub kills_while_feeding: usize,
+    /// POSTs the API asked to retry (429/503) or that failed to connect.
+    pub retries: u64,
+    /// From the first POST to the end of the catch-up.
+    pub elapsed: Duration,
+    /// From the last kill to caught up.
+    pub catch_up: Duration,
+    /// Per endpoint.
+    pub tallies: Vec<Tally>,
+}
+
+impl Report {
+    /// Nothing lost, nothing doubled, nothing else different.
+    pub fn ok(&self) -> bool {
+        self.tallies.iter().all(Tally::clean)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} events, {} SIGKILLs ({} while the API was still accepting events), {} retried POSTs, {:.1} s in all, caught up {:.1} s after the last kill",
+            self.events,
+            self.kills,
+            self.kills_while_feeding,
+            self.retries,
+            self.elapsed.as_secs_f64(),
+            self.catch_up.as_secs_f64()
+        )?;
+        writeln!(f, "{:<42} {:>8} {:>6} {:>8} {:>6}", "endpoint", "checked", "lost", "doubled", "wrong")?;
+        for t in &self.tallies {
+            writeln!(f, "{:<42} {:>8} {:>6} {:>8} {:>6}", t.endpoint, t.checked, t.lost, t.doubled, t.wrong)?;
+            for e in &t.examples {
+                writeln!(f, "    {e}")?;
+            }
+        }
+        let (lost, doubled, wrong) =
+            self.tallies.iter().fold((0, 0, 0), |(l, d, w), t| (l + t.lost, d + t.doubled, w + t.wrong));
+        write!(f, "total: lost {lost}, double-counted {doubled}, other differences {wrong} (goal 0 / 0 / 0)")
+    }
+}
+
+/// The `lms` processes of a run; all are killed when dropped.
+struct Fleet {
+    cfg: ChaosConfig,
+    env: Vec<(String, String)>,
+    rules: PathBuf,
+    processors: Vec<Child>,
+    started: usize,
+    api: Option<Child>,
+}
+
+impl Fleet {
+    fn spawn(&mut self, args: &[&str], log: &str) -> anyhow::Result<Child> {
+        let log = std::fs::File::create(self.cfg.log_dir.join(log)).context("creating a process log")?;
+        Command::new(&self.cfg.lms_bin)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.cfg.lms_bin.display()))
+    }
+
+    fn spawn_processor(&mut self, prefix: &str) -> anyhow::Result<Child> {
+        let n = self.started;
+        self.started += 1;
+        let rules = self.rules.display().to_string();
+        let mut args = vec!["processor", "run"];
+        args.extend_from_slice(PROCESSORS);
+        args.extend_from_slice(&["--rules", &rules]);
+        self.spawn(&args, &format!("{prefix}processor-{n}.log"))
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for c in self.processors.iter_mut().chain(self.api.as_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the chaos scenario and compares the endpoints with the oracles.
+pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
+    ensure!(cfg.instances >= 1 && cfg.kill_delay_ms.0 <= cfg.kill_delay_ms.1, "instances ≥ 1 and a kill delay range min ≤ max");
+    let say = |s: String| {
+        if cfg.verbose {
+            println!("[chaos] {s}");
+        }
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("chaos-{}.", &id[..8]);
+    let topics = TopicsFile::bundled().topic_map(&prefix);
+    for d in Domain::ALL {
+        let p = if d == Domain::DeadLetter { 1 } else { cfg.partitions };
+        crate::create_topics(&cfg.brokers, &[(topics.topic(d), p)]).await?;
+    }
+    let store_url = fresh_postgres_db(&cfg.postgres_url, &format!("chaos_{}", &id[..10])).await?;
+    // Migrated here, once, before the processes race to do it.
+    let store = lms_store::Store::open(&store_url, 2).await.context("opening the fresh state store")?;
+    let clickhouse_db = format!("chaos_{}", &id[..10]);
+    std::fs::create_dir_all(&cfg.log_dir)?;
+    let rules = cfg.log_dir.join(format!("{prefix}rules.yaml"));
+    std::fs::write(&rules, progress::ACHIEVEMENT_RULES)?;
+    let config_file = cfg.log_dir.join(format!("{prefix}lms.yaml"));
+    let batches = if cfg.one_record_per_batch { "kafka:\n  properties:\n    batch.num.messages: \"1\"\n" } else { "{}\n" };
+    std::fs::write(&config_file, batches)?;
+    let secret = format!("chaos-{id}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let env: Vec<(String, String)> = [
+        ("LMS_CONFIG", config_file.display().to_string()),
+        ("LMS_KAFKA__BROKERS", cfg.brokers.clone()),
+        ("LMS_KAFKA__TOPIC_PREFIX", prefix.clone()),
+        ("LMS_STORE__URL", store_url.clone()),
+        ("LMS_ANALYTICS__STORE", "clickhouse".to_owned()),
+        ("LMS_ANALYTICS__URL", cfg.clickhouse_url.clone()),
+        ("LMS_ANALYTICS__DATABASE", clickhouse_db.clone()),
+        ("LMS_CONSUMER__MAX_BATCH_RECORDS", "500".to_owned()),
+        ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50".to_owned()),
+        ("LMS_CONSUMER__SESSION_TIMEOUT_MS", "6000".to_owned()),
+        ("LMS_API__LISTEN", format!("127.0.0.1:{port}")),
+        ("LMS_API__RATE_LIMIT__PER_SECOND", "0".to_owned()),
+        ("LMS_JWT_SECRET", secret.clone()),
+        ("RUST_LOG", "info,librdkafka=warn".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    say(format!("topics {prefix}*, state store {}, ClickHouse database {clickhouse_db}, logs in {}", lms_store::redact_url(&store_url), cfg.log_dir.display()));
+
+    let mut fleet = Fleet { cfg: cfg.clone(), env, rules, processors: Vec::new(), started: 0, api: None };
+    fleet.api = Some(fleet.spawn(&["api"], &format!("{prefix}api.log"))?);
+    for _ in 0..cfg.instances {
+        let c = fleet.spawn_processor(&prefix)?;
+        fleet.processors.push(c);
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    wait_ready(&http, &base).await?;
+    say(format!("API ready at {base}; {} processor processes", cfg.instances));
+
+    let cohort_config = CohortConfig {
+        tenants: cfg.tenants,
+        courses: cfg.courses,
+        learners: cfg.learners,
+        weeks: cfg.weeks,
+        now: cfg.now,
+        ..CohortConfig::new(cfg.seed)
+    };
+    let mut cohort = Cohort::new(cohort_config).context("invalid cohort options")?;
+    let events: Vec<Event> = cohort.by_ref().collect();
+    let tenants: Vec<Tenant> = cohort.tenants().to_vec();
+    let token = |tenant: &str, scope: &str| {
+        let exp = (Utc::now().timestamp() + 24 * 3600) as u64;
+        sign_hs256(secret.as_bytes(), &Claims { sub: "loadtest-chaos".to_owned(), tenant: tenant.to_owned(), scope: scope.to_owned(), exp })
+    };
+    let (catalog, activity): (Vec<&Event>, Vec<&Event>) = events.iter().partition(|e| e.domain() == Domain::Catalog);
+    say(format!("cohort: {} events ({} catalog), {} tenants × {} learners", events.len(), catalog.len(), cfg.tenants, cfg.learners));
+
+    let started = Instant::now();
+    let retries = Arc::new(AtomicU64::new(0));
+    let tokens: BTreeMap<String, String> = tenants.iter().map(|t| (t.name.clone(), token(&t.name, scope::EVENTS_WRITE))).collect();
+    post_all(&http, &base, &tokens, &catalog, cfg.batch_size, cfg.concurrency, &retries).await?;
+    let catalog_group = vec![(group_of(&prefix, "catalog"), vec![topics.topic(Domain::Catalog).to_owned()])];
+    wait_caught_up(&cfg.brokers, &catalog_group, None, Duration::from_secs(180)).await.context("the catalog group did not catch up")?;
+    say(format!("catalog caught up after {:.1} s; sending {} events", started.elapsed().as_secs_f64(), activity.len()));
+    // The kill schedule runs from now on, alongside the feeding of the activity.
+    let fleet = Arc::new(Mutex::new(fleet));
+    let killer = {
+        let (fleet, prefix, cfg) = (Arc::clone(&fleet), prefix.clone(), cfg.clone());
+        tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
+            let mut at = Vec::new();
+            for kill in 0..cfg.kills {
+                let delay = rng.random_range(cfg.kill_delay_ms.0..=cfg.kill_delay_ms.1);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let mut f = fleet.lock().await;
+                let victim = rng.random_range(0..f.processors.len());
+                let child = &mut f.processors[victim];
+                let pid = child.id();
+                child.kill().context("SIGKILL")?;
+                let _ = child.wait();
+                let fresh = f.spawn_processor(&prefix)?;
+                let new_pid = fresh.id();
+                f.processors[victim] = fresh;
+                at.push(Instant::now());
+                if cfg.verbose {
+                    println!("[chaos] kill {}/{}: SIGKILL pid {pid} after {delay} ms, restarted as pid {new_pid}", kill + 1, cfg.kills);
+                }
+            }
+            anyhow::Ok(at)
+        })
+    };
+
+    post_all(&http, &base, &tokens, &activity, cfg.batch_size, cfg.concurrency, &retries).await?;
+    let fed = Instant::now();
+    say(format!("every event accepted after {:.1} s; waiting for the kills to end", started.elapsed().as_secs_f64()));
+    let kill_times = killer.await.context("the kill schedule panicked")??;
+    let last_kill = kill_times.last().copied().unwrap_or_else(Instant::now);
+    let kills_while_feeding = kill_times.iter().filter(|t| **t <= fed).count();
+
+    let groups: Vec<(String, Vec<String>)> = PROCESSORS
+        .iter()
+        .map(|name| {
+            let info = processors::lookup(name).map_err(anyhow::Error::msg)?;
+            Ok((group_of(&prefix, name), info.domains.iter().map(|d| topics.topic(*d).to_owned()).collect()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    wait_caught_up(&cfg.brokers, &groups, Some(&store), cfg.catch_up_timeout).await?;
+    let catch_up = last_kill.elapsed();
+    let elapsed = started.elapsed();
+    say(format!("every group caught up {:.1} s after the last kill; comparing", catch_up.as_secs_f64()));
+
+    let progress_oracle = progress::Oracle::new(&events);
+    let mut analytics_events: Vec<Event> = events.clone();
+    analytics_events.extend(derived_events(&progress_oracle));
+    let analytics_oracle = analytics::Oracle::new(&analytics_events);
+    let mut tallies = Vec::new();
+    let readers: BTreeMap<String, String> = tenants.iter().map(|t| (t.name.clone(), token(&t.name, scope::ANALYTICS_READ))).collect();
+    let reader = |tenant: &str| readers.get(tenant).cloned().unwrap_or_default();
+    tallies.push(compare_progress(&http, &base, &reader, &progress_oracle).await?);
+    tallies.push(compare_achievements(&http, &base, &reader, &progress_oracle).await?);
+    tallies.extend(compare_analytics(&http, &base, &reader, &analytics_oracle, &tenants, cfg).await?);
+
+    drop(fleet);
+    store.close().await;
+    Ok(Report { events: events.len(), kills: cfg.kills, kills_while_feeding, retries: retries.load(Ordering::Relaxed), elapsed, catch_up, tallies })
+}
+
+fn group_of(prefix: &str, processor: &str) -> String {
+    lms_bus::KafkaConfig::new("").with_prefix(prefix).group_id(processor)
+}
+
+/// Creates database `name` on the server of `admin_url` and returns its URL.
+async fn fresh_postgres_db(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    let admin = lms_store::Store::connect(admin_url, 2).await.context("connecting to PostgreSQL")?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.context("CREATE DATABASE")?;
+    admin.close().await;
+    let (scheme, rest) = admin_url.split_once("://").context("a postgres:// URL")?;
+    let host = rest.split(['/', '?']).next().unwrap_or(rest);
+    Ok(format!("{scheme}://{host}/{name}"))
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{base}/readyz did not answer 200 within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// POSTs `events` in batches of one tenant each, `concurrency` at a time.
+async fn post_all(
+    http: &reqwest::Client,
+    base: &str,
+    tokens: &BTreeMap<String, String>,
+    events: &[&Event],
+    batch_size: usize,
+    concurrency: usize,
+    retries: &AtomicU64,
+) -> anyhow::Result<()> {
+    let mut pending: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    let mut batches: Vec<(String, Vec<u8>)> = Vec::new();
+    for e in events {
+        let batch = pending.entry(e.tenant.as_str()).or_default();
+        batch.push(serde_json::to_value(e)?);
+        if batch.len() >= batch_size {
+            batches.push((e.tenant.clone(), serde_json::to_vec(&std::mem::take(batch))?));
+        }
+    }
+    for (tenant, batch) in pending {
+        if !batch.is_empty() {
+            batches.push((tenant.to_owned(), serde_json::to_vec(&batch)?));
+        }
+    }
+    let url = format!("{base}/v1/events");
+    let mut sends = futures::stream::iter(batches)
+        .map(|(tenant, body)| {
+            let token = tokens.get(&tenant).cloned().unwrap_or_default();
+            let url = url.clone();
+            async move { post(http, &url, &token, body, retries).await }
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some(r) = sends.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Posts one batch until the API accepts it: 429 and 503 after `Retry-After`, connection
+/// errors with back-off; the body (so the ids) stays the same.
+async fn post(http: &reqwest::Client, url: &str, token: &str, body: Vec<u8>, retries: &AtomicU64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let sent = http.post(url).bearer_auth(token).header("content-type", "application/json").body(body.clone()).send().await;
+        let wait = match sent {
+            Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                let answer: Value = r.json().await.context("reading the API's answer")?;
+                let rejected = answer["rejected"].as_array().map_or(0, Vec::len);
+                ensure!(rejected == 0, "the API rejected {rejected} generated event(s): {}", answer["rejected"]);
+                return Ok(());
+            }
+            Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status() == StatusCode::SERVICE_UNAVAILABLE => r
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map_or(backoff, Duration::from_secs),
+            Ok(r) => {
+                let status = r.status();
+                bail!("the API answered {status} to a POST: {}", r.text().await.unwrap_or_default());
+            }
+            Err(_) => backoff,
+        };
+        ensure!(Instant::now() + wait < deadline, "the API did not accept a batch within 5 minutes of retries");
+        retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Records behind the end, summed over every partition of `topics`, for `group`
+/// (committed offsets against high watermarks).
+pub fn group_lag(brokers: &str, group: &str, topics: &[String]) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let timeout = Duration::from_secs(10);
+    let mut lag = 0;
+    for topic in topics {
+        let md = consumer.fetch_metadata(Some(topic), timeout)?;
+        let partitions: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition(topic, *p);
+        }
+        let committed = consumer.committed_offsets(tpl, timeout)?;
+        for p in partitions {
+            let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+            let at = committed.find_partition(topic, p).and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0).unwrap_or(0);
+            lag += (high - at).max(0);
+        }
+    }
+    Ok(lag)
+}
+
+/// Waits until every group has committed the end of its topics and (when given) the
+/// outbox is empty, twice in a row.
+async fn wait_caught_up(
+    brokers: &str,
+    groups: &[(String, Vec<String>)],
+    store: Option<&lms_store::Store>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut streak = 0;
+    loop {
+        let pending = match store {
+            Some(s) => lms_store::outbox::pending(s).await.unwrap_or(1),
+            None => 0,
+        };
+        let (b, g) = (brokers.to_owned(), groups.to_vec());
+        let lag = tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
+            let mut sum = 0;
+            for (group, topics) in &g {
+                sum += group_lag(&b, group, topics)?;
+            }
+            Ok(sum)
+        })
+        .await??;
+        streak = if lag == 0 && pending == 0 { streak + 1 } else { 0 };
+        if streak >= 2 {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "not caught up after {timeout:?}: lag {lag} records, outbox {pending} rows");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The derived events the analytics sink receives, as the progress oracle says they end:
+/// with the catalog final before any learning event, a learner's percent only grows, so
+/// the furthest `progress.updated` is the final one, and `course.completed` exists once per
+/// completed learner-course.
+fn derived_events(o: &progress::Oracle) -> Vec<Event> {
+    let mut out = Vec::new();
+    for ((tenant, learner), courses) in &o.progress {
+        for (course, e) in courses {
+            let at = e.last_activity_at.or(e.completed_at).unwrap_or_default();
+            let data = EventData::ProgressUpdated(ProgressUpdated {
+                learner_id: learner.clone(),
+                course_id: course.clone(),
+                course_version: 1,
+                lessons_completed: e.lessons_completed,
+                lessons_total: e.lessons_total,
+                percent_complete: e.percent_complete,
+                status: if e.completed_at.is_some() { ProgressStatus::Completed } else { ProgressStatus::InProgress },
+                time_spent_s: e.time_spent_ms as f64 / 1000.0,
+                last_activity_at: e.last_activity_at,
+                completed_at: e.completed_at,
+            });
+            out.push(Event::derived(tenant, "chaos-oracle", at, data));
+            if let Some(completed_at) = e.completed_at {
+                let data = EventData::CourseCompleted(CourseCompleted {
+                    learner_id: learner.clone(),
+                    course_id: course.clone(),
+                    course_version: 1,
+                    completed_at,
+                });
+                out.push(Event::derived(tenant, "chaos-oracle", completed_at, data));
+            }
+        }
+    }
+    out
+}
+
+async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
+    let r = http.get(url).bearer_auth(token).send().await.with_context(|| format!("GET {url}"))?;
+    let status = r.status();
+    let body: Value = r.json().await.with_context(|| format!("GET {url}: reading the answer"))?;
+    ensure!(status == StatusCode::OK, "GET {url} answered {status}: {body}");
+    Ok(body)
+}
+
+fn time(v: &Value) -> Option<DateTime<Utc>> {
+    v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.to_utc())
+}
+
+async fn compare_progress(
+    http: &reqwest::Client,
+    base: &str,
+    reader: &impl Fn(&str) -> String,
+    o: &progress::Oracle,
+) -> anyhow::Result<Tally> {
+    let mut t = Tally::new("GET /v1/learners/{id}/progress");
+    for ((tenant, learner), want) in &o.progress {
+        let body = get_json(http, &format!("{base}/v1/learners/{learner}/progress"), &reader(tenant)).await?;
+        let mut got: BTreeMap<String, progress::Expected> = BTreeMap::new();
+        for v in body.as_array().into_iter().flatten() {
+            let status = match v["status"].as_str() {
+                Some("completed") => "completed",
+                Some("in_progress") => "in_progress",
+                _ => "not_started",
+            };
+            got.insert(v["course_id"].as_str().unwrap_or_default().to_owned(), progress::Expected {
+                status,
+                lessons_completed: v["lessons_completed"].as_u64().unwrap_or(0) as u32,
+                lessons_total: v["lessons_total"].as_u64().unwrap_or(0) as u32,
+                percent_complete: v["percent_complete"].as_f64().unwrap_or(0.0),
+                time_spent_ms: (v["time_spent_s"].as_f64().unwrap_or(0.0) * 1000.0).round() as i64,
+                last_activity_at: time(&v["last_activity_at"]),
+                completed_at: time(&v["completed_at"]),
+            });
+        }
+        for (course, w) in want {
+            t.checked += 1;
+            let Some(g) = got.remove(course) else {
+                t.lost += 1;
+                t.example(format!("{tenant}/{learner}/{course}: missing"));
+                continue;
+            };
+            let counts = t.count(u64::from(g.lessons_completed), u64::from(w.lessons_completed))
+                & t.count(g.time_spent_ms.max(0) as u64, w.time_spent_ms.max(0) as u64);
+            if !counts {
+                t.example(format!("{tenant}/{learner}/{course}: got {g:?}, want {w:?}"));
+            } else if &g != w {
+                t.wrong += 1;
+                t.example(format!("{tenant}/{learner}/{course}: got {g:?}, want {w:?}"));
+            }
+        }
+        for course in got.keys() {
+            t.doubled += 1;
+            t.example(format!("{tenant}/{learner}/{course}: not expected"));
+        }
+    }
+    Ok(t)
+}
+
+async fn compare_achievements(
+    http: &reqwest::Client,
+    base: &str,
+    reader: &impl Fn(&str) -> String,
+    o: &progress::Oracle,
+) -> anyhow::Result<Tally> {
+    let mut t = Tally::new("GET /v1/learners/{id}/achievements");
+    let empty = BTreeSet::new();
+    for (tenant, learner) in o.progress.keys() {
+        let want = o.achievements.get(&(tenant.clone(), learner.clone())).unwrap_or(&empty);
+        let body = get_json(http, &format!("{base}/v1/learners/{learner}/achievements"), &reader(tenant)).await?;
+        let got: Vec<(String, String, Option<DateTime<Utc>>)> = body
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                (
+                    a["achievement_id"].as_str().unwrap_or_default().to_owned(),
+                    a["course_id"].as_str().unwrap_or_default().to_owned(),
+                    time(&a["unlocked_at"]),
+                )
+            })
+            .collect();
+        t.checked += want.len() as u64;
+        let want_keys: BTreeMap<(&str, &str), DateTime<Utc>> = want.iter().map(|(a, c, at)| ((a.as_str(), c.as_str()), *at)).collect();
+        let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for (a, c, at) in &got {
+            let key = (a.as_str(), c.as_str());
+            if !seen.insert(key) || !want_keys.contains_key(&key) {
+                t.doubled += 1;
+                t.example(format!("{tenant}/{learner}: extra {a} {c}"));
+            } else if Some(want_keys[&key]) != *at {
+                t.wrong += 1;
+                t.example(format!("{tenant}/{learner}: {a} {c} at {at:?}, want {}", want_keys[&key]));
+            }
+        }
+        for key in want_keys.keys().filter(|k| !seen.contains(*k)) {
+            t.lost += 1;
+            t.example(format!("{tenant}/{learner}: missing {} {}", key.0, key.1));
+        }
+    }
+    Ok(t)
+}
+
+/// Compares two series keyed by bucket, field by field (a missing bucket counts 0).
+fn series<K: Ord + Clone + fmt::Debug>(t: &mut Tally, what: &str, got: BTreeMap<K, Vec<u64>>, want: BTreeMap<K, Vec<u64>>) {
+    let keys: BTreeSet<K> = got.keys().chain(want.keys()).cloned().collect();
+    for k in keys {
+        t.checked += 1;
+        let (g, w) = (got.get(&k).cloned().unwrap_or_default(), want.get(&k).cloned().unwrap_or_default());
+        let n = g.len().max(w.len());
+        let mut same = true;
+        for i in 0..n {
+            same &= t.count(g.get(i).copied().unwrap_or(0), w.get(i).copied().unwrap_or(0));
+        }
+        if !same {
+            t.example(format!("{what} {k:?}: got {g:?}, want {w:?}"));
+        }
+    }
+}
+
+async fn compare_analytics(
+    http: &reqwest::Client,
+    base: &str,
+    reader: &impl Fn(&str) -> String,
+    o: &analytics::Oracle,
+    tenants: &[Tenant],
+    cfg: &ChaosConfig,
+) -> anyhow::Result<Vec<Tally>> {
+    let mut active = Tally::new("GET /v1/analytics/active-learners");
+    let mut enrollments = Tally::new("GET /v1/analytics/enrollments");
+    let mut completions = Tally::new("GET /v1/analytics/completions");
+    let mut revenue = Tally::new("GET /v1/analytics/revenue");
+    let mut funnel = Tally::new("GET /v1/analytics/courses/{id}/funnel");
+    let mut scores = Tally::new("GET /v1/analytics/assessments/{id}/scores");
+    let from: NaiveDate = (cfg.now - chrono::Duration::weeks(i64::from(cfg.weeks)) - chrono::Duration::days(7)).date_naive();
+    let to: NaiveDate = cfg.now.date_naive();
+    for tenant in tenants {
+        let token = reader(&tenant.name);
+        let first_course = tenant.courses.first().map(|c| c.course_id.clone());
+        for granularity in [Granularity::Day, Granularity::Week, Granularity::Month] {
+            for course_id in [None, first_course.clone()] {
+                let p = SeriesParams { tenant: tenant.name.clone(), from, to, granularity, course_id: course_id.clone() };
+                let g = match granularity {
+                    Granularity::Day => "day",
+                    Granularity::Week => "week",
+                    Granularity::Month => "month",
+                };
+                let mut q = format!("from={from}&to={to}&granularity={g}");
+                if let Some(c) = &course_id {
+                    q += &format!("&course_id={c}");
+                }
+                let what = format!("{} {q}", tenant.name);
+                let got: Vec<ActiveLearnersPoint> = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/active-learners?{q}"), &token).await?)?;
+                series(
+                    &mut active,
+                    &what,
+                    got.iter().filter(|x| x.active_learners > 0).map(|x| (x.bucket, vec![x.active_learners])).collect(),
+                    o.active_learners(&p).iter().map(|x| (x.bucket, vec![x.active_learners])).collect(),
+                );
+                let got: Vec<EnrollmentsPoint> = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/enrollments?{q}"), &token).await?)?;
+                series(
+                    &mut enrollments,
+                    &what,
+                    got.iter().map(|x| (x.bucket, vec![x.enrollments, x.drops])).collect(),
+                    o.enrollments(&p).iter().map(|x| (x.bucket, vec![x.enrollments, x.drops])).collect(),
+                );
+                let got: Vec<CompletionsPoint> = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/completions?{q}"), &token).await?)?;
+                series(
+                    &mut completions,
+                    &what,
+                    got.iter().map(|x| (x.bucket, vec![x.completions])).collect(),
+                    o.completions(&p).iter().map(|x| (x.bucket, vec![x.completions])).collect(),
+                );
+                let got: Vec<RevenuePoint> = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/revenue?{q}"), &token).await?)?;
+                let money = |v: &[RevenuePoint]| -> BTreeMap<(NaiveDate, String), Vec<u64>> {
+                    v.iter()
+                        .map(|x| ((x.bucket, x.currency.clone()), vec![x.gross_minor.max(0) as u64, x.refunds_minor.max(0) as u64]))
+                        .collect()
+                };
+                let want = o.revenue(&RevenueParams { series: p.clone(), currency: None });
+                series(&mut revenue, &what, money(&got), money(&want));
+            }
+        }
+        for course in &tenant.courses {
+            let got: Funnel = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/courses/{}/funnel", course.course_id), &token).await?)?;
+            let want = o.funnel(&FunnelParams { tenant: tenant.name.clone(), course_id: course.course_id.clone() });
+            let v = |f: &Funnel| vec![f.enrolled, f.started, f.reached_25, f.reached_50, f.reached_75, f.completed];
+            series(&mut funnel, &tenant.name, BTreeMap::from([(course.course_id.clone(), v(&got))]), BTreeMap::from([(course.course_id.clone(), v(&want))]));
+            for assessment in course.assessment_ids() {
+                let got: Scores = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/assessments/{assessment}/scores"), &token).await?)?;
+                let want = o.scores(&ScoresParams { tenant: tenant.name.clone(), assessment_id: assessment.clone(), range: None, course_id: None });
+                let v = |s: &Scores| {
+                    let mut v = vec![s.attempts, s.learners];
+                    v.extend(s.histogram.iter().map(|b| b.count));
+                    v
+                };
+                series(&mut scores, &tenant.name, BTreeMap::from([(assessment.clone(), v(&got))]), BTreeMap::from([(assessment.clone(), v(&want))]));
+                if (got.mean_pct, got.p50_pct, got.p90_pct) != (want.mean_pct, want.p50_pct, want.p90_pct) {
+                    scores.wrong += 1;
+                    scores.example(format!("{assessment}: got {got:?}, want {want:?}"));
+                }
+            }
+        }
+    }
+    Ok(vec![active, enrollments, completions, revenue, funnel, scores])
+}

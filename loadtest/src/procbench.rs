@@ -1,0 +1,231 @@
+//! `loadtest processors`: a processor's throughput with 1, 2, 4 … members in one group,
+//! next to the no-op processor on the same topics in the same run, with the CPU the broker
+//! and this process used meanwhile.
+//!
+//! A generated cohort (`lms_generator::Cohort`) is produced once to fresh topics; the
+//! catalog processor loads the catalog into a fresh database (not measured). Then, for each
+//! member count k: the no-op group reads the processor's topics to their end, then the
+//! processor's group (members in this process, as `lms processor run --instances k` runs
+//! them; a fresh database and group each time) processes them until its stored offsets
+//! reach the end. CPU shares come from `/proc/<pid>/stat` (user + system time) before and
+//! after each measurement: the broker's (found by its listener address) and this
+//! process's (the members and the relay).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use clap::Args;
+use lms_bus::{BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, OnQueueFull, Producer, TopicPartition, TopicsFile};
+use lms_events::{Domain, Event};
+use lms_generator::{Cohort, CohortConfig};
+use lms_store::Store;
+use processors::achievements::rules::Rules;
+use processors::noop::Noop;
+use processors::runtime::{self, Plumbing};
+use tokio_util::sync::CancellationToken;
+
+/// Options of `loadtest processors`.
+#[derive(Debug, Args)]
+pub struct ProcessorsArgs {
+    /// Bootstrap servers of the broker under test.
+    #[arg(long, env = "LMS_KAFKA__BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// A PostgreSQL URL on whose server fresh databases are created.
+    #[arg(long, env = "LMS_TEST_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres: String,
+    /// The processor to measure (a store-backed one: progress, achievements, catalog).
+    #[arg(long, default_value = "progress")]
+    processor: String,
+    /// Member counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    instances: Vec<usize>,
+    /// Learners per tenant of the generated cohort (about 330 events each over 8 weeks).
+    #[arg(long, default_value_t = 300)]
+    learners: usize,
+    /// Tenants of the cohort.
+    #[arg(long, default_value_t = 2)]
+    tenants: usize,
+    /// Partitions of each topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Process id of the broker (default: the process listening on `--brokers`).
+    #[arg(long)]
+    broker_pid: Option<u32>,
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// The process whose command line names `tcp://<brokers>` (tansu's listener URL).
+fn broker_pid(brokers: &str) -> Option<u32> {
+    let needle = format!("tcp://{}", brokers.split(',').next()?);
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd).contains(&needle).then_some(pid)
+    })
+}
+
+/// CPU use over a measurement.
+struct Cpu {
+    broker: Option<(String, f64)>,
+    own: f64,
+    started: Instant,
+}
+
+impl Cpu {
+    fn start(broker: Option<u32>) -> Cpu {
+        let broker = broker.and_then(|p| Some((p.to_string(), cpu_seconds(&p.to_string())?)));
+        Cpu { broker, own: cpu_seconds("self").unwrap_or(0.0), started: Instant::now() }
+    }
+
+    /// (broker, this process) CPU in cores over the elapsed time.
+    fn shares(&self) -> (Option<f64>, f64) {
+        let wall = self.started.elapsed().as_secs_f64();
+        let broker = self.broker.as_ref().and_then(|(p, before)| Some((cpu_seconds(p)? - before) / wall));
+        (broker, (cpu_seconds("self").unwrap_or(0.0) - self.own) / wall)
+    }
+}
+
+async fn fresh_db(base: &str, tag: &str) -> anyhow::Result<String> {
+    let name = format!("bench_{tag}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let admin = Store::connect(base, 2).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await?;
+    admin.close().await;
+    let (scheme, rest) = base.split_once("://").context("a postgres:// URL")?;
+    let host = rest.split(['/', '?']).next().unwrap_or(rest);
+    Ok(format!("{scheme}://{host}/{name}"))
+}
+
+type Ends = BTreeMap<TopicPartition, i64>;
+
+async fn wait_stored(store: &Store, group: &str, ends: &Ends) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let stored = lms_store::offsets::load(store, group).await?;
+        if ends.iter().all(|(tp, end)| stored.get(tp).copied().unwrap_or(0) >= *end) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "group {group} did not reach the end in 30 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the benchmark.
+pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
+    let reg = processors::lookup(&args.processor).map_err(anyhow::Error::msg)?;
+    let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let topics = TopicsFile::bundled().topic_map(&prefix);
+    for d in Domain::ALL {
+        crate::create_topics(&args.brokers, &[(topics.topic(d), if d == Domain::DeadLetter { 1 } else { args.partitions })]).await?;
+    }
+    let kafka = KafkaConfig::new(&args.brokers).with_prefix(&prefix);
+    let metrics = BusMetrics::standalone();
+    let producer = Arc::new(Producer::new(&kafka, topics.clone(), metrics.clone(), "loadtest-processors")?);
+    let now: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z")?.to_utc();
+    let cohort = Cohort::new(CohortConfig { tenants: args.tenants, learners: args.learners, now, ..CohortConfig::new(7) })?;
+    let events: Vec<(Event, Option<lms_events::TraceContext>)> = cohort.map(|e| (e, None)).collect();
+    let mut ends: BTreeMap<&str, Ends> = BTreeMap::new();
+    let started = Instant::now();
+    for chunk in events.chunks(20_000) {
+        for ((e, _), r) in chunk.iter().zip(producer.send_events(chunk, OnQueueFull::Wait(Duration::from_secs(60))).await) {
+            let d = r?;
+            let end = ends.entry(e.domain().as_str()).or_default().entry(TopicPartition::new(topics.topic(e.domain()), d.partition)).or_insert(0);
+            *end = (*end).max(d.offset + 1);
+        }
+    }
+    let read: Vec<Domain> = reg.domains.to_vec();
+    let records: i64 = read.iter().flat_map(|d| ends.get(d.as_str()).into_iter().flatten()).map(|(_, e)| *e).sum();
+    let wanted: Ends = read.iter().flat_map(|d| ends.get(d.as_str()).cloned().unwrap_or_default()).collect();
+    println!(
+        "broker {}, {} events produced in {:.1} s ({} partitions per topic); {} reads {} records of {:?}",
+        args.brokers,
+        events.len(),
+        started.elapsed().as_secs_f64(),
+        args.partitions,
+        reg.name,
+        records,
+        read.iter().map(|d| d.as_str()).collect::<Vec<_>>()
+    );
+    let broker = args.broker_pid.or_else(|| broker_pid(&args.brokers));
+    if broker.is_none() {
+        println!("(no broker process found for {}: its CPU share is not measured)", args.brokers);
+    }
+    let rules = Arc::new(Rules::load(None)?);
+    let consumer = ConsumerConfig::default();
+    println!("{:>3} {:>12} {:>12} {:>8} {:>9} {:>11} {:>11} {:>11}", "k", "no-op ev/s", format!("{} ev/s", reg.name), "ratio", "scaling", "broker CPU", "member CPU", "no-op brk");
+    let mut first: Option<f64> = None;
+    for &k in &args.instances {
+        // The no-op baseline: a group of k members on the same topics.
+        let noop = Arc::new(Noop::default());
+        let stop = CancellationToken::new();
+        let group_kafka = KafkaConfig::new(&args.brokers).with_prefix(format!("{prefix}noop{k}-"));
+        let cpu = Cpu::start(broker);
+        let t = Instant::now();
+        let mut members = Vec::new();
+        for i in 0..k.max(1) {
+            let cfg = MemberConfig {
+                kafka: group_kafka.clone(),
+                consumer: consumer.clone(),
+                group_id: group_kafka.group_id("noop"),
+                topics: read.iter().map(|d| topics.topic(*d).to_owned()).collect(),
+                client_id: format!("loadtest-noop-{i}"),
+            };
+            members.push(Member::spawn(cfg, noop.clone(), producer.clone(), metrics.clone(), stop.clone())?);
+        }
+        while (noop.events() as i64) < records {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(900), "the no-op group consumed only {} of {records}", noop.events());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let noop_rate = records as f64 / t.elapsed().as_secs_f64();
+        let (noop_broker, _) = cpu.shares();
+        stop.cancel();
+        for m in members {
+            m.join().await?;
+        }
+
+        // The processor: a fresh database with the catalog loaded, then k members.
+        let store = Store::open(&fresh_db(&args.postgres, &reg.name.replace('-', "_")).await?, 16).await?;
+        let run_kafka = KafkaConfig::new(&args.brokers).with_prefix(format!("{prefix}k{k}-"));
+        let plumbing = Plumbing { kafka: run_kafka.clone(), consumer: consumer.clone(), topics: topics.clone(), producer: producer.clone(), metrics: metrics.clone() };
+        if reg.name != "catalog" {
+            let (ctx, relay) = runtime::context(store.clone(), producer.clone(), rules.clone(), Default::default());
+            let catalog = runtime::start(&plumbing, &ctx, relay, &[processors::lookup("catalog").map_err(anyhow::Error::msg)?], 1)?;
+            wait_stored(&store, &run_kafka.group_id("catalog"), ends.get(Domain::Catalog.as_str()).unwrap_or(&Ends::new())).await?;
+            catalog.stop().await?;
+        }
+        let (ctx, relay) = runtime::context(store.clone(), producer.clone(), rules.clone(), Default::default());
+        let cpu = Cpu::start(broker);
+        let t = Instant::now();
+        let running = runtime::start(&plumbing, &ctx, relay, &[reg], k)?;
+        wait_stored(&store, &run_kafka.group_id(reg.name), &wanted).await?;
+        let rate = records as f64 / t.elapsed().as_secs_f64();
+        let (broker_share, own) = cpu.shares();
+        let reports = running.stop().await?;
+        let processed: u64 = reports.iter().map(|(_, r)| r.records).sum();
+        store.close().await;
+        let base = *first.get_or_insert(rate);
+        let pct = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.0} %", v * 100.0));
+        println!(
+            "{k:>3} {noop_rate:>12.0} {rate:>12.0} {:>7.2}× {:>8.2}× {:>11} {:>11} {:>11}{}",
+            rate / noop_rate,
+            rate / base,
+            pct(broker_share),
+            pct(Some(own)),
+            pct(noop_broker),
+            if processed as i64 == records { String::new() } else { format!("  ({processed} records processed: rebalances re-read some)") }
+        );
+    }
+    println!("CPU shares are of one core (the machine has {}).", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    Ok(())
+}
