@@ -41,11 +41,15 @@ async fn get_achievements(
     achievements::read(&store, &claims.tenant, &learner_id).await.map(Json).map_err(store_problem)
 }
 
-/// The token may read `learner_id`, which is a well-formed id (1 to 128 characters).
+/// The token may read `learner_id`, which is a well-formed id (1 to 128 characters, no
+/// control characters: PostgreSQL refuses a NUL in text, which would otherwise be a 500).
 pub(crate) fn check_learner(claims: &Claims, learner_id: &str) -> Result<(), Problem> {
     claims.may_read_learner(learner_id)?;
     if learner_id.is_empty() || learner_id.chars().count() > 128 {
         return Err(Problem::bad_request("learner_id must have 1 to 128 characters"));
+    }
+    if learner_id.chars().any(char::is_control) {
+        return Err(Problem::bad_request("learner_id must not contain control characters"));
     }
     Ok(())
 }

@@ -39,13 +39,18 @@
 //! # Ok(()) }
 //! ```
 
+pub mod analytics;
 pub mod auth;
 mod body;
 mod config;
+pub mod dashboard;
 mod enrollments;
 mod events;
 mod ingest;
+pub mod learners;
+pub mod notifications;
 mod openapi;
+mod openapi_reads;
 mod ops;
 mod producer;
 pub mod problem;

@@ -13,9 +13,10 @@ use utoipa::{Modify, OpenApi};
 #[derive(OpenApi)]
 #[openapi(
     info(
-        title = "lms-pipeline write API",
-        description = "Thin write services of lms-pipeline: events, xAPI statements, enrollments, payment webhooks; \
-                       and the operations routes. See docs/CONTRACT.md.",
+        title = "lms-pipeline API",
+        description = "The HTTP services of lms-pipeline: events, xAPI statements, enrollments and payment webhooks in; \
+                       learner progress, achievements, notifications and analytics out; and the operations routes. \
+                       See docs/CONTRACT.md.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -92,6 +93,8 @@ pub fn document() -> Value {
         "oneOf": [{"$ref": "#/components/schemas/ClientEvent"}, {"$ref": "#/components/schemas/ClientEventBatch"}],
         "description": "One event, or a batch of at most 1000."
     });
+    crate::openapi_reads::add(&mut doc);
+    crate::notifications::add_openapi(&mut doc);
     doc
 }
 
@@ -135,7 +138,7 @@ mod tests {
     fn every_route_and_reference_is_there() {
         let doc = document();
         assert_eq!(doc["openapi"], "3.1.0");
-        for path in ["/v1/events", "/v1/xapi/statements", "/v1/enrollments", "/v1/enrollments/{learner_id}/{course_id}", "/v1/payments/webhook", "/livez", "/readyz", "/metrics", "/openapi.json"] {
+        for path in ["/v1/learners/{learner_id}/progress", "/v1/analytics/courses/{course_id}/funnel", "/v1/events", "/v1/xapi/statements", "/v1/enrollments", "/v1/enrollments/{learner_id}/{course_id}", "/v1/payments/webhook", "/livez", "/readyz", "/metrics", "/openapi.json"] {
             assert!(doc["paths"].get(path).is_some(), "{path} is documented");
         }
         let text = doc.to_string();

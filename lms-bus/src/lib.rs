@@ -7,11 +7,14 @@
 //!   (see the `consumer` module for the exact order and its invariants).
 //! - [`topics`]: topics.yaml and the idempotent `plan`/`apply`.
 //! - [`BusMetrics`]: Prometheus metrics, counted per batch.
+//! - [`admin`]: operator tools: consumer groups and lag, replays, dead letters.
 
+pub mod admin;
 mod config;
 mod consumer;
 mod error;
 mod metrics;
+pub mod otel;
 mod processor;
 mod producer;
 mod record;

@@ -68,6 +68,7 @@ pub mod data;
 pub mod event;
 pub mod examples;
 pub mod input;
+pub mod invariants;
 pub mod schema;
 pub mod trace;
 

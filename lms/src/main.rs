@@ -3,7 +3,11 @@
 
 mod config;
 mod demo;
+mod generate;
+mod ops;
 mod processor;
+mod serve;
+mod telemetry;
 mod topics;
 
 use std::path::PathBuf;
@@ -27,14 +31,31 @@ struct Cli {
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info,librdkafka=warn")]
     log: String,
 
+    /// Log lines as text (for people) or JSON (for log pipelines: one object per line with
+    /// the fields of its spans, such as a request's `trace_id`).
+    #[arg(long, global = true, env = "LMS_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: telemetry::LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs the pipeline in one process with nothing installed (in-process Kafka).
+    /// Runs the whole pipeline in one process with nothing installed: in-process Kafka,
+    /// SQLite, the Parquet analytics twin, every processor, the API and the dashboard, fed
+    /// by the cohort generator.
+    ///
+    /// Example: `lms demo` then open the printed dashboard URL; `lms demo --exit-when-caught-up`
+    /// runs the backfill through every processor and exits.
     Demo(demo::DemoArgs),
+    /// Serves the HTTP API: event intake (write) and progress, achievements, analytics (read).
+    ///
+    /// Needs `LMS_JWT_SECRET`. Listens on `api.listen` (default 0.0.0.0:8080); see
+    /// `/openapi.json` for the routes.
+    ///
+    /// Example: `LMS_JWT_SECRET=... LMS_KAFKA__BROKERS=kafka:9092 LMS_STORE__URL=postgres://lms@db/lms lms api`
+    Api,
     /// Shows or applies topics.yaml against the cluster.
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
@@ -43,21 +64,45 @@ enum Command {
     Processor(processor::ProcessorCommand),
     /// Applies the state store's schema migrations (also done on every start).
     Migrate,
+    /// Shows every consumer group: members, partitions, offsets, log ends, lag and trend.
+    Groups(ops::groups::GroupsArgs),
+    /// Resets a stopped group's offsets (store and Kafka) so it reads records again.
+    Replay(ops::replay::ReplayArgs),
+    /// Lists, shows and re-drives dead letters.
+    #[command(subcommand)]
+    Dlq(ops::dlq::DlqCommand),
+    /// Generates a synthetic cohort (courses, learners, videos, quizzes, payments) and sends
+    /// it to the API, to Kafka or to a file. Deterministic with --seed.
+    Generate(generate::GenerateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?).with_target(false).init();
+    let service = match &cli.command {
+        Command::Api => "lms-api",
+        Command::Processor(_) => "lms-processor",
+        Command::Demo(_) => "lms-demo",
+        _ => "lms",
+    };
+    let telemetry = telemetry::init(&cli.log, cli.log_format, service)?;
     let config = config::Config::load(cli.config.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
+    let outcome = rt.block_on(async move {
         match cli.command {
-            Command::Demo(args) => demo::run(args).await,
+            Command::Demo(args) => demo::run(args, &config).await,
+            Command::Api => serve::run(&config).await,
             Command::Topics(cmd) => topics::run(cmd, &config).await,
             Command::Processor(cmd) => processor::run(cmd, &config).await,
             Command::Migrate => processor::migrate(&config).await,
+            Command::Groups(args) => ops::groups::run(args, &config).await,
+            Command::Replay(args) => ops::replay::run(args, &config).await,
+            Command::Dlq(cmd) => ops::dlq::run(cmd, &config).await,
+            Command::Generate(args) => generate::run(args, &config).await,
         }
-    })
+    });
+    drop(rt);
+    telemetry.shutdown();
+    outcome
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM: the signal to drain and stop.

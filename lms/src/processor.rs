@@ -32,7 +32,7 @@ pub enum ProcessorCommand {
 /// Options of `lms processor run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Processors to run (see `lms processor list`), or `all` for every stateful one.
+    /// Processors to run (see `lms processor list`), or `all` for every one but `noop`.
     #[arg(required = true, num_args = 1..)]
     names: Vec<String>,
     /// Members per processor in this process (for local tests; in production run one
@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Achievement rules file (default: the rules shipped in config/achievements.yaml).
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// Serve `/livez` (`/healthz`), `/readyz` and `/metrics` on this address, for
+    /// Kubernetes probes and Prometheus (e.g. `0.0.0.0:9090`). Off when absent.
+    #[arg(long, env = "LMS_PROCESSOR_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(cmd: ProcessorCommand, config: &Config) -> anyhow::Result<()> {
@@ -59,7 +63,7 @@ pub async fn run(cmd: ProcessorCommand, config: &Config) -> anyhow::Result<()> {
 
 async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let names: Vec<&str> = if args.names.iter().any(|n| n == "all") {
-        vec!["catalog", "progress", "achievements"]
+        processors::REGISTRY.iter().map(|r| r.name).filter(|n| *n != "noop").collect()
     } else {
         args.names.iter().map(String::as_str).collect()
     };
@@ -71,7 +75,16 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let topics = TopicsFile::bundled().topic_map(&config.kafka.topic_prefix);
     let metrics = BusMetrics::register(prometheus::default_registry())?;
     let producer = Arc::new(Producer::new(&config.kafka, topics.clone(), Arc::clone(&metrics), "lms-processor")?);
-    let (ctx, relay) = runtime::context(store.clone(), Arc::clone(&producer), rules);
+    let notifications = processors::notifications::Settings::load(config.notifications.clone())
+        .context("cannot load the notification templates")?;
+    let (mut ctx, relay) = runtime::context(store.clone(), Arc::clone(&producer), rules, Arc::new(notifications));
+    if names.contains(&"analytics") {
+        ctx.analytics = Some(crate::serve::open_analytics(config).await?);
+    }
+    let health_stop = tokio_util::sync::CancellationToken::new();
+    let health = args.listen.map(|listen| {
+        tokio::spawn(crate::ops::health::serve(listen, store.clone(), Arc::clone(&producer), health_stop.clone()))
+    });
     let plumbing = Plumbing { kafka: config.kafka.clone(), consumer: config.consumer.clone(), topics, producer, metrics };
     let running = runtime::start(&plumbing, &ctx, relay, &selected, args.instances)?;
     tracing::info!(
@@ -86,16 +99,29 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     for (name, report) in running.stop().await? {
         tracing::info!(processor = name, batches = report.batches, records = report.records, "member stopped");
     }
+    health_stop.cancel();
+    if let Some(h) = health {
+        h.await??;
+    }
     store.close().await;
     Ok(())
 }
 
-/// `lms migrate`: applies the state store's migrations.
+/// `lms migrate`: applies the migrations of the state store and the analytics store.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let store = Store::open(&config.store.url, 2)
         .await
         .with_context(|| format!("cannot migrate the state store {}", lms_store::redact_url(&config.store.url)))?;
     println!("state store {} is at the latest schema", lms_store::redact_url(&config.store.url));
     store.close().await;
+    crate::serve::open_analytics(config).await?;
+    println!("analytics store ({}) is at the latest schema", analytics_name(config));
     Ok(())
+}
+
+fn analytics_name(config: &Config) -> String {
+    match &config.analytics() {
+        lms_analytics::AnalyticsConfig::Clickhouse(c) => format!("clickhouse {} database {}", c.url, c.database),
+        lms_analytics::AnalyticsConfig::Parquet(c) => format!("parquet twin in {}", c.dir.display()),
+    }
 }

@@ -7,6 +7,7 @@
 pub mod achievements;
 pub mod catalog;
 pub mod noop;
+pub mod notifications;
 pub mod progress;
 pub mod runtime;
 pub mod stateful;
@@ -14,7 +15,7 @@ pub mod stateful;
 use std::sync::Arc;
 
 use lms_bus::Processor;
-use lms_events::{Domain, Event, EventData};
+use lms_events::{Domain, Event};
 use lms_store::Store;
 use tokio::sync::Notify;
 
@@ -28,6 +29,11 @@ pub struct Context {
     pub relay: Arc<Notify>,
     /// Achievement rules.
     pub rules: Arc<achievements::rules::Rules>,
+    /// Configuration, templates and clock of the notifications processor and its dispatcher.
+    pub notifications: Arc<notifications::Settings>,
+    /// The analytics store (ClickHouse or the Parquet twin); only the `analytics` processor
+    /// needs it, so the binary opens it only then. `None` by [`runtime::context`].
+    pub analytics: Option<Arc<dyn lms_analytics::AnalyticsStore>>,
 }
 
 /// A processor the binary can run by name.
@@ -38,8 +44,8 @@ pub struct Registered {
     pub about: &'static str,
     /// The domains (topics) it consumes.
     pub domains: &'static [Domain],
-    /// Builds an instance.
-    pub build: fn(&Context) -> Arc<dyn Processor>,
+    /// Builds an instance; fails when the context lacks what it needs.
+    pub build: fn(&Context) -> Result<Arc<dyn Processor>, String>,
 }
 
 /// Every processor, by name.
@@ -48,27 +54,42 @@ pub const REGISTRY: &[Registered] = &[
         name: "catalog",
         about: "Keeps the course catalog (highest version wins) and recomputes the progress of a course's learners when it changes.",
         domains: &[Domain::Catalog],
-        build: |c| Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), catalog::Catalog)),
+        build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), catalog::Catalog))),
     },
     Registered {
         name: "progress",
         about: "Learner progress per course from learning and enrollment events; emits progress.updated and course.completed.",
         domains: &[Domain::Learning, Domain::Enrollment],
-        build: |c| Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), progress::Progress)),
+        build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), progress::Progress))),
     },
     Registered {
         name: "achievements",
         about: "Unlocks the achievements of the rules file; emits achievement.unlocked.",
         domains: &[Domain::Learning, Domain::Enrollment, Domain::Derived],
         build: |c| {
-            Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), achievements::Achievements::new(Arc::clone(&c.rules))))
+            Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), achievements::Achievements::new(Arc::clone(&c.rules)))))
         },
+    },
+    Registered {
+        name: "notifications",
+        about: "Decides notifications (templates, preferences, throttle, digests) and delivers them in-app, by e-mail and webhook; emits notification.sent/failed.",
+        domains: &[Domain::Enrollment, Domain::Payment, Domain::Derived],
+        build: |c| Ok(Arc::new(notifications::Notifications::new(c.store.clone(), Arc::clone(&c.notifications)))),
     },
     Registered {
         name: "noop",
         about: "Consumes every client event and only counts it: the baseline rate for benchmarks.",
         domains: &[Domain::Learning, Domain::Enrollment, Domain::Payment, Domain::Catalog],
-        build: |_| Arc::new(noop::Noop::default()),
+        build: |_| Ok(Arc::new(noop::Noop::default())),
+    },
+    Registered {
+        name: "analytics",
+        about: "Writes every event to the analytics store (ClickHouse, or the Parquet twin) behind /v1/analytics.",
+        domains: &lms_analytics::SINK_DOMAINS,
+        build: |c| match &c.analytics {
+            Some(store) => Ok(Arc::new(lms_analytics::AnalyticsSink::new(Arc::clone(store)))),
+            None => Err("the analytics processor needs the analytics store (the `analytics` configuration section)".to_owned()),
+        },
     },
 ];
 
@@ -82,42 +103,10 @@ pub fn derived_id(kind: &str, parts: &[&str]) -> String {
 }
 
 /// The invariants processors rely on that a record written straight to a topic (not
-/// through the API's validation) may break; a failure dead-letters the record.
+/// through the API's validation) may break; a failure dead-letters the record. See
+/// [`lms_events::invariants::check`].
 pub fn check_ids(event: &Event) -> Result<(), String> {
-    let id = |what: &str, v: &str| {
-        if v.is_empty() || v.chars().count() > 128 {
-            Err(format!("{what} must have 1 to 128 characters"))
-        } else {
-            Ok(())
-        }
-    };
-    let finite = |what: &str, v: f64| if v.is_finite() && v >= 0.0 { Ok(()) } else { Err(format!("{what} must be a finite number >= 0")) };
-    id("tenant", &event.tenant)?;
-    if let Some(l) = event.learner_id() {
-        id("learner_id", l)?;
-    }
-    if let Some(c) = event.course_id() {
-        id("course_id", c)?;
-    }
-    match &event.data {
-        EventData::LessonStarted(d) | EventData::LessonCompleted(d) => id("lesson_id", &d.lesson_id),
-        EventData::VideoProgressed(d) => {
-            id("lesson_id", &d.lesson_id)?;
-            finite("watched_s", d.watched_s)
-        }
-        EventData::AssessmentGraded(d) => {
-            id("assessment_id", &d.assessment_id)?;
-            finite("score", d.score)?;
-            if d.max_score > 0.0 && d.max_score.is_finite() { Ok(()) } else { Err("max_score must be > 0".to_owned()) }
-        }
-        EventData::CoursePublished(d) => {
-            if d.version == 0 {
-                return Err("version must be >= 1".to_owned());
-            }
-            d.modules.iter().flat_map(|m| &m.lessons).try_for_each(|l| id("lesson_id", l))
-        }
-        _ => Ok(()),
-    }
+    lms_events::invariants::check(event)
 }
 
 /// Looks a processor up by name; the error lists the known names.

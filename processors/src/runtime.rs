@@ -1,7 +1,8 @@
 //! Runs processors: members of their consumer groups plus the outbox relay, sharing one
 //! producer and one store. Used by `lms processor run`, `lms demo` and the tests.
 //!
-//! Shutdown order: members first (each finishes its batch and commits), then the relay
+//! Shutdown order: members first (each finishes its batch and commits), then the
+//! notification dispatcher (finishes its round), then the relay
 //! (a last round, so what the members committed leaves too), then the producer flushes.
 
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub struct Running {
     relay: JoinHandle<()>,
     relay_stop: CancellationToken,
     members_stop: CancellationToken,
+    /// The notification dispatcher, when the notifications processor runs.
+    dispatcher: Option<(JoinHandle<()>, CancellationToken)>,
 }
 
 /// What `start` needs besides the processors.
@@ -36,9 +39,14 @@ pub struct Plumbing {
 }
 
 /// A relay for `store` and the context processors are built from.
-pub fn context(store: lms_store::Store, producer: Arc<Producer>, rules: Arc<crate::achievements::rules::Rules>) -> (Context, Relay) {
+pub fn context(
+    store: lms_store::Store,
+    producer: Arc<Producer>,
+    rules: Arc<crate::achievements::rules::Rules>,
+    notifications: Arc<crate::notifications::Settings>,
+) -> (Context, Relay) {
     let relay = Relay::new(store.clone(), producer, RelayConfig::default());
-    (Context { store, relay: relay.waker(), rules }, relay)
+    (Context { store, relay: relay.waker(), rules, notifications, analytics: None }, relay)
 }
 
 /// Starts `instances` members of each processor and the relay.
@@ -49,30 +57,43 @@ pub fn start(
     processors: &[&'static Registered],
     instances: usize,
 ) -> Result<Running, BusError> {
+    // Build every instance before starting anything, so a processor the context cannot
+    // serve fails the start cleanly instead of after its siblings joined their groups.
+    let mut built = Vec::new();
+    for reg in processors {
+        for i in 0..instances.max(1) {
+            let processor = (reg.build)(ctx).map_err(|e| BusError::Member(format!("processor {}: {e}", reg.name)))?;
+            built.push((*reg, i, processor));
+        }
+    }
     let members_stop = CancellationToken::new();
     let relay_stop = CancellationToken::new();
     let relay = tokio::spawn(relay.run(relay_stop.clone()));
     let mut members = Vec::new();
-    for reg in processors {
-        for i in 0..instances.max(1) {
-            let config = MemberConfig {
-                kafka: plumbing.kafka.clone(),
-                consumer: plumbing.consumer.clone(),
-                group_id: plumbing.kafka.group_id(reg.name),
-                topics: reg.domains.iter().map(|d| plumbing.topics.topic(*d).to_owned()).collect(),
-                client_id: format!("lms-{}-{}-{i}", reg.name, std::process::id()),
-            };
-            let member = Member::spawn(
-                config,
-                (reg.build)(ctx),
-                Arc::clone(&plumbing.producer),
-                Arc::clone(&plumbing.metrics),
-                members_stop.clone(),
-            )?;
-            members.push((reg.name, member));
-        }
+    for (reg, i, processor) in built {
+        let config = MemberConfig {
+            kafka: plumbing.kafka.clone(),
+            consumer: plumbing.consumer.clone(),
+            group_id: plumbing.kafka.group_id(reg.name),
+            topics: reg.domains.iter().map(|d| plumbing.topics.topic(*d).to_owned()).collect(),
+            client_id: format!("lms-{}-{}-{i}", reg.name, std::process::id()),
+        };
+        let member =
+            Member::spawn(config, processor, Arc::clone(&plumbing.producer), Arc::clone(&plumbing.metrics), members_stop.clone())?;
+        members.push((reg.name, member));
     }
-    Ok(Running { members, relay, relay_stop, members_stop })
+    let dispatcher = processors.iter().any(|r| r.name == "notifications").then(|| {
+        let stop = CancellationToken::new();
+        let dispatcher = crate::notifications::dispatcher::Dispatcher::new(
+            ctx.store.clone(),
+            Arc::clone(&ctx.notifications),
+            Arc::clone(&plumbing.producer),
+            Arc::clone(&ctx.relay),
+            plumbing.kafka.group_id("notifications"),
+        );
+        (tokio::spawn(dispatcher.run(stop.clone())), stop)
+    });
+    Ok(Running { members, relay, relay_stop, members_stop, dispatcher })
 }
 
 impl Running {
@@ -93,6 +114,12 @@ impl Running {
                     tracing::error!(processor = name, error = %e, "member failed");
                     first_error.get_or_insert(e);
                 }
+            }
+        }
+        if let Some((task, stop)) = self.dispatcher {
+            stop.cancel();
+            if task.await.is_err() {
+                tracing::error!("notification dispatcher task panicked");
             }
         }
         self.relay_stop.cancel();

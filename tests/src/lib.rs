@@ -5,6 +5,9 @@
 //! loopback defaults for a developer who started the services by hand
 //! (`cargo xtask services` prints the exports).
 
+pub mod browser;
+pub mod proxy;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -159,4 +162,34 @@ impl Drop for OwnBroker {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The `lms` binary under test (`LMS_BIN`; `cargo xtask test` builds it and sets it).
+pub fn lms_bin() -> String {
+    std::env::var("LMS_BIN").expect("LMS_BIN: the lms binary (run the tests with `cargo xtask test`, which builds it)")
+}
+
+/// A process the test started; killed (SIGKILL) and reaped when dropped, so a failing test
+/// leaves none behind.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `lms <args>` with `env` added, stdout discarded and stderr (the logs) in
+/// `<temp dir>/<log>` for a failing test's reader.
+pub fn spawn_lms(args: &[&str], env: &[(&str, String)], log: &str) -> Proc {
+    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
+    let mut cmd = Command::new(lms_bin());
+    cmd.args(args).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,librdkafka=warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("start lms"))
 }

@@ -89,6 +89,18 @@ pub const REQUIREMENTS: &[Requirement] = &[
         note: None,
     },
     Requirement {
+        name: "schemathesis",
+        check: Check::Succeeds(&["python3", "-c", "import schemathesis"]),
+        install: Install::Pip(&["schemathesis"]),
+        note: None,
+    },
+    Requirement {
+        name: "promtool",
+        check: Check::OnPath("promtool"),
+        install: Install::Apt(&["prometheus"]),
+        note: Some("checks dashboards/prometheus/alerts.yml"),
+    },
+    Requirement {
         name: "chromium",
         check: Check::FileExists("/usr/bin/chromium"),
         install: Install::Apt(&["chromium"]),
@@ -96,10 +108,24 @@ pub const REQUIREMENTS: &[Requirement] = &[
     },
 ];
 
-/// Checks every requirement and installs the missing ones, printing one line per item.
+/// What `cargo xtask fuzz` needs besides the nightly toolchain.
+pub const FUZZ_REQUIREMENTS: &[Requirement] = &[Requirement {
+    name: "cargo-fuzz",
+    check: Check::Succeeds(&["cargo", "fuzz", "--version"]),
+    install: Install::Cargo(&["cargo-fuzz", "--locked"]),
+    note: Some("this takes about a minute"),
+}];
+
+/// Checks every requirement of the test suite and installs the missing ones, printing one
+/// line per item.
 pub fn ensure_all() -> Result<()> {
+    ensure(REQUIREMENTS)
+}
+
+/// Checks `requirements` and installs the missing ones, printing one line per item.
+pub fn ensure(requirements: &[Requirement]) -> Result<()> {
     let mut apt = Apt::default();
-    for requirement in REQUIREMENTS {
+    for requirement in requirements {
         if requirement.check.passes() {
             println!("{}: present", requirement.name);
             continue;

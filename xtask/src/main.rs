@@ -30,6 +30,13 @@ Commands:
                     <target>/xtask/services/env) and keep them running until Enter
                     is pressed or stdin is closed. Stop with Enter rather than Ctrl-C:
                     Ctrl-C leaves PostgreSQL running until the next start.
+  fuzz [--seconds N] [<target>...]
+                    Run each cargo-fuzz target of fuzz/ (default: all) for N seconds
+                    (default 30) with the nightly toolchain, starting from the committed
+                    corpus fuzz/corpus/<target>/; installs cargo-fuzz when missing. New
+                    inputs go to <target>/fuzz/corpus/<target>/, crashes to
+                    <target>/fuzz/artifacts/<target>/; the final libFuzzer statistics
+                    (executions, exec/s, coverage) are printed per target.
   install           Only install what is missing.
   help              Print this message.
 
@@ -44,6 +51,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "test" => test(rest),
         "services" if rest.is_empty() => services(),
+        "fuzz" => fuzz(rest),
         "install" if rest.is_empty() => install::ensure_all().map(|()| ExitCode::SUCCESS),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
@@ -130,6 +138,64 @@ fn test(args: &[String]) -> Result<ExitCode> {
         .code()
         .and_then(|code| u8::try_from(code).ok())
         .map_or(ExitCode::FAILURE, ExitCode::from))
+}
+
+/// The cargo-fuzz targets of `fuzz/`.
+const FUZZ_TARGETS: &[&str] = &["parse_event", "webhook_signature"];
+
+/// `cargo xtask fuzz [--seconds N] [<target>...]`: runs the fuzz targets for a while each.
+fn fuzz(args: &[String]) -> Result<ExitCode> {
+    let mut seconds: u64 = 30;
+    let mut targets: Vec<&str> = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                let value = args.next().ok_or("--seconds needs a value")?;
+                seconds = value.parse().map_err(|_| format!("--seconds {value}: not a number of seconds"))?;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            target if FUZZ_TARGETS.contains(&target) => targets.push(target),
+            other => return Err(format!("unknown fuzz target or option `{other}`; the targets are {FUZZ_TARGETS:?}")),
+        }
+    }
+    if targets.is_empty() {
+        targets = FUZZ_TARGETS.to_vec();
+    }
+    if !util::succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        return Err("cargo fuzz needs the nightly toolchain: `rustup toolchain install nightly`".to_owned());
+    }
+    install::ensure(install::FUZZ_REQUIREMENTS)?;
+    let root = util::workspace_root();
+    let work = util::target_dir().join("fuzz");
+    for target in targets {
+        let corpus = work.join("corpus").join(target);
+        let artifacts = work.join("artifacts").join(target);
+        util::create_dir(&corpus)?;
+        util::create_dir(&artifacts)?;
+        // Without sanitizers: the code under test has no `unsafe`, and the build and the
+        // runs are several times faster; libFuzzer still finds panics and hangs.
+        util::run(
+            // `rustup run`, not `cargo +nightly`: `$CARGO` is the stable toolchain's cargo
+            // itself, which knows no `+toolchain`.
+            Command::new("rustup")
+                .current_dir(&root)
+                .args(["run", "nightly", "cargo", "fuzz", "run", "--sanitizer", "none", "--target-dir"])
+                .arg(&work)
+                .arg(target)
+                .arg(&corpus)
+                .arg(root.join("fuzz").join("corpus").join(target))
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}"))
+                .arg(format!("-artifact_prefix={}/", artifacts.display()))
+                .arg("-print_final_stats=1"),
+        )
+        .map_err(|e| format!("fuzz target {target}: {e} (a crash input is in {})", artifacts.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `cargo xtask services`: keeps the services running for tests run by hand.

@@ -445,7 +445,13 @@ pub fn at_risk(
     let as_of = match r.get("as_of") {
         None => Some(now),
         Some(v) => match DateTime::parse_from_rfc3339(v) {
-            Ok(t) => Some(t.with_timezone(&Utc)),
+            // Both stores hold times from 1970 to 2199 (ClickHouse's DateTime64 ends in 2299);
+            // a reference time outside them is a client error, not a store failure.
+            Ok(t) if (1970..=2199).contains(&t.with_timezone(&Utc).year()) => Some(t.with_timezone(&Utc)),
+            Ok(_) => {
+                r.problem("as_of", format!("{v:?} is outside the years 1970 to 2199"));
+                None
+            }
             Err(_) => {
                 r.problem("as_of", format!("{v:?} is not an RFC 3339 time with offset"));
                 None
@@ -469,6 +475,19 @@ pub fn at_risk(
         _ => None,
     };
     r.finish(p)
+}
+
+#[cfg(test)]
+mod as_of_tests {
+    use super::*;
+
+    #[test]
+    fn a_far_reference_time_is_a_parameter_problem() {
+        let q = |v: &str| vec![("as_of".to_owned(), v.to_owned())];
+        let err = at_risk("acme", "c", &q("6143-03-16T07:26:23Z"), Utc::now()).err().expect("refused");
+        assert_eq!(err.problems[0].param, "as_of");
+        assert!(at_risk("acme", "c", &q("2026-03-16T07:26:23Z"), Utc::now()).is_ok());
+    }
 }
 
 #[cfg(test)]
