@@ -9,7 +9,7 @@ use lms_bus::TopicsFile;
 use lms_events::Domain;
 use lms_store::Store;
 use serde_json::{Value, json};
-use tests::{OwnBroker, spawn_lms, create_topic, eventually, free_port, init_logs, unique_prefix};
+use tests::{OwnBroker, create_topic, eventually, free_port, init_logs, lms_env, spawn_lms, unique_prefix};
 
 use crate::api_support::{SECRET, token};
 use crate::support::fresh_postgres_db;
@@ -51,19 +51,10 @@ async fn events_acknowledged_across_a_broker_kill_are_all_processed() {
     let url = fresh_postgres_db("broker_restart").await;
     let store = Store::open(&url, 2).await.expect("store");
     let port = free_port();
-    let env = vec![
-        ("LMS_KAFKA__BROKERS", brokers.clone()),
-        ("LMS_KAFKA__TOPIC_PREFIX", prefix.clone()),
-        ("LMS_STORE__URL", url.clone()),
-        ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50".to_owned()),
-        ("LMS_CONSUMER__SESSION_TIMEOUT_MS", "6000".to_owned()),
-        ("LMS_ANALYTICS__STORE", "parquet".to_owned()),
-        ("LMS_ANALYTICS__DIR", std::env::temp_dir().join(format!("{prefix}analytics")).display().to_string()),
-        ("LMS_API__LISTEN", format!("127.0.0.1:{port}")),
-        ("LMS_API__READINESS_INTERVAL_MS", "200".to_owned()),
-        ("LMS_API__DELIVERY_TIMEOUT_MS", "3000".to_owned()),
-        ("LMS_JWT_SECRET", SECRET.to_owned()),
-    ];
+    let mut env = lms_env(&brokers, &prefix, &url, port, SECRET);
+    env.push(("LMS_CONSUMER__SESSION_TIMEOUT_MS", "6000".to_owned()));
+    env.push(("LMS_API__READINESS_INTERVAL_MS", "200".to_owned()));
+    env.push(("LMS_API__DELIVERY_TIMEOUT_MS", "3000".to_owned()));
     let _processors = spawn_lms(&["processor", "run", "catalog", "progress"], &env, &format!("{prefix}processors.log"));
     let _api = spawn_lms(&["api"], &env, &format!("{prefix}api.log"));
     let base = format!("http://127.0.0.1:{port}");

@@ -12,7 +12,7 @@ use axum::routing::post;
 use lms_bus::TopicsFile;
 use lms_events::Domain;
 use serde_json::{Value, json};
-use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, spawn_lms, unique_prefix};
+use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_env, spawn_lms, unique_prefix};
 
 use crate::api_support::{SECRET, token};
 use crate::support::fresh_postgres_db;
@@ -79,18 +79,9 @@ async fn an_event_has_one_trace_across_api_processors_and_sinks() {
         create_topic(&brokers, topics.topic(domain), 1).await;
     }
     let port = free_port();
-    let env = vec![
-        ("LMS_KAFKA__BROKERS", brokers.clone()),
-        ("LMS_KAFKA__TOPIC_PREFIX", prefix.clone()),
-        ("LMS_STORE__URL", fresh_postgres_db("otlp_trace").await),
-        ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50".to_owned()),
-        ("LMS_ANALYTICS__STORE", "parquet".to_owned()),
-        ("LMS_ANALYTICS__DIR", std::env::temp_dir().join(format!("{prefix}analytics")).display().to_string()),
-        ("LMS_API__LISTEN", format!("127.0.0.1:{port}")),
-        ("LMS_JWT_SECRET", SECRET.to_owned()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
-        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
-    ];
+    let mut env = lms_env(&brokers, &prefix, &fresh_postgres_db("otlp_trace").await, port, SECRET);
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp));
+    env.push(("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()));
     let _processors = spawn_lms(&["processor", "run", "progress", "analytics"], &env, &format!("{prefix}processors.log"));
     let _api = spawn_lms(&["api"], &env, &format!("{prefix}api.log"));
     let base = format!("http://127.0.0.1:{port}");

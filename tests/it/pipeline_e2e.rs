@@ -9,7 +9,7 @@ use lms_bus::TopicsFile;
 use lms_events::Domain;
 use serde_json::{Value, json};
 pub(crate) use tests::{Proc, spawn_lms as lms};
-use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, unique_prefix};
+use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_env, unique_prefix};
 
 use crate::api_support::{SECRET, TENANT, answer, token, token_with};
 use crate::support::fresh_postgres_db;
@@ -43,18 +43,8 @@ async fn events_in_over_http_come_out_of_the_read_endpoints() {
         create_topic(&brokers, topics.topic(domain), 2).await;
     }
     let store = fresh_postgres_db("pipeline_e2e").await;
-    let twin = std::env::temp_dir().join(format!("{prefix}analytics"));
     let port = free_port();
-    let env = vec![
-        ("LMS_KAFKA__BROKERS", brokers.clone()),
-        ("LMS_KAFKA__TOPIC_PREFIX", prefix.clone()),
-        ("LMS_STORE__URL", store.clone()),
-        ("LMS_ANALYTICS__STORE", "parquet".to_owned()),
-        ("LMS_ANALYTICS__DIR", twin.display().to_string()),
-        ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50".to_owned()),
-        ("LMS_API__LISTEN", format!("127.0.0.1:{port}")),
-        ("LMS_JWT_SECRET", SECRET.to_owned()),
-    ];
+    let env = lms_env(&brokers, &prefix, &store, port, SECRET);
     let _processors =
         lms(&["processor", "run", "catalog", "progress", "achievements", "analytics"], &env, &format!("{prefix}processors.log"));
     let _api = lms(&["api"], &env, &format!("{prefix}api.log"));

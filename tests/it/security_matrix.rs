@@ -16,7 +16,7 @@ use api::auth::{Claims, sign_hs256};
 use lms_bus::TopicsFile;
 use lms_events::Domain;
 use serde_json::{Value, json};
-use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, unique_prefix};
+use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_env, unique_prefix};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -53,18 +53,8 @@ impl Pipeline {
             create_topic(&brokers, topics.topic(domain), 2).await;
         }
         let store = fresh_postgres_db(test).await;
-        let twin = std::env::temp_dir().join(format!("{prefix}analytics"));
         let port = free_port();
-        let mut env = vec![
-            ("LMS_KAFKA__BROKERS", brokers.clone()),
-            ("LMS_KAFKA__TOPIC_PREFIX", prefix.clone()),
-            ("LMS_STORE__URL", store.clone()),
-            ("LMS_ANALYTICS__STORE", "parquet".to_owned()),
-            ("LMS_ANALYTICS__DIR", twin.display().to_string()),
-            ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50".to_owned()),
-            ("LMS_API__LISTEN", format!("127.0.0.1:{port}")),
-            ("LMS_JWT_SECRET", SECRET.to_owned()),
-        ];
+        let mut env = lms_env(&brokers, &prefix, &store, port, SECRET);
         env.extend(extra.iter().cloned());
         let mut processes = Vec::new();
         if !processors.is_empty() {

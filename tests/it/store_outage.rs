@@ -14,7 +14,7 @@ use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_events::{Domain, Event};
 use lms_store::Store;
 use tests::proxy::Proxy;
-use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, spawn_lms, unique_prefix};
+use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_env, spawn_lms, unique_prefix};
 
 use crate::progress_oracle::{PARTITIONS, check_progress, completed_on_topic, oracle, wait_for_offsets, world};
 use crate::support::{fresh_postgres_db, kafka, produce_all};
@@ -42,18 +42,9 @@ async fn postgres_down_for_30_s_loses_and_doubles_nothing() {
     let store = Store::open(&direct, 4).await.expect("store");
 
     let (health, api_port) = (free_port(), free_port());
-    let env = vec![
-        ("LMS_KAFKA__BROKERS", brokers.clone()),
-        ("LMS_KAFKA__TOPIC_PREFIX", prefix.clone()),
-        ("LMS_STORE__URL", via_proxy.to_string()),
-        ("LMS_CONSUMER__MAX_BATCH_RECORDS", "500".to_owned()),
-        ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50".to_owned()),
-        ("LMS_ANALYTICS__STORE", "parquet".to_owned()),
-        ("LMS_ANALYTICS__DIR", std::env::temp_dir().join(format!("{prefix}analytics")).display().to_string()),
-        ("LMS_API__LISTEN", format!("127.0.0.1:{api_port}")),
-        ("LMS_API__READINESS_INTERVAL_MS", "200".to_owned()),
-        ("LMS_JWT_SECRET", "outage-test".to_owned()),
-    ];
+    let mut env = lms_env(&brokers, &prefix, via_proxy.as_str(), api_port, "outage-test");
+    env.push(("LMS_CONSUMER__MAX_BATCH_RECORDS", "500".to_owned()));
+    env.push(("LMS_API__READINESS_INTERVAL_MS", "200".to_owned()));
     let mut processors = spawn_lms(
         &["processor", "run", "catalog", "progress", "--listen", &format!("127.0.0.1:{health}")],
         &env,

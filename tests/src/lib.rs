@@ -193,3 +193,20 @@ pub fn spawn_lms(args: &[&str], env: &[(&str, String)], log: &str) -> Proc {
     }
     Proc(cmd.spawn().expect("start lms"))
 }
+
+/// The environment of the `lms api` and `lms processor run` processes of one test
+/// deployment: the broker and topic prefix, the state store, the Parquet analytics twin in
+/// the temporary directory, the API on `api_port` with `jwt_secret`, short batch waits.
+/// Tests add what is particular to them.
+pub fn lms_env(brokers: &str, prefix: &str, store: &str, api_port: u16, jwt_secret: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("LMS_KAFKA__BROKERS", brokers.to_owned()),
+        ("LMS_KAFKA__TOPIC_PREFIX", prefix.to_owned()),
+        ("LMS_STORE__URL", store.to_owned()),
+        ("LMS_ANALYTICS__STORE", "parquet".to_owned()),
+        ("LMS_ANALYTICS__DIR", std::env::temp_dir().join(format!("{prefix}analytics")).display().to_string()),
+        ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50".to_owned()),
+        ("LMS_API__LISTEN", format!("127.0.0.1:{api_port}")),
+        ("LMS_JWT_SECRET", jwt_secret.to_owned()),
+    ]
+}
