@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long one Chromium run may take in real time before it is killed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -97,18 +97,20 @@ impl Visit {
             let _ = std::io::Read::read_to_end(&mut stderr, &mut v);
             v
         });
-        let deadline = Instant::now() + RUN_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waiting for chromium") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+        // Wait for the exit on a thread; kill by pid if it does not come within the timeout.
+        let pid = child.id();
+        let (exited, exit) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = exited.send(child.wait());
+        });
+        let status = match exit.recv_timeout(RUN_TIMEOUT) {
+            Ok(status) => status.expect("waiting for chromium"),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                let _ = waiter.join();
                 let _ = std::fs::remove_dir_all(&profile);
                 panic!("Chromium did not finish within {RUN_TIMEOUT:?}: {args:?}");
             }
-            std::thread::sleep(Duration::from_millis(50));
         };
         let out = Output { status, stdout: out_reader.join().unwrap_or_default(), stderr: err_reader.join().unwrap_or_default() };
         let _ = std::fs::remove_dir_all(&profile);
