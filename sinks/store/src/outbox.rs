@@ -7,6 +7,9 @@
 //!   in between produces it again on restart: delivery is at least once, and every
 //!   consumer dedupes by event id (derived events that must be unique, such as
 //!   `course.completed`, carry ids derived from what they are about).
+//! - A relay that stays up never produces a row twice: rows the broker acknowledged but
+//!   the database did not let it delete (store outage) are remembered, and their delete is
+//!   retried before anything is read again.
 //! - One relay at a time per database (a PostgreSQL session advisory lock; SQLite is one
 //!   process), reading in `seq` order, so the records of one key keep their order.
 
@@ -109,12 +112,14 @@ pub struct Relay {
     producer: Arc<Producer>,
     wake: Arc<Notify>,
     config: RelayConfig,
+    /// Rows the broker acknowledged whose delete has not succeeded yet.
+    acked: Vec<i64>,
 }
 
 impl Relay {
     /// A relay for `store`'s outbox.
     pub fn new(store: Store, producer: Arc<Producer>, config: RelayConfig) -> Self {
-        Self { store, producer, wake: Arc::new(Notify::new()), config }
+        Self { store, producer, wake: Arc::new(Notify::new()), config, acked: Vec::new() }
     }
 
     /// Notify it after committing outbox rows, so they leave without waiting for the poll.
@@ -124,7 +129,7 @@ impl Relay {
 
     /// Relays until `shutdown`, then makes one last round so that what was committed
     /// before the shutdown leaves too.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = self.config.backoff;
         // PostgreSQL: only the holder of the relay lock relays; the lock lives as long as
         // its connection, so a crashed relay hands over as soon as its session ends.
@@ -189,9 +194,16 @@ impl Relay {
         Ok(got.then_some(conn))
     }
 
-    /// One round: reads up to `batch_rows` rows in order, produces them, deletes the
-    /// acknowledged ones. Returns how many left the outbox.
-    pub async fn drain_once(&self) -> Result<usize, RelayError> {
+    /// One round: finishes the deletes a failed round left, then reads up to `batch_rows`
+    /// rows in order, produces them, deletes the acknowledged ones. Returns how many left
+    /// the outbox.
+    pub async fn drain_once(&mut self) -> Result<usize, RelayError> {
+        if !self.acked.is_empty() {
+            // Re-reading these rows would produce them again: delete them first.
+            let left = self.acked.len();
+            self.delete_acked().await?;
+            tracing::info!(rows = left, "outbox: deleted rows acknowledged before the store failed");
+        }
         let rows = sqlx::query("SELECT seq, payload, traceparent FROM outbox ORDER BY seq LIMIT $1")
             .bind(self.config.batch_rows)
             .fetch_all(self.store.pool())
@@ -232,17 +244,28 @@ impl Relay {
                 }
             }
         }
-        for chunk in done.chunks(CHUNK_ROWS * 4) {
-            let sql = format!("DELETE FROM outbox WHERE seq IN ({})", list(chunk.len(), 1));
+        let left = done.len();
+        self.acked = done;
+        self.delete_acked().await?;
+        match first_error {
+            None => Ok(left),
+            Some(first) => Err(RelayError::Produce { failed, total: seqs.len(), first }),
+        }
+    }
+
+    /// Deletes the acknowledged rows, forgetting each chunk once its delete committed (a
+    /// delete whose answer was lost is repeated harmlessly).
+    async fn delete_acked(&mut self) -> Result<(), RelayError> {
+        while !self.acked.is_empty() {
+            let n = self.acked.len().min(CHUNK_ROWS * 4);
+            let sql = format!("DELETE FROM outbox WHERE seq IN ({})", list(n, 1));
             let mut q = sqlx::query(&sql);
-            for seq in chunk {
+            for seq in &self.acked[..n] {
                 q = q.bind(*seq);
             }
             q.execute(self.store.pool()).await?;
+            self.acked.drain(..n);
         }
-        match first_error {
-            None => Ok(done.len()),
-            Some(first) => Err(RelayError::Produce { failed, total: seqs.len(), first }),
-        }
+        Ok(())
     }
 }
