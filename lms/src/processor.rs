@@ -82,8 +82,19 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         ctx.analytics = Some(crate::serve::open_analytics(config).await?);
     }
     let health_stop = tokio_util::sync::CancellationToken::new();
+    let mut checks = Vec::new();
+    if let Some(analytics) = &ctx.analytics {
+        let analytics = Arc::clone(analytics);
+        checks.push(crate::ops::health::Check {
+            name: "analytics",
+            probe: Box::new(move || {
+                let analytics = Arc::clone(&analytics);
+                Box::pin(async move { analytics.ping().await.map_err(|e| e.to_string()) })
+            }),
+        });
+    }
     let health = args.listen.map(|listen| {
-        tokio::spawn(crate::ops::health::serve(listen, store.clone(), Arc::clone(&producer), health_stop.clone()))
+        tokio::spawn(crate::ops::health::serve(listen, store.clone(), Arc::clone(&producer), checks, health_stop.clone()))
     });
     let plumbing = Plumbing { kafka: config.kafka.clone(), consumer: config.consumer.clone(), topics, producer, metrics };
     let running = runtime::start(&plumbing, &ctx, relay, &selected, args.instances)?;

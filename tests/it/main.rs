@@ -34,6 +34,7 @@ mod security_matrix;
 mod ops_alerts;
 mod ops_dlq;
 mod ops_k8s;
+mod ops_readiness;
 mod ops_replay;
 mod ops_scaling;
 mod poison;

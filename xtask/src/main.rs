@@ -89,6 +89,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
     };
 
     install::ensure_all()?;
+    util::prune_target();
     let services = Services::start(&Layout::new())?;
     let env = services.env();
     for (name, value) in &env {

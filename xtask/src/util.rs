@@ -330,3 +330,62 @@ pub fn create_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path)
         .map_err(|error| format!("could not create {}: {error}", path.display()))
 }
+
+/// Below this much free space on the target directory's file system, [`prune_target`]
+/// frees what a build can recreate.
+const MIN_FREE_BYTES: u64 = 20 << 30;
+
+/// Keeps a long-lived target directory (CI reuses one across clean clones, and every clone
+/// path gives the workspace's artifacts new hashes) from filling the disk: when less than
+/// 20 GiB is free, removes the incremental caches and the test and binary executables of
+/// `debug/deps` that no build touched in the last six hours. Builds recreate them.
+pub fn prune_target() {
+    let target = target_dir();
+    let Some(free) = free_bytes(&target) else { return };
+    if free >= MIN_FREE_BYTES {
+        return;
+    }
+    let mut freed = 0u64;
+    for profile in ["debug", "release"] {
+        let incremental = target.join(profile).join("incremental");
+        freed += dir_size(&incremental);
+        let _ = fs::remove_dir_all(&incremental);
+    }
+    let stale = Duration::from_secs(6 * 3600);
+    if let Ok(entries) = fs::read_dir(target.join("debug").join("deps")) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            let old = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age > stale);
+            // Executables have no extension; libraries (.rlib, .rmeta, .so, .d) stay.
+            if old && meta.is_file() && path.extension().is_none() && is_executable(&path) {
+                freed += meta.len();
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    println!(
+        "xtask: {} GiB free in {}; pruned {} GiB of incremental caches and stale executables",
+        free >> 30,
+        target.display(),
+        freed >> 30
+    );
+}
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    fs::create_dir_all(path).ok()?;
+    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(path).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(path) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -1,11 +1,13 @@
 //! The operations endpoints of a processor process: `/livez` (alias `/healthz`),
-//! `/readyz` (broker and state store reachable) and `/metrics` (Prometheus text format),
+//! `/readyz` (broker, state store and every extra [`Check`] reachable) and `/metrics` (Prometheus text format),
 //! as docs/CONTRACT.md asks of every service. `lms processor run --listen <addr>` serves
 //! them; Kubernetes probes and Prometheus scrape them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -19,19 +21,34 @@ use lms_store::Store;
 use prometheus::{Encoder, IntGauge, TextEncoder};
 use tokio_util::sync::CancellationToken;
 
+/// A dependency `/readyz` checks besides the broker and the state store (the analytics
+/// store when the analytics processor runs, the SMTP server when e-mail is on): a name for
+/// the report and a probe that answers `Err(reason)` when it is down.
+pub struct Check {
+    pub name: &'static str,
+    pub probe: Box<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>,
+}
+
 struct Health {
     store: Store,
     producer: Arc<Producer>,
+    checks: Vec<Check>,
     ready: IntGauge,
 }
 
 /// Serves the endpoints on `listen` until `shutdown` is cancelled. Registers `lms_ready`
-/// (1 when the last `/readyz` found the broker and the store reachable) in the default
-/// registry.
-pub async fn serve(listen: SocketAddr, store: Store, producer: Arc<Producer>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let ready = IntGauge::new("lms_ready", "1 when the broker and the state store answered the last readiness check.")?;
+/// (1 when the last `/readyz` found the broker, the store and every check reachable) in the
+/// default registry.
+pub async fn serve(
+    listen: SocketAddr,
+    store: Store,
+    producer: Arc<Producer>,
+    checks: Vec<Check>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ready = IntGauge::new("lms_ready", "1 when the broker, the state store and the other dependencies answered the last readiness check.")?;
     prometheus::default_registry().register(Box::new(ready.clone()))?;
-    let state = Arc::new(Health { store, producer, ready });
+    let state = Arc::new(Health { store, producer, checks, ready });
     let app = Router::new()
         .route("/livez", get(livez))
         .route("/healthz", get(livez))
@@ -51,20 +68,21 @@ async fn livez() -> &'static str {
 async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
     let producer = Arc::clone(&h.producer);
     let broker = tokio::task::spawn_blocking(move || producer.broker_reachable(Duration::from_secs(2))).await.unwrap_or(false);
-    let store = tokio::time::timeout(Duration::from_secs(2), h.store.ping()).await;
-    let store = match store {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".to_owned()),
-    };
-    let ok = broker && store.is_ok();
+    let store = within(async { h.store.ping().await.map_err(|e| e.to_string()) }).await;
+    let mut ok = broker && store.is_ok();
+    let mut body = format!("broker: {}\nstore: {}\n", if broker { "ok" } else { "unreachable" }, store.err().unwrap_or_else(|| "ok".to_owned()));
+    for check in &h.checks {
+        let result = within((check.probe)()).await;
+        ok &= result.is_ok();
+        body.push_str(&format!("{}: {}\n", check.name, result.err().unwrap_or_else(|| "ok".to_owned())));
+    }
     h.ready.set(i64::from(ok));
-    let body = format!(
-        "broker: {}\nstore: {}\n",
-        if broker { "ok" } else { "unreachable" },
-        store.err().unwrap_or_else(|| "ok".to_owned())
-    );
     (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+}
+
+/// A probe's answer, or "timed out" after two seconds.
+async fn within(probe: impl Future<Output = Result<(), String>>) -> Result<(), String> {
+    tokio::time::timeout(Duration::from_secs(2), probe).await.unwrap_or_else(|_| Err("timed out".to_owned()))
 }
 
 async fn metrics() -> impl IntoResponse {
