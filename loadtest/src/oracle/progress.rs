@@ -75,7 +75,7 @@ fn oracle<'a>(events: impl IntoIterator<Item = &'a Event>) -> Oracle {
         lessons: HashMap<String, DateTime<Utc>>,
         ms: i64,
         last: Option<DateTime<Utc>>,
-        enrolled: Option<DateTime<Utc>>,
+        enrolled: Vec<DateTime<Utc>>,
         perfect: Option<DateTime<Utc>>,
     }
     let mut facts: BTreeMap<(String, String, String), Facts> = BTreeMap::new();
@@ -93,7 +93,7 @@ fn oracle<'a>(events: impl IntoIterator<Item = &'a Event>) -> Oracle {
             }
             EventData::EnrollmentCreated(d) => {
                 let f = facts.entry((e.tenant.clone(), d.learner_id.clone(), d.course_id.clone())).or_default();
-                f.enrolled = Some(f.enrolled.map_or(t, |x| x.min(t)));
+                f.enrolled.push(t);
             }
             EventData::EnrollmentDropped(d) => {
                 facts.entry((e.tenant.clone(), d.learner_id.clone(), d.course_id.clone())).or_default();
@@ -146,10 +146,9 @@ fn oracle<'a>(events: impl IntoIterator<Item = &'a Event>) -> Oracle {
         let a = achievements.entry(key.clone()).or_default();
         if let Some(at) = expected.completed_at {
             a.insert(("course-completed".into(), course.clone(), at));
-            if let Some(enrolled) = f.enrolled {
-                if at - enrolled <= Days::days(10) {
-                    a.insert(("fast".into(), course.clone(), at));
-                }
+            // Completed within 10 days of the last enrolment before the completion.
+            if f.enrolled.iter().filter(|e| **e <= at).max().is_some_and(|e| at - *e <= Days::days(10)) {
+                a.insert(("fast".into(), course.clone(), at));
             }
         }
         if let Some(at) = f.perfect {

@@ -11,6 +11,8 @@
 //! different members, so a batch locks its learners exclusively (PostgreSQL advisory
 //! locks) before reading their facts: evaluation always sees every committed fact.
 
+#[cfg(test)]
+mod properties;
 pub mod rules;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -60,6 +62,8 @@ struct Changes {
     completions: BTreeMap<(String, String, String), i64>,
     /// (tenant, learner, slot) → earliest time µs.
     activity: BTreeMap<(String, String, i64), i64>,
+    /// (tenant, learner, course, time µs) of every enrolment.
+    enrollments: BTreeSet<(String, String, String, i64)>,
     traces: HashMap<LearnerKey, TraceContext>,
 }
 
@@ -86,7 +90,9 @@ impl Changes {
                     self.completions.insert((e.tenant.clone(), d.learner_id.clone(), d.course_id.clone()), to_us(at));
                 }
             }
-            EventData::EnrollmentCreated(d) => self.fact(e, &d.learner_id, "enrolled", &d.course_id, e.time),
+            EventData::EnrollmentCreated(d) => {
+                self.enrollments.insert((e.tenant.clone(), d.learner_id.clone(), d.course_id.clone(), to_us(e.time)));
+            }
             EventData::AssessmentGraded(d) if d.score >= d.max_score => {
                 self.fact(e, &d.learner_id, "perfect_score", &d.course_id, e.time);
             }
@@ -101,7 +107,8 @@ impl Changes {
         let facts = self.facts.keys().map(|(t, l, _, _)| (t.clone(), l.clone()));
         let completions = self.completions.keys().map(|(t, l, _)| (t.clone(), l.clone()));
         let activity = self.activity.keys().map(|(t, l, _)| (t.clone(), l.clone()));
-        facts.chain(completions).chain(activity).collect()
+        let enrollments = self.enrollments.iter().map(|(t, l, _, _)| (t.clone(), l.clone()));
+        facts.chain(completions).chain(activity).chain(enrollments).collect()
     }
 }
 
@@ -153,6 +160,18 @@ async fn write_facts(conn: &mut AnyConnection, changes: &Changes) -> Result<(), 
         }
         q.execute(&mut *conn).await?;
     }
+    let enrollments: Vec<_> = changes.enrollments.iter().collect();
+    for chunk in enrollments.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "INSERT INTO achievement_enrollments (tenant, learner_id, course_id, at_us) VALUES {} ON CONFLICT DO NOTHING",
+            values(chunk.len(), 4, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for (t, l, c, at) in chunk {
+            q = q.bind(t.as_str()).bind(l.as_str()).bind(c.as_str()).bind(*at);
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -164,6 +183,7 @@ async fn load_facts(conn: &mut AnyConnection, learners: &[LearnerKey]) -> Result
             format!("SELECT tenant, learner_id, kind, course_id, at_us FROM achievement_facts WHERE (tenant, learner_id) IN (VALUES {in_list})"),
             format!("SELECT tenant, learner_id, slot_us, first_at_us FROM achievement_activity WHERE (tenant, learner_id) IN (VALUES {in_list})"),
             format!("SELECT tenant, learner_id, timezone FROM learner_preferences WHERE timezone IS NOT NULL AND (tenant, learner_id) IN (VALUES {in_list})"),
+            format!("SELECT tenant, learner_id, course_id, at_us FROM achievement_enrollments WHERE (tenant, learner_id) IN (VALUES {in_list})"),
         ];
         for (i, sql) in queries.iter().enumerate() {
             let mut q = sqlx::query(sql);
@@ -180,7 +200,6 @@ async fn load_facts(conn: &mut AnyConnection, learners: &[LearnerKey]) -> Result
                         let map = match kind.as_str() {
                             "lesson_completed" => &mut f.lesson_completed,
                             "course_completed" => &mut f.course_completed,
-                            "enrolled" => &mut f.enrolled,
                             "perfect_score" => &mut f.perfect_score,
                             other => return Err(StoreError::Corrupt(format!("achievement fact kind {other:?}"))),
                         };
@@ -188,6 +207,9 @@ async fn load_facts(conn: &mut AnyConnection, learners: &[LearnerKey]) -> Result
                     }
                     1 => {
                         f.activity.insert(row.try_get(2)?, from_us(row.try_get(3)?)?);
+                    }
+                    3 => {
+                        f.enrolled.entry(row.try_get(2)?).or_default().insert(from_us(row.try_get(3)?)?);
                     }
                     _ => {
                         let tz: String = row.try_get(2)?;

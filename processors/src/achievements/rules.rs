@@ -131,8 +131,8 @@ pub struct LearnerFacts {
     pub lesson_completed: BTreeMap<String, DateTime<Utc>>,
     /// Completion time per course.
     pub course_completed: BTreeMap<String, DateTime<Utc>>,
-    /// Earliest enrolment per course.
-    pub enrolled: BTreeMap<String, DateTime<Utc>>,
+    /// Every enrolment per course.
+    pub enrolled: BTreeMap<String, BTreeSet<DateTime<Utc>>>,
     /// Earliest perfect assessment per course.
     pub perfect_score: BTreeMap<String, DateTime<Utc>>,
     /// Earliest learning event per 15-minute UTC slot.
@@ -174,11 +174,13 @@ pub fn evaluate(rules: &Rules, facts: &LearnerFacts) -> Vec<Unlock> {
                 out.extend(facts.perfect_score.iter().map(|(c, t)| (id(), c.clone(), *t)));
             }
             Rule::CompletedWithinDaysOfEnrollment { days } => {
+                // The last enrolment at or before the completion counts: some enrolment
+                // within `days` before it is a condition that more enrolments, in any order,
+                // can only make true, so the unlock is the one time order gives.
                 for (course, done) in &facts.course_completed {
-                    if let Some(enrolled) = facts.enrolled.get(course) {
-                        if *done - *enrolled <= Duration::days(i64::from(*days)) {
-                            out.push((id(), course.clone(), *done));
-                        }
+                    let last = facts.enrolled.get(course).and_then(|e| e.range(..=*done).next_back());
+                    if last.is_some_and(|enrolled| *done - *enrolled <= Duration::days(i64::from(*days))) {
+                        out.push((id(), course.clone(), *done));
                     }
                 }
             }
@@ -251,8 +253,8 @@ mod tests {
         let mut facts = LearnerFacts::default();
         facts.course_completed.insert("b".into(), t("2026-01-20T00:00:00Z"));
         facts.course_completed.insert("a".into(), t("2026-01-10T00:00:00Z"));
-        facts.enrolled.insert("a".into(), t("2026-01-05T00:00:00Z"));
-        facts.enrolled.insert("b".into(), t("2026-01-01T00:00:00Z"));
+        facts.enrolled.insert("a".into(), [t("2026-01-05T00:00:00Z")].into());
+        facts.enrolled.insert("b".into(), [t("2026-01-01T00:00:00Z")].into());
         let got = evaluate(&rules, &facts);
         assert_eq!(
             got,
@@ -261,5 +263,10 @@ mod tests {
                 ("fast".into(), "a".into(), t("2026-01-10T00:00:00Z")),
             ]
         );
+        // An enrolment after the completion does not count; a re-enrolment before it does.
+        facts.enrolled.get_mut("b").unwrap().insert(t("2026-01-21T00:00:00Z"));
+        assert!(!evaluate(&rules, &facts).iter().any(|(id, c, _)| id == "fast" && c == "b"));
+        facts.enrolled.get_mut("b").unwrap().insert(t("2026-01-15T00:00:00Z"));
+        assert!(evaluate(&rules, &facts).contains(&("fast".into(), "b".into(), t("2026-01-20T00:00:00Z"))));
     }
 }

@@ -10,7 +10,7 @@
 pub mod db;
 pub mod model;
 #[cfg(test)]
-mod properties;
+pub(crate) mod properties;
 
 use std::collections::{BTreeMap, HashMap};
 

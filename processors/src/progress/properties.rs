@@ -115,7 +115,7 @@ fn event(i: usize, op: &Op, minute: u32) -> Event {
     }
 }
 
-fn record(event: Event, offset: i64) -> Record {
+pub(crate) fn record(event: Event, offset: i64) -> Record {
     let raw = RawRecord {
         tp: TopicPartition::new("events", 0),
         offset,
@@ -180,7 +180,7 @@ async fn run(events: &[Event], batch_sizes: &[usize]) -> Outcome {
     Outcome { progress, completions }
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+pub(crate) fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(f)
 }
 
