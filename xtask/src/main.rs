@@ -24,7 +24,8 @@ Usage: cargo xtask <command> [options]
 Commands:
   test [-- <args>]  Install what is missing, start the services, run
                     `cargo nextest run --workspace --no-fail-fast --profile ci <args>`
-                    with the services' addresses in the environment, then stop them.
+                    with the services' addresses in the environment, then stop them;
+                    without <args>, end with a short fuzz run (15 s per target).
   services          Install what is missing, start the services, print their
                     environment as `export` lines (also written to
                     <target>/xtask/services/env) and keep them running until Enter
@@ -134,11 +135,33 @@ fn test(args: &[String]) -> Result<ExitCode> {
     if !status.success() {
         eprintln!("xtask: cargo nextest failed ({status})");
     }
+    // The whole suite (no test filter) ends with a short fuzz run of every target from the
+    // committed corpus: new code paths get a few hundred thousand fresh inputs per run.
+    if extra.is_empty() {
+        if let Err(error) = short_fuzz() {
+            eprintln!("xtask: the short fuzz run failed: {error}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     // A nextest killed by a signal has no exit code; report a plain failure then.
     Ok(status
         .code()
         .and_then(|code| u8::try_from(code).ok())
         .map_or(ExitCode::FAILURE, ExitCode::from))
+}
+
+/// Seconds per fuzz target in the run that ends `cargo xtask test`.
+const SHORT_FUZZ_SECONDS: &str = "15";
+
+/// The short fuzz run of `cargo xtask test`; skipped, saying so, without a nightly toolchain
+/// (rustup installs toolchains from the internet, which CI may not reach).
+fn short_fuzz() -> Result<()> {
+    if !util::succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        println!("xtask: short fuzz run skipped: no nightly toolchain (`rustup toolchain install nightly`)");
+        return Ok(());
+    }
+    println!("xtask: short fuzz run, {SHORT_FUZZ_SECONDS} s per target");
+    fuzz(&["--seconds".to_owned(), SHORT_FUZZ_SECONDS.to_owned()]).map(|_| ())
 }
 
 /// The cargo-fuzz targets of `fuzz/`.
