@@ -10,6 +10,11 @@
 //! reach the end. CPU shares come from `/proc/<pid>/stat` (user + system time) before and
 //! after each measurement: the broker's (found by its listener address) and this
 //! process's (the members and the relay).
+//!
+//! With `--poison-percent P`, the same cohort also goes to a second set of topics with P %
+//! poison records written between its events (undecodable bytes, an unknown type, an event
+//! breaking the invariants, in turn), and the processor runs there too: the table then shows
+//! the valid events per second next to the clean run's, and the drop (issue 9: < 10 % at 1 %).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Args;
-use lms_bus::{BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, OnQueueFull, Producer, TopicPartition, TopicsFile};
+use lms_bus::{BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, OnQueueFull, OutRecord, Producer, TopicMap, TopicPartition, TopicsFile};
 use lms_events::{Domain, Event};
 use lms_generator::{Cohort, CohortConfig};
 use lms_store::Store;
@@ -54,6 +59,28 @@ pub struct ProcessorsArgs {
     /// Process id of the broker (default: the process listening on `--brokers`).
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Also run on a copy of the topics with this percentage of poison records among the
+    /// events (e.g. 1), and report the valid events' rate against the clean run.
+    #[arg(long, default_value_t = 0.0)]
+    poison_percent: f64,
+}
+
+/// Poison record number `n`, in the topic and under the key of `e`: undecodable bytes, an
+/// unknown event type, or an event whose learner id is empty (an invariant), in turn.
+fn poison(n: usize, e: &Event, topic: &str) -> OutRecord {
+    let payload = match n % 3 {
+        0 => b"{\"specversion\": \"1.0\", not json".to_vec(),
+        1 => serde_json::to_vec(&serde_json::json!({"specversion": "1.0", "id": format!("poison-{n}"), "type": "lesson.exploded",
+            "source": "loadtest", "time": "2026-01-01T00:00:00Z", "tenant": e.tenant, "data": {}}))
+        .unwrap_or_default(),
+        _ => {
+            let mut bad = e.clone();
+            bad.id = String::new();
+            lms_events::codec::encode(&bad)
+        }
+    };
+    let headers = vec![("content-type".to_owned(), lms_events::codec::CONTENT_TYPE.as_bytes().to_vec())];
+    OutRecord { topic: topic.to_owned(), key: e.learner_id().map(|l| l.as_bytes().to_vec()), payload, headers }
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -121,32 +148,114 @@ async fn wait_stored(store: &Store, group: &str, ends: &Ends) -> anyhow::Result<
     }
 }
 
-/// Runs the benchmark.
-pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
-    let reg = processors::lookup(&args.processor).map_err(anyhow::Error::msg)?;
+/// One copy of the cohort on its own topics.
+struct Produced {
+    prefix: String,
+    topics: TopicMap,
+    producer: Arc<Producer>,
+    /// End offsets per domain.
+    ends: BTreeMap<&'static str, Ends>,
+    /// The end offsets of the processor's topics.
+    wanted: Ends,
+    /// Records on the processor's topics (poison included).
+    records: i64,
+    /// Poison records among them.
+    poison: i64,
+}
+
+/// What every measurement shares.
+struct Bench {
+    reg: &'static processors::Registered,
+    rules: Arc<Rules>,
+    consumer: ConsumerConfig,
+    metrics: Arc<BusMetrics>,
+}
+
+/// Produces `events` to fresh topics, with a poison record after every `poison_every`-th
+/// event of the processor's topics when asked.
+async fn produce(
+    args: &ProcessorsArgs,
+    reg: &processors::Registered,
+    metrics: &Arc<BusMetrics>,
+    events: &[(Event, Option<lms_events::TraceContext>)],
+    poison_every: Option<usize>,
+) -> anyhow::Result<Produced> {
     let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let topics = TopicsFile::bundled().topic_map(&prefix);
     for d in Domain::ALL {
         crate::create_topics(&args.brokers, &[(topics.topic(d), if d == Domain::DeadLetter { 1 } else { args.partitions })]).await?;
     }
     let kafka = KafkaConfig::new(&args.brokers).with_prefix(&prefix);
-    let metrics = BusMetrics::standalone();
-    let producer = Arc::new(Producer::new(&kafka, topics.clone(), metrics.clone(), "loadtest-processors")?);
-    let now: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z")?.to_utc();
-    let cohort = Cohort::new(CohortConfig { tenants: args.tenants, learners: args.learners, now, ..CohortConfig::new(7) })?;
-    let events: Vec<(Event, Option<lms_events::TraceContext>)> = cohort.map(|e| (e, None)).collect();
-    let mut ends: BTreeMap<&str, Ends> = BTreeMap::new();
-    let started = Instant::now();
+    let producer = Arc::new(Producer::new(&kafka, topics.clone(), Arc::clone(metrics), "loadtest-processors")?);
+    let mut ends: BTreeMap<&'static str, Ends> = BTreeMap::new();
+    let (mut poison, mut seen) = (0i64, 0usize);
     for chunk in events.chunks(20_000) {
-        for ((e, _), r) in chunk.iter().zip(producer.send_events(chunk, OnQueueFull::Wait(Duration::from_secs(60))).await) {
+        let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 50);
+        for (e, trace) in chunk {
+            out.push(producer.event_record(e, trace.as_ref()));
+            if reg.domains.contains(&e.domain()) {
+                seen += 1;
+                if poison_every.is_some_and(|n| seen % n == 0) {
+                    out.push(self::poison(poison as usize, e, topics.topic(e.domain())));
+                    poison += 1;
+                }
+            }
+        }
+        let names: Vec<String> = out.iter().map(|r| r.topic.clone()).collect();
+        for (topic, r) in names.into_iter().zip(producer.send(out, OnQueueFull::Wait(Duration::from_secs(60))).await) {
             let d = r?;
-            let end = ends.entry(e.domain().as_str()).or_default().entry(TopicPartition::new(topics.topic(e.domain()), d.partition)).or_insert(0);
+            let domain = Domain::ALL.into_iter().find(|d| topics.topic(*d) == topic).context("a topic of the map")?;
+            let end = ends.entry(domain.as_str()).or_default().entry(TopicPartition::new(&topic, d.partition)).or_insert(0);
             *end = (*end).max(d.offset + 1);
         }
     }
+    let records: i64 = reg.domains.iter().flat_map(|d| ends.get(d.as_str()).into_iter().flatten()).map(|(_, e)| *e).sum();
+    let wanted: Ends = reg.domains.iter().flat_map(|d| ends.get(d.as_str()).cloned().unwrap_or_default()).collect();
+    Ok(Produced { prefix, topics, producer, ends, wanted, records, poison })
+}
+
+/// The processor's rate over `p` with `k` members (a fresh database with the catalog loaded
+/// first): records per second, the broker's and this process's CPU, records processed.
+async fn measure(args: &ProcessorsArgs, bench: &Bench, p: &Produced, k: usize, broker: Option<u32>) -> anyhow::Result<(f64, Option<f64>, f64, u64)> {
+    let reg = bench.reg;
+    let store = Store::open(&fresh_db(&args.postgres, &reg.name.replace('-', "_")).await?, 16).await?;
+    let run_kafka = KafkaConfig::new(&args.brokers).with_prefix(format!("{}k{k}-", p.prefix));
+    let plumbing = Plumbing {
+        kafka: run_kafka.clone(),
+        consumer: bench.consumer.clone(),
+        topics: p.topics.clone(),
+        producer: Arc::clone(&p.producer),
+        metrics: Arc::clone(&bench.metrics),
+    };
+    if reg.name != "catalog" {
+        let (ctx, relay) = runtime::context(store.clone(), Arc::clone(&p.producer), Arc::clone(&bench.rules), Default::default());
+        let catalog = runtime::start(&plumbing, &ctx, relay, &[processors::lookup("catalog").map_err(anyhow::Error::msg)?], 1)?;
+        wait_stored(&store, &run_kafka.group_id("catalog"), p.ends.get(Domain::Catalog.as_str()).unwrap_or(&Ends::new())).await?;
+        catalog.stop().await?;
+    }
+    let (ctx, relay) = runtime::context(store.clone(), Arc::clone(&p.producer), Arc::clone(&bench.rules), Default::default());
+    let cpu = Cpu::start(broker);
+    let t = Instant::now();
+    let running = runtime::start(&plumbing, &ctx, relay, &[reg], k)?;
+    wait_stored(&store, &run_kafka.group_id(reg.name), &p.wanted).await?;
+    let rate = p.records as f64 / t.elapsed().as_secs_f64();
+    let (broker_share, own) = cpu.shares();
+    let reports = running.stop().await?;
+    store.close().await;
+    Ok((rate, broker_share, own, reports.iter().map(|(_, r)| r.records).sum()))
+}
+
+/// Runs the benchmark.
+pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
+    let reg = processors::lookup(&args.processor).map_err(anyhow::Error::msg)?;
+    let metrics = BusMetrics::standalone();
+    let now: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z")?.to_utc();
+    let cohort = Cohort::new(CohortConfig { tenants: args.tenants, learners: args.learners, now, ..CohortConfig::new(7) })?;
+    let events: Vec<(Event, Option<lms_events::TraceContext>)> = cohort.map(|e| (e, None)).collect();
+    let started = Instant::now();
+    let clean = produce(&args, reg, &metrics, &events, None).await?;
+    let (prefix, topics, producer, records) = (clean.prefix.clone(), clean.topics.clone(), Arc::clone(&clean.producer), clean.records);
     let read: Vec<Domain> = reg.domains.to_vec();
-    let records: i64 = read.iter().flat_map(|d| ends.get(d.as_str()).into_iter().flatten()).map(|(_, e)| *e).sum();
-    let wanted: Ends = read.iter().flat_map(|d| ends.get(d.as_str()).cloned().unwrap_or_default()).collect();
     println!(
         "broker {}, {} events produced in {:.1} s ({} partitions per topic); {} reads {} records of {:?}",
         args.brokers,
@@ -157,13 +266,26 @@ pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
         records,
         read.iter().map(|d| d.as_str()).collect::<Vec<_>>()
     );
+    let poisoned = if args.poison_percent > 0.0 {
+        let every = (100.0 / args.poison_percent).round().max(1.0) as usize;
+        let p = produce(&args, reg, &metrics, &events, Some(every)).await?;
+        println!("the same events with {} poison records (one per {every}) on {}*", p.poison, p.prefix);
+        Some(p)
+    } else {
+        None
+    };
+    let poison_records = poisoned.as_ref().map_or(0, |p| p.poison);
     let broker = args.broker_pid.or_else(|| broker_pid(&args.brokers));
     if broker.is_none() {
         println!("(no broker process found for {}: its CPU share is not measured)", args.brokers);
     }
-    let rules = Arc::new(Rules::load(None)?);
-    let consumer = ConsumerConfig::default();
-    println!("{:>3} {:>12} {:>12} {:>8} {:>9} {:>11} {:>11} {:>11}", "k", "no-op ev/s", format!("{} ev/s", reg.name), "ratio", "scaling", "broker CPU", "member CPU", "no-op brk");
+    let bench = Bench { reg, rules: Arc::new(Rules::load(None)?), consumer: ConsumerConfig::default(), metrics: metrics.clone() };
+    let consumer = bench.consumer.clone();
+    let poison_cols = if poisoned.is_some() { format!(" {:>12} {:>9}", "poisoned ev/s", "drop") } else { String::new() };
+    println!(
+        "{:>3} {:>12} {:>12} {:>8} {:>9} {:>11} {:>11} {:>11}{poison_cols}",
+        "k", "no-op ev/s", format!("{} ev/s", reg.name), "ratio", "scaling", "broker CPU", "member CPU", "no-op brk"
+    );
     let mut first: Option<f64> = None;
     for &k in &args.instances {
         // The no-op baseline: a group of k members on the same topics.
@@ -195,29 +317,20 @@ pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
         }
 
         // The processor: a fresh database with the catalog loaded, then k members.
-        let store = Store::open(&fresh_db(&args.postgres, &reg.name.replace('-', "_")).await?, 16).await?;
-        let run_kafka = KafkaConfig::new(&args.brokers).with_prefix(format!("{prefix}k{k}-"));
-        let plumbing = Plumbing { kafka: run_kafka.clone(), consumer: consumer.clone(), topics: topics.clone(), producer: producer.clone(), metrics: metrics.clone() };
-        if reg.name != "catalog" {
-            let (ctx, relay) = runtime::context(store.clone(), producer.clone(), rules.clone(), Default::default());
-            let catalog = runtime::start(&plumbing, &ctx, relay, &[processors::lookup("catalog").map_err(anyhow::Error::msg)?], 1)?;
-            wait_stored(&store, &run_kafka.group_id("catalog"), ends.get(Domain::Catalog.as_str()).unwrap_or(&Ends::new())).await?;
-            catalog.stop().await?;
-        }
-        let (ctx, relay) = runtime::context(store.clone(), producer.clone(), rules.clone(), Default::default());
-        let cpu = Cpu::start(broker);
-        let t = Instant::now();
-        let running = runtime::start(&plumbing, &ctx, relay, &[reg], k)?;
-        wait_stored(&store, &run_kafka.group_id(reg.name), &wanted).await?;
-        let rate = records as f64 / t.elapsed().as_secs_f64();
-        let (broker_share, own) = cpu.shares();
-        let reports = running.stop().await?;
-        let processed: u64 = reports.iter().map(|(_, r)| r.records).sum();
-        store.close().await;
+        let (rate, broker_share, own, processed) = measure(&args, &bench, &clean, k, broker).await?;
+        let poisoned = match &poisoned {
+            Some(p) => Some(measure(&args, &bench, p, k, broker).await?),
+            None => None,
+        };
         let base = *first.get_or_insert(rate);
         let pct = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.0} %", v * 100.0));
+        let poisoned = poisoned.map_or(String::new(), |(p, _, _, _)| {
+            // Rates count every record read; of the poisoned run's, only the valid ones.
+            let valid = p * records as f64 / (records + poison_records) as f64;
+            format!(" {valid:>12.0} {:>7.1} %", (1.0 - valid / rate) * 100.0)
+        });
         println!(
-            "{k:>3} {noop_rate:>12.0} {rate:>12.0} {:>7.2}× {:>8.2}× {:>11} {:>11} {:>11}{}",
+            "{k:>3} {noop_rate:>12.0} {rate:>12.0} {:>7.2}× {:>8.2}× {:>11} {:>11} {:>11}{poisoned}{}",
             rate / noop_rate,
             rate / base,
             pct(broker_share),
