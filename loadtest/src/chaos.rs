@@ -46,7 +46,7 @@ use lms_analytics::{
     ActiveLearnersPoint, CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity, RevenueParams, RevenuePoint,
     Scores, ScoresParams, SeriesParams,
 };
-use lms_bus::TopicsFile;
+use lms_bus::{TopicMap, TopicsFile};
 use lms_events::data::{CourseCompleted, ProgressStatus, ProgressUpdated};
 use lms_events::{Domain, Event, EventData};
 use lms_generator::{Cohort, CohortConfig, Tenant};
@@ -232,35 +232,43 @@ impl fmt::Display for Report {
 }
 
 /// The `lms` processes of a run; all are killed when dropped.
-struct Fleet {
-    cfg: ChaosConfig,
+pub(crate) struct Fleet {
+    lms_bin: PathBuf,
+    log_dir: PathBuf,
+    prefix: String,
     env: Vec<(String, String)>,
     rules: PathBuf,
-    processors: Vec<Child>,
+    processor_names: Vec<String>,
+    /// The processor processes.
+    pub(crate) processors: Vec<Child>,
     started: usize,
-    api: Option<Child>,
+    /// The `lms api` process.
+    pub(crate) api: Option<Child>,
 }
 
 impl Fleet {
     fn spawn(&mut self, args: &[&str], log: &str) -> anyhow::Result<Child> {
-        let log = std::fs::File::create(self.cfg.log_dir.join(log)).context("creating a process log")?;
-        Command::new(&self.cfg.lms_bin)
+        let log = std::fs::File::create(self.log_dir.join(log)).context("creating a process log")?;
+        Command::new(&self.lms_bin)
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", self.cfg.lms_bin.display()))
+            .with_context(|| format!("starting {}", self.lms_bin.display()))
     }
 
-    fn spawn_processor(&mut self, prefix: &str) -> anyhow::Result<Child> {
+    /// Starts one more `lms processor run <processors>` process (not added to `processors`).
+    pub(crate) fn spawn_processor(&mut self) -> anyhow::Result<Child> {
         let n = self.started;
         self.started += 1;
         let rules = self.rules.display().to_string();
+        let names = self.processor_names.clone();
         let mut args = vec!["processor", "run"];
-        args.extend_from_slice(PROCESSORS);
+        args.extend(names.iter().map(String::as_str));
         args.extend_from_slice(&["--rules", &rules]);
-        self.spawn(&args, &format!("{prefix}processor-{n}.log"))
+        let log = format!("{}processor-{n}.log", self.prefix);
+        self.spawn(&args, &log)
     }
 }
 
@@ -273,6 +281,133 @@ impl Drop for Fleet {
     }
 }
 
+/// What a deployment of `lms` processes against running services needs (the chaos and
+/// soak runs).
+#[derive(Debug, Clone)]
+pub(crate) struct DeploySpec {
+    /// Names the topics (`<name>-<id>.`), databases (`<name>_<id>`) and logs.
+    pub(crate) name: &'static str,
+    pub(crate) lms_bin: PathBuf,
+    pub(crate) brokers: String,
+    pub(crate) postgres_url: String,
+    pub(crate) clickhouse_url: String,
+    pub(crate) partitions: i32,
+    pub(crate) log_dir: PathBuf,
+    pub(crate) one_record_per_batch: bool,
+    /// Extra librdkafka properties of every process (`kafka.properties`).
+    pub(crate) kafka_properties: Vec<(String, String)>,
+    /// What every processor process runs.
+    pub(crate) processors: Vec<String>,
+    /// Processor processes.
+    pub(crate) instances: usize,
+}
+
+/// A running deployment: fresh topics, state store and ClickHouse database, `lms api` and
+/// the processor processes (killed when dropped).
+pub(crate) struct Deployment {
+    pub(crate) prefix: String,
+    pub(crate) topics: TopicMap,
+    /// The state store, migrated.
+    pub(crate) store: lms_store::Store,
+    pub(crate) secret: String,
+    /// `http://127.0.0.1:<port>` of the API.
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) fleet: Fleet,
+}
+
+impl Deployment {
+    /// Creates the fresh names and starts the processes; returns once the API is ready.
+    pub(crate) async fn start(spec: &DeploySpec, say: impl Fn(String)) -> anyhow::Result<Deployment> {
+        let name = spec.name;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("{name}-{}.", &id[..8]);
+        let topics = TopicsFile::bundled().topic_map(&prefix);
+        for d in Domain::ALL {
+            let p = if d == Domain::DeadLetter { 1 } else { spec.partitions };
+            crate::create_topics(&spec.brokers, &[(topics.topic(d), p)]).await?;
+        }
+        let store_url = fresh_postgres_db(&spec.postgres_url, &format!("{name}_{}", &id[..10])).await?;
+        // Migrated here, once, before the processes race to do it.
+        let store = lms_store::Store::open(&store_url, 2).await.context("opening the fresh state store")?;
+        let clickhouse_db = format!("{name}_{}", &id[..10]);
+        std::fs::create_dir_all(&spec.log_dir)?;
+        let rules = spec.log_dir.join(format!("{prefix}rules.yaml"));
+        std::fs::write(&rules, progress::ACHIEVEMENT_RULES)?;
+        let config_file = spec.log_dir.join(format!("{prefix}lms.yaml"));
+        let mut properties = spec.kafka_properties.clone();
+        if spec.one_record_per_batch {
+            properties.push(("batch.num.messages".to_owned(), "1".to_owned()));
+        }
+        let yaml = if properties.is_empty() {
+            "{}\n".to_owned()
+        } else {
+            let lines: String = properties.iter().map(|(k, v)| format!("    {}: {}\n", Value::from(k.as_str()), Value::from(v.as_str()))).collect();
+            format!("kafka:\n  properties:\n{lines}")
+        };
+        std::fs::write(&config_file, yaml)?;
+        let secret = format!("{name}-{id}");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let env: Vec<(String, String)> = [
+            ("LMS_CONFIG", config_file.display().to_string()),
+            ("LMS_KAFKA__BROKERS", spec.brokers.clone()),
+            ("LMS_KAFKA__TOPIC_PREFIX", prefix.clone()),
+            ("LMS_STORE__URL", store_url.clone()),
+            ("LMS_ANALYTICS__STORE", "clickhouse".to_owned()),
+            ("LMS_ANALYTICS__URL", spec.clickhouse_url.clone()),
+            ("LMS_ANALYTICS__DATABASE", clickhouse_db.clone()),
+            ("LMS_CONSUMER__MAX_BATCH_RECORDS", "500".to_owned()),
+            ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50".to_owned()),
+            ("LMS_CONSUMER__SESSION_TIMEOUT_MS", "6000".to_owned()),
+            ("LMS_API__LISTEN", format!("127.0.0.1:{port}")),
+            ("LMS_API__RATE_LIMIT__PER_SECOND", "0".to_owned()),
+            ("LMS_JWT_SECRET", secret.clone()),
+            ("RUST_LOG", "info,librdkafka=warn".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        say(format!(
+            "topics {prefix}*, state store {}, ClickHouse database {clickhouse_db}, logs in {}",
+            lms_store::redact_url(&store_url),
+            spec.log_dir.display()
+        ));
+
+        let mut fleet = Fleet {
+            lms_bin: spec.lms_bin.clone(),
+            log_dir: spec.log_dir.clone(),
+            prefix: prefix.clone(),
+            env,
+            rules,
+            processor_names: spec.processors.clone(),
+            processors: Vec::new(),
+            started: 0,
+            api: None,
+        };
+        fleet.api = Some(fleet.spawn(&["api"], &format!("{prefix}api.log"))?);
+        for _ in 0..spec.instances {
+            let c = fleet.spawn_processor()?;
+            fleet.processors.push(c);
+        }
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        wait_ready(&http, &base).await?;
+        say(format!("API ready at {base}; {} processor processes", spec.instances));
+        Ok(Deployment { prefix, topics, store, secret, base, http, fleet })
+    }
+
+    /// A token of `tenant` with `scope`, valid for a day.
+    pub(crate) fn token(&self, sub: &str, tenant: &str, scope: &str) -> String {
+        mint(&self.secret, sub, tenant, scope)
+    }
+}
+
+/// A token signed with `secret`, valid for a day.
+pub(crate) fn mint(secret: &str, sub: &str, tenant: &str, scope: &str) -> String {
+    let exp = (Utc::now().timestamp() + 24 * 3600) as u64;
+    sign_hs256(secret.as_bytes(), &Claims { sub: sub.to_owned(), tenant: tenant.to_owned(), scope: scope.to_owned(), exp })
+}
+
 /// Runs the chaos scenario and compares the endpoints with the oracles.
 pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     ensure!(cfg.instances >= 1 && cfg.kill_delay_ms.0 <= cfg.kill_delay_ms.1, "instances ≥ 1 and a kill delay range min ≤ max");
@@ -281,56 +416,20 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
             println!("[chaos] {s}");
         }
     };
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let prefix = format!("chaos-{}.", &id[..8]);
-    let topics = TopicsFile::bundled().topic_map(&prefix);
-    for d in Domain::ALL {
-        let p = if d == Domain::DeadLetter { 1 } else { cfg.partitions };
-        crate::create_topics(&cfg.brokers, &[(topics.topic(d), p)]).await?;
-    }
-    let store_url = fresh_postgres_db(&cfg.postgres_url, &format!("chaos_{}", &id[..10])).await?;
-    // Migrated here, once, before the processes race to do it.
-    let store = lms_store::Store::open(&store_url, 2).await.context("opening the fresh state store")?;
-    let clickhouse_db = format!("chaos_{}", &id[..10]);
-    std::fs::create_dir_all(&cfg.log_dir)?;
-    let rules = cfg.log_dir.join(format!("{prefix}rules.yaml"));
-    std::fs::write(&rules, progress::ACHIEVEMENT_RULES)?;
-    let config_file = cfg.log_dir.join(format!("{prefix}lms.yaml"));
-    let batches = if cfg.one_record_per_batch { "kafka:\n  properties:\n    batch.num.messages: \"1\"\n" } else { "{}\n" };
-    std::fs::write(&config_file, batches)?;
-    let secret = format!("chaos-{id}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let env: Vec<(String, String)> = [
-        ("LMS_CONFIG", config_file.display().to_string()),
-        ("LMS_KAFKA__BROKERS", cfg.brokers.clone()),
-        ("LMS_KAFKA__TOPIC_PREFIX", prefix.clone()),
-        ("LMS_STORE__URL", store_url.clone()),
-        ("LMS_ANALYTICS__STORE", "clickhouse".to_owned()),
-        ("LMS_ANALYTICS__URL", cfg.clickhouse_url.clone()),
-        ("LMS_ANALYTICS__DATABASE", clickhouse_db.clone()),
-        ("LMS_CONSUMER__MAX_BATCH_RECORDS", "500".to_owned()),
-        ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50".to_owned()),
-        ("LMS_CONSUMER__SESSION_TIMEOUT_MS", "6000".to_owned()),
-        ("LMS_API__LISTEN", format!("127.0.0.1:{port}")),
-        ("LMS_API__RATE_LIMIT__PER_SECOND", "0".to_owned()),
-        ("LMS_JWT_SECRET", secret.clone()),
-        ("RUST_LOG", "info,librdkafka=warn".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    say(format!("topics {prefix}*, state store {}, ClickHouse database {clickhouse_db}, logs in {}", lms_store::redact_url(&store_url), cfg.log_dir.display()));
-
-    let mut fleet = Fleet { cfg: cfg.clone(), env, rules, processors: Vec::new(), started: 0, api: None };
-    fleet.api = Some(fleet.spawn(&["api"], &format!("{prefix}api.log"))?);
-    for _ in 0..cfg.instances {
-        let c = fleet.spawn_processor(&prefix)?;
-        fleet.processors.push(c);
-    }
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
-    wait_ready(&http, &base).await?;
-    say(format!("API ready at {base}; {} processor processes", cfg.instances));
+    let spec = DeploySpec {
+        name: "chaos",
+        lms_bin: cfg.lms_bin.clone(),
+        brokers: cfg.brokers.clone(),
+        postgres_url: cfg.postgres_url.clone(),
+        clickhouse_url: cfg.clickhouse_url.clone(),
+        partitions: cfg.partitions,
+        log_dir: cfg.log_dir.clone(),
+        one_record_per_batch: cfg.one_record_per_batch,
+        kafka_properties: Vec::new(),
+        processors: PROCESSORS.iter().map(|p| (*p).to_owned()).collect(),
+        instances: cfg.instances,
+    };
+    let Deployment { prefix, topics, store, secret, base, http, fleet } = Deployment::start(&spec, say).await?;
 
     let cohort_config = CohortConfig {
         tenants: cfg.tenants,
@@ -343,10 +442,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     let mut cohort = Cohort::new(cohort_config).context("invalid cohort options")?;
     let events: Vec<Event> = cohort.by_ref().collect();
     let tenants: Vec<Tenant> = cohort.tenants().to_vec();
-    let token = |tenant: &str, scope: &str| {
-        let exp = (Utc::now().timestamp() + 24 * 3600) as u64;
-        sign_hs256(secret.as_bytes(), &Claims { sub: "loadtest-chaos".to_owned(), tenant: tenant.to_owned(), scope: scope.to_owned(), exp })
-    };
+    let token = |tenant: &str, scope: &str| mint(&secret, "loadtest-chaos", tenant, scope);
     let (catalog, activity): (Vec<&Event>, Vec<&Event>) = events.iter().partition(|e| e.domain() == Domain::Catalog);
     say(format!("cohort: {} events ({} catalog), {} tenants × {} learners", events.len(), catalog.len(), cfg.tenants, cfg.learners));
 
@@ -360,7 +456,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     // The kill schedule runs from now on, alongside the feeding of the activity.
     let fleet = Arc::new(Mutex::new(fleet));
     let killer = {
-        let (fleet, prefix, cfg) = (Arc::clone(&fleet), prefix.clone(), cfg.clone());
+        let (fleet, cfg) = (Arc::clone(&fleet), cfg.clone());
         tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
             let mut at = Vec::new();
@@ -373,7 +469,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
                 let pid = child.id();
                 child.kill().context("SIGKILL")?;
                 let _ = child.wait();
-                let fresh = f.spawn_processor(&prefix)?;
+                let fresh = f.spawn_processor()?;
                 let new_pid = fresh.id();
                 f.processors[victim] = fresh;
                 at.push(Instant::now());
@@ -420,7 +516,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     Ok(Report { events: events.len(), kills: cfg.kills, kills_while_feeding, retries: retries.load(Ordering::Relaxed), elapsed, catch_up, tallies })
 }
 
-fn group_of(prefix: &str, processor: &str) -> String {
+pub(crate) fn group_of(prefix: &str, processor: &str) -> String {
     lms_bus::KafkaConfig::new("").with_prefix(prefix).group_id(processor)
 }
 
@@ -485,7 +581,7 @@ async fn post_all(
 
 /// Posts one batch until the API accepts it: 429 and 503 after `Retry-After`, connection
 /// errors with back-off; the body (so the ids) stays the same.
-async fn post(http: &reqwest::Client, url: &str, token: &str, body: Vec<u8>, retries: &AtomicU64) -> anyhow::Result<()> {
+pub(crate) async fn post(http: &reqwest::Client, url: &str, token: &str, body: Vec<u8>, retries: &AtomicU64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -612,7 +708,7 @@ fn derived_events(o: &progress::Oracle) -> Vec<Event> {
     out
 }
 
-async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
+pub(crate) async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
     let r = http.get(url).bearer_auth(token).send().await.with_context(|| format!("GET {url}"))?;
     let status = r.status();
     let body: Value = r.json().await.with_context(|| format!("GET {url}: reading the answer"))?;
@@ -620,11 +716,11 @@ async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Res
     Ok(body)
 }
 
-fn time(v: &Value) -> Option<DateTime<Utc>> {
+pub(crate) fn time(v: &Value) -> Option<DateTime<Utc>> {
     v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.to_utc())
 }
 
-async fn compare_progress(
+pub(crate) async fn compare_progress(
     http: &reqwest::Client,
     base: &str,
     reader: &impl Fn(&str) -> String,
@@ -674,7 +770,7 @@ async fn compare_progress(
     Ok(t)
 }
 
-async fn compare_achievements(
+pub(crate) async fn compare_achievements(
     http: &reqwest::Client,
     base: &str,
     reader: &impl Fn(&str) -> String,

@@ -1,7 +1,8 @@
 //! The library half of `loadtest`: the oracles the integration tests share, the chaos run
-//! (also an integration test) and the helpers its scenarios share.
+//! (also an integration test), the soak run (`soak`) and the helpers their scenarios share.
 
 pub mod chaos;
+pub mod soak;
 pub mod oracle;
 
 use std::time::Duration;

@@ -14,6 +14,9 @@
 //! pipeline while SIGKILLing processor processes and compares every read endpoint with the
 //! oracle (see `loadtest::chaos`).
 //!
+//! `loadtest soak` ramps the write API to the pipeline's saturation, then holds half of
+//! that rate while sampling RSS, lag and end-to-end freshness (see `loadtest::soak`).
+//!
 //! `loadtest notify` measures the notifications processor's decision rate against a no-op
 //! consumer on the same topic, and the dispatcher's in-app and e-mail rates (see `notify`).
 
@@ -67,6 +70,98 @@ enum Command {
     /// A processor's events/s with 1, 2, 4 … members versus the no-op processor on the same
     /// topics, with the broker's CPU share.
     Processors(procbench::ProcessorsArgs),
+    /// Ramp to the max sustainable rate, then half of it for `--minutes` while sampling RSS,
+    /// the progress lag and freshness; progress compared with the oracle at the end (exit
+    /// status 1 when a goal fails).
+    Soak(SoakArgs),
+}
+
+/// Options of `loadtest soak` (services from the environment `cargo xtask services` prints).
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// Bootstrap servers of the broker.
+    #[arg(long, env = "LMS_TEST_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// PostgreSQL URL allowed to create databases (the run creates a fresh one).
+    #[arg(long, env = "LMS_TEST_POSTGRES_URL")]
+    postgres_url: String,
+    /// ClickHouse HTTP URL (the run creates a fresh database).
+    #[arg(long, env = "LMS_TEST_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    clickhouse_url: String,
+    /// The `lms` binary (default: the one next to this binary).
+    #[arg(long, env = "LMS_BIN")]
+    lms_bin: Option<std::path::PathBuf>,
+    /// What the processor process runs (comma-separated; catalog and progress required).
+    #[arg(long, value_delimiter = ',', default_value = "catalog,progress,achievements,notifications,analytics")]
+    processors: Vec<String>,
+    /// Processor processes.
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
+    /// Ramp to saturation first (the default; `--rate` skips it).
+    #[arg(long, conflicts_with = "rate")]
+    ramp: bool,
+    /// Steady rate in events/s, without a ramp.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// The ramp's first rate (events/s).
+    #[arg(long, default_value_t = 200.0)]
+    start_rate: f64,
+    /// Each ramp step offers this times the previous rate.
+    #[arg(long, default_value_t = 1.5)]
+    step_factor: f64,
+    /// Seconds per ramp step.
+    #[arg(long, default_value_t = 15)]
+    step_secs: u64,
+    /// Most ramp steps.
+    #[arg(long, default_value_t = 30)]
+    max_steps: usize,
+    /// Minutes of the steady phase.
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    /// Seconds between two samples of the steady phase.
+    #[arg(long, default_value_t = 10)]
+    sample_secs: u64,
+    /// Events per POST.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Concurrent POSTs.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// One `lesson.completed` in this many accepted events is timed until visible.
+    #[arg(long, default_value_t = 50)]
+    probe_every: u64,
+    /// Probes polling at the same time (more are skipped and counted).
+    #[arg(long, default_value_t = 8)]
+    probe_concurrency: usize,
+    /// Cohort seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Tenants of each round's cohort.
+    #[arg(long, default_value_t = 2)]
+    tenants: usize,
+    /// Courses per tenant.
+    #[arg(long, default_value_t = 4)]
+    courses: usize,
+    /// Learners per tenant and round (each round brings new learners).
+    #[arg(long, default_value_t = 100)]
+    learners: usize,
+    /// Weeks of each round's period.
+    #[arg(long, default_value_t = 6)]
+    weeks: u32,
+    /// Partitions of each topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Every process produces one record per batch (tansu's memory engine skips records
+    /// when a consumer resumes inside a batch; without restarts batching is safe).
+    #[arg(long)]
+    one_record_per_batch: bool,
+    /// An extra librdkafka property of every `lms` process, `key=value` (repeatable; for
+    /// example `fetch.wait.max.ms=50`).
+    #[arg(long = "kafka-property", value_parser = parse_property)]
+    kafka_properties: Vec<(String, String)>,
+    /// Where the processes' logs go.
+    #[arg(long, default_value = "lms-data/soak")]
+    log_dir: std::path::PathBuf,
 }
 
 /// Options of `loadtest chaos` (services from the environment `cargo xtask services` prints).
@@ -128,7 +223,51 @@ async fn main() -> anyhow::Result<()> {
         Command::Notify(args) => notify::run(args).await,
         Command::Chaos(args) => chaos(args).await,
         Command::Processors(args) => procbench::run(args).await,
+        Command::Soak(args) => soak(args).await,
     }
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
+}
+
+async fn soak(args: SoakArgs) -> anyhow::Result<()> {
+    let lms_bin = match args.lms_bin {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("lms"),
+    };
+    anyhow::ensure!(args.minutes > 0.0 && args.step_secs > 0 && args.sample_secs > 0, "--minutes, --step-secs and --sample-secs must be positive");
+    let mut cfg = loadtest::soak::SoakConfig::new(lms_bin, args.brokers, args.postgres_url, args.clickhouse_url);
+    cfg.processors = args.processors;
+    cfg.instances = args.instances;
+    cfg.rate = args.rate;
+    cfg.start_rate = args.start_rate;
+    cfg.step_factor = args.step_factor;
+    cfg.step = Duration::from_secs(args.step_secs);
+    cfg.max_steps = args.max_steps;
+    cfg.steady = Duration::from_secs_f64(args.minutes * 60.0);
+    cfg.sample = Duration::from_secs(args.sample_secs);
+    cfg.batch_size = args.batch_size;
+    cfg.concurrency = args.concurrency;
+    cfg.probe_every = args.probe_every;
+    cfg.probe_concurrency = args.probe_concurrency;
+    cfg.seed = args.seed;
+    cfg.tenants = args.tenants;
+    cfg.courses = args.courses;
+    cfg.learners = args.learners;
+    cfg.weeks = args.weeks;
+    cfg.partitions = args.partitions;
+    cfg.one_record_per_batch = args.one_record_per_batch;
+    cfg.kafka_properties = args.kafka_properties;
+    cfg.log_dir = args.log_dir;
+    cfg.verbose = true;
+    let report = loadtest::soak::run(&cfg).await?;
+    println!("{}", report.display(cfg.probe_timeout));
+    if !report.ok(cfg.probe_timeout) {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {

@@ -31,6 +31,7 @@ mod generate_cli;
 mod otlp_trace;
 mod pipeline_e2e;
 mod security_matrix;
+mod soak;
 mod ops_alerts;
 mod ops_dlq;
 mod ops_k8s;
