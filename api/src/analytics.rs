@@ -8,14 +8,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use lms_analytics::{AnalyticsStore, ParamError, StoreError, params};
 use serde::Serialize;
 
 use crate::auth::{Claims, scope};
-use crate::problem::Problem;
+use crate::problem::{PathParams, Problem};
 
 type Store = Arc<dyn AnalyticsStore>;
 type Pairs = Query<Vec<(String, String)>>;
@@ -36,50 +36,68 @@ pub fn router(store: Store) -> Router {
 
 async fn active_learners(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
-    let p = params::series(&c.tenant, &q).map_err(param_problem)?;
+    let p = params::series(&c.tenant, &q).map_err(|e| param_problem(e, &[]))?;
     s.active_learners(&p).await.map(Json).map_err(store_problem)
 }
 
 async fn enrollments(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
-    let p = params::series(&c.tenant, &q).map_err(param_problem)?;
+    let p = params::series(&c.tenant, &q).map_err(|e| param_problem(e, &[]))?;
     s.enrollments(&p).await.map(Json).map_err(store_problem)
 }
 
 async fn completions(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
-    let p = params::series(&c.tenant, &q).map_err(param_problem)?;
+    let p = params::series(&c.tenant, &q).map_err(|e| param_problem(e, &[]))?;
     s.completions(&p).await.map(Json).map_err(store_problem)
 }
 
 async fn revenue(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
-    let p = params::revenue(&c.tenant, &q).map_err(param_problem)?;
+    let p = params::revenue(&c.tenant, &q).map_err(|e| param_problem(e, &[]))?;
     s.revenue(&p).await.map(Json).map_err(store_problem)
 }
 
-async fn funnel(State(s): State<Store>, c: Claims, Path(course): Path<String>, Query(q): Pairs) -> Answer<impl Serialize> {
+async fn funnel(State(s): State<Store>, c: Claims, PathParams(course): PathParams<String>, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
-    let p = params::funnel(&c.tenant, &course, &q).map_err(param_problem)?;
+    let p = params::funnel(&c.tenant, &course, &q).map_err(|e| param_problem(e, &["course_id"]))?;
     s.funnel(&p).await.map(Json).map_err(store_problem)
 }
 
-async fn at_risk(State(s): State<Store>, c: Claims, Path(course): Path<String>, Query(q): Pairs) -> Answer<impl Serialize> {
+async fn at_risk(State(s): State<Store>, c: Claims, PathParams(course): PathParams<String>, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
-    let p = params::at_risk(&c.tenant, &course, &q, chrono::Utc::now()).map_err(param_problem)?;
+    let p = params::at_risk(&c.tenant, &course, &q, chrono::Utc::now()).map_err(|e| param_problem(e, &["course_id"]))?;
     s.at_risk(&p).await.map(Json).map_err(store_problem)
 }
 
-async fn scores(State(s): State<Store>, c: Claims, Path(assessment): Path<String>, Query(q): Pairs) -> Answer<impl Serialize> {
+async fn scores(State(s): State<Store>, c: Claims, PathParams(assessment): PathParams<String>, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
-    let p = params::scores(&c.tenant, &assessment, &q).map_err(param_problem)?;
+    let p = params::scores(&c.tenant, &assessment, &q).map_err(|e| param_problem(e, &["assessment_id"]))?;
     s.scores(&p).await.map(Json).map_err(store_problem)
 }
 
-/// 400 listing every refused parameter (`errors: [{param, message}]`).
-fn param_problem(e: ParamError) -> Problem {
+/// 400 listing every refused parameter: `errors: [{path, param, message}]`, where `path` is
+/// the contract's JSON pointer, here into the request's parameters by where they are
+/// (`/query/from`, `/path/course_id`; `/token/tenant` for the token's tenant), and `param`
+/// the parameter's name.
+fn param_problem(e: ParamError, path_params: &[&str]) -> Problem {
     let detail = e.to_string();
-    Problem::bad_request(detail).with("errors", serde_json::to_value(&e.problems).unwrap_or_default())
+    let errors: Vec<serde_json::Value> = e
+        .problems
+        .into_iter()
+        .map(|p| {
+            let place = if p.param == "tenant" {
+                "token"
+            } else if path_params.contains(&p.param.as_str()) {
+                "path"
+            } else {
+                "query"
+            };
+            let pointer = format!("/{place}/{}", p.param.replace('~', "~0").replace('/', "~1"));
+            serde_json::json!({"path": pointer, "param": p.param, "message": p.message})
+        })
+        .collect();
+    Problem::bad_request(detail).with("errors", errors)
 }
 
 /// 503 while the store cannot answer (it is retried by the client), 500 for a schema problem.
@@ -93,5 +111,31 @@ fn store_problem(e: StoreError) -> Problem {
             tracing::warn!(error = %e, "analytics store unavailable for a read");
             Problem::unavailable("the analytics store is unavailable; retry shortly", 5)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lms_analytics::ParamProblem;
+
+    use super::*;
+
+    #[test]
+    fn parameter_errors_carry_a_pointer_and_the_name() {
+        let e = ParamError {
+            problems: vec![
+                ParamProblem { param: "course_id".into(), message: "too long".into() },
+                ParamProblem { param: "a/b~c".into(), message: "unknown".into() },
+            ],
+        };
+        let p = serde_json::to_value(param_problem(e, &["course_id"])).expect("json");
+        assert_eq!(p["status"], 400);
+        assert_eq!(
+            p["errors"],
+            serde_json::json!([
+                {"path": "/path/course_id", "param": "course_id", "message": "too long"},
+                {"path": "/query/a~1b~0c", "param": "a/b~c", "message": "unknown"}
+            ])
+        );
     }
 }

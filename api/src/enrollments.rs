@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
@@ -17,7 +17,7 @@ use crate::AppState;
 use crate::auth::{Claims, scope};
 use crate::body;
 use crate::ingest::Accepted;
-use crate::problem::{Problem, ProblemDocument};
+use crate::problem::{PathParams, Problem, ProblemDocument};
 use crate::telemetry::RequestTrace;
 
 /// The `source` attribute of the events these routes produce.
@@ -26,16 +26,21 @@ const SOURCE: &str = "lms-api";
 /// An enrollment to create.
 #[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 pub struct EnrollmentRequest {
     /// The learner.
+    #[schema(min_length = 1, max_length = 128)]
     learner_id: String,
     /// The course.
+    #[schema(min_length = 1, max_length = 128)]
     course_id: String,
     /// How the learner was enrolled.
     source: EnrollmentSourceDoc,
     /// Idempotency key: the event id. A UUIDv7 is assigned when absent.
+    #[schema(nullable = false, min_length = 1, max_length = 128)]
     id: Option<String>,
     /// When the enrollment happened (RFC 3339 with offset); now when absent.
+    #[schema(nullable = false, format = DateTime)]
     time: Option<String>,
 }
 
@@ -141,12 +146,13 @@ pub(crate) async fn post_enrollment(
     tag = "write",
     security(("bearer" = ["events:write"])),
     params(
-        ("learner_id" = String, Path, description = "The learner"),
-        ("course_id" = String, Path, description = "The course"),
-        ("Idempotency-Key" = Option<String>, Header, description = "The event id (at most 128 characters)"),
+        ("learner_id" = String, Path, description = "The learner", min_length = 1, max_length = 128),
+        ("course_id" = String, Path, description = "The course", min_length = 1, max_length = 128),
+        ("Idempotency-Key" = Option<String>, Header, description = "The event id (at most 128 characters)", nullable = false, min_length = 1, max_length = 128),
     ),
     responses(
         (status = 202, description = "The event is durably on the broker", body = Accepted),
+        (status = 400, description = "Idempotency-Key is not visible ASCII, or a path parameter is not UTF-8", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, description = "Scope missing", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 422, description = "Invalid ids", body = ProblemDocument, content_type = "application/problem+json"),
@@ -158,7 +164,7 @@ pub(crate) async fn delete_enrollment(
     State(state): State<Arc<AppState>>,
     claims: Claims,
     RequestTrace(trace): RequestTrace,
-    Path((learner_id, course_id)): Path<(String, String)>,
+    PathParams((learner_id, course_id)): PathParams<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     claims.require(scope::EVENTS_WRITE)?;

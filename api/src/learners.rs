@@ -5,7 +5,7 @@
 //! learner of the token's tenant. The tenant always comes from the token, never from the
 //! request, so no request can name another tenant's learner.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use lms_store::{Store, StoreError};
@@ -13,7 +13,7 @@ use processors::achievements::{self, AchievementView};
 use processors::progress::{self, model::ProgressView};
 
 use crate::auth::Claims;
-use crate::problem::Problem;
+use crate::problem::{PathParams, Problem};
 
 /// The learner read routes over `store`, to [`crate::Api::merge`].
 pub fn router(store: Store) -> Router {
@@ -26,7 +26,7 @@ pub fn router(store: Store) -> Router {
 async fn get_progress(
     State(store): State<Store>,
     claims: Claims,
-    Path(learner_id): Path<String>,
+    PathParams(learner_id): PathParams<String>,
 ) -> Result<Json<Vec<ProgressView>>, Problem> {
     check_learner(&claims, &learner_id)?;
     progress::read(&store, &claims.tenant, &learner_id).await.map(Json).map_err(store_problem)
@@ -35,7 +35,7 @@ async fn get_progress(
 async fn get_achievements(
     State(store): State<Store>,
     claims: Claims,
-    Path(learner_id): Path<String>,
+    PathParams(learner_id): PathParams<String>,
 ) -> Result<Json<Vec<AchievementView>>, Problem> {
     check_learner(&claims, &learner_id)?;
     achievements::read(&store, &claims.tenant, &learner_id).await.map(Json).map_err(store_problem)

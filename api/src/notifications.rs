@@ -11,7 +11,7 @@
 //! `admin`. The tenant always comes from the token.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use crate::auth::{Claims, scope};
 use crate::learners::{check_learner, store_problem};
-use crate::problem::Problem;
+use crate::problem::{PathParams, Problem};
 
 /// The notification routes over `store`, to [`crate::Api::merge`].
 pub fn router(store: Store) -> Router {
@@ -55,7 +55,7 @@ fn check_owner(claims: &Claims, learner_id: &str) -> Result<(), Problem> {
 async fn list(
     State(store): State<Store>,
     claims: Claims,
-    Path(learner_id): Path<String>,
+    PathParams(learner_id): PathParams<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<InboxItem>>, Problem> {
     check_learner(&claims, &learner_id)?;
@@ -66,9 +66,13 @@ async fn list(
 async fn mark_read(
     State(store): State<Store>,
     claims: Claims,
-    Path((learner_id, id)): Path<(String, String)>,
+    PathParams((learner_id, id)): PathParams<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     check_owner(&claims, &learner_id)?;
+    if id.chars().any(char::is_control) {
+        // PostgreSQL refuses a NUL in text: the query would fail (500) instead of finding nothing.
+        return Err(Problem::bad_request("the notification id must not contain control characters"));
+    }
     if inbox::mark_read(&store, &claims.tenant, &learner_id, &id).await.map_err(store_problem)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -79,7 +83,7 @@ async fn mark_read(
 async fn get_preferences(
     State(store): State<Store>,
     claims: Claims,
-    Path(learner_id): Path<String>,
+    PathParams(learner_id): PathParams<String>,
 ) -> Result<Json<Preferences>, Problem> {
     check_learner(&claims, &learner_id)?;
     preferences::read(&store, &claims.tenant, &learner_id).await.map(Json).map_err(store_problem)
@@ -88,7 +92,7 @@ async fn get_preferences(
 async fn put_preferences(
     State(store): State<Store>,
     claims: Claims,
-    Path(learner_id): Path<String>,
+    PathParams(learner_id): PathParams<String>,
     body: Bytes,
 ) -> Result<Json<Preferences>, Problem> {
     check_owner(&claims, &learner_id)?;
@@ -141,7 +145,8 @@ pub(crate) fn add_openapi(doc: &mut serde_json::Value) {
         }
     });
     let problem = json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}});
-    let learner = json!({"name": "learner_id", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128}});
+    let learner = crate::openapi_reads::learner_path();
+    let bad = json!({"description": "learner_id (or the notification id) is not a well-formed id", "content": problem});
     let errors = |extra: serde_json::Value| {
         let mut r = json!({
             "401": {"description": "Missing, expired or invalid token", "content": problem},
@@ -156,7 +161,7 @@ pub(crate) fn add_openapi(doc: &mut serde_json::Value) {
     let prefs = json!({"application/json": {"schema": {"$ref": "#/components/schemas/NotificationPreferences"}}});
     let mut list = errors(json!({"200": {"description": "The inbox, newest first", "content": {"application/json": {"schema":
         {"type": "array", "items": {"$ref": "#/components/schemas/Notification"}}}}}}));
-    list["400"] = json!({"description": "A parameter is invalid", "content": problem});
+    list["400"] = json!({"description": "A parameter is invalid: `unread_only`, or learner_id is not a well-formed id", "content": problem});
     doc["paths"]["/v1/learners/{learner_id}/notifications"] = json!({"get": {
         "tags": ["read"], "summary": "A learner's in-app notifications (learner:read (own) or analytics:read)",
         "security": [{"bearer": []}],
@@ -166,14 +171,16 @@ pub(crate) fn add_openapi(doc: &mut serde_json::Value) {
     doc["paths"]["/v1/learners/{learner_id}/notifications/{id}/read"] = json!({"post": {
         "tags": ["read"], "summary": "Marks a notification read (the learner itself or admin)",
         "security": [{"bearer": []}],
-        "parameters": [learner, {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
-        "responses": errors(json!({"204": {"description": "Read (again: unchanged)"}, "404": {"description": "No such notification in the learner's inbox", "content": problem}}))
+        "parameters": [learner, {"name": "id", "in": "path", "required": true,
+                                 "schema": {"type": "string", "minLength": 1, "pattern": crate::openapi_reads::NO_CONTROL}}],
+        "responses": errors(json!({"204": {"description": "Read (again: unchanged)"}, "400": bad,
+                                   "404": {"description": "No such notification in the learner's inbox", "content": problem}}))
     }});
     doc["paths"]["/v1/learners/{learner_id}/notification-preferences"] = json!({
         "get": {
             "tags": ["read"], "summary": "A learner's notification preferences, defaults included (learner:read (own) or analytics:read)",
             "security": [{"bearer": []}], "parameters": [learner],
-            "responses": errors(json!({"200": {"description": "The preferences", "content": prefs}}))
+            "responses": errors(json!({"200": {"description": "The preferences", "content": prefs}, "400": bad}))
         },
         "put": {
             "tags": ["read"], "summary": "Replaces a learner's notification preferences (the learner itself or admin)",
@@ -181,7 +188,7 @@ pub(crate) fn add_openapi(doc: &mut serde_json::Value) {
             "requestBody": {"required": true, "content": prefs},
             "responses": errors(json!({
                 "200": {"description": "Stored", "content": prefs},
-                "400": {"description": "Malformed JSON", "content": problem},
+                "400": {"description": "Malformed JSON, or learner_id is not a well-formed id", "content": problem},
                 "422": {"description": "Invalid preferences; `errors` names each field", "content": problem}
             }))
         }

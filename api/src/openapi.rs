@@ -75,6 +75,7 @@ pub fn document() -> Value {
         o.remove("$schema");
     }
     rewrite_refs(&mut input);
+    data_by_type(&mut input);
     let schemas = &mut doc["components"]["schemas"];
     if let Value::Object(defs) = defs {
         for (name, mut schema) in defs {
@@ -95,7 +96,46 @@ pub fn document() -> Value {
     });
     crate::openapi_reads::add(&mut doc);
     crate::notifications::add_openapi(&mut doc);
+    crate::xapi::add_openapi(&mut doc);
     doc
+}
+
+/// Says "the shape of `data` follows `type`" as a `oneOf` with one branch per type
+/// (`{"properties": {"type": {"const": T}, "data": D}}`) instead of the generated `allOf` of
+/// `if`/`then` pairs. Both admit the same events, because `type` is required and one of
+/// exactly those `T`; but eleven `if`/`then` pairs expand to 2^11 cases, more than
+/// generators and many validators follow (schemathesis refused the operation with "Schema
+/// Error"). Leaves the schema as it is unless it has exactly that shape.
+fn data_by_type(event: &mut Value) {
+    let required = event["required"].as_array().is_some_and(|r| r.iter().any(|n| n == "type"));
+    let Some(types) = event["properties"]["type"]["enum"].as_array().cloned() else { return };
+    let Some(pairs) = event["allOf"].as_array() else { return };
+    let mut branches = Vec::new();
+    for pair in pairs {
+        let only_type = pair["if"]["required"] == json!(["type"])
+            && pair["if"]["properties"].as_object().is_some_and(|p| p.len() == 1)
+            && pair["then"]["properties"].as_object().is_some_and(|p| p.len() == 1);
+        let (t, data) = (&pair["if"]["properties"]["type"]["const"], &pair["then"]["properties"]["data"]);
+        if !only_type || pair.get("else").is_some() || t.is_null() || data.is_null() {
+            return;
+        }
+        let mut branch = json!({"properties": {"type": {"const": t}, "data": data}});
+        if let Some(d) = pair.get("description") {
+            branch["description"] = d.clone();
+        }
+        branches.push((t.clone(), branch));
+    }
+    let mut consts: Vec<String> = branches.iter().map(|(t, _)| t.to_string()).collect();
+    let mut all: Vec<String> = types.iter().map(Value::to_string).collect();
+    consts.sort();
+    all.sort();
+    if !required || consts != all {
+        return;
+    }
+    if let Some(o) = event.as_object_mut() {
+        o.remove("allOf");
+        o.insert("oneOf".to_owned(), Value::Array(branches.into_iter().map(|(_, b)| b).collect()));
+    }
 }
 
 /// Points `#/$defs/X` references at `#/components/schemas/X`.
@@ -147,5 +187,23 @@ mod tests {
             assert!(doc["components"]["schemas"].get(&name).is_some(), "{name} is referenced but missing");
         }
         assert!(!text.contains("#/$defs/"));
+    }
+
+    /// The event schema names the data schema of each type once, in a `oneOf` over `type`,
+    /// and says the same as the generated `if`/`then` pairs.
+    #[test]
+    fn event_data_follows_its_type_in_one_branch_each() {
+        let doc = document();
+        let event = &doc["components"]["schemas"]["ClientEvent"];
+        assert!(event.get("allOf").is_none(), "{event}");
+        let branches = event["oneOf"].as_array().expect("oneOf");
+        let types = event["properties"]["type"]["enum"].as_array().expect("type enum");
+        assert_eq!(branches.len(), types.len());
+        let mut generated = lms_events::input_event_schema();
+        rewrite_refs(&mut generated);
+        for (branch, pair) in branches.iter().zip(generated["allOf"].as_array().expect("allOf")) {
+            assert_eq!(branch["properties"]["type"]["const"], pair["if"]["properties"]["type"]["const"]);
+            assert_eq!(branch["properties"]["data"], pair["then"]["properties"]["data"]);
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! the contract's shape (docs/CONTRACT.md, "Read endpoints"). `api_read_shapes` in the
 //! tests compares real answers with these schemas.
 
+use lms_analytics::params;
 use serde_json::{Value, json};
 
 fn date_time(nullable: bool) -> Value {
@@ -71,10 +72,21 @@ fn path(name: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128}})
 }
 
+/// The pattern of ids that are refused with a control character (U+0000 to U+001F, U+007F
+/// to U+009F: PostgreSQL stores no NUL in text).
+pub(crate) const NO_CONTROL: &str = "^[^\\x00-\\x1F\\x7F-\\x9F]*$";
+
+/// The `learner_id` path parameter of the learner routes: 1 to 128 characters, none a
+/// control character (else 400, see [`crate::learners::check_learner`]).
+pub(crate) fn learner_path() -> Value {
+    json!({"name": "learner_id", "in": "path", "required": true,
+           "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NO_CONTROL}})
+}
+
 fn series_params(revenue: bool) -> Vec<Value> {
     let mut p = vec![
         query("from", true, json!({"type": "string", "format": "date"}), "First day (UTC), inclusive"),
-        query("to", true, json!({"type": "string", "format": "date"}), "Last day (UTC), inclusive"),
+        query("to", true, json!({"type": "string", "format": "date"}), &format!("Last day (UTC), inclusive; not before `from`, at most {} days after it", params::MAX_RANGE_DAYS - 1)),
         query("granularity", false, json!({"type": "string", "enum": ["day", "week", "month"], "default": "day"}), "Bucket size"),
         query("course_id", false, json!({"type": "string", "minLength": 1, "maxLength": 128}), "Only this course"),
     ];
@@ -116,19 +128,19 @@ pub(crate) fn add(doc: &mut Value) {
     let analytics = "analytics:read";
     let at_risk = vec![
         path("course_id"),
-        query("inactive_days", false, json!({"type": "integer", "minimum": 0, "default": 7}), "Days without learning activity"),
-        query("as_of", false, json!({"type": "string", "format": "date-time"}), "Reference time (default now)"),
-        query("limit", false, json!({"type": "integer", "minimum": 1}), "Most learners returned"),
+        query("inactive_days", false, json!({"type": "integer", "minimum": 0, "maximum": params::MAX_INACTIVE_DAYS, "default": params::DEFAULT_INACTIVE_DAYS}), "Days without learning activity"),
+        query("as_of", false, json!({"type": "string", "format": "date-time"}), "Reference time (default now), in the years 1970 to 2199"),
+        query("limit", false, json!({"type": "integer", "minimum": 1, "maximum": params::MAX_AT_RISK_LIMIT, "default": params::DEFAULT_AT_RISK_LIMIT}), "Most learners returned"),
     ];
     let scores = vec![
         path("assessment_id"),
         query("from", false, json!({"type": "string", "format": "date"}), "First day (with `to`)"),
-        query("to", false, json!({"type": "string", "format": "date"}), "Last day (with `from`)"),
+        query("to", false, json!({"type": "string", "format": "date"}), &format!("Last day (with `from`; not before it, at most {} days after it)", params::MAX_RANGE_DAYS - 1)),
         query("course_id", false, json!({"type": "string", "minLength": 1, "maxLength": 128}), "Only this course"),
     ];
     let routes = [
-        ("/v1/learners/{learner_id}/progress", get("read", &format!("A learner's progress per course ({learner})"), vec![path("learner_id")], list_of("LearnerProgress"))),
-        ("/v1/learners/{learner_id}/achievements", get("read", &format!("A learner's achievements ({learner})"), vec![path("learner_id")], list_of("LearnerAchievement"))),
+        ("/v1/learners/{learner_id}/progress", get("read", &format!("A learner's progress per course ({learner})"), vec![learner_path()], list_of("LearnerProgress"))),
+        ("/v1/learners/{learner_id}/achievements", get("read", &format!("A learner's achievements ({learner})"), vec![learner_path()], list_of("LearnerAchievement"))),
         ("/v1/analytics/active-learners", get("analytics", &format!("Distinct active learners per bucket ({analytics})"), series_params(false), list_of("ActiveLearnersPoint"))),
         ("/v1/analytics/enrollments", get("analytics", &format!("Enrollments and drops per bucket ({analytics})"), series_params(false), list_of("EnrollmentsPoint"))),
         ("/v1/analytics/completions", get("analytics", &format!("Course completions per bucket ({analytics})"), series_params(false), list_of("CompletionsPoint"))),

@@ -54,8 +54,13 @@ pub struct ProblemDocument {
 #[schema(as = FieldError)]
 #[allow(dead_code)]
 pub struct FieldErrorDoc {
-    /// JSON pointer (RFC 6901) of the value at fault, such as `/data/score`.
+    /// JSON pointer (RFC 6901) of the value at fault, such as `/data/score` in a body; for a
+    /// request parameter, into the parameters by where they are, such as `/query/from` or
+    /// `/path/course_id`.
     path: String,
+    /// For a request parameter: its name, such as `from`.
+    #[schema(nullable = false)]
+    param: Option<String>,
     /// What is wrong, for the client's developer.
     message: String,
 }
@@ -209,6 +214,27 @@ impl IntoResponse for Problem {
     }
 }
 
+/// The path parameters of a route, as [`axum::extract::Path`] reads them, but refused with a
+/// 400 problem document instead of axum's plain-text answer when they do not decode (a
+/// percent-encoded segment that is not UTF-8, for example).
+#[derive(Debug)]
+pub struct PathParams<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for PathParams<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Problem> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(PathParams(value)),
+            Err(e) => Err(Problem::bad_request(format!("a path parameter is invalid: {}", e.body_text()))),
+        }
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}: {}", self.status, self.title, self.detail)
@@ -238,5 +264,18 @@ mod tests {
         assert_eq!(r.headers()[CONTENT_TYPE], PROBLEM_JSON);
         assert_eq!(r.headers()[RETRY_AFTER], "1", "Retry-After is at least one second");
         assert_eq!(Problem::unauthorized("x").into_response().headers()[WWW_AUTHENTICATE], "Bearer");
+    }
+
+    #[tokio::test]
+    async fn a_path_parameter_that_is_not_utf8_is_a_problem() {
+        use axum::body::Body;
+        use axum::http::Request;
+        use tower::ServiceExt;
+        let app = axum::Router::new().route("/x/{id}", axum::routing::get(|PathParams(id): PathParams<String>| async move { id }));
+        let ok = app.clone().oneshot(Request::get("/x/a%20b").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        let bad = app.oneshot(Request::get("/x/%FF").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(bad.headers()[CONTENT_TYPE], PROBLEM_JSON);
     }
 }

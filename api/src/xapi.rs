@@ -114,6 +114,43 @@ pub const SUPPORTED: &[(&str, &str)] = &[
     (verbs::TERMINATED, "video.progressed (object: a video)"),
 ];
 
+/// Adds the `XapiStatement` schema (the members the mapping reads; others are allowed and
+/// ignored) and makes the request body of `POST /v1/xapi/statements` one statement or an
+/// array of them.
+pub(crate) fn add_openapi(doc: &mut Value) {
+    let verbs: Vec<&str> = SUPPORTED.iter().map(|(verb, _)| *verb).collect();
+    let activity = json!({"type": "object", "required": ["id"], "properties": {
+        "id": {"type": "string", "minLength": 1, "description": "Activity IRI (Open edX usage keys are taken out of it)"},
+        "definition": {"type": "object", "properties": {"type": {"type": "string", "description": "Activity type IRI: course, video, …"}}}
+    }});
+    doc["components"]["schemas"]["XapiStatement"] = json!({
+        "type": "object", "required": ["actor", "verb", "object"],
+        "description": "An xAPI 1.0.3 statement, with the members the mapping onto events reads (docs/xapi.md); other \
+                        members are allowed and ignored. Which event it becomes follows the verb and the object's \
+                        activity type; a statement that cannot be mapped is rejected with JSON-pointer errors.",
+        "properties": {
+            "id": {"type": ["string", "null"], "format": "uuid", "description": "The statement id, which becomes the event id; \
+                   derived from the tenant and the content when absent"},
+            "actor": {"type": "object", "required": ["account"], "properties": {"account": {
+                "type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 128, "description": "The learner id"},
+                    "homePage": {"type": "string", "description": "Becomes the event source"}
+                }
+            }}},
+            "verb": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string", "enum": verbs}}},
+            "object": activity,
+            "result": {"type": "object", "properties": {"score": {"type": "object", "properties": {
+                "raw": {"type": "number"}, "min": {"type": "number"}, "max": {"type": "number"}, "scaled": {"type": "number"}
+            }}}},
+            "context": {"type": "object", "description": "contextActivities name the course of lesson, video and assessment statements"},
+            "timestamp": {"type": "string", "format": "date-time", "description": "The event time; the time of receipt when absent"}
+        }
+    });
+    let statement = json!({"$ref": "#/components/schemas/XapiStatement"});
+    doc["paths"]["/v1/xapi/statements"]["post"]["requestBody"]["content"]["application/json"]["schema"] =
+        json!({"oneOf": [statement, {"type": "array", "items": statement}]});
+}
+
 /// The namespace of the ids given to statements that have none (UUIDv5 of tenant and content).
 const NAMESPACE: Uuid = Uuid::from_u128(0x6c6d_735f_7861_7069_5f73_7461_7465_6d31);
 
@@ -463,7 +500,7 @@ fn canonical(value: &Value) -> String {
     path = "/v1/xapi/statements",
     tag = "write",
     security(("bearer" = ["events:write"]), ("basic" = ["events:write"])),
-    params(("X-Experience-API-Version" = String, Header, description = "1.0.3 (any 1.0.x)")),
+    params(("X-Experience-API-Version" = String, Header, description = "1.0.3 (any 1.0.x)", pattern = "^1\\.0(\\.[0-9]+)?$")),
     request_body(description = "A statement or an array of statements", content(("application/json"))),
     responses(
         (status = 200, description = "The ids of the accepted statements, durably on the broker", body = Vec<String>,

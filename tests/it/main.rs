@@ -32,6 +32,7 @@ mod otlp_trace;
 mod pipeline_e2e;
 mod security_matrix;
 mod soak;
+mod schemathesis;
 mod ops_alerts;
 mod ops_dlq;
 mod ops_k8s;

@@ -11,7 +11,8 @@ use std::time::Instant;
 use crate::api_support::token;
 use crate::security_matrix::Pipeline;
 
-/// Generated requests per operation; the run takes about a minute on 2 cores.
+/// Generated requests per operation. With the coverage and stateful phases the run is
+/// stopped by `--max-time 150` on 2 shared cores (debug build); every phase still runs.
 const MAX_EXAMPLES: &str = "30";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

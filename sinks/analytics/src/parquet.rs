@@ -333,6 +333,22 @@ impl Inner {
     }
 
     async fn query(&self, sql: &str, params: Vec<ScalarValue>) -> Result<Vec<RecordBatch>, StoreError> {
+        // The lock keeps this process's compaction away; another process's (the processors
+        // write, `lms api` reads) may remove a listed file before it is read. The rows are
+        // then in the compacted file: list the files again.
+        let mut attempt = 1;
+        loop {
+            match self.query_once(sql, params.clone()).await {
+                Err(StoreError::DataFusion(e)) if attempt < 5 && vanished(&e) => {
+                    debug!(error = %e, attempt, "a twin file was compacted away during a read; reading again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn query_once(&self, sql: &str, params: Vec<ScalarValue>) -> Result<Vec<RecordBatch>, StoreError> {
         let _r = self.files.read().await;
         let ctx = self.session().await?;
         let df = ctx.sql(sql).await?;
@@ -367,6 +383,23 @@ impl Inner {
         debug!(table = t.name, files = files.len(), rows, "twin table compacted");
         Ok(())
     }
+}
+
+/// The error of reading a file that was removed after it was listed: a not-found of the
+/// object store or the file system anywhere in the chain of causes (DataFusion reports it
+/// directly, or wrapped in a Parquet or Arrow error).
+fn vanished(e: &datafusion::error::DataFusionError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(datafusion::object_store::Error::NotFound { .. }) = c.downcast_ref::<datafusion::object_store::Error>() {
+            return true;
+        }
+        if c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
@@ -770,5 +803,24 @@ impl AnalyticsStore for ParquetStore {
         let q = p.clone();
         let c = self.run(move |inner| async move { inner.course_learners(&q.tenant, &q.course_id).await }).await?;
         Ok(c.at_risk(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::error::DataFusionError;
+
+    use super::vanished;
+
+    #[test]
+    fn a_file_removed_after_listing_is_read_again() {
+        let gone = datafusion::object_store::Error::NotFound { path: "t/1.parquet".into(), source: "gone".into() };
+        assert!(vanished(&DataFusionError::ObjectStore(Box::new(gone))));
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        assert!(vanished(&DataFusionError::IoError(io).context("reading t")));
+        let wrapped = datafusion::object_store::Error::NotFound { path: "t/2.parquet".into(), source: "gone".into() };
+        let parquet = datafusion::parquet::errors::ParquetError::External(Box::new(wrapped));
+        assert!(vanished(&DataFusionError::ParquetError(Box::new(parquet))));
+        assert!(!vanished(&DataFusionError::Plan("no such column".into())));
     }
 }
