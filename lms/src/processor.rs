@@ -76,7 +76,8 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let metrics = BusMetrics::register(prometheus::default_registry())?;
     let producer = Arc::new(Producer::new(&config.kafka, topics.clone(), Arc::clone(&metrics), "lms-processor")?);
     let notifications = processors::notifications::Settings::load(config.notifications.clone())
-        .context("cannot load the notification templates")?;
+        .context("cannot load the notification templates")?
+        .with_metrics(processors::notifications::metrics::NotifyMetrics::register(prometheus::default_registry())?);
     let (mut ctx, relay) = runtime::context(store.clone(), Arc::clone(&producer), rules, Arc::new(notifications));
     if names.contains(&"analytics") {
         ctx.analytics = Some(crate::serve::open_analytics(config).await?);
@@ -90,6 +91,16 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
             probe: Box::new(move || {
                 let analytics = Arc::clone(&analytics);
                 Box::pin(async move { analytics.ping().await.map_err(|e| e.to_string()) })
+            }),
+        });
+    }
+    if names.contains(&"notifications") && config.notifications.smtp.enabled {
+        let smtp = config.notifications.smtp.clone();
+        checks.push(crate::ops::health::Check {
+            name: "smtp",
+            probe: Box::new(move || {
+                let smtp = smtp.clone();
+                Box::pin(async move { processors::notifications::dispatcher::smtp_ready(&smtp, std::time::Duration::from_millis(1900)).await })
             }),
         });
     }

@@ -83,13 +83,25 @@ async fn fresh_db(base: &str) -> anyhow::Result<String> {
     Ok(format!("{scheme}://{host}/{name}"))
 }
 
-async fn wait_offsets(store: &Store, group: &str, topic: &str, partitions: i32, ends: &[i64]) -> anyhow::Result<()> {
+/// Waits until the group's stored offsets reach `ends`; answers when the first batch was
+/// seen committed and how many records had been committed then (for the steady rate).
+async fn wait_offsets(store: &Store, group: &str, topic: &str, partitions: i32, ends: &[i64]) -> anyhow::Result<Option<(Instant, i64)>> {
     let deadline = Instant::now() + Duration::from_secs(900);
+    let before = lms_store::offsets::load(store, group).await?;
+    let committed = |stored: &std::collections::HashMap<TopicPartition, i64>| -> i64 {
+        (0..partitions).map(|p| stored.get(&TopicPartition::new(topic, p)).copied().unwrap_or(0)).sum()
+    };
+    let start = committed(&before);
+    let mut first = None;
     loop {
         let stored = lms_store::offsets::load(store, group).await?;
+        let now = committed(&stored);
+        if first.is_none() && now > start {
+            first = Some((Instant::now(), now - start));
+        }
         let done = (0..partitions).all(|p| stored.get(&TopicPartition::new(topic, p)).copied().unwrap_or(0) >= ends[p as usize]);
         if done {
-            return Ok(());
+            return Ok(first);
         }
         anyhow::ensure!(Instant::now() < deadline, "the notifications group did not catch up in 15 minutes");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -134,11 +146,16 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
     for i in 0..args.members.max(1) {
         ms.push(Member::spawn(member("noop", i), noop.clone(), producer.clone(), metrics.clone(), stop.clone())?);
     }
+    let mut noop_first: Option<(Instant, u64)> = None;
     while (noop.events() as usize) < args.events {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "the no-op group consumed only {}", noop.events());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if noop_first.is_none() && noop.events() > 0 {
+            noop_first = Some((Instant::now(), noop.events()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let noop_rate = args.events as f64 / started.elapsed().as_secs_f64();
+    let noop_steady = steady(noop_first.map(|(t, n)| (t, n as i64)), args.events);
     stop.cancel();
     for m in ms {
         m.join().await?;
@@ -153,8 +170,9 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
     for i in 0..args.members.max(1) {
         ms.push(Member::spawn(member("notifications", i), processor.clone(), producer.clone(), metrics.clone(), stop.clone())?);
     }
-    wait_offsets(&store, &kafka.group_id("notifications"), &topic, args.partitions, &ends).await?;
+    let first = wait_offsets(&store, &kafka.group_id("notifications"), &topic, args.partitions, &ends).await?;
     let decide_rate = args.events as f64 / started.elapsed().as_secs_f64();
+    let decide_steady = steady(first, args.events);
     stop.cancel();
     for m in ms {
         m.join().await?;
@@ -163,6 +181,9 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
     anyhow::ensure!(decided as usize == args.events, "{decided} notifications for {} events", args.events);
     println!("no-op consumer:          {noop_rate:>10.0} events/s ({} member(s), group join included)", args.members.max(1));
     println!("notifications decided:   {decide_rate:>10.0} events/s (in-app only), {:.2}× the no-op rate", decide_rate / noop_rate);
+    if let (Some(n), Some(d)) = (noop_steady, decide_steady) {
+        println!("steady (after the first batch): no-op {n:.0}/s, notifications {d:.0}/s, {:.2}×", d / n);
+    }
 
     // In-app deliveries of those notifications by one dispatcher.
     let relay = Arc::new(tokio::sync::Notify::new());
@@ -238,6 +259,13 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
     }
     store.close().await;
     Ok(())
+}
+
+/// The rate from the first batch seen done to the end (group join and first fetch left out).
+fn steady(first: Option<(Instant, i64)>, total: usize) -> Option<f64> {
+    let (at, done) = first?;
+    let secs = at.elapsed().as_secs_f64();
+    (secs > 0.0 && (total as i64) > done).then(|| (total as i64 - done) as f64 / secs)
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -24,6 +24,7 @@ mod dashboards;
 mod demo_browser;
 mod notify_api;
 mod notify_delivery;
+mod notify_smtp_down;
 mod notify_support;
 mod dashboard_page;
 mod fuzz_corpus;

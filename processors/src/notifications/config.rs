@@ -32,6 +32,15 @@ pub struct NotifyConfig {
     pub templates_dir: Option<PathBuf>,
     /// The delivery dispatcher.
     pub dispatcher: DispatcherConfig,
+    /// Days delivered and failed deliveries, their attempts, closed digest timers and
+    /// decided notifications (the inbox entries and the dedupe keys) are kept; the
+    /// dispatcher deletes older ones in bounded batches every `dispatcher.purge_interval_s`.
+    /// A source event redelivered or replayed after this many days would be notified
+    /// again: no consumer redelivery comes that late, and replays must not reach further
+    /// back. Milestone notifications (one per learner, course and milestone, for ever),
+    /// notifications with a delivery still pending or waiting in an open digest, and the
+    /// payers of payments (refunds may come much later) are kept. 0 keeps everything.
+    pub retention_days: u32,
 }
 
 impl Default for NotifyConfig {
@@ -44,7 +53,15 @@ impl Default for NotifyConfig {
             webhooks: BTreeMap::new(),
             templates_dir: None,
             dispatcher: DispatcherConfig::default(),
+            retention_days: 30,
         }
+    }
+}
+
+impl NotifyConfig {
+    /// The retention in microseconds (`None`: keep everything).
+    pub fn retention_us(&self) -> Option<i64> {
+        (self.retention_days > 0).then(|| i64::from(self.retention_days) * 86_400 * 1_000_000)
     }
 }
 
@@ -64,6 +81,10 @@ pub enum SmtpTls {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SmtpConfig {
+    /// E-mail is a channel of this deployment (true): e-mail deliveries are planned for
+    /// learners with an address, and the processor's `/readyz` checks the SMTP server.
+    /// False: in-app and webhooks only.
+    pub enabled: bool,
     /// Host name (also the name its TLS certificate must have).
     pub host: String,
     /// Port.
@@ -83,6 +104,7 @@ pub struct SmtpConfig {
 impl Default for SmtpConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             host: "127.0.0.1".to_owned(),
             port: 25,
             tls: SmtpTls::None,
@@ -121,10 +143,16 @@ pub struct DispatcherConfig {
     pub retry_base_ms: u64,
     /// Upper bound of the retry delay, in milliseconds.
     pub retry_max_ms: u64,
-    /// Attempts per delivery before it fails for good (dead-lettered).
+    /// Attempts per delivery before it fails for good (dead-lettered). Attempts that found
+    /// the SMTP server unreachable (connection refused, timed out, cut) do not count: an
+    /// outage delays e-mails, it does not fail them.
     pub max_attempts: u32,
     /// Timeout of one webhook request, in milliseconds.
     pub webhook_timeout_ms: u64,
+    /// How often the retention (`notifications.retention_days`) is applied, in seconds.
+    pub purge_interval_s: u64,
+    /// Rows per DELETE statement of the retention (each its own short transaction).
+    pub purge_batch_rows: i64,
 }
 
 impl Default for DispatcherConfig {
@@ -138,6 +166,8 @@ impl Default for DispatcherConfig {
             retry_max_ms: 300_000,
             max_attempts: 8,
             webhook_timeout_ms: 10_000,
+            purge_interval_s: 600,
+            purge_batch_rows: 5000,
         }
     }
 }

@@ -21,9 +21,23 @@
 //!
 //! A crash between performing and recording repeats the delivery once the claim expires:
 //! delivery is at least once, each attempt's event has an id derived from the attempt.
+//!
+//! An SMTP server that cannot be reached (refused, timed out, connection closed) is an
+//! outage, not a failure of the e-mail: the attempt is recorded as a retry that does not
+//! count against `max_attempts`, and the SMTP circuit opens: e-mails are neither claimed
+//! nor attempted until it half-opens (after `retry_base_ms`, doubling up to
+//! `retry_max_ms`), when the next e-mail probes the server; one sent closes it. So an
+//! outage of any length delays e-mails, dead-letters none, and costs one connection
+//! attempt per period rather than one per e-mail. `/readyz` of `lms processor run`
+//! reports the server ([`smtp_ready`]).
+//!
+//! Between rounds, every `purge_interval_s`, the retention is applied ([`Dispatcher::purge`]),
+//! and every five seconds the pending-deliveries and open-digests gauges are refreshed (two
+//! COUNTs on partial indexes).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
@@ -47,6 +61,9 @@ use super::preferences::{self, Preferences};
 use super::{NotificationRow, SOURCE, Settings, deliveries_for, insert_deliveries, insert_notifications, notification_id};
 use crate::derived_id;
 
+/// How often the dispatcher refreshes its gauges.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Performs deliveries; see the module doc.
 pub struct Dispatcher {
     store: Store,
@@ -57,6 +74,7 @@ pub struct Dispatcher {
     mailer: Result<AsyncSmtpTransport<Tokio1Executor>, String>,
     from: Result<Mailbox, String>,
     http: reqwest::Client,
+    smtp: Circuit,
 }
 
 /// A claimed delivery.
@@ -81,8 +99,93 @@ enum Outcome {
     Sent,
     /// Failed; may succeed later.
     Retry(String),
+    /// The SMTP server could not be reached (refused, timed out, cut): retried once the
+    /// SMTP circuit closes, and never counted against `max_attempts`.
+    Unavailable(String),
+    /// Not attempted: the SMTP circuit was open (the server was unreachable moments ago).
+    /// The delivery goes back to pending, its attempt uncounted.
+    Deferred,
     /// Failed for good.
     Failed(String),
+}
+
+impl Outcome {
+    /// The `outcome` of the attempt row and the metric.
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Sent => "sent",
+            Outcome::Retry(_) | Outcome::Unavailable(_) | Outcome::Deferred => "retry",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+
+    fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::Sent | Outcome::Deferred => None,
+            Outcome::Retry(w) | Outcome::Unavailable(w) | Outcome::Failed(w) => Some(w),
+        }
+    }
+}
+
+/// The SMTP circuit: open (e-mails are not attempted, not claimed) until a clock time
+/// after an attempt found the server unreachable; the open period doubles from
+/// `retry_base_ms` up to `retry_max_ms` while the outage lasts, and a sent e-mail closes it.
+#[derive(Debug, Default)]
+struct Circuit {
+    /// Open until then (clock µs); 0 when closed.
+    open_until_us: AtomicI64,
+    /// The last open period, in milliseconds.
+    period_ms: AtomicU64,
+}
+
+impl Circuit {
+    fn open_until(&self, now_us: i64) -> Option<i64> {
+        let until = self.open_until_us.load(Ordering::Relaxed);
+        (until > now_us).then_some(until)
+    }
+
+    /// Opens (or keeps open) after a failed connection; answers until when.
+    fn trip(&self, now_us: i64, config: &super::config::DispatcherConfig) -> i64 {
+        if let Some(until) = self.open_until(now_us) {
+            return until;
+        }
+        let last = self.period_ms.load(Ordering::Relaxed);
+        let period = if last == 0 { config.retry_base_ms } else { last.saturating_mul(2) }.clamp(1, config.retry_max_ms.max(1));
+        self.period_ms.store(period, Ordering::Relaxed);
+        let until = now_us + i64::try_from(period).unwrap_or(i64::MAX / 2_000) * 1000;
+        self.open_until_us.store(until, Ordering::Relaxed);
+        until
+    }
+
+    fn close(&self) {
+        self.open_until_us.store(0, Ordering::Relaxed);
+        self.period_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Whether an SMTP error means the server could not be reached (rather than an answer):
+/// refused, timed out, reset, TLS, or the connection closed before a complete reply (lettre
+/// calls that last one a response error, "incomplete response").
+fn unreachable(e: &lettre::transport::smtp::Error) -> bool {
+    if e.is_transient() || e.is_permanent() || e.is_client() {
+        return false;
+    }
+    !e.is_response() || e.to_string().ends_with("incomplete response")
+}
+
+/// The SMTP check of a processor's `/readyz`: connects to the configured server and
+/// exchanges a NOOP within `timeout`. Ok when e-mail is disabled.
+pub async fn smtp_ready(smtp: &SmtpConfig, timeout: Duration) -> Result<(), String> {
+    if !smtp.enabled {
+        return Ok(());
+    }
+    let transport = mailer(&SmtpConfig { timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(2000), ..smtp.clone() })?;
+    match tokio::time::timeout(timeout, transport.test_connection()).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(format!("{}:{} did not answer NOOP", smtp.host, smtp.port)),
+        Ok(Err(e)) => Err(format!("{}:{}: {e}", smtp.host, smtp.port)),
+        Err(_) => Err(format!("{}:{}: timed out", smtp.host, smtp.port)),
+    }
 }
 
 fn mailer(smtp: &SmtpConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
@@ -121,17 +224,33 @@ impl Dispatcher {
             .timeout(Duration::from_millis(settings.config.dispatcher.webhook_timeout_ms))
             .build()
             .unwrap_or_default();
-        Dispatcher { store, settings, producer, relay, group, mailer, from, http }
+        Dispatcher { store, settings, producer, relay, group, mailer, from, http, smtp: Circuit::default() }
     }
 
     /// Runs rounds until `stop`; a round in progress finishes first.
     pub async fn run(self, stop: CancellationToken) {
         let config = &self.settings.config.dispatcher;
         let poll = Duration::from_millis(config.poll_interval_ms.max(1));
+        let purge_every = Duration::from_secs(config.purge_interval_s.max(1));
         let mut backoff = Duration::from_millis(100);
+        let (mut gauged, mut purged): (Option<Instant>, Option<Instant>) = (None, None);
         loop {
             if stop.is_cancelled() {
                 break;
+            }
+            if gauged.is_none_or(|t| t.elapsed() >= GAUGE_INTERVAL) {
+                gauged = Some(Instant::now());
+                if let Err(e) = self.refresh_gauges().await {
+                    tracing::debug!(error = %e, "notification gauges not refreshed");
+                }
+            }
+            if purged.is_none_or(|t| t.elapsed() >= purge_every) {
+                purged = Some(Instant::now());
+                match self.purge().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, retention_days = self.settings.config.retention_days, "notification retention applied"),
+                    Err(e) => tracing::warn!(error = %e, "notification retention failed; retried at the next interval"),
+                }
             }
             match self.round().await {
                 Ok(claimed) => {
@@ -156,6 +275,86 @@ impl Dispatcher {
                 () = tokio::time::sleep(poll) => {}
             }
         }
+    }
+
+    /// Sets the pending-deliveries and open-digests gauges from the store.
+    pub async fn refresh_gauges(&self) -> Result<(), StoreError> {
+        let rows = sqlx::query("SELECT channel, COUNT(*) FROM notification_deliveries WHERE state = 'pending' GROUP BY channel")
+            .fetch_all(self.store.pool())
+            .await?;
+        let mut pending: std::collections::BTreeMap<String, i64> =
+            ["in_app", "email", "webhook"].into_iter().map(|c| (c.to_owned(), 0)).collect();
+        for r in rows {
+            pending.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+        for (channel, n) in pending {
+            self.settings.metrics.pending.with_label_values(&[channel.as_str()]).set(n);
+        }
+        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notification_digests WHERE state = 'open'").fetch_one(self.store.pool()).await?;
+        self.settings.metrics.digests_open.set(open);
+        Ok(())
+    }
+
+    /// Applies the retention (`notifications.retention_days`, see there) at the clock's
+    /// now: bounded DELETEs of `purge_batch_rows`, each its own short transaction, until
+    /// nothing older is left. Throttle counters go once their window is two windows old.
+    /// Answers the rows deleted.
+    pub async fn purge(&self) -> Result<u64, StoreError> {
+        let Some(retention) = self.settings.config.retention_us() else {
+            return Ok(0);
+        };
+        let now_us = to_us(self.settings.clock.now());
+        let cutoff = now_us - retention;
+        let counters_cutoff = now_us - 2 * self.settings.window_us();
+        let limit = self.settings.config.dispatcher.purge_batch_rows.max(1);
+        // Children before parents: a notification goes once its deliveries are gone.
+        let statements: [(&str, &str, i64); 5] = [
+            (
+                "notification_attempts",
+                "DELETE FROM notification_attempts WHERE (tenant, notification_id, channel, attempt) IN \
+                 (SELECT tenant, notification_id, channel, attempt FROM notification_attempts WHERE at_us < $1 LIMIT $2)",
+                cutoff,
+            ),
+            (
+                "notification_deliveries",
+                "DELETE FROM notification_deliveries WHERE (tenant, notification_id, channel) IN \
+                 (SELECT tenant, notification_id, channel FROM notification_deliveries WHERE state <> 'pending' AND updated_at_us < $1 LIMIT $2)",
+                cutoff,
+            ),
+            (
+                "notifications",
+                "DELETE FROM notifications WHERE (tenant, id) IN (SELECT n.tenant, n.id FROM notifications n \
+                 WHERE n.created_at_us < $1 AND n.state <> 'digest' AND n.source_key NOT LIKE 'milestone:%' \
+                 AND NOT EXISTS (SELECT 1 FROM notification_deliveries d WHERE d.tenant = n.tenant AND d.notification_id = n.id) LIMIT $2)",
+                cutoff,
+            ),
+            (
+                "notification_digests",
+                "DELETE FROM notification_digests WHERE (tenant, learner_id, digest_key) IN \
+                 (SELECT tenant, learner_id, digest_key FROM notification_digests WHERE state <> 'open' AND due_at_us < $1 LIMIT $2)",
+                cutoff,
+            ),
+            (
+                "notification_counters",
+                "DELETE FROM notification_counters WHERE (tenant, learner_id, category, window_start_us) IN \
+                 (SELECT tenant, learner_id, category, window_start_us FROM notification_counters WHERE window_start_us < $1 LIMIT $2)",
+                counters_cutoff,
+            ),
+        ];
+        let mut total = 0;
+        for (table, sql, before) in statements {
+            loop {
+                let n = sqlx::query(sql).bind(before).bind(limit).execute(self.store.pool()).await?.rows_affected();
+                if n > 0 {
+                    self.settings.metrics.purged.with_label_values(&[table]).inc_by(n);
+                    total += n;
+                }
+                if n < u64::try_from(limit).unwrap_or(u64::MAX) {
+                    break;
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// One round (see the module doc); answers the number of deliveries claimed.
@@ -290,10 +489,12 @@ impl Dispatcher {
         let claim = uuid::Uuid::new_v4().to_string();
         let until = now_us + i64::try_from(self.settings.config.dispatcher.claim_ms).unwrap_or(60_000) * 1000;
         let lock = if self.store.backend() == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        // While the SMTP server is unreachable, e-mails wait in the table, unclaimed.
+        let email = if self.smtp.open_until(now_us).is_some() { " AND channel <> 'email'" } else { "" };
         let sql = format!(
             "UPDATE notification_deliveries SET claim = $1, claimed_until_us = $2, attempts = attempts + 1 \
              WHERE (tenant, notification_id, channel) IN (SELECT tenant, notification_id, channel FROM notification_deliveries \
-               WHERE state = 'pending' AND due_at_us <= $3 AND (claimed_until_us IS NULL OR claimed_until_us < $3) \
+               WHERE state = 'pending' AND due_at_us <= $3 AND (claimed_until_us IS NULL OR claimed_until_us < $3){email} \
                ORDER BY due_at_us LIMIT $4{lock}) \
              RETURNING tenant, notification_id, channel, learner_id, category, source_event_id, target, attempts"
         );
@@ -384,9 +585,21 @@ impl Dispatcher {
             Ok(m) => m,
             Err(e) => return Outcome::Failed(format!("message: {e}")),
         };
+        if self.smtp.open_until(to_us(self.settings.clock.now())).is_some() {
+            return Outcome::Deferred;
+        }
         match mailer.send(message).await {
-            Ok(_) => Outcome::Sent,
+            Ok(_) => {
+                self.smtp.close();
+                Outcome::Sent
+            }
             Err(e) if e.is_permanent() => Outcome::Failed(format!("SMTP: {e}")),
+            Err(e) if unreachable(&e) => {
+                let until = self.smtp.trip(to_us(self.settings.clock.now()), &self.settings.config.dispatcher);
+                tracing::warn!(error = %e, host = %self.settings.config.smtp.host, port = self.settings.config.smtp.port,
+                    retry_at = %from_us(until).map(|t| t.to_rfc3339()).unwrap_or_default(), "SMTP server unreachable; e-mails wait");
+                Outcome::Unavailable(format!("SMTP server unreachable: {e}"))
+            }
             Err(e) => Outcome::Retry(format!("SMTP: {e}")),
         }
     }
@@ -491,19 +704,23 @@ impl Dispatcher {
                 .collect::<Result<_, sqlx::Error>>()?;
             ours.extend(chunk.iter().filter(|(c, _)| mine.contains(&(c.tenant.clone(), c.notification_id.clone(), c.channel.clone()))));
         }
+        let smtp_back = self.smtp.open_until(now_us).unwrap_or(now_us);
         for r in results.iter().filter(|(_, o)| *o != Outcome::Sent) {
             let (c, o) = r;
-            let (state, due, why) = match o {
+            let (state, due, why, uncount) = match o {
                 Outcome::Retry(why) => {
                     let delay = self.settings.config.dispatcher.backoff(u32::try_from(c.attempt).unwrap_or(u32::MAX));
-                    ("pending", now_us + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX / 2), why.as_str())
+                    ("pending", now_us + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX / 2), why.as_str(), 0_i64)
                 }
-                Outcome::Failed(why) => ("failed", now_us, why.as_str()),
+                // Due when the circuit half-opens: the first e-mail then probes the server.
+                Outcome::Unavailable(why) => ("pending", smtp_back, why.as_str(), 0),
+                Outcome::Deferred => ("pending", smtp_back, "SMTP server unreachable (not attempted)", 1),
+                Outcome::Failed(why) => ("failed", now_us, why.as_str(), 0),
                 Outcome::Sent => continue,
             };
             let done = sqlx::query(
                 "UPDATE notification_deliveries SET state = $5, due_at_us = $6, last_error = $7, claim = NULL, claimed_until_us = NULL, \
-                 updated_at_us = $8 WHERE tenant = $1 AND notification_id = $2 AND channel = $3 AND claim = $4",
+                 updated_at_us = $8, attempts = attempts - $9 WHERE tenant = $1 AND notification_id = $2 AND channel = $3 AND claim = $4",
             )
             .bind(c.tenant.as_str())
             .bind(c.notification_id.as_str())
@@ -513,13 +730,15 @@ impl Dispatcher {
             .bind(due)
             .bind(why)
             .bind(now_us)
+            .bind(uncount)
             .execute(&mut *tx)
             .await?;
-            if done.rows_affected() > 0 {
+            if done.rows_affected() > 0 && *o != Outcome::Deferred {
                 ours.push(r);
             }
         }
-        if ours.len() < results.len() {
+        let deferred = results.iter().filter(|(_, o)| *o == Outcome::Deferred).count();
+        if ours.len() + deferred < results.len() {
             tracing::warn!(lost = results.len() - ours.len(), "claims expired before their outcome was recorded; another dispatcher retries them");
         }
         let visible: Vec<&Claimed> = ours.iter().filter(|(c, o)| *o == Outcome::Sent && c.channel == "in_app").map(|(c, _)| c).collect();
@@ -542,11 +761,7 @@ impl Dispatcher {
             );
             let mut q = sqlx::query(&sql);
             for (c, o) in chunk {
-                let (outcome, error) = match o {
-                    Outcome::Sent => ("sent", None),
-                    Outcome::Retry(w) => ("retry", Some(w.as_str())),
-                    Outcome::Failed(w) => ("failed", Some(w.as_str())),
-                };
+                let (outcome, error) = (o.label(), o.error());
                 q = q
                     .bind(c.tenant.as_str())
                     .bind(c.notification_id.as_str())
@@ -561,10 +776,17 @@ impl Dispatcher {
         let events: Vec<(Event, Option<TraceContext>)> = ours.iter().map(|(c, o)| (outcome_event(c, o, now), None)).collect();
         outbox::enqueue(&mut tx, &events).await?;
         tx.commit().await?;
+        let mut attempts: std::collections::BTreeMap<(&str, &str), u64> = std::collections::BTreeMap::new();
+        for (c, o) in &ours {
+            *attempts.entry((c.channel.as_str(), o.label())).or_insert(0) += 1;
+        }
+        for ((channel, outcome), n) in attempts {
+            self.settings.metrics.attempts.with_label_values(&[channel, outcome]).inc_by(n);
+        }
         for (c, o) in &ours {
             match o {
-                Outcome::Sent => tracing::debug!(event_id = %c.source_event_id, notification_id = %c.notification_id, channel = %c.channel, attempt = c.attempt, "notification delivered"),
-                Outcome::Retry(w) | Outcome::Failed(w) => tracing::warn!(event_id = %c.source_event_id, notification_id = %c.notification_id, channel = %c.channel, attempt = c.attempt, error = %w, final_ = matches!(o, Outcome::Failed(_)), "notification delivery failed"),
+                Outcome::Sent | Outcome::Deferred => tracing::debug!(event_id = %c.source_event_id, notification_id = %c.notification_id, channel = %c.channel, attempt = c.attempt, "notification delivered"),
+                Outcome::Retry(w) | Outcome::Unavailable(w) | Outcome::Failed(w) => tracing::warn!(event_id = %c.source_event_id, notification_id = %c.notification_id, channel = %c.channel, attempt = c.attempt, error = %w, final_ = matches!(o, Outcome::Failed(_)), "notification delivery failed"),
             }
         }
         if !events.is_empty() {
@@ -587,10 +809,7 @@ fn outcome_event(c: &Claimed, o: &Outcome, now: DateTime<Utc>) -> Event {
         channel,
         source_event_id: c.source_event_id.clone(),
         attempt: u32::try_from(c.attempt).unwrap_or(u32::MAX).max(1),
-        error: match o {
-            Outcome::Sent => None,
-            Outcome::Retry(w) | Outcome::Failed(w) => Some(w.clone()),
-        },
+        error: o.error().map(str::to_owned),
     };
     let data = if *o == Outcome::Sent { EventData::NotificationSent(outcome) } else { EventData::NotificationFailed(outcome) };
     let attempt = c.attempt.to_string();

@@ -11,7 +11,9 @@
 //!    event reaches, and all of them once the course is completed, are stored as
 //!    superseded and not delivered).
 //! 2. Dedupe: a candidate whose `(tenant, learner, source key)` is stored is dropped, so
-//!    redelivery and replay notify nobody twice.
+//!    redelivery and replay notify nobody twice. It is the notifications' INSERT … ON
+//!    CONFLICT DO NOTHING RETURNING (see [`apply`]), not a lookup first; the keys are kept
+//!    `retention_days` ([`NotifyConfig::retention_days`]), milestones for ever.
 //! 3. Render the title and body ([`templates`]) in the learner's locale. A template error
 //!    fails the batch permanently; the runner isolates the event and dead-letters it with
 //!    the reason.
@@ -24,6 +26,10 @@
 //!    the end of the learner's quiet hours), throttle counters, and digest timers (durable
 //!    rows the dispatcher closes when due) — then the offsets commit with them.
 //!
+//! Each batch is a fixed number of statements whatever its size (up to 2000 rows each):
+//! locks, preferences, counters, notifications, digests, deliveries, counters again.
+//! [`metrics`] counts decisions and planned deliveries once the batch is committed.
+//!
 //! Times of decisions (quiet hours, windows) are the processing time of the [`Clock`].
 //!
 //! [`Notifications`] implements `Processor` itself instead of being a `Stage` run by
@@ -34,6 +40,7 @@
 pub mod config;
 pub mod dispatcher;
 pub mod inbox;
+pub mod metrics;
 pub mod preferences;
 pub mod templates;
 
@@ -56,6 +63,7 @@ use sqlx::Row as _;
 use tokio::sync::Notify;
 
 pub use self::config::{Clock, NotifyConfig};
+use self::metrics::NotifyMetrics;
 use self::preferences::{Digest, Preferences};
 use self::templates::{TemplateError, Templates};
 use crate::derived_id;
@@ -93,12 +101,14 @@ pub struct Settings {
     pub clock: Clock,
     /// Woken after commits that planned deliveries.
     pub dispatcher: Arc<Notify>,
+    /// Metrics of the processor and the dispatcher.
+    pub metrics: Arc<NotifyMetrics>,
 }
 
 impl Settings {
     /// Settings of `config` with `templates`.
     pub fn new(config: NotifyConfig, templates: Templates) -> Settings {
-        Settings { config, templates, clock: Clock::default(), dispatcher: Arc::new(Notify::new()) }
+        Settings { config, templates, clock: Clock::default(), dispatcher: Arc::new(Notify::new()), metrics: NotifyMetrics::standalone() }
     }
 
     /// Settings of `config`, with the templates of its `templates_dir`.
@@ -111,6 +121,13 @@ impl Settings {
     #[must_use]
     pub fn with_clock(mut self, clock: Clock) -> Settings {
         self.clock = clock;
+        self
+    }
+
+    /// With these metrics (the ones registered in the registry the process exports).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<NotifyMetrics>) -> Settings {
+        self.metrics = metrics;
         self
     }
 
@@ -163,9 +180,10 @@ impl Notifications {
     async fn run(&self, batch: &Batch) -> Result<usize, NotifyError> {
         let mut tx = self.store.begin().await?;
         offsets::advance(&mut tx, &batch.group, &batch.offsets).await?;
-        let planned = apply(&self.settings, &self.store, &mut tx, &batch.records).await?;
+        let decided = apply(&self.settings, &self.store, &mut tx, &batch.records).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(planned)
+        decided.count(&self.settings.metrics);
+        Ok(decided.deliveries)
     }
 }
 
@@ -203,6 +221,8 @@ impl Processor for Notifications {
 /// A notification to decide.
 struct Candidate {
     tenant: String,
+    /// The notification's id ([`notification_id`] of tenant, learner and source key).
+    id: String,
     learner: String,
     category: &'static str,
     kind: &'static str,
@@ -275,6 +295,7 @@ fn candidates(records: &[Record], payments: &HashMap<(String, String), String>) 
         let mut push = |learner: &str, category: &'static str, kind: &'static str, source_key: String, vars: Value, superseded: bool| {
             out.push(Candidate {
                 tenant: e.tenant.clone(),
+                id: notification_id(&e.tenant, learner, &source_key),
                 learner: learner.to_owned(),
                 category,
                 kind,
@@ -444,7 +465,7 @@ pub(crate) fn deliveries_for<'a>(
     if prefs.channels.in_app {
         add("in_app", None);
     }
-    if let (true, Some(email)) = (prefs.channels.email, prefs.email.as_deref()) {
+    if let (true, true, Some(email)) = (settings.config.smtp.enabled, prefs.channels.email, prefs.email.as_deref()) {
         add("email", Some(email));
     }
     if prefs.channels.webhook && settings.config.webhooks.contains_key(tenant) {
@@ -481,11 +502,14 @@ pub(crate) async fn insert_deliveries(tx: &mut Tx, rows: &[DeliveryRow<'_>], now
     Ok(())
 }
 
-async fn insert_notifications(tx: &mut Tx, rows: &[NotificationRow], now_us: i64) -> Result<(), StoreError> {
+/// Writes notifications; a notification that exists already (its source was decided
+/// before: a redelivery, a replay) is kept as it is. Answers the (tenant, id) written.
+async fn insert_notifications(tx: &mut Tx, rows: &[NotificationRow], now_us: i64) -> Result<HashSet<(String, String)>, StoreError> {
+    let mut inserted = HashSet::with_capacity(rows.len());
     for chunk in rows.chunks(WIDE_CHUNK_ROWS) {
         let sql = format!(
             "INSERT INTO notifications (tenant, id, learner_id, category, source_key, source_event_id, title, body, state, digest_key, \
-             event_at_us, created_at_us) VALUES {} ON CONFLICT DO NOTHING",
+             event_at_us, created_at_us) VALUES {} ON CONFLICT DO NOTHING RETURNING tenant, id",
             values(chunk.len(), 12, 1)
         );
         let mut q = sqlx::query(&sql);
@@ -504,6 +528,22 @@ async fn insert_notifications(tx: &mut Tx, rows: &[NotificationRow], now_us: i64
                 .bind(n.event_at_us)
                 .bind(now_us);
         }
+        for row in q.fetch_all(&mut **tx).await? {
+            inserted.insert((row.try_get(0)?, row.try_get(1)?));
+        }
+    }
+    Ok(inserted)
+}
+
+/// Takes back notifications this transaction wrote (see [`apply`]).
+async fn delete_notifications(tx: &mut Tx, keys: &HashSet<(String, String)>) -> Result<(), StoreError> {
+    let keys: Vec<&(String, String)> = keys.iter().collect();
+    for chunk in keys.chunks(WIDE_CHUNK_ROWS) {
+        let sql = format!("DELETE FROM notifications WHERE (tenant, id) IN (VALUES {})", values(chunk.len(), 2, 1));
+        let mut q = sqlx::query(&sql);
+        for (t, id) in chunk {
+            q = q.bind(t.as_str()).bind(id.as_str());
+        }
         q.execute(&mut **tx).await?;
     }
     Ok(())
@@ -511,30 +551,9 @@ async fn insert_notifications(tx: &mut Tx, rows: &[NotificationRow], now_us: i64
 
 type LearnerKey = (String, String);
 
-/// The candidates already decided (their notification exists), as (tenant, learner, source key).
-async fn existing_keys(tx: &mut Tx, items: &[Candidate]) -> Result<HashSet<(String, String, String)>, StoreError> {
-    let ids: HashMap<(String, String), &Candidate> =
-        items.iter().map(|c| ((c.tenant.clone(), notification_id(&c.tenant, &c.learner, &c.source_key)), c)).collect();
-    let keys: Vec<&(String, String)> = ids.keys().collect();
-    let mut out = HashSet::new();
-    for chunk in keys.chunks(CHUNK_ROWS) {
-        let sql = format!("SELECT tenant, id FROM notifications WHERE (tenant, id) IN (VALUES {})", values(chunk.len(), 2, 1));
-        let mut q = sqlx::query(&sql);
-        for (t, id) in chunk {
-            q = q.bind(t.as_str()).bind(id.as_str());
-        }
-        for row in q.fetch_all(&mut **tx).await? {
-            if let Some(c) = ids.get(&(row.try_get(0)?, row.try_get(1)?)) {
-                out.insert((c.tenant.clone(), c.learner.clone(), c.source_key.clone()));
-            }
-        }
-    }
-    Ok(out)
-}
-
 async fn load_counters(tx: &mut Tx, learners: &[LearnerKey], window_start: i64) -> Result<HashMap<(String, String, String), i64>, StoreError> {
     let mut out = HashMap::new();
-    for chunk in learners.chunks(CHUNK_ROWS) {
+    for chunk in learners.chunks(WIDE_CHUNK_ROWS) {
         let sql = format!(
             "SELECT tenant, learner_id, category, sent FROM notification_counters WHERE window_start_us = $1 AND (tenant, learner_id) IN (VALUES {})",
             values(chunk.len(), 2, 2)
@@ -592,39 +611,31 @@ fn with_common(mut vars: Value, tenant: &str, learner: &str, category: &str) -> 
     vars
 }
 
-/// Decides a batch; answers the number of delivery intents written.
-async fn apply(settings: &Settings, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<usize, NotifyError> {
-    let payments = payment_learners(tx, records).await?;
-    let mut items = candidates(records, &payments);
-    if items.is_empty() {
-        return Ok(0);
-    }
-    let learners: Vec<LearnerKey> =
-        items.iter().map(|c| (c.tenant.clone(), c.learner.clone())).collect::<BTreeSet<_>>().into_iter().collect();
-    let locks: Vec<i64> = learners.iter().map(|(t, l)| lock_key("learner", &[t, l])).collect();
-    lock_keys(tx, store.backend(), &locks, true).await?;
+/// The notifications of candidates decided in memory: rows, their decisions, the digests
+/// they open and the throttle counters they take.
+struct Plan {
+    rows: Vec<NotificationRow>,
+    decisions: Vec<Decision>,
+    digests: BTreeMap<(String, String, String), i64>,
+    increments: BTreeMap<(String, String, String), i64>,
+}
 
-    // Dedupe against the store and within the batch (the first occurrence wins).
-    let mut seen = existing_keys(tx, &items).await?;
-    items.retain(|c| seen.insert((c.tenant.clone(), c.learner.clone(), c.source_key.clone())));
-    if items.is_empty() {
-        return Ok(0);
-    }
-
-    let prefs = preferences::load(tx, &learners).await?;
+/// Renders and decides `items` as new notifications (see the module doc), against the
+/// throttle counters `counters` of the window starting at `window_start`.
+fn plan(
+    settings: &Settings,
+    items: &[Candidate],
+    prefs: &HashMap<LearnerKey, Preferences>,
+    counters: &HashMap<(String, String, String), i64>,
+    now: DateTime<Utc>,
+    window_start: i64,
+) -> Result<Plan, NotifyError> {
     let defaults = Preferences::default();
-    let now = settings.clock.now();
-    let now_us = to_us(now);
     let window = settings.window_us();
-    let window_start = now_us.div_euclid(window) * window;
-    let mut counters = load_counters(tx, &learners, window_start).await?;
-    let mut increments: BTreeMap<(String, String, String), i64> = BTreeMap::new();
     let limit = i64::from(settings.config.throttle_per_window);
-
-    let mut rows = Vec::with_capacity(items.len());
-    let mut decisions = Vec::with_capacity(items.len());
-    let mut digests: BTreeMap<(String, String, String), i64> = BTreeMap::new();
-    for c in &items {
+    let mut counters = counters.clone();
+    let mut out = Plan { rows: Vec::with_capacity(items.len()), decisions: Vec::with_capacity(items.len()), digests: BTreeMap::new(), increments: BTreeMap::new() };
+    for c in items {
         let p = prefs.get(&(c.tenant.clone(), c.learner.clone())).unwrap_or(&defaults);
         let vars = with_common(c.vars.clone(), &c.tenant, &c.learner, c.category);
         let rendered = settings
@@ -644,50 +655,107 @@ async fn apply(settings: &Settings, store: &Store, tx: &mut Tx, records: &[Recor
             let sent = counters.entry(key.clone()).or_insert(0);
             if *sent < limit {
                 *sent += 1;
-                *increments.entry(key).or_insert(0) += 1;
+                *out.increments.entry(key).or_insert(0) += 1;
                 Decision::Direct
             } else {
                 Decision::Digest { key: format!("throttle:{}:{window_start}", c.category), due_us: window_start + window }
             }
         };
-        if let Decision::Digest { key, due_us } = &decision {
-            digests.insert((c.tenant.clone(), c.learner.clone(), key.clone()), *due_us);
-        }
-        rows.push(NotificationRow {
+        let (state, digest_key) = match &decision {
+            Decision::Direct => ("direct", None),
+            Decision::Muted => ("muted", None),
+            Decision::Superseded => ("superseded", None),
+            Decision::Digest { key, due_us } => {
+                out.digests.insert((c.tenant.clone(), c.learner.clone(), key.clone()), *due_us);
+                ("digest", Some(key.clone()))
+            }
+        };
+        out.rows.push(NotificationRow {
             tenant: c.tenant.clone(),
-            id: notification_id(&c.tenant, &c.learner, &c.source_key),
+            id: c.id.clone(),
             learner: c.learner.clone(),
             category: c.category,
             source_key: c.source_key.clone(),
             source_event_id: c.source_event_id.clone(),
             title: rendered.title,
             body: rendered.body,
-            state: "direct",
-            digest_key: None,
+            state,
+            digest_key,
             event_at_us: c.event_at_us,
         });
-        decisions.push(decision);
+        out.decisions.push(decision);
     }
+    Ok(out)
+}
+
+/// Decides a batch; answers what it decided and planned.
+///
+/// Set-based: the learners' locks, preferences and throttle counters are one statement
+/// each, and dedupe is the notifications' INSERT … ON CONFLICT DO NOTHING RETURNING: every
+/// candidate is decided as new, and the rows the insert reports are the new ones. When a
+/// candidate was decided before (a redelivery or a replay: rare), what was inserted is
+/// taken back and the batch is decided again without the old candidates, so throttle
+/// slots and digests go to new notifications only.
+async fn apply(settings: &Settings, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Decided, NotifyError> {
+    let payments = payment_learners(tx, records).await?;
+    let mut items = candidates(records, &payments);
+    // Within the batch, the first occurrence wins.
+    let mut seen = HashSet::with_capacity(items.len());
+    items.retain(|c| seen.insert((c.tenant.clone(), c.id.clone())));
+    if items.is_empty() {
+        return Ok(Decided::default());
+    }
+    let learners: Vec<LearnerKey> =
+        items.iter().map(|c| (c.tenant.clone(), c.learner.clone())).collect::<BTreeSet<_>>().into_iter().collect();
+    let locks: Vec<i64> = learners.iter().map(|(t, l)| lock_key("learner", &[t, l])).collect();
+    lock_keys(tx, store.backend(), &locks, true).await?;
+
+    let prefs = preferences::load(tx, &learners).await?;
+    let defaults = Preferences::default();
+    let now = settings.clock.now();
+    let now_us = to_us(now);
+    let window = settings.window_us();
+    let window_start = now_us.div_euclid(window) * window;
+    let counters = load_counters(tx, &learners, window_start).await?;
+
+    let Plan { rows, mut decisions, digests, increments } = loop {
+        let plan = plan(settings, &items, &prefs, &counters, now, window_start)?;
+        let inserted = insert_notifications(tx, &plan.rows, now_us).await?;
+        if inserted.len() == plan.rows.len() {
+            break plan;
+        }
+        delete_notifications(tx, &inserted).await?;
+        items.retain(|c| inserted.contains(&(c.tenant.clone(), c.id.clone())));
+        if items.is_empty() {
+            return Ok(Decided::default());
+        }
+    };
 
     // A digest already sent (its window closed by a dispatcher with a clock ahead of
     // ours) cannot take items any more: they are delivered on their own.
     let closed = open_digests(tx, &digests).await?;
-    for (row, decision) in rows.iter_mut().zip(decisions.iter_mut()) {
-        match decision {
-            Decision::Direct => {}
-            Decision::Muted => row.state = "muted",
-            Decision::Superseded => row.state = "superseded",
-            Decision::Digest { key, .. } => {
-                if closed.contains(&(row.tenant.clone(), row.learner.clone(), key.clone())) {
-                    *decision = Decision::Direct;
-                } else {
-                    row.state = "digest";
-                    row.digest_key = Some(key.clone());
-                }
+    if !closed.is_empty() {
+        let mut direct: Vec<(&str, &str)> = Vec::new();
+        for (row, decision) in rows.iter().zip(decisions.iter_mut()) {
+            if let Decision::Digest { key, .. } = decision
+                && closed.contains(&(row.tenant.clone(), row.learner.clone(), key.clone()))
+            {
+                *decision = Decision::Direct;
+                direct.push((&row.tenant, &row.id));
             }
         }
+        for chunk in direct.chunks(WIDE_CHUNK_ROWS) {
+            let sql = format!(
+                "UPDATE notifications SET state = 'direct', digest_key = NULL WHERE (tenant, id) IN (VALUES {})",
+                values(chunk.len(), 2, 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for (t, id) in chunk {
+                q = q.bind(*t).bind(*id);
+            }
+            q.execute(&mut **tx).await?;
+        }
     }
-    insert_notifications(tx, &rows, now_us).await?;
 
     let mut deliveries = Vec::new();
     for (row, decision) in rows.iter().zip(&decisions) {
@@ -699,7 +767,7 @@ async fn apply(settings: &Settings, store: &Store, tx: &mut Tx, records: &[Recor
     insert_deliveries(tx, &deliveries, now_us).await?;
 
     let counts: Vec<_> = increments.iter().collect();
-    for chunk in counts.chunks(CHUNK_ROWS) {
+    for chunk in counts.chunks(WIDE_CHUNK_ROWS) {
         let sql = format!(
             "INSERT INTO notification_counters (tenant, learner_id, category, window_start_us, sent) VALUES {} \
              ON CONFLICT (tenant, learner_id, category, window_start_us) DO UPDATE SET sent = notification_counters.sent + excluded.sent",
@@ -711,6 +779,7 @@ async fn apply(settings: &Settings, store: &Store, tx: &mut Tx, records: &[Recor
         }
         q.execute(&mut **tx).await?;
     }
+    let mut decided: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for (c, d) in items.iter().zip(&decisions) {
         let outcome = match d {
             Decision::Direct => "direct",
@@ -718,9 +787,38 @@ async fn apply(settings: &Settings, store: &Store, tx: &mut Tx, records: &[Recor
             Decision::Superseded => "superseded",
             Decision::Digest { .. } => "digest",
         };
+        *decided.entry((c.category, outcome)).or_insert(0) += 1;
         tracing::debug!(event_id = %c.source_event_id, trace_id = ?c.trace.map(|t| t.to_traceparent()), category = c.category, outcome, "notification decided");
     }
-    Ok(deliveries.len())
+    let mut planned: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for d in &deliveries {
+        *planned.entry((d.category, d.channel)).or_insert(0) += 1;
+    }
+    // Counted when the batch's transaction is committed (a failed batch counts nothing).
+    Ok(Decided {
+        deliveries: deliveries.len(),
+        decided: decided.into_iter().map(|((c, d), n)| ((c.to_owned(), d), n)).collect(),
+        planned: planned.into_iter().map(|((c, ch), n)| ((c.to_owned(), ch.to_owned()), n)).collect(),
+    })
+}
+
+/// What a batch decided, for the metrics once it is committed.
+#[derive(Default)]
+struct Decided {
+    deliveries: usize,
+    decided: Vec<((String, &'static str), u64)>,
+    planned: Vec<((String, String), u64)>,
+}
+
+impl Decided {
+    fn count(&self, metrics: &NotifyMetrics) {
+        for ((category, decision), n) in &self.decided {
+            metrics.decided.with_label_values(&[category.as_str(), decision]).inc_by(*n);
+        }
+        for ((category, channel), n) in &self.planned {
+            metrics.planned.with_label_values(&[category.as_str(), channel.as_str()]).inc_by(*n);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -798,6 +896,149 @@ mod tests {
         assert_eq!(count("SELECT COUNT(*) FROM outbox").await, 3, "one notification.sent per delivery");
         assert!(inbox::mark_read(&store, "acme", "ada", &listed[0].id).await.expect("mark"));
         assert_eq!(inbox::list(&store, "acme", "ada", true).await.expect("inbox").len(), 2);
+    }
+
+    /// A batch mixing a redelivered event with new ones: the old one is not decided again
+    /// and takes no throttle slot from the new ones (the insert names the new rows; the
+    /// batch is decided again without the old one).
+    #[tokio::test]
+    async fn sqlite_redelivered_events_take_no_throttle_slot_from_new_ones() {
+        let store = Store::open("sqlite::memory:", 1).await.expect("store");
+        let config = NotifyConfig { throttle_per_window: 2, ..NotifyConfig::default() };
+        let settings = Arc::new(Settings::new(config, Templates::from_sets([])));
+        let into_window = settings.clock.now().timestamp().rem_euclid(3600);
+        settings.clock.advance(std::time::Duration::from_secs(u64::try_from(3601 - into_window).unwrap_or(1)));
+        let processor = Notifications::new(store.clone(), Arc::clone(&settings));
+        let events: Vec<Event> = (0..3).map(|n| unlock("ada", n)).collect();
+        let batch = |records: Vec<Record>, expected: Option<i64>, next: i64| Batch {
+            group: Arc::from("lms-notifications"),
+            records,
+            offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected, next }],
+        };
+        processor.process(&batch(vec![record(events[0].clone(), 0)], None, 1)).await.expect("first");
+        let mixed: Vec<Record> = events.iter().enumerate().map(|(i, e)| record(e.clone(), 1 + i as i64)).collect();
+        processor.process(&batch(mixed, Some(1), 4)).await.expect("mixed");
+        let states: Vec<(String, String)> = sqlx::query_as("SELECT source_event_id, state FROM notifications")
+            .fetch_all(store.pool())
+            .await
+            .expect("states");
+        let state = |e: &Event| states.iter().find(|(id, _)| *id == e.id).map(|(_, s)| s.clone());
+        assert_eq!(states.len(), 3);
+        assert_eq!([state(&events[0]), state(&events[1]), state(&events[2])], [Some("direct".into()), Some("direct".into()), Some("digest".into())]);
+        let sent: i64 = sqlx::query_scalar("SELECT sent FROM notification_counters").fetch_one(store.pool()).await.expect("counter");
+        assert_eq!(sent, 2);
+        let m = &settings.metrics;
+        assert_eq!((m.decided.with_label_values(&["achievement", "direct"]).get(), m.decided.with_label_values(&["achievement", "digest"]).get()), (2, 1));
+    }
+
+    fn milestone(learner: &str, percent: f64) -> Event {
+        let data = lms_events::data::ProgressUpdated {
+            learner_id: learner.to_owned(),
+            course_id: "rust-101".to_owned(),
+            course_version: 1,
+            lessons_completed: 3,
+            lessons_total: 10,
+            percent_complete: percent,
+            status: ProgressStatus::InProgress,
+            time_spent_s: 0.0,
+            last_activity_at: Some(Utc::now()),
+            completed_at: None,
+        };
+        Event::derived("acme", "test", Utc::now(), EventData::ProgressUpdated(data))
+    }
+
+    /// The retention on SQLite: delivered and failed deliveries, their attempts, decided
+    /// notifications, closed digests and old throttle counters go in bounded batches once
+    /// older than `retention_days`; milestones, pending deliveries and their notifications
+    /// stay; the metrics follow.
+    #[tokio::test]
+    async fn sqlite_retention_deletes_what_is_done_and_old_and_keeps_the_rest() {
+        let store = Store::open("sqlite::memory:", 1).await.expect("store");
+        let mut config = NotifyConfig { throttle_per_window: 2, retention_days: 1, ..NotifyConfig::default() };
+        config.dispatcher.purge_batch_rows = 2;
+        let settings = Arc::new(Settings::new(config, Templates::from_sets([])));
+        let into_window = settings.clock.now().timestamp().rem_euclid(3600);
+        settings.clock.advance(std::time::Duration::from_secs(u64::try_from(3601 - into_window).unwrap_or(1)));
+        let processor = Notifications::new(store.clone(), Arc::clone(&settings));
+        let mut events: Vec<Event> = (0..5).map(|n| unlock("ada", n)).collect();
+        events.push(milestone("ada", 30.0));
+        let records: Vec<Record> = events.iter().enumerate().map(|(i, e)| record(e.clone(), i as i64)).collect();
+        let batch = Batch {
+            group: Arc::from("lms-notifications"),
+            records,
+            offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected: None, next: 6 }],
+        };
+        processor.process(&batch).await.expect("batch");
+        let m = &settings.metrics;
+        assert_eq!(m.decided.with_label_values(&["achievement", "direct"]).get(), 2);
+        assert_eq!(m.decided.with_label_values(&["achievement", "digest"]).get(), 3);
+        assert_eq!(m.decided.with_label_values(&["milestone", "direct"]).get(), 1);
+        assert_eq!(m.planned.with_label_values(&["achievement", "in_app"]).get(), 2);
+
+        let topics = TopicsFile::bundled().topic_map("unit.");
+        let producer = Arc::new(Producer::new(&KafkaConfig::new("127.0.0.1:9"), topics, BusMetrics::standalone(), "unit").expect("producer"));
+        let dispatcher =
+            dispatcher::Dispatcher::new(store.clone(), Arc::clone(&settings), producer, Arc::new(Notify::new()), "lms-notifications".into());
+        dispatcher.refresh_gauges().await.expect("gauges");
+        assert_eq!(m.pending.with_label_values(&["in_app"]).get(), 3);
+        assert_eq!(m.digests_open.get(), 1);
+        assert_eq!(dispatcher.round().await.expect("round"), 3);
+        assert_eq!(m.attempts.with_label_values(&["in_app", "sent"]).get(), 3);
+        assert_eq!(dispatcher.purge().await.expect("purge"), 0, "nothing is old yet");
+
+        // Two days later: the digest closes and is delivered; a new notification is decided
+        // and left pending (no round).
+        settings.clock.advance(std::time::Duration::from_secs(2 * 86_400));
+        assert_eq!(dispatcher.round().await.expect("round"), 1, "the digest");
+        let late = unlock("bob", 9);
+        let batch = Batch {
+            group: Arc::from("lms-notifications"),
+            records: vec![record(late, 6)],
+            offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected: Some(6), next: 7 }],
+        };
+        processor.process(&batch).await.expect("late batch");
+        // An old pending delivery (say, deferred for days): kept with its notification.
+        sqlx::query(
+            "UPDATE notification_deliveries SET state = 'pending', due_at_us = $1 WHERE notification_id = \
+             (SELECT id FROM notifications WHERE learner_id = 'ada' AND category = 'achievement' AND state = 'direct' ORDER BY id LIMIT 1)",
+        )
+        .bind(to_us(settings.clock.now()) + 3_600_000_000)
+            .execute(store.pool())
+            .await
+            .expect("pending");
+        dispatcher.refresh_gauges().await.expect("gauges");
+        assert_eq!((m.pending.with_label_values(&["in_app"]).get(), m.digests_open.get()), (2, 0));
+
+        let count = |sql: &'static str| {
+            let store = store.clone();
+            async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(store.pool()).await.expect(sql) }
+        };
+        let deleted = dispatcher.purge().await.expect("purge");
+        // 3 attempts (2 achievements + milestone), 2 deliveries (an achievement's, the
+        // milestone's), 4 notifications (1 direct, 3 digested), 1 digest row, 2 counters
+        // (achievement, milestone).
+        assert_eq!(deleted, 3 + 2 + 4 + 1 + 2, "in batches of 2");
+        assert_eq!(m.purged.with_label_values(&["notifications"]).get(), 4);
+        let left: Vec<(String, String)> = sqlx::query_as("SELECT learner_id, category FROM notifications ORDER BY learner_id, category")
+            .fetch_all(store.pool())
+            .await
+            .expect("left");
+        let left: Vec<(&str, &str)> = left.iter().map(|(l, c)| (l.as_str(), c.as_str())).collect();
+        assert_eq!(left, [("ada", "achievement"), ("ada", "digest"), ("ada", "milestone"), ("bob", "achievement")]);
+        assert_eq!(count("SELECT COUNT(*) FROM notification_deliveries").await, 3, "the digest's (recent), the pending one, bob's");
+        assert_eq!(count("SELECT COUNT(*) FROM notification_attempts").await, 1, "the digest's");
+        assert_eq!(count("SELECT COUNT(*) FROM notification_digests").await, 0);
+        assert_eq!(count("SELECT COUNT(*) FROM notification_counters").await, 1, "bob's current window");
+        assert_eq!(dispatcher.purge().await.expect("purge"), 0, "idempotent");
+
+        // A milestone is once per course for ever: reaching it again notifies nobody.
+        let batch = Batch {
+            group: Arc::from("lms-notifications"),
+            records: vec![record(milestone("ada", 40.0), 7)],
+            offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected: Some(7), next: 8 }],
+        };
+        processor.process(&batch).await.expect("milestone again");
+        assert_eq!(count("SELECT COUNT(*) FROM notifications WHERE category = 'milestone'").await, 1);
     }
 
     #[test]

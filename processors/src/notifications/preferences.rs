@@ -188,7 +188,8 @@ pub async fn load(
     learners: &[(String, String)],
 ) -> Result<HashMap<(String, String), Preferences>, StoreError> {
     let mut out = HashMap::new();
-    for chunk in learners.chunks(CHUNK_ROWS) {
+    // 2000 learners (4000 parameters) per statement: one round trip for a whole batch.
+    for chunk in learners.chunks(CHUNK_ROWS * 4) {
         let sql = format!(
             "SELECT tenant, learner_id, preferences FROM learner_preferences WHERE (tenant, learner_id) IN (VALUES {})",
             values(chunk.len(), 2, 1)
