@@ -142,9 +142,11 @@ pub struct ConsumerConfig {
     #[serde(default = "default_statistics_interval_ms")]
     pub statistics_interval_ms: u64,
     /// Longest time the broker may hold a fetch waiting for new records (librdkafka
-    /// `fetch.wait.max.ms`). Its 500 ms default was a floor under end-to-end freshness: tansu
-    /// holds an empty fetch for the whole wait, so a record arriving just after the fetch
-    /// waited for it (p50 459 ms at 500 events/s, 105 ms with 50 ms, `loadtest soak`).
+    /// `fetch.wait.max.ms`, whose default this keeps). It is a floor under end-to-end
+    /// freshness on tansu 0.6.0, which sleeps out the rest of the wait after every fetch, data
+    /// or not (`loadtest soak` at 500 events/s: p50 459 ms with 500, 105 ms with 50). Lower it
+    /// for freshness on the memory engine; on tansu's SQLite engine values under 500 left a
+    /// member that took partitions over without records (tests/it/bus_takeover.rs).
     #[serde(default = "default_fetch_wait_max_ms")]
     pub fetch_wait_max_ms: u64,
 }
@@ -174,7 +176,7 @@ fn default_statistics_interval_ms() -> u64 {
     5_000
 }
 fn default_fetch_wait_max_ms() -> u64 {
-    50
+    500
 }
 
 impl Default for ConsumerConfig {
