@@ -43,7 +43,7 @@ use crate::error::{BoxError, BusError, ProcessError};
 use crate::metrics::BusMetrics;
 use crate::processor::{OffsetStore, Processor};
 use crate::producer::{OnQueueFull, Producer};
-use crate::record::{Batch, PartitionOffsets, RawRecord, Record, TopicPartition};
+use crate::record::{Batch, DeadLetters, PartitionOffsets, RawRecord, Record, TopicPartition};
 
 /// Settings of one member.
 #[derive(Debug, Clone)]
@@ -526,19 +526,37 @@ impl BatchEnv {
                 }
             }
             let mut dead_lettered = dead.len() as u64;
-            if !dead.is_empty() && !self.dead_letter(&dead).await {
-                return Outcome::Stopped;
-            }
+            // Dead letters go out while the batch is processed (their acknowledgement used
+            // to add a round trip to every batch with poison in it); nothing past them is
+            // committed before they are acknowledged (see `DeadLetters`).
+            let dead_letters = if dead.is_empty() {
+                DeadLetters::none()
+            } else {
+                let (opened, gate) = DeadLetters::pending();
+                let env = Arc::clone(&self);
+                tokio::spawn(async move {
+                    let _ = opened.send(Some(env.dead_letter(&dead).await));
+                });
+                gate
+            };
             let processed = good.len() as u64;
             let mut isolated = 0;
             let mut expected = expected;
-            let batch = Batch { group: self.group.clone(), records: good, offsets: offsets(&next, &expected) };
+            let batch = Batch { group: self.group.clone(), records: good, offsets: offsets(&next, &expected), dead_letters: dead_letters.clone() };
             let write_start = std::time::SystemTime::now();
             match self.process_with_retry(&batch).await {
-                Ok(()) => crate::otel::batch_spans(&self.group, &batch.records, received, write_start, std::time::SystemTime::now()),
+                Ok(()) => {
+                    if !dead_letters.acknowledged().await {
+                        return Outcome::Stopped;
+                    }
+                    crate::otel::batch_spans(&self.group, &batch.records, received, write_start, std::time::SystemTime::now())
+                }
                 Err(Fail::Stopped) => return Outcome::Stopped,
                 Err(Fail::Fenced) => return Outcome::Fenced { partitions: next.keys().cloned().collect() },
                 Err(Fail::Permanent(reason)) => {
+                    if !dead_letters.acknowledged().await {
+                        return Outcome::Stopped;
+                    }
                     warn!(group = %self.group, %reason, "batch failed permanently; isolating the poison record(s)");
                     match self.isolate(batch.records, &mut expected, reason).await {
                         Ok(n) => {
@@ -552,7 +570,7 @@ impl BatchEnv {
                     let rest: BTreeMap<_, _> =
                         next.iter().filter(|(tp, o)| expected.get(*tp).copied().flatten() != Some(**o)).map(|(k, v)| (k.clone(), *v)).collect();
                     if !rest.is_empty() && self.processor.offset_store().is_some() {
-                        let b = Batch { group: self.group.clone(), records: Vec::new(), offsets: offsets(&rest, &expected) };
+                        let b = Batch { group: self.group.clone(), records: Vec::new(), offsets: offsets(&rest, &expected), dead_letters: DeadLetters::none() };
                         match self.process_with_retry(&b).await {
                             Ok(()) => {}
                             Err(Fail::Fenced) => return Outcome::Fenced { partitions: next.keys().cloned().collect() },
@@ -632,7 +650,7 @@ impl BatchEnv {
                     for r in &slice {
                         next.insert(r.raw.tp.clone(), r.raw.offset + 1);
                     }
-                    let b = Batch { group: self.group.clone(), records: slice, offsets: offsets(&next, expected) };
+                    let b = Batch { group: self.group.clone(), records: slice, offsets: offsets(&next, expected), dead_letters: DeadLetters::none() };
                     match self.process_with_retry(&b).await {
                         Ok(()) => {
                             for (tp, o) in next {

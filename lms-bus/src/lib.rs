@@ -26,5 +26,5 @@ pub use error::{BoxError, BusError, ProcessError, ProduceError};
 pub use metrics::BusMetrics;
 pub use processor::{OffsetStore, Processor};
 pub use producer::{Delivered, OnQueueFull, OutRecord, Producer};
-pub use record::{Batch, PartitionOffsets, RawRecord, Record, TopicPartition};
+pub use record::{Batch, DeadLetters, PartitionOffsets, RawRecord, Record, TopicPartition};
 pub use topics::{TopicMap, TopicsFile};

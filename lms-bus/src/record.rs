@@ -129,4 +129,41 @@ pub struct Batch {
     pub records: Vec<Record>,
     /// Offsets the batch covers, one entry per partition.
     pub offsets: Vec<PartitionOffsets>,
+    /// The dead letters of records of this batch's range that never reached the processor
+    /// (undecodable, or refused by `check`), produced while the batch is processed.
+    pub dead_letters: DeadLetters,
+}
+
+/// Opens once the dead letters of a batch's range are acknowledged by the broker.
+///
+/// The member produces them while the processor works, so their round trip does not add to
+/// the batch's time. A processor that stores its offsets with its effects must wait for
+/// [`DeadLetters::acknowledged`] before committing: offsets past a poison record may become
+/// durable only after its dead letter did, or a crash in between would lose it. (For
+/// processors whose offsets go to Kafka, the member itself waits before committing.)
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetters(Option<tokio::sync::watch::Receiver<Option<bool>>>);
+
+impl DeadLetters {
+    /// Nothing to wait for.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// A gate and the sender that opens it (`Some(true)`: acknowledged; `Some(false)` or a
+    /// dropped sender: the member stopped first).
+    pub(crate) fn pending() -> (tokio::sync::watch::Sender<Option<bool>>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (tx, Self(Some(rx)))
+    }
+
+    /// True once every dead letter is acknowledged; false when the member stopped before.
+    pub async fn acknowledged(&self) -> bool {
+        let Some(rx) = &self.0 else { return true };
+        let mut rx = rx.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => (*v).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
 }

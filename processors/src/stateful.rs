@@ -46,6 +46,10 @@ impl<S: Stage> Stateful<S> {
         offsets::advance(&mut tx, &batch.group, &batch.offsets).await?;
         let events = self.stage.apply(&self.store, &mut tx, &batch.records).await?;
         outbox::enqueue(&mut tx, &events).await?;
+        // The offsets may pass poison records: their dead letters first.
+        if !batch.dead_letters.acknowledged().await {
+            return Err(StoreError::DeadLettersPending);
+        }
         tx.commit().await?;
         Ok(events.len())
     }

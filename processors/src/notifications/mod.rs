@@ -181,6 +181,10 @@ impl Notifications {
         let mut tx = self.store.begin().await?;
         offsets::advance(&mut tx, &batch.group, &batch.offsets).await?;
         let decided = apply(&self.settings, &self.store, &mut tx, &batch.records).await?;
+        // The offsets may pass poison records: their dead letters first.
+        if !batch.dead_letters.acknowledged().await {
+            return Err(StoreError::DeadLettersPending.into());
+        }
         tx.commit().await.map_err(StoreError::from)?;
         decided.count(&self.settings.metrics);
         Ok(decided.deliveries)
@@ -867,6 +871,7 @@ mod tests {
             group: Arc::from("lms-notifications"),
             records,
             offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected, next }],
+            dead_letters: Default::default(),
         };
         let records: Vec<Record> = events.iter().enumerate().map(|(i, e)| record(e.clone(), i as i64)).collect();
         processor.process(&batch(records, None, 5)).await.expect("first batch");
@@ -914,6 +919,7 @@ mod tests {
             group: Arc::from("lms-notifications"),
             records,
             offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected, next }],
+            dead_letters: Default::default(),
         };
         processor.process(&batch(vec![record(events[0].clone(), 0)], None, 1)).await.expect("first");
         let mixed: Vec<Record> = events.iter().enumerate().map(|(i, e)| record(e.clone(), 1 + i as i64)).collect();
@@ -967,6 +973,7 @@ mod tests {
             group: Arc::from("lms-notifications"),
             records,
             offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected: None, next: 6 }],
+            dead_letters: Default::default(),
         };
         processor.process(&batch).await.expect("batch");
         let m = &settings.metrics;
@@ -995,6 +1002,7 @@ mod tests {
             group: Arc::from("lms-notifications"),
             records: vec![record(late, 6)],
             offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected: Some(6), next: 7 }],
+            dead_letters: Default::default(),
         };
         processor.process(&batch).await.expect("late batch");
         // An old pending delivery (say, deferred for days): kept with its notification.
@@ -1036,6 +1044,7 @@ mod tests {
             group: Arc::from("lms-notifications"),
             records: vec![record(milestone("ada", 40.0), 7)],
             offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected: Some(7), next: 8 }],
+            dead_letters: Default::default(),
         };
         processor.process(&batch).await.expect("milestone again");
         assert_eq!(count("SELECT COUNT(*) FROM notifications WHERE category = 'milestone'").await, 1);
