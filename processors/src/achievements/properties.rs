@@ -20,7 +20,7 @@ use proptest::sample::Index;
 
 use super::rules::Rules;
 use super::{AchievementView, Achievements};
-use crate::progress::properties::{block_on, record};
+use crate::progress::properties::{batches, block_on, record};
 use crate::stateful::Stage;
 
 const TENANT: &str = "acme";
@@ -114,12 +114,8 @@ async fn run(rules: &Rules, events: &[Event], batch_sizes: &[usize]) -> Outcome 
     let store = Store::open("sqlite::memory:", 1).await.expect("an in-memory store");
     let stage = Achievements::new(std::sync::Arc::new(rules.clone()));
     let mut unlocked = BTreeMap::new();
-    let mut sizes = batch_sizes.iter().cycle();
-    let (mut rest, mut offset) = (events, 0);
-    while !rest.is_empty() {
-        let n = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
-        let (batch, tail) = rest.split_at(n);
-        rest = tail;
+    let mut offset = 0;
+    for batch in batches(events, batch_sizes) {
         let records: Vec<_> = batch
             .iter()
             .map(|e| {

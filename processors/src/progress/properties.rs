@@ -141,13 +141,8 @@ struct Outcome {
 async fn run(events: &[Event], batch_sizes: &[usize]) -> Outcome {
     let store = Store::open("sqlite::memory:", 1).await.expect("an in-memory store");
     let mut completions = BTreeMap::new();
-    let mut rest = events;
-    let mut sizes = batch_sizes.iter().cycle();
     let mut offset = 0;
-    while !rest.is_empty() {
-        let n = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
-        let (batch, tail) = rest.split_at(n);
-        rest = tail;
+    for batch in batches(events, batch_sizes) {
         let (catalog, learning): (Vec<&Event>, Vec<&Event>) = batch.iter().partition(|e| e.data.event_type().as_str().starts_with("course."));
         for (stage, events) in [(&Catalog as &dyn Stage, catalog), (&Progress as &dyn Stage, learning)] {
             if events.is_empty() {
@@ -178,6 +173,17 @@ async fn run(events: &[Event], batch_sizes: &[usize]) -> Outcome {
     }
     store.close().await;
     Outcome { progress, completions }
+}
+
+/// `events` cut into consecutive batches of the given sizes (cycled; at least one event each).
+pub(crate) fn batches<'a>(events: &'a [Event], sizes: &[usize]) -> Vec<&'a [Event]> {
+    let (mut out, mut rest, mut sizes) = (Vec::new(), events, sizes.iter().cycle());
+    while !rest.is_empty() {
+        let (batch, tail) = rest.split_at((*sizes.next().unwrap_or(&1)).clamp(1, rest.len()));
+        out.push(batch);
+        rest = tail;
+    }
+    out
 }
 
 pub(crate) fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
