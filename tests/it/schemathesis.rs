@@ -21,23 +21,42 @@ async fn generated_requests_get_no_server_error_and_documented_answers() {
     p.seed().await;
     let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/openapi.json");
     let seed = std::env::var("LMS_SCHEMATHESIS_SEED").unwrap_or_else(|_| "20261125".to_owned());
-    let started = Instant::now();
-    let mut st = Command::new("st");
-    st.arg("run")
-        .arg(&schema)
-        .args(["--url", &p.base])
-        .args(["--header", &format!("Authorization: Bearer {}", token("admin"))])
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
-        .args(["--max-examples", MAX_EXAMPLES, "--seed", &seed, "--workers", "2", "--no-color", "--max-time", "150"])
-        .args(["--request-timeout", "10", "--suppress-health-check", "all"])
-        // Only the API's own operations: `/metrics` is Prometheus text, not JSON.
-        .args(["--exclude-path", "/metrics"]);
-    let output = tokio::task::spawn_blocking(move || st.output()).await.expect("join").expect(
-        "run schemathesis (`st`): install it with `cargo xtask install` or `python3 -m pip install schemathesis`",
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}\n{stderr}\nschemathesis took {:?} (seed {seed})", started.elapsed());
-    assert!(output.status.success(), "schemathesis found problems (exit {:?}):\n{stdout}\n{stderr}", output.status.code());
+    // A crash inside schemathesis itself (its "Runtime Error", e.g. an IndexError in its
+    // Hypothesis generator on DELETE /v1/enrollments, seen once in CI) says nothing about the
+    // API: such a run is repeated once. Any finding about the API (a "Failures" section, a
+    // non-runtime error) fails at once.
+    let mut attempt = 0;
+    let stdout = loop {
+        attempt += 1;
+        let started = Instant::now();
+        let mut st = Command::new("st");
+        st.arg("run")
+            .arg(&schema)
+            .args(["--url", &p.base])
+            .args(["--header", &format!("Authorization: Bearer {}", token("admin"))])
+            .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+            .args(["--max-examples", MAX_EXAMPLES, "--seed", &seed, "--workers", "2", "--no-color", "--max-time", "150"])
+            .args(["--request-timeout", "10", "--suppress-health-check", "all"])
+            // Only the API's own operations: `/metrics` is Prometheus text, not JSON.
+            .args(["--exclude-path", "/metrics"]);
+        let output = tokio::task::spawn_blocking(move || st.output()).await.expect("join").expect(
+            "run schemathesis (`st`): install it with `cargo xtask install` or `python3 -m pip install schemathesis`",
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        println!("{stdout}\n{stderr}\nschemathesis run {attempt} took {:?} (seed {seed})", started.elapsed());
+        if output.status.success() {
+            break stdout;
+        }
+        let own_crash_only = !stdout.contains("Failures:")
+            && stdout.contains("Runtime Error")
+            && stdout.lines().filter(|l| l.contains("🚫")).all(|l| l.contains("Runtime Error") || l.contains("passed"))
+            && stdout.contains("site-packages/schemathesis");
+        assert!(
+            own_crash_only && attempt < 2,
+            "schemathesis found problems (exit {:?}, run {attempt}):\n{stdout}\n{stderr}",
+            output.status.code()
+        );
+    };
     assert!(stdout.contains("passed") || stdout.contains("Passed"), "schemathesis ran no test:\n{stdout}");
 }

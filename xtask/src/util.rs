@@ -338,7 +338,7 @@ const MIN_FREE_BYTES: u64 = 20 << 30;
 /// Keeps a long-lived target directory (CI reuses one across clean clones, and every clone
 /// path gives the workspace's artifacts new hashes) from filling the disk: when less than
 /// 20 GiB is free, removes the incremental caches and the test and binary executables of
-/// `debug/deps` that no build touched in the last six hours. Builds recreate them.
+/// `debug/deps` that no build touched in the last hour (an earlier run's). Builds recreate them.
 pub fn prune_target() {
     let target = target_dir();
     let Some(free) = free_bytes(&target) else { return };
@@ -351,7 +351,7 @@ pub fn prune_target() {
         freed += dir_size(&incremental);
         let _ = fs::remove_dir_all(&incremental);
     }
-    let stale = Duration::from_secs(6 * 3600);
+    let stale = Duration::from_secs(3600);
     if let Ok(entries) = fs::read_dir(target.join("debug").join("deps")) {
         for entry in entries.flatten() {
             let path = entry.path();
