@@ -20,8 +20,7 @@ use proptest::sample::Index;
 
 use super::rules::Rules;
 use super::{AchievementView, Achievements};
-use crate::progress::properties::{batches, block_on, record};
-use crate::stateful::Stage;
+use crate::progress::properties::{apply_batch, batches, block_on};
 
 const TENANT: &str = "acme";
 const LEARNERS: [&str; 2] = ["ada", "bob"];
@@ -116,17 +115,7 @@ async fn run(rules: &Rules, events: &[Event], batch_sizes: &[usize]) -> Outcome 
     let mut unlocked = BTreeMap::new();
     let mut offset = 0;
     for batch in batches(events, batch_sizes) {
-        let records: Vec<_> = batch
-            .iter()
-            .map(|e| {
-                offset += 1;
-                record(e.clone(), offset)
-            })
-            .collect();
-        let mut tx = store.begin().await.expect("begin");
-        let emitted = stage.apply(&store, &mut tx, &records).await.expect("apply");
-        tx.commit().await.expect("commit");
-        for (e, _) in emitted {
+        for (e, _) in apply_batch(&store, &stage, batch.iter(), &mut offset).await {
             if let EventData::AchievementUnlocked(a) = e.data {
                 *unlocked.entry((a.learner_id, a.achievement_id, a.course_id)).or_insert(0) += 1;
             }

@@ -21,7 +21,7 @@ use proptest::sample::Index;
 use super::Progress;
 use super::model::ProgressView;
 use crate::catalog::Catalog;
-use crate::stateful::Stage;
+use crate::stateful::{Emitted, Stage};
 
 const TENANT: &str = "acme";
 const LEARNERS: [&str; 2] = ["ada", "bob"];
@@ -148,17 +148,7 @@ async fn run(events: &[Event], batch_sizes: &[usize]) -> Outcome {
             if events.is_empty() {
                 continue;
             }
-            let records: Vec<Record> = events
-                .into_iter()
-                .map(|e| {
-                    offset += 1;
-                    record(e.clone(), offset)
-                })
-                .collect();
-            let mut tx = store.begin().await.expect("begin");
-            let emitted = stage.apply(&store, &mut tx, &records).await.expect("apply");
-            tx.commit().await.expect("commit");
-            for (e, _) in emitted {
+            for (e, _) in apply_batch(&store, stage, events.into_iter(), &mut offset).await {
                 if let EventData::CourseCompleted(c) = e.data {
                     *completions.entry((c.learner_id, c.course_id)).or_insert(0) += 1;
                 }
@@ -184,6 +174,21 @@ pub(crate) fn batches<'a>(events: &'a [Event], sizes: &[usize]) -> Vec<&'a [Even
         rest = tail;
     }
     out
+}
+
+/// Applies one batch through `stage` in its own transaction, as the runner does, giving the
+/// records the offsets after `offset`; returns what the stage emitted.
+pub(crate) async fn apply_batch<'a>(store: &Store, stage: &dyn Stage, events: impl Iterator<Item = &'a Event>, offset: &mut i64) -> Emitted {
+    let records: Vec<Record> = events
+        .map(|e| {
+            *offset += 1;
+            record(e.clone(), *offset)
+        })
+        .collect();
+    let mut tx = store.begin().await.expect("begin");
+    let emitted = stage.apply(store, &mut tx, &records).await.expect("apply");
+    tx.commit().await.expect("commit");
+    emitted
 }
 
 pub(crate) fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
