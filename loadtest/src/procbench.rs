@@ -191,21 +191,23 @@ async fn produce(
     let (mut poison, mut seen) = (0i64, 0usize);
     for chunk in events.chunks(20_000) {
         let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 50);
+        // The domain of each record, in `out`'s order: its topic and its entry in `ends`.
+        let mut domains = Vec::with_capacity(out.capacity());
         for (e, trace) in chunk {
             out.push(producer.event_record(e, trace.as_ref()));
+            domains.push(e.domain());
             if reg.domains.contains(&e.domain()) {
                 seen += 1;
                 if poison_every.is_some_and(|n| seen % n == 0) {
                     out.push(self::poison(poison as usize, e, topics.topic(e.domain())));
+                    domains.push(e.domain());
                     poison += 1;
                 }
             }
         }
-        let names: Vec<String> = out.iter().map(|r| r.topic.clone()).collect();
-        for (topic, r) in names.into_iter().zip(producer.send(out, OnQueueFull::Wait(Duration::from_secs(60))).await) {
+        for (domain, r) in domains.into_iter().zip(producer.send(out, OnQueueFull::Wait(Duration::from_secs(60))).await) {
             let d = r?;
-            let domain = Domain::ALL.into_iter().find(|d| topics.topic(*d) == topic).context("a topic of the map")?;
-            let end = ends.entry(domain.as_str()).or_default().entry(TopicPartition::new(&topic, d.partition)).or_insert(0);
+            let end = ends.entry(domain.as_str()).or_default().entry(TopicPartition::new(topics.topic(domain), d.partition)).or_insert(0);
             *end = (*end).max(d.offset + 1);
         }
     }
