@@ -328,6 +328,9 @@ fn list(tps: &[TopicPartition]) -> String {
     tps.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// How often an idle offset-store member re-mirrors its stored offsets to Kafka.
+const MIRROR_EVERY: Duration = Duration::from_secs(5);
+
 /// The member's poll loop, on its own thread.
 struct Loop {
     consumer: BaseConsumer<MemberContext>,
@@ -347,6 +350,7 @@ impl Loop {
         let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
         let max_wait = Duration::from_millis(self.cfg.max_batch_wait_ms);
         let idle_poll = Duration::from_millis(200);
+        let mut last_mirror = Instant::now();
         loop {
             if self.kill.is_cancelled() {
                 return Ok(report);
@@ -363,6 +367,10 @@ impl Loop {
                     first_at.get_or_insert_with(Instant::now);
                 }
                 Some(Err(e)) => warn!(group = %self.env.group, error = %e, "consume error"),
+                None if pending.is_empty() && last_mirror.elapsed() >= MIRROR_EVERY => {
+                    self.mirror_stored_offsets();
+                    last_mirror = Instant::now();
+                }
                 None => {}
             }
             let revoked = std::mem::take(&mut self.shared.lock().revoked);
@@ -443,6 +451,35 @@ impl Loop {
             // The effects are durable; the next owner of these partitions redelivers the
             // batch and idempotent effects (or the stored offsets) absorb it.
             Err(e) => warn!(group = %self.env.group, error = %e, "offset commit failed"),
+        }
+    }
+
+    /// Commits the stored offsets of the assigned partitions to Kafka (offset-store
+    /// processors only; one attempt, skipped while the store is unreachable).
+    ///
+    /// Kafka's committed offsets are only a mirror for these processors, but `lms groups`,
+    /// the lag gauge and KEDA read them. The mirror can fall behind the store: a member
+    /// fenced after another one took its partitions and finished their records has
+    /// nothing left to process, so nothing to commit (seen against tansu 0.6.0, whose
+    /// cooperative rebalances can hand one partition to two members for a moment; the
+    /// fence keeps the effects single). An idle member therefore re-mirrors now and then.
+    fn mirror_stored_offsets(&self) {
+        let Some(store) = self.env.processor.offset_store() else { return };
+        let tps: Vec<TopicPartition> = self.shared.lock().assignment.iter().cloned().collect();
+        if tps.is_empty() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (group, tps2) = (self.env.group.clone(), tps.clone());
+        self.handle.spawn(async move {
+            let _ = tx.send(store.load_offsets(&group, &tps2).await);
+        });
+        let Ok(Ok(stored)) = rx.recv_timeout(Duration::from_secs(5)) else { return };
+        let assignment = self.shared.lock().assignment.clone();
+        let next: BTreeMap<TopicPartition, i64> =
+            stored.into_iter().filter(|(tp, _)| assignment.contains(tp)).collect();
+        if !next.is_empty() {
+            self.commit(&next);
         }
     }
 

@@ -612,16 +612,16 @@ pub(crate) async fn post(http: &reqwest::Client, url: &str, token: &str, body: V
     }
 }
 
-/// Records behind the end, summed over every partition of `topics`, for `group`
-/// (committed offsets against high watermarks).
-pub fn group_lag(brokers: &str, group: &str, topics: &[String]) -> anyhow::Result<i64> {
+/// The partitions of `topics` where `group` is behind the end, as `(partition, committed,
+/// high watermark)` (committed offsets against high watermarks).
+pub fn group_lag(brokers: &str, group: &str, topics: &[String]) -> anyhow::Result<Vec<(String, i64, i64)>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()?;
     let timeout = Duration::from_secs(10);
-    let mut lag = 0;
+    let mut behind = Vec::new();
     for topic in topics {
         let md = consumer.fetch_metadata(Some(topic), timeout)?;
         let partitions: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
@@ -633,14 +633,17 @@ pub fn group_lag(brokers: &str, group: &str, topics: &[String]) -> anyhow::Resul
         for p in partitions {
             let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
             let at = committed.find_partition(topic, p).and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0).unwrap_or(0);
-            lag += (high - at).max(0);
+            if high > at {
+                behind.push((format!("{topic}/{p}"), at, high));
+            }
         }
     }
-    Ok(lag)
+    Ok(behind)
 }
 
 /// Waits until every group has committed the end of its topics and (when given) the
-/// outbox is empty, twice in a row.
+/// outbox is empty, twice in a row. On timeout the error names every partition still
+/// behind, per group.
 async fn wait_caught_up(
     brokers: &str,
     groups: &[(String, Vec<String>)],
@@ -655,19 +658,38 @@ async fn wait_caught_up(
             None => 0,
         };
         let (b, g) = (brokers.to_owned(), groups.to_vec());
-        let lag = tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
-            let mut sum = 0;
+        let behind = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, String, i64, i64)>> {
+            let mut behind = Vec::new();
             for (group, topics) in &g {
-                sum += group_lag(&b, group, topics)?;
+                for (partition, committed, high) in group_lag(&b, group, topics)? {
+                    behind.push((group.clone(), partition, committed, high));
+                }
             }
-            Ok(sum)
+            Ok(behind)
         })
         .await??;
-        streak = if lag == 0 && pending == 0 { streak + 1 } else { 0 };
+        streak = if behind.is_empty() && pending == 0 { streak + 1 } else { 0 };
         if streak >= 2 {
             return Ok(());
         }
-        ensure!(Instant::now() < deadline, "not caught up after {timeout:?}: lag {lag} records, outbox {pending} rows");
+        if Instant::now() >= deadline {
+            let mut lines = Vec::new();
+            for (group, partition, committed, high) in &behind {
+                // The stateful groups keep their offsets in the store; Kafka holds a mirror.
+                let stored = match store {
+                    Some(s) => lms_store::offsets::load(s, group).await.ok().and_then(|o| {
+                        o.into_iter().find(|(tp, _)| format!("{}/{}", tp.topic, tp.partition) == *partition).map(|(_, o)| o)
+                    }),
+                    None => None,
+                };
+                let stored = stored.map(|o| format!(", stored {o}")).unwrap_or_default();
+                lines.push(format!("{group} {partition}: committed {committed}{stored}, end {high}"));
+            }
+            bail!(
+                "not caught up after {timeout:?}: outbox {pending} rows; behind:\n  {}",
+                lines.join("\n  ")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
