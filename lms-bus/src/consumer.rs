@@ -328,8 +328,13 @@ fn list(tps: &[TopicPartition]) -> String {
     tps.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
-/// How often an idle offset-store member re-mirrors its stored offsets to Kafka.
-const MIRROR_EVERY: Duration = Duration::from_secs(5);
+/// How often an idle member re-commits what it has done (see [`Loop::recommit`]).
+const RECOMMIT_EVERY: Duration = Duration::from_secs(5);
+
+/// An expected stored offset that no store holds. A partition whose seek to its stored
+/// offset failed gets it, so that its next batch is fenced and sought again instead of
+/// passing the compare-and-set with records skipped before it.
+const UNSEEKABLE: i64 = -1;
 
 /// The member's poll loop, on its own thread.
 struct Loop {
@@ -350,7 +355,10 @@ impl Loop {
         let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
         let max_wait = Duration::from_millis(self.cfg.max_batch_wait_ms);
         let idle_poll = Duration::from_millis(200);
-        let mut last_mirror = Instant::now();
+        let mut last_recommit = Instant::now();
+        // What this member has done per assigned partition (the offsets of its last
+        // successful batches), for re-commits while idle.
+        let mut done: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         loop {
             if self.kill.is_cancelled() {
                 return Ok(report);
@@ -367,15 +375,16 @@ impl Loop {
                     first_at.get_or_insert_with(Instant::now);
                 }
                 Some(Err(e)) => warn!(group = %self.env.group, error = %e, "consume error"),
-                None if pending.is_empty() && last_mirror.elapsed() >= MIRROR_EVERY => {
-                    self.mirror_stored_offsets();
-                    last_mirror = Instant::now();
+                None if pending.is_empty() && last_recommit.elapsed() >= RECOMMIT_EVERY => {
+                    self.recommit(&done);
+                    last_recommit = Instant::now();
                 }
                 None => {}
             }
             let revoked = std::mem::take(&mut self.shared.lock().revoked);
             if !revoked.is_empty() {
                 pending.retain(|r| !revoked.contains(&r.tp));
+                done.retain(|tp, _| !revoked.contains(tp));
                 if pending.is_empty() {
                     first_at = None;
                 }
@@ -413,6 +422,7 @@ impl Loop {
                         }
                     }
                     self.commit(&next);
+                    done.extend(next.iter().map(|(tp, o)| (tp.clone(), *o)));
                     self.env.metrics.batch_duration.with_label_values(&[&*self.env.group]).observe(started.elapsed().as_secs_f64());
                     report.batches += 1;
                     report.records += n;
@@ -454,30 +464,46 @@ impl Loop {
         }
     }
 
-    /// Commits the stored offsets of the assigned partitions to Kafka (offset-store
-    /// processors only; one attempt, skipped while the store is unreachable).
+    /// Commits again, while idle, where this member is on its assigned partitions: the
+    /// stored offsets for offset-store processors (one attempt, skipped while the store
+    /// is unreachable), else the offsets of its last successful batches.
     ///
-    /// Kafka's committed offsets are only a mirror for these processors, but `lms groups`,
-    /// the lag gauge and KEDA read them. The mirror can fall behind the store: a member
-    /// fenced after another one took its partitions and finished their records has
-    /// nothing left to process, so nothing to commit (seen against tansu 0.6.0, whose
-    /// cooperative rebalances can hand one partition to two members for a moment; the
-    /// fence keeps the effects single). An idle member therefore re-mirrors now and then.
-    fn mirror_stored_offsets(&self) {
-        let Some(store) = self.env.processor.offset_store() else { return };
-        let tps: Vec<TopicPartition> = self.shared.lock().assignment.iter().cloned().collect();
-        if tps.is_empty() {
+    /// A commit can fail or be overtaken without any effect being lost, and then nothing
+    /// would repair it until new records arrive: a commit refused during a rebalance is
+    /// only logged, and tansu 0.6.0's cooperative rebalances can hand one partition to two
+    /// members for a moment, so a member fenced after the other one finished the records
+    /// has nothing left to commit (seen in the CI chaos run: committed 297, stored 343,
+    /// end 343). `lms groups`, the lag gauge and KEDA read Kafka's committed offsets, so
+    /// that would be phantom lag for operators, for ever.
+    fn recommit(&self, done: &BTreeMap<TopicPartition, i64>) {
+        let assignment = self.shared.lock().assignment.clone();
+        if assignment.is_empty() {
             return;
         }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (group, tps2) = (self.env.group.clone(), tps.clone());
-        self.handle.spawn(async move {
-            let _ = tx.send(store.load_offsets(&group, &tps2).await);
-        });
-        let Ok(Ok(stored)) = rx.recv_timeout(Duration::from_secs(5)) else { return };
+        let next: BTreeMap<TopicPartition, i64> = match self.env.processor.offset_store() {
+            Some(store) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (group, tps) = (self.env.group.clone(), assignment.iter().cloned().collect::<Vec<_>>());
+                self.handle.spawn(async move {
+                    let _ = tx.send(store.load_offsets(&group, &tps).await);
+                });
+                match rx.recv_timeout(Duration::from_secs(5)) {
+                    Ok(Ok(stored)) => stored.into_iter().collect(),
+                    Ok(Err(e)) => {
+                        debug!(group = %self.env.group, error = %e, "cannot load stored offsets to re-commit them");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(group = %self.env.group, "stored offsets did not load within 5 s; re-commit skipped");
+                        return;
+                    }
+                }
+            }
+            None => done.clone(),
+        };
+        // The assignment may have changed while the store answered.
         let assignment = self.shared.lock().assignment.clone();
-        let next: BTreeMap<TopicPartition, i64> =
-            stored.into_iter().filter(|(tp, _)| assignment.contains(tp)).collect();
+        let next: BTreeMap<TopicPartition, i64> = next.into_iter().filter(|(tp, _)| assignment.contains(tp)).collect();
         if !next.is_empty() {
             self.commit(&next);
         }
@@ -497,12 +523,17 @@ impl Loop {
                 continue;
             }
             let offset = stored.get(tp).copied();
-            if let Err(e) =
-                self.consumer.seek(&tp.topic, tp.partition, offset.map_or(Offset::Beginning, Offset::Offset), Duration::from_secs(10))
-            {
-                error!(group = %self.env.group, %tp, error = %e, "seek after fencing failed");
+            match self.consumer.seek(&tp.topic, tp.partition, offset.map_or(Offset::Beginning, Offset::Offset), Duration::from_secs(10)) {
+                Ok(()) => {
+                    shared.expected.insert(tp.clone(), offset);
+                }
+                Err(e) => {
+                    // The position is still past the stored offset: a batch from there
+                    // must not pass the fence, or the records in between would be skipped.
+                    error!(group = %self.env.group, %tp, error = %e, "seek after fencing failed; the next batch is fenced again");
+                    shared.expected.insert(tp.clone(), Some(UNSEEKABLE));
+                }
             }
-            shared.expected.insert(tp.clone(), offset);
         }
         warn!(group = %self.env.group, partitions = %list(partitions), "fenced: re-sought to the stored offsets");
     }
