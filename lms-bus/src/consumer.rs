@@ -755,7 +755,17 @@ impl BatchEnv {
     /// it succeeds or the member stops. Returns false when stopped.
     async fn dead_letter(&self, dead: &[(RawRecord, String)]) -> bool {
         for (raw, reason) in dead {
-            warn!(group = %self.group, tp = %raw.tp, offset = raw.offset, %reason, "dead-lettering a record");
+            let trace = raw.trace();
+            warn!(
+                group = %self.group,
+                tp = %raw.tp,
+                offset = raw.offset,
+                event_id = raw.event_id().unwrap_or_default(),
+                trace_id = trace.map(|t| t.trace_id_hex()).unwrap_or_default(),
+                span_id = trace.map(|t| t.span_id_hex()).unwrap_or_default(),
+                %reason,
+                "dead-lettering a record"
+            );
         }
         let mut todo: Vec<_> = dead.iter().map(|(raw, reason)| self.producer.dead_letter_record(raw, &self.group, reason)).collect();
         let mut backoff = self.backoff.0;

@@ -73,19 +73,30 @@ impl RawRecord {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
     }
 
+    /// The W3C trace context of the `traceparent` header, if any.
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.header(codec::headers::TRACEPARENT)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(TraceContext::parse_traceparent)
+    }
+
+    /// The `id` of the event in the value, when the value is a JSON object that has one,
+    /// even if it is not a valid event (for log lines about records that fail).
+    pub fn event_id(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: String,
+        }
+        serde_json::from_slice::<Id>(self.payload.as_deref()?).ok().map(|i| i.id)
+    }
+
     /// Decodes the event, or says why it cannot be.
     pub fn decode(self) -> Result<Record, (RawRecord, String)> {
         let Some(payload) = self.payload.as_deref() else {
             return Err((self, "the record has no value".to_owned()));
         };
         match codec::decode(payload) {
-            Ok(event) => {
-                let trace = self
-                    .header(codec::headers::TRACEPARENT)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(TraceContext::parse_traceparent);
-                Ok(Record { event, trace, raw: self })
-            }
+            Ok(event) => Ok(Record { event, trace: self.trace(), raw: self }),
             Err(e) => {
                 let reason = format!("undecodable event: {e}");
                 Err((self, reason))

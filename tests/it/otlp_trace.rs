@@ -1,7 +1,8 @@
 //! One trace per event, end to end: an event posted with a `traceparent` yields spans in
 //! that trace from the API (its request), and from each processor that handles it (its
 //! `process` span, child of the API's span, and the `write` of its store), exported over
-//! OTLP/HTTP by the real binaries to a receiver in this test.
+//! OTLP/HTTP by the real binaries to a receiver in this test. Their JSON log lines about
+//! an event carry its trace id too.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +11,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
 use lms_bus::TopicsFile;
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use lms_events::Domain;
 use serde_json::{Value, json};
 use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_env, spawn_lms, unique_prefix};
@@ -82,8 +86,12 @@ async fn an_event_has_one_trace_across_api_processors_and_sinks() {
     let mut env = lms_env(&brokers, &prefix, &fresh_postgres_db("otlp_trace").await, port, SECRET);
     env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp));
     env.push(("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()));
-    let _processors = spawn_lms(&["processor", "run", "progress", "analytics"], &env, &format!("{prefix}processors.log"));
-    let _api = spawn_lms(&["api"], &env, &format!("{prefix}api.log"));
+    env.push(("LMS_LOG_FORMAT", "json".to_owned()));
+    // The API logs each answered request at debug level.
+    env.push(("RUST_LOG", "info,api=debug,librdkafka=warn".to_owned()));
+    let (processors_log, api_log) = (format!("{prefix}processors.log"), format!("{prefix}api.log"));
+    let _processors = spawn_lms(&["processor", "run", "progress", "analytics"], &env, &processors_log);
+    let _api = spawn_lms(&["api"], &env, &api_log);
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     eventually("the API is ready", Duration::from_secs(60), || async {
@@ -139,4 +147,38 @@ async fn an_event_has_one_trace_across_api_processors_and_sinks() {
             "{group}: each store write is a child of a processing span: {spans:#?}"
         );
     }
+
+    // JSON logs: the API's line about the request carries the request span's ids.
+    let api_lines = json_lines(&api_log);
+    assert!(
+        api_lines.iter().any(|l| l["span"]["trace_id"] == trace_id && l["span"]["span_id"] == api.span_id.as_str()),
+        "an API log line with the request's trace and span ids: {api_lines:#?}"
+    );
+    // A processor's line about a record it cannot process carries the record's trace.
+    let poison_trace = "0af7651916cd43dd8448eb211c80319c";
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("a producer");
+    producer
+        .send(
+            FutureRecord::to(topics.topic(Domain::Learning))
+                .key("ada")
+                .payload(r#"{"id": "poison-1", "type": "lesson.completed"}"#)
+                .headers(OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&format!("00-{poison_trace}-b7ad6b7169203331-01")) })),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("the poison record is produced");
+    let line = eventually("a processor log line about the poison record", Duration::from_secs(60), || {
+        let line = json_lines(&processors_log).into_iter().find(|l| l["message"] == "dead-lettering a record" && l["event_id"] == "poison-1");
+        async move { line }
+    })
+    .await;
+    assert_eq!(line["trace_id"], poison_trace, "{line}");
+    assert_eq!(line["span_id"], "b7ad6b7169203331", "{line}");
+    assert_eq!(line["level"], "WARN", "{line}");
+}
+
+/// The JSON lines of a log in the temporary directory (other lines skipped).
+fn json_lines(log: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(std::env::temp_dir().join(log)).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
