@@ -9,6 +9,7 @@ use lms_analytics::{
     ActiveLearnersPoint, AtRiskLearner, AtRiskParams, CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity,
     RevenueParams, RevenuePoint, ScoreBucket, Scores, ScoresParams, SeriesParams,
 };
+use lms_events::data::ProgressStatus;
 use lms_events::{Event, EventData};
 
 
@@ -96,10 +97,19 @@ impl Oracle {
     pub fn completions(&self, p: &SeriesParams) -> Vec<CompletionsPoint> {
         let mut first: HashMap<(&str, &str), DateTime<Utc>> = HashMap::new();
         for e in self.of(&p.tenant) {
-            if let EventData::CourseCompleted(c) = &e.data {
-                if course_matches(Some(&c.course_id), &p.course_id) {
-                    let t = first.entry((&c.course_id, &c.learner_id)).or_insert(c.completed_at);
-                    *t = (*t).min(c.completed_at);
+            // The earliest completion known: `course.completed` keeps the time known when
+            // it was emitted, a later `progress.updated` may refine it to an earlier one.
+            let completed = match &e.data {
+                EventData::CourseCompleted(c) => Some((&c.course_id, &c.learner_id, c.completed_at)),
+                EventData::ProgressUpdated(u) if u.status == ProgressStatus::Completed => {
+                    u.completed_at.map(|at| (&u.course_id, &u.learner_id, at))
+                }
+                _ => None,
+            };
+            if let Some((course, learner, at)) = completed {
+                if course_matches(Some(course), &p.course_id) {
+                    let t = first.entry((course.as_str(), learner.as_str())).or_insert(at);
+                    *t = (*t).min(at);
                 }
             }
         }
@@ -124,7 +134,10 @@ impl Oracle {
                         entry.enrollment = Some(this);
                     }
                 }
-                EventData::ProgressUpdated(p) => entry.percent = entry.percent.max(p.percent_complete),
+                EventData::ProgressUpdated(p) => {
+                    entry.percent = entry.percent.max(p.percent_complete);
+                    entry.completed |= p.status == ProgressStatus::Completed;
+                }
                 EventData::CourseCompleted(_) => entry.completed = true,
                 d if is_learning(d) => entry.last = Some(entry.last.map_or(e.time, |t| t.max(e.time))),
                 _ => {}

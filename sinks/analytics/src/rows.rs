@@ -8,6 +8,7 @@
 //! crate documentation for the whole argument.
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use lms_events::data::ProgressStatus;
 use lms_events::{Event, EventData};
 use serde::{Deserialize, Serialize};
 
@@ -247,22 +248,20 @@ impl Facts {
                     f.enrollments.push(enrollment(e, &d.course_id, &d.learner_id, true, days, time_us));
                 }
                 EventData::CourseCompleted(d) => {
-                    let at = Days::of(d.completed_at);
-                    f.completions.push(CompletionRow {
-                        tenant: e.tenant.clone(),
-                        course_id: d.course_id.clone(),
-                        learner_id: d.learner_id.clone(),
-                        completed_us: micros(d.completed_at),
-                        day: at.day,
-                        week: at.week,
-                        month: at.month,
-                    });
+                    f.completions.push(completion(e, &d.course_id, &d.learner_id, d.completed_at));
                 }
                 EventData::ProgressUpdated(d) => {
                     // percent_complete has one decimal; the cast saturates on nonsense.
                     let tenths = (d.percent_complete * 10.0).round() as i32;
                     let p = furthest.entry((tenant, &d.course_id, &d.learner_id)).or_insert(tenths);
                     *p = (*p).max(tenths);
+                    // `course.completed` is emitted once, with the completion time known
+                    // then; when the first completion of the last lesson arrives late, only
+                    // `progress.updated` carries the earlier, refined `completed_at`. The
+                    // completions table keeps the earliest of them all.
+                    if let (ProgressStatus::Completed, Some(at)) = (d.status, d.completed_at) {
+                        f.completions.push(completion(e, &d.course_id, &d.learner_id, at));
+                    }
                 }
                 EventData::PaymentSucceeded(d) => f.payments.push(PaymentRow {
                     tenant: e.tenant.clone(),
@@ -373,6 +372,19 @@ fn enrollment(e: &Event, course: &str, learner: &str, dropped: bool, days: Days,
     }
 }
 
+fn completion(e: &Event, course: &str, learner: &str, at: DateTime<Utc>) -> CompletionRow {
+    let days = Days::of(at);
+    CompletionRow {
+        tenant: e.tenant.clone(),
+        course_id: course.to_owned(),
+        learner_id: learner.to_owned(),
+        completed_us: micros(at),
+        day: days.day,
+        week: days.week,
+        month: days.month,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use lms_events::{EventType, examples};
@@ -419,5 +431,27 @@ mod tests {
         let lesson = f.events.iter().find(|r| r.event_type == "lesson.completed").expect("row");
         let data: serde_json::Value = serde_json::from_str(&lesson.data).expect("json");
         assert!(data.get("lesson_id").is_some(), "{data}");
+    }
+
+    /// `course.completed` went out with a re-completion's time because the first completion
+    /// of the last lesson arrived late; the `progress.updated` after it carries the earlier
+    /// time, and the completions table (which keeps the earliest) must get it.
+    #[test]
+    fn a_refined_completion_time_reaches_the_completions() {
+        let early = examples::time();
+        let late = early + chrono::Duration::hours(30);
+        let mut completed = examples::event(EventType::CourseCompleted);
+        if let EventData::CourseCompleted(d) = &mut completed.data {
+            d.completed_at = late;
+        }
+        let mut refined = examples::event(EventType::ProgressUpdated);
+        if let EventData::ProgressUpdated(d) = &mut refined.data {
+            (d.lessons_completed, d.percent_complete, d.status) = (3, 100.0, ProgressStatus::Completed);
+            d.completed_at = Some(early);
+        }
+        let f = Facts::from_events([&completed, &refined]);
+        let earliest = f.completions.iter().map(|c| c.completed_us).min();
+        assert_eq!(earliest, Some(micros(early)), "{} completion rows", f.completions.len());
+        assert!(f.completions.iter().all(|c| c.course_id == examples::COURSE && c.learner_id == examples::LEARNER));
     }
 }
