@@ -111,11 +111,18 @@ struct Outcome {
 
 async fn run(rules: &Rules, events: &[Event], batch_sizes: &[usize]) -> Outcome {
     let store = Store::open("sqlite::memory:", 1).await.expect("an in-memory store");
+    let outcome = run_on(&store, rules, events, batch_sizes, &mut 0).await;
+    store.close().await;
+    outcome
+}
+
+/// Runs `events` through the stage with `rules` on an existing store (whose facts a
+/// replay finds), continuing the offsets after `offset`.
+async fn run_on(store: &Store, rules: &Rules, events: &[Event], batch_sizes: &[usize], offset: &mut i64) -> Outcome {
     let stage = Achievements::new(std::sync::Arc::new(rules.clone()));
     let mut unlocked = BTreeMap::new();
-    let mut offset = 0;
     for batch in batches(events, batch_sizes) {
-        for (e, _) in apply_batch(&store, &stage, batch.iter(), &mut offset).await {
+        for (e, _) in apply_batch(store, &stage, batch.iter(), offset).await {
             if let EventData::AchievementUnlocked(a) = e.data {
                 *unlocked.entry((a.learner_id, a.achievement_id, a.course_id)).or_insert(0) += 1;
             }
@@ -123,10 +130,51 @@ async fn run(rules: &Rules, events: &[Event], batch_sizes: &[usize]) -> Outcome 
     }
     let mut achievements = BTreeMap::new();
     for learner in LEARNERS {
-        achievements.insert(learner, super::read(&store, TENANT, learner).await.expect("read achievements"));
+        achievements.insert(learner, super::read(store, TENANT, learner).await.expect("read achievements"));
     }
-    store.close().await;
     Outcome { achievements, unlocked }
+}
+
+/// A rule added to the configuration unlocks for past activity when the group replays
+/// from the start (`lms replay --group achievements --to-earliest`), with the unlock time
+/// the past activity gives; the achievements unlocked before are not announced again.
+#[test]
+fn a_rule_added_later_unlocks_for_past_activity_on_replay() {
+    let all = Rules::parse(RULES).expect("the test rules parse");
+    let without: String = RULES.lines().filter(|l| !l.contains("two-courses") && !l.contains("streak-3")).collect::<Vec<_>>().join("\n");
+    let before = Rules::parse(&without).expect("the reduced rules parse");
+    // Ada learns on three consecutive days and completes two courses; Bob completes one.
+    let ops = [
+        (Op::Lesson { learner: 0, course: 0 }, 0),
+        (Op::Lesson { learner: 0, course: 0 }, 24),
+        (Op::Completed { learner: 0, course: 0 }, 25),
+        (Op::Lesson { learner: 0, course: 1 }, 48),
+        (Op::Completed { learner: 0, course: 1 }, 49),
+        (Op::Lesson { learner: 1, course: 2 }, 50),
+        (Op::Completed { learner: 1, course: 2 }, 51),
+    ];
+    let events: Vec<Event> = ops.iter().enumerate().map(|(i, (op, hour))| event(i, op, *hour)).collect();
+    block_on(async {
+        let store = Store::open("sqlite::memory:", 1).await.expect("an in-memory store");
+        let mut offset = 0;
+        let first = run_on(&store, &before, &events, &[3], &mut offset).await;
+        let ids = |o: &Outcome, learner: &str| o.achievements[learner].iter().map(|v| v.achievement_id.clone()).collect::<Vec<_>>();
+        assert!(!ids(&first, "ada").iter().any(|id| id == "two-courses" || id == "streak-3"), "not configured yet: {:?}", ids(&first, "ada"));
+
+        let replay = run_on(&store, &all, &events, &[3], &mut offset).await;
+        let ada = &replay.achievements["ada"];
+        let unlocked_at = |id: &str| ada.iter().find(|v| v.achievement_id == id).map(|v| v.unlocked_at);
+        assert_eq!(unlocked_at("two-courses"), Some(time(49)), "two courses, at the second completion: {ada:?}");
+        assert_eq!(unlocked_at("streak-3"), Some(time(48)), "three days, on the third day: {ada:?}");
+        assert!(!ids(&replay, "bob").iter().any(|id| id == "two-courses"), "bob completed one course only");
+        for (key, n) in &replay.unlocked {
+            assert!(key.1 == "two-courses" || key.1 == "streak-3", "announced again on replay: {key:?} ({n}×)");
+        }
+        // The same as running the full rules from the start.
+        let fresh = run(&all, &events, &[3]).await;
+        assert_eq!(replay.achievements, fresh.achievements);
+        store.close().await;
+    });
 }
 
 /// Every listed achievement was announced exactly once, and nothing else was.
