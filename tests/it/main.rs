@@ -39,6 +39,7 @@ mod ops_dlq;
 mod ops_k8s;
 mod ops_readiness;
 mod ops_replay;
+mod ops_replay_mock;
 mod ops_scaling;
 mod poison;
 mod progress_kill;

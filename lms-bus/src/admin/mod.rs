@@ -151,8 +151,10 @@ impl Admin {
 
     /// For each partition, the first offset whose record timestamp is at or after
     /// `timestamp_ms`; `None` when no record is that recent. The answer is checked: the
-    /// record at each offset must be that recent, or the broker does not implement
-    /// ListOffsets by time ([`AdminError::Unsupported`]; tansu 0.6.0 answers 0).
+    /// record at each offset must be that recent, and where the broker says none is, the
+    /// newest record must not be; otherwise the broker does not implement ListOffsets by
+    /// time ([`AdminError::Unsupported`]: tansu 0.6.0 answers 0, librdkafka's mock cluster
+    /// answers "none" for every time).
     pub fn offsets_for_time(
         &self,
         partitions: &[TopicPartition],
@@ -169,10 +171,9 @@ impl Admin {
                 Offset::Offset(o) if o >= 0 => Some(o),
                 _ => None,
             });
-            if let Some(o) = o
-                && o < self.watermarks(tp)?.high
-            {
-                match self.record_timestamp(tp, o)? {
+            let w = self.watermarks(tp)?;
+            match o {
+                Some(o) if o < w.high => match self.record_timestamp(tp, o)? {
                     Some(ts) if ts >= timestamp_ms => {}
                     other => {
                         return Err(AdminError::Unsupported(format!(
@@ -180,7 +181,17 @@ impl Admin {
                              whose record is from {other:?} ms: it does not implement ListOffsets by time"
                         )));
                     }
+                },
+                None if w.high > w.low => {
+                    if let Some(ts) = self.record_timestamp(tp, w.high - 1)?.filter(|ts| *ts >= timestamp_ms) {
+                        return Err(AdminError::Unsupported(format!(
+                            "asked for the first record of {tp} at or after {timestamp_ms} ms, the broker answered that none \
+                             is, but its newest record (offset {}) is from {ts} ms: it does not implement ListOffsets by time",
+                            w.high - 1
+                        )));
+                    }
                 }
+                _ => {}
             }
             out.push((tp.clone(), o));
         }
