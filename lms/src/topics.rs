@@ -15,9 +15,10 @@ pub enum TopicsCommand {
     /// Shows what `apply` would change, the drift it would not fix, and what the broker
     /// did not let it verify. Changes nothing.
     Plan(TopicsArgs),
-    /// Creates missing topics and raises partition counts, then shows the new plan
-    /// (which is empty when everything matches). Safe to run again: a second apply does
-    /// nothing. Never lowers partitions or deletes topics unless `--delete-unmanaged`.
+    /// Shows the plan, then creates missing topics and raises partition counts, and says
+    /// how many of the changes were applied (and which the broker refused). Safe to run
+    /// again: a second apply prints "No changes" and does nothing. Never lowers partitions
+    /// or deletes topics unless `--delete-unmanaged`.
     Apply(TopicsArgs),
 }
 

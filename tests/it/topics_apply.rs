@@ -67,3 +67,42 @@ async fn apply_creates_every_topic_and_a_second_apply_changes_nothing() {
         assert!(unsupported[0].contains(&name) && unsupported[0].contains("does not support"), "{unsupported:?}");
     }
 }
+
+/// The acceptance as an operator types it: `lms topics plan`, `lms topics apply`, and a
+/// second `lms topics apply` that reports no changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lms_topics_commands_plan_apply_and_apply_again() {
+    init_logs();
+    let prefix = unique_prefix("topics-cli");
+    let file = TopicsFile::bundled();
+    let lms = |args: &[&str]| {
+        let out = tokio::task::block_in_place(|| {
+            std::process::Command::new(tests::lms_bin())
+                .args(args)
+                .env("LMS_KAFKA__BROKERS", kafka_brokers())
+                .env("LMS_KAFKA__TOPIC_PREFIX", &prefix)
+                .env("RUST_LOG", "warn")
+                .output()
+        })
+        .expect("run lms");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "lms {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    let plan = lms(&["topics", "plan"]);
+    for t in &file.topics {
+        assert!(plan.contains(&format!("+ create {prefix}{}:", t.name)), "the plan creates {}:\n{plan}", t.name);
+    }
+    let applied = lms(&["topics", "apply"]);
+    let n = file.topics.len();
+    assert!(applied.contains(&format!("Applied {n} of {n} change(s).")), "{applied}");
+    // The broker's metadata may trail the creation for a moment: wait on the read-only plan.
+    eventually("the plan to find nothing to do", Duration::from_secs(30), || {
+        let out = lms(&["topics", "plan"]);
+        async move { out.contains("No changes").then_some(()) }
+    })
+    .await;
+    let again = lms(&["topics", "apply"]);
+    assert!(again.contains("No changes"), "{again}");
+    assert!(!again.contains("Applied") && !again.contains("+ create"), "a second apply changes nothing:\n{again}");
+}
