@@ -42,9 +42,10 @@ use anyhow::{Context as _, bail, ensure};
 use api::auth::{Claims, scope, sign_hs256};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt as _;
+use lms_analytics::params::MAX_AT_RISK_LIMIT;
 use lms_analytics::{
-    ActiveLearnersPoint, CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity, RevenueParams, RevenuePoint,
-    Scores, ScoresParams, SeriesParams,
+    ActiveLearnersPoint, AtRiskLearner, AtRiskParams, CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity,
+    RevenueParams, RevenuePoint, Scores, ScoresParams, SeriesParams,
 };
 use lms_bus::{TopicMap, TopicsFile};
 use lms_events::data::{CourseCompleted, ProgressStatus, ProgressUpdated};
@@ -513,7 +514,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
 
     drop(fleet);
     store.close().await;
-    Ok(Report { events: events.len(), kills: cfg.kills, kills_while_feeding, retries: retries.load(Ordering::Relaxed), elapsed, catch_up, tallies })
+    Ok(Report { events: events.len(), kills: kill_times.len(), kills_while_feeding, retries: retries.load(Ordering::Relaxed), elapsed, catch_up, tallies })
 }
 
 pub(crate) fn group_of(prefix: &str, processor: &str) -> String {
@@ -867,6 +868,7 @@ async fn compare_analytics(
     let mut revenue = Tally::new("GET /v1/analytics/revenue");
     let mut funnel = Tally::new("GET /v1/analytics/courses/{id}/funnel");
     let mut scores = Tally::new("GET /v1/analytics/assessments/{id}/scores");
+    let mut at_risk = Tally::new("GET /v1/analytics/courses/{id}/at-risk");
     let from: NaiveDate = (cfg.now - chrono::Duration::weeks(i64::from(cfg.weeks)) - chrono::Duration::days(7)).date_naive();
     let to: NaiveDate = cfg.now.date_naive();
     for tenant in tenants {
@@ -921,6 +923,23 @@ async fn compare_analytics(
             let want = o.funnel(&FunnelParams { tenant: tenant.name.clone(), course_id: course.course_id.clone() });
             let v = |f: &Funnel| vec![f.enrolled, f.started, f.reached_25, f.reached_50, f.reached_75, f.completed];
             series(&mut funnel, &tenant.name, BTreeMap::from([(course.course_id.clone(), v(&got))]), BTreeMap::from([(course.course_id.clone(), v(&want))]));
+            // At risk a week before the cohort's end, so that the list is not empty.
+            let p = AtRiskParams {
+                tenant: tenant.name.clone(),
+                course_id: course.course_id.clone(),
+                inactive_days: 7,
+                as_of: cfg.now,
+                limit: MAX_AT_RISK_LIMIT,
+            };
+            let url = format!(
+                "{base}/v1/analytics/courses/{}/at-risk?inactive_days={}&limit={}&as_of={}",
+                course.course_id,
+                p.inactive_days,
+                p.limit,
+                p.as_of.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            let got: Vec<AtRiskLearner> = serde_json::from_value(get_json(http, &url, &token).await?)?;
+            compare_at_risk(&mut at_risk, &format!("{}/{}", tenant.name, course.course_id), &got, &o.at_risk(&p));
             for assessment in course.assessment_ids() {
                 let got: Scores = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/assessments/{assessment}/scores"), &token).await?)?;
                 let want = o.scores(&ScoresParams { tenant: tenant.name.clone(), assessment_id: assessment.clone(), range: None, course_id: None });
@@ -937,5 +956,32 @@ async fn compare_analytics(
             }
         }
     }
-    Ok(vec![active, enrollments, completions, revenue, funnel, scores])
+    Ok(vec![active, enrollments, completions, revenue, funnel, scores, at_risk])
+}
+
+/// Compares an at-risk list with the oracle's: a learner missing is lost, one listed twice
+/// or not expected is doubled, a different percent, last activity or order is wrong.
+fn compare_at_risk(t: &mut Tally, what: &str, got: &[AtRiskLearner], want: &[AtRiskLearner]) {
+    let wanted: BTreeMap<&str, &AtRiskLearner> = want.iter().map(|l| (l.learner_id.as_str(), l)).collect();
+    let mut seen = BTreeSet::new();
+    // The list itself (its order), and each learner on it.
+    t.checked += 1 + want.len() as u64;
+    for g in got {
+        if !seen.insert(g.learner_id.as_str()) || !wanted.contains_key(g.learner_id.as_str()) {
+            t.doubled += 1;
+            t.example(format!("{what}: {} listed but not at risk (or twice)", g.learner_id));
+        } else if wanted[g.learner_id.as_str()] != g {
+            t.wrong += 1;
+            t.example(format!("{what}: got {g:?}, want {:?}", wanted[g.learner_id.as_str()]));
+        }
+    }
+    for w in want.iter().filter(|w| !seen.contains(w.learner_id.as_str())) {
+        t.lost += 1;
+        t.example(format!("{what}: {} at risk but not listed", w.learner_id));
+    }
+    let order = |v: &[AtRiskLearner]| v.iter().map(|l| l.learner_id.clone()).collect::<Vec<_>>();
+    if t.lost == 0 && t.doubled == 0 && order(got) != order(want) {
+        t.wrong += 1;
+        t.example(format!("{what}: not oldest first: got {:?}, want {:?}", order(got), order(want)));
+    }
 }
