@@ -17,7 +17,7 @@ use crate::config::Config;
   lms groups --json --trend-ms 0     one JSON array, no trend (for scripts and tests)
 
 The lag of a processor that keeps its offsets in the state store (catalog, progress,
-achievements) is computed from the store's offsets, which are the truth: the Kafka
+achievements, notifications) is computed from the store's offsets, which are the truth: the Kafka
 commit only mirrors them. Both columns are shown; a partition with no offset at all is
 read from the beginning, so its lag is the whole log.")]
 pub struct GroupsArgs {

@@ -23,8 +23,8 @@ use crate::config::Config;
 Stop every instance of the group first (scale its Deployment to 0): the command refuses
 while the group has live members, and when the broker cannot tell (tansu 0.6.0 cannot
 describe groups: there, stop the instances and pass --skip-member-check). Processors are idempotent, so a replay recomputes the
-same results; the state store's offsets (the truth for catalog, progress and
-achievements) and Kafka's committed offsets are both reset, the store first.")]
+same results; the state store's offsets (the truth for catalog, progress, achievements
+and notifications) and Kafka's committed offsets are both reset, the store first.")]
 pub struct ReplayArgs {
     /// The group: a processor name (`progress`) or a group id (`lms-progress`).
     #[arg(long)]
