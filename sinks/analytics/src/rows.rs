@@ -194,8 +194,9 @@ pub struct Facts {
 
 impl Facts {
     /// Maps events to rows. Within the batch, rows that are summaries of a key are reduced
-    /// already (one active-day row per key, the latest activity, the furthest progress), which
-    /// only saves rows: reads would give the same answers without it.
+    /// already (one active-day row per key, the latest activity, the furthest progress, the
+    /// earliest completion), which only saves rows: reads would give the same answers
+    /// without it.
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Facts {
         use std::collections::{HashMap, HashSet};
         let mut f = Facts::default();
@@ -204,6 +205,11 @@ impl Facts {
         let mut weeks: HashMap<i32, (i32, i32)> = HashMap::new();
         let mut last: HashMap<(&'a str, &'a str, &'a str), i64> = HashMap::new();
         let mut furthest: HashMap<(&'a str, &'a str, &'a str), i32> = HashMap::new();
+        let mut first_completed: HashMap<(&'a str, &'a str, &'a str), DateTime<Utc>> = HashMap::new();
+        let mut completed = |key, at: DateTime<Utc>| {
+            let t = first_completed.entry(key).or_insert(at);
+            *t = (*t).min(at);
+        };
         for e in events {
             let time_us = micros(e.time);
             let days = Days::of(e.time);
@@ -247,9 +253,7 @@ impl Facts {
                 EventData::EnrollmentDropped(d) => {
                     f.enrollments.push(enrollment(e, &d.course_id, &d.learner_id, true, days, time_us));
                 }
-                EventData::CourseCompleted(d) => {
-                    f.completions.push(completion(e, &d.course_id, &d.learner_id, d.completed_at));
-                }
+                EventData::CourseCompleted(d) => completed((tenant, &d.course_id, &d.learner_id), d.completed_at),
                 EventData::ProgressUpdated(d) => {
                     // percent_complete has one decimal; the cast saturates on nonsense.
                     let tenths = (d.percent_complete * 10.0).round() as i32;
@@ -260,7 +264,7 @@ impl Facts {
                     // `progress.updated` carries the earlier, refined `completed_at`. The
                     // completions table keeps the earliest of them all.
                     if let (ProgressStatus::Completed, Some(at)) = (d.status, d.completed_at) {
-                        f.completions.push(completion(e, &d.course_id, &d.learner_id, at));
+                        completed((tenant, &d.course_id, &d.learner_id), at);
                     }
                 }
                 EventData::PaymentSucceeded(d) => f.payments.push(PaymentRow {
@@ -318,6 +322,21 @@ impl Facts {
                 last_us,
             })
             .collect();
+        f.completions = first_completed
+            .into_iter()
+            .map(|((tenant, course_id, learner_id), at)| {
+                let days = Days::of(at);
+                CompletionRow {
+                    tenant: tenant.to_owned(),
+                    course_id: course_id.to_owned(),
+                    learner_id: learner_id.to_owned(),
+                    completed_us: micros(at),
+                    day: days.day,
+                    week: days.week,
+                    month: days.month,
+                }
+            })
+            .collect();
         f.progress = furthest
             .into_iter()
             .map(|((tenant, course_id, learner_id), pct_tenths)| ProgressRow {
@@ -369,19 +388,6 @@ fn enrollment(e: &Event, course: &str, learner: &str, dropped: bool, days: Days,
         month: days.month,
         dropped: i32::from(dropped),
         order_key: EnrollmentRow::order_key(time_us, dropped),
-    }
-}
-
-fn completion(e: &Event, course: &str, learner: &str, at: DateTime<Utc>) -> CompletionRow {
-    let days = Days::of(at);
-    CompletionRow {
-        tenant: e.tenant.clone(),
-        course_id: course.to_owned(),
-        learner_id: learner.to_owned(),
-        completed_us: micros(at),
-        day: days.day,
-        week: days.week,
-        month: days.month,
     }
 }
 
@@ -450,8 +456,10 @@ mod tests {
             d.completed_at = Some(early);
         }
         let f = Facts::from_events([&completed, &refined]);
-        let earliest = f.completions.iter().map(|c| c.completed_us).min();
-        assert_eq!(earliest, Some(micros(early)), "{} completion rows", f.completions.len());
-        assert!(f.completions.iter().all(|c| c.course_id == examples::COURSE && c.learner_id == examples::LEARNER));
+        assert_eq!(f.completions.len(), 1, "one row per learner and course and batch");
+        let row = &f.completions[0];
+        assert_eq!((row.course_id.as_str(), row.learner_id.as_str()), (examples::COURSE, examples::LEARNER));
+        assert_eq!(row.completed_us, micros(early));
+        assert_eq!(date_of(row.day), early.date_naive());
     }
 }
