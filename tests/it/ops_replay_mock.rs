@@ -8,7 +8,6 @@
 //! broker that implements the request (Kafka itself).
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use lms_bus::admin::Admin;
@@ -18,7 +17,7 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
-use tests::{init_logs, lms_bin, unique_prefix};
+use tests::{init_logs, run_lms, unique_prefix};
 
 /// Records per partition of the learning topic; record `i` of a partition is stamped
 /// `T0 + i` seconds.
@@ -48,18 +47,14 @@ async fn replay_to_offsets_moves_store_and_kafka_and_a_broker_without_time_looku
 
     let store = std::env::temp_dir().join(format!("{prefix}store.db"));
     let store_url = format!("sqlite://{}?mode=rwc", store.display());
+    let env = [
+        ("LMS_KAFKA__BROKERS", mock.bootstrap_servers()),
+        ("LMS_KAFKA__TOPIC_PREFIX", prefix.clone()),
+        ("LMS_STORE__URL", store_url.clone()),
+    ];
     let lms = |args: &[&str]| {
-        let out = tokio::task::block_in_place(|| {
-            Command::new(lms_bin())
-                .args(args)
-                .env("LMS_KAFKA__BROKERS", mock.bootstrap_servers())
-                .env("LMS_KAFKA__TOPIC_PREFIX", &prefix)
-                .env("LMS_STORE__URL", &store_url)
-                .env("RUST_LOG", "warn")
-                .output()
-        })
-        .expect("run lms");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = run_lms(args, &env);
+        (out.ok, out.stdout, out.stderr)
     };
     let group = format!("{prefix}lms-progress");
     let tp = |p: i32| TopicPartition::new(&learning, p);

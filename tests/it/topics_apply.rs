@@ -75,19 +75,11 @@ async fn the_lms_topics_commands_plan_apply_and_apply_again() {
     init_logs();
     let prefix = unique_prefix("topics-cli");
     let file = TopicsFile::bundled();
+    let env = [("LMS_KAFKA__BROKERS", kafka_brokers()), ("LMS_KAFKA__TOPIC_PREFIX", prefix.clone())];
     let lms = |args: &[&str]| {
-        let out = tokio::task::block_in_place(|| {
-            std::process::Command::new(tests::lms_bin())
-                .args(args)
-                .env("LMS_KAFKA__BROKERS", kafka_brokers())
-                .env("LMS_KAFKA__TOPIC_PREFIX", &prefix)
-                .env("RUST_LOG", "warn")
-                .output()
-        })
-        .expect("run lms");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "lms {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
-        text
+        let out = tests::run_lms(args, &env);
+        assert!(out.ok, "lms {args:?}: {}{}", out.stdout, out.stderr);
+        out.stdout
     };
     let plan = lms(&["topics", "plan"]);
     for t in &file.topics {

@@ -194,6 +194,32 @@ pub fn spawn_lms(args: &[&str], env: &[(&str, String)], log: &str) -> Proc {
     Proc(cmd.spawn().expect("start lms"))
 }
 
+/// What a finished `lms` command did.
+pub struct LmsOutput {
+    /// Whether it exited successfully.
+    pub ok: bool,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error (the logs, warnings only unless `env` sets `RUST_LOG`).
+    pub stderr: String,
+}
+
+/// Runs `lms <args>` with `env` added to completion (off the async workers) and returns
+/// what it printed.
+pub fn run_lms(args: &[&str], env: &[(&str, String)]) -> LmsOutput {
+    let mut cmd = Command::new(lms_bin());
+    cmd.args(args).env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::block_in_place(|| cmd.output()).expect("run lms");
+    LmsOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// The environment of the `lms api` and `lms processor run` processes of one test
 /// deployment: the broker and topic prefix, the state store, the Parquet analytics twin in
 /// the temporary directory, the API on `api_port` with `jwt_secret`, short batch waits.
