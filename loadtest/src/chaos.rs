@@ -966,9 +966,12 @@ fn compare_at_risk(t: &mut Tally, what: &str, got: &[AtRiskLearner], want: &[AtR
     let mut seen = BTreeSet::new();
     // The list itself (its order), and each learner on it.
     t.checked += 1 + want.len() as u64;
+    // Differences in membership of this list (the tally adds up every list).
+    let mut members_differ = false;
     for g in got {
         if !seen.insert(g.learner_id.as_str()) || !wanted.contains_key(g.learner_id.as_str()) {
             t.doubled += 1;
+            members_differ = true;
             t.example(format!("{what}: {} listed but not at risk (or twice)", g.learner_id));
         } else if wanted[g.learner_id.as_str()] != g {
             t.wrong += 1;
@@ -977,10 +980,12 @@ fn compare_at_risk(t: &mut Tally, what: &str, got: &[AtRiskLearner], want: &[AtR
     }
     for w in want.iter().filter(|w| !seen.contains(w.learner_id.as_str())) {
         t.lost += 1;
+        members_differ = true;
         t.example(format!("{what}: {} at risk but not listed", w.learner_id));
     }
+    // The order is judged only where the members agree (else it differs necessarily).
     let order = |v: &[AtRiskLearner]| v.iter().map(|l| l.learner_id.clone()).collect::<Vec<_>>();
-    if t.lost == 0 && t.doubled == 0 && order(got) != order(want) {
+    if !members_differ && order(got) != order(want) {
         t.wrong += 1;
         t.example(format!("{what}: not oldest first: got {:?}, want {:?}", order(got), order(want)));
     }
