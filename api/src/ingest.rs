@@ -7,7 +7,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use lms_bus::{OnQueueFull, ProduceError};
-use lms_events::{Event, FieldError, Rejection, TraceContext, parse_client_event};
+use lms_events::{Event, FieldError, Rejection, TraceContext, parse_client_event_owned};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -57,7 +57,7 @@ pub(crate) struct Validated {
 pub(crate) fn validate_events(items: Vec<Result<Value, FieldError>>, tenant: &str) -> Validated {
     let mut out = Validated { events: Vec::with_capacity(items.len()), rejected: Vec::new(), foreign: None };
     for (index, item) in items.into_iter().enumerate() {
-        match item.map_err(|e| Rejection::Invalid(vec![e])).and_then(|v| parse_client_event(&v, tenant)) {
+        match item.map_err(|e| Rejection::Invalid(vec![e])).and_then(|v| parse_client_event_owned(v, tenant)) {
             Ok(event) => out.events.push((index, event)),
             Err(Rejection::Invalid(errors)) => out.rejected.push(Rejected { index, errors }),
             Err(Rejection::ForeignTenant { named, .. }) => {

@@ -80,6 +80,6 @@ pub use data::{
     PaymentSucceeded, ProgressStatus, ProgressUpdated, VideoProgressed,
 };
 pub use event::{Domain, Event, EventData, EventType, SPEC_VERSION, UnknownEventType};
-pub use input::{FieldError, Rejection, parse_client_event};
+pub use input::{FieldError, Rejection, parse_client_event, parse_client_event_owned};
 pub use schema::{event_schema, input_event_schema};
 pub use trace::TraceContext;
