@@ -35,6 +35,10 @@ use processors::noop::Noop;
 use loadtest::create_topics;
 use tokio_util::sync::CancellationToken;
 
+/// The allocator of `lms` (see there), so that the in-process API costs what it does in `lms api`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Benchmarks against running services.
 #[derive(Debug, Parser)]
 #[command(name = "loadtest", version)]
