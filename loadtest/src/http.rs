@@ -8,7 +8,8 @@
 //! phase 3 reached (or `--rate`), where the latency target applies. Without `--url` the API
 //! runs in this process on a free loopback port against `--brokers`, on topics of a fresh
 //! prefix. Latency is per request, measured from the moment the request was due (so a
-//! client falling behind shows up as latency, not as fewer requests).
+//! client falling behind shows up as latency, not as fewer requests), on connections every
+//! worker opens before the phase's clock starts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,8 +56,9 @@ pub struct HttpArgs {
     /// Requests (one event each) of each single-mode phase.
     #[arg(long, default_value_t = 30_000)]
     single_events: usize,
-    /// Concurrent connections in single mode.
-    #[arg(long, default_value_t = 128)]
+    /// Concurrent connections in single mode (each request waits about the producer's
+    /// linger, so the maximum rate needs many in flight).
+    #[arg(long, default_value_t = 256)]
     single_concurrency: usize,
     /// Request rate of the paced single-mode phase (requests/s); half of the measured
     /// maximum when absent.
@@ -197,18 +199,24 @@ async fn drive(
     what: &str,
 ) -> anyhow::Result<Figures> {
     let total_events = (bodies.len() * per_request) as u64;
-    let bar = progress(total_events, what);
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
+    let authority = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    // Every worker connects before the clock starts: the phase measures requests on
+    // kept-alive connections, as clients of a running service send them, not a storm of
+    // simultaneous connects (which the listen backlog answers with 1 s SYN retransmits).
+    let mut connections = Vec::with_capacity(concurrency.max(1));
+    for _ in 0..concurrency.max(1) {
+        connections.push(connect(&authority).await);
+    }
+    let bar = progress(total_events, what);
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    let authority = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
-    for _ in 0..concurrency.max(1) {
+    for mut conn in connections {
         let (authority, auth, bodies, next, bar) = (authority.clone(), auth.to_owned(), bodies.clone(), next.clone(), bar.clone());
         workers.spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut errors = 0usize;
-            let mut conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
@@ -243,16 +251,24 @@ async fn drive(
     Ok(Figures { events: total_events as usize - errors * per_request, elapsed, latency_us, errors })
 }
 
-/// POSTs one body to `/v1/events` on a kept-alive HTTP/1.1 connection (a plain hyper
-/// connection per worker: the load generator should cost the shared cores as little as
-/// possible); true on 202.
-async fn post(conn: &mut Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>, authority: &str, auth: &str, body: Bytes) -> bool {
+type Connection = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A kept-alive HTTP/1.1 connection to `authority` (a plain hyper connection per worker:
+/// the load generator should cost the shared cores as little as possible); None when the
+/// connect fails (the worker's first request tries again).
+async fn connect(authority: &str) -> Option<Connection> {
+    let stream = tokio::net::TcpStream::connect(authority).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(connection);
+    Some(sender)
+}
+
+/// POSTs one body to `/v1/events` on the worker's connection (reconnecting when it is
+/// gone); true on 202.
+async fn post(conn: &mut Option<Connection>, authority: &str, auth: &str, body: Bytes) -> bool {
     if conn.as_ref().is_none_or(|c| c.is_closed()) {
-        let Ok(stream) = tokio::net::TcpStream::connect(authority).await else { return false };
-        let _ = stream.set_nodelay(true);
-        let Ok((sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else { return false };
-        tokio::spawn(connection);
-        *conn = Some(sender);
+        *conn = connect(authority).await;
     }
     let Some(sender) = conn.as_mut() else { return false };
     if sender.ready().await.is_err() {
