@@ -217,8 +217,9 @@ async fn produce(
 }
 
 /// The processor's rate over `p` with `k` members (a fresh database with the catalog loaded
-/// first): records per second, the broker's and this process's CPU, records processed.
-async fn measure(args: &ProcessorsArgs, bench: &Bench, p: &Produced, k: usize, broker: Option<u32>) -> anyhow::Result<(f64, Option<f64>, f64, u64)> {
+/// first): records per second, the broker's and this process's CPU, records processed, and
+/// when the group formed.
+async fn measure(args: &ProcessorsArgs, bench: &Bench, p: &Produced, k: usize, broker: Option<u32>) -> anyhow::Result<Measured> {
     let reg = bench.reg;
     let store = Store::open(&fresh_db(&args.postgres, &reg.name.replace('-', "_")).await?, 16).await?;
     let run_kafka = KafkaConfig::new(&args.brokers).with_prefix(format!("{}k{k}-", p.prefix));
@@ -239,12 +240,51 @@ async fn measure(args: &ProcessorsArgs, bench: &Bench, p: &Produced, k: usize, b
     let cpu = Cpu::start(broker);
     let t = Instant::now();
     let running = runtime::start(&plumbing, &ctx, relay, &[reg], k)?;
-    wait_stored(&store, &run_kafka.group_id(reg.name), &p.wanted).await?;
+    let group = run_kafka.group_id(reg.name);
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut formed = None;
+    loop {
+        let stored = lms_store::offsets::load(&store, &group).await?;
+        let done: i64 = p.wanted.keys().map(|tp| stored.get(tp).copied().unwrap_or(0)).sum();
+        if formed.is_none() && running.members().all(|(_, m)| !m.assignment().is_empty()) {
+            formed = Some(Formed { after: t.elapsed(), done: done as f64 / p.records as f64 });
+        }
+        if p.wanted.iter().all(|(tp, end)| stored.get(tp).copied().unwrap_or(0) >= *end) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "group {group} did not reach the end in 30 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let rate = p.records as f64 / t.elapsed().as_secs_f64();
     let (broker_share, own) = cpu.shares();
     let reports = running.stop().await?;
     store.close().await;
-    Ok((rate, broker_share, own, reports.iter().map(|(_, r)| r.records).sum()))
+    Ok(Measured { rate, broker_share, own, processed: reports.iter().map(|(_, r)| r.records).sum(), formed })
+}
+
+/// When every member of a group first had partitions, and the share of the records done by
+/// then: with several members, a short run can be mostly group formation (tansu 0.6.0
+/// takes seconds to settle a group of 4), which the rate then measures rather than the
+/// members.
+#[derive(Clone, Copy)]
+struct Formed {
+    after: Duration,
+    done: f64,
+}
+
+impl std::fmt::Display for Formed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1} s, {:.0} % done", self.after.as_secs_f64(), self.done * 100.0)
+    }
+}
+
+/// One processor measurement.
+struct Measured {
+    rate: f64,
+    broker_share: Option<f64>,
+    own: f64,
+    processed: u64,
+    formed: Option<Formed>,
 }
 
 /// Runs the benchmark.
@@ -307,8 +347,12 @@ pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
             };
             members.push(Member::spawn(cfg, noop.clone(), producer.clone(), metrics.clone(), stop.clone())?);
         }
+        let mut noop_formed = None;
         while (noop.events() as i64) < records {
             anyhow::ensure!(t.elapsed() < Duration::from_secs(900), "the no-op group consumed only {} of {records}", noop.events());
+            if noop_formed.is_none() && members.iter().all(|m| !m.assignment().is_empty()) {
+                noop_formed = Some(Formed { after: t.elapsed(), done: noop.events() as f64 / records as f64 });
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let noop_rate = records as f64 / t.elapsed().as_secs_f64();
@@ -319,27 +363,33 @@ pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
         }
 
         // The processor: a fresh database with the catalog loaded, then k members.
-        let (rate, broker_share, own, processed) = measure(&args, &bench, &clean, k, broker).await?;
+        let m = measure(&args, &bench, &clean, k, broker).await?;
         let poisoned = match &poisoned {
             Some(p) => Some(measure(&args, &bench, p, k, broker).await?),
             None => None,
         };
+        let rate = m.rate;
         let base = *first.get_or_insert(rate);
         let pct = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.0} %", v * 100.0));
-        let poisoned = poisoned.map_or(String::new(), |(p, _, _, _)| {
+        let poisoned_cols = poisoned.as_ref().map_or(String::new(), |p| {
             // Rates count every record read; of the poisoned run's, only the valid ones.
-            let valid = p * records as f64 / (records + poison_records) as f64;
+            let valid = p.rate * records as f64 / (records + poison_records) as f64;
             format!(" {valid:>12.0} {:>7.1} %", (1.0 - valid / rate) * 100.0)
         });
         println!(
-            "{k:>3} {noop_rate:>12.0} {rate:>12.0} {:>7.2}× {:>8.2}× {:>11} {:>11} {:>11}{poisoned}{}",
+            "{k:>3} {noop_rate:>12.0} {rate:>12.0} {:>7.2}× {:>8.2}× {:>11} {:>11} {:>11}{poisoned_cols}{}",
             rate / noop_rate,
             rate / base,
-            pct(broker_share),
-            pct(Some(own)),
+            pct(m.broker_share),
+            pct(Some(m.own)),
             pct(noop_broker),
-            if processed as i64 == records { String::new() } else { format!("  ({processed} records processed: rebalances re-read some)") }
+            if m.processed as i64 == records { String::new() } else { format!("  ({} records processed: rebalances re-read some)", m.processed) }
         );
+        if k > 1 {
+            let show = |f: Option<Formed>| f.map_or("never (done first)".to_owned(), |f| f.to_string());
+            let poisoned = poisoned.as_ref().map_or(String::new(), |p| format!(", poisoned {}", show(p.formed)));
+            println!("    group of {k} formed after: no-op {}, {} {}{poisoned}", show(noop_formed), reg.name, show(m.formed));
+        }
     }
     println!("CPU shares are of one core (the machine has {}).", std::thread::available_parallelism().map_or(0, |n| n.get()));
     Ok(())
