@@ -21,11 +21,18 @@ pub type Result<T, E = String> = std::result::Result<T, E>;
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The root of the Cargo workspace, which is the parent of this crate's directory.
+///
+/// `cargo run` (the `cargo xtask` alias) tells the running binary where its manifest is;
+/// the path compiled in is only the fallback. Clones sharing one `CARGO_TARGET_DIR` reuse
+/// each other's unchanged build of xtask, so the compiled-in path can name another clone
+/// (one that may be gone).
 pub fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     manifest_dir
         .parent()
-        .map_or_else(|| manifest_dir.to_path_buf(), Path::to_path_buf)
+        .map_or_else(|| manifest_dir.clone(), Path::to_path_buf)
 }
 
 /// The Cargo target directory: `$CARGO_TARGET_DIR` when it is set (relative
