@@ -136,15 +136,19 @@ async fn fresh_db(base: &str, tag: &str) -> anyhow::Result<String> {
 
 type Ends = BTreeMap<TopicPartition, i64>;
 
-async fn wait_stored(store: &Store, group: &str, ends: &Ends) -> anyhow::Result<()> {
+/// Waits until the group's stored offsets reach `ends`, handing each poll's records done
+/// (the stored offsets summed over `ends`) to `each`.
+async fn wait_stored(store: &Store, group: &str, ends: &Ends, mut each: impl FnMut(i64)) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         let stored = lms_store::offsets::load(store, group).await?;
-        if ends.iter().all(|(tp, end)| stored.get(tp).copied().unwrap_or(0) >= *end) {
+        let at = |tp: &TopicPartition| stored.get(tp).copied().unwrap_or(0);
+        each(ends.keys().map(at).sum());
+        if ends.iter().all(|(tp, end)| at(tp) >= *end) {
             return Ok(());
         }
         anyhow::ensure!(Instant::now() < deadline, "group {group} did not reach the end in 30 minutes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -233,28 +237,20 @@ async fn measure(args: &ProcessorsArgs, bench: &Bench, p: &Produced, k: usize, b
     if reg.name != "catalog" {
         let (ctx, relay) = runtime::context(store.clone(), Arc::clone(&p.producer), Arc::clone(&bench.rules), Default::default());
         let catalog = runtime::start(&plumbing, &ctx, relay, &[processors::lookup("catalog").map_err(anyhow::Error::msg)?], 1)?;
-        wait_stored(&store, &run_kafka.group_id("catalog"), p.ends.get(Domain::Catalog.as_str()).unwrap_or(&Ends::new())).await?;
+        wait_stored(&store, &run_kafka.group_id("catalog"), p.ends.get(Domain::Catalog.as_str()).unwrap_or(&Ends::new()), |_| {}).await?;
         catalog.stop().await?;
     }
     let (ctx, relay) = runtime::context(store.clone(), Arc::clone(&p.producer), Arc::clone(&bench.rules), Default::default());
     let cpu = Cpu::start(broker);
     let t = Instant::now();
     let running = runtime::start(&plumbing, &ctx, relay, &[reg], k)?;
-    let group = run_kafka.group_id(reg.name);
-    let deadline = Instant::now() + Duration::from_secs(1800);
     let mut formed = None;
-    loop {
-        let stored = lms_store::offsets::load(&store, &group).await?;
-        let done: i64 = p.wanted.keys().map(|tp| stored.get(tp).copied().unwrap_or(0)).sum();
+    wait_stored(&store, &run_kafka.group_id(reg.name), &p.wanted, |done| {
         if formed.is_none() && running.members().all(|(_, m)| !m.assignment().is_empty()) {
             formed = Some(Formed { after: t.elapsed(), done: done as f64 / p.records as f64 });
         }
-        if p.wanted.iter().all(|(tp, end)| stored.get(tp).copied().unwrap_or(0) >= *end) {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "group {group} did not reach the end in 30 minutes");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await?;
     let rate = p.records as f64 / t.elapsed().as_secs_f64();
     let (broker_share, own) = cpu.shares();
     let reports = running.stop().await?;
