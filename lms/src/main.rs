@@ -12,13 +12,13 @@ mod topics;
 
 use std::path::PathBuf;
 
+use clap::{Parser, Subcommand};
+
 /// mimalloc instead of glibc's malloc: the write API allocates and frees a JSON tree per
 /// event from several threads, and glibc's arenas spent a third of its CPU on that
 /// (`loadtest http` batch ingest: 101 k → 134 k events/s on 2 cores).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use clap::{Parser, Subcommand};
 
 /// lms-pipeline: the event backbone of a learning platform.
 ///
