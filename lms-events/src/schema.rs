@@ -274,7 +274,8 @@ mod tests {
     }
 
     fn schemas_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas")
+        // The runtime variable, not `env!`: see `tests::repo_root`.
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (run by cargo test)")).join("../schemas")
     }
 
     #[test]

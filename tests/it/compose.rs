@@ -3,13 +3,13 @@
 //! environment variables the configuration reads, and mounts files that exist.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_yaml::Value;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").to_path_buf()
+    tests::repo_root()
 }
 
 fn lms_help(args: &[&str]) -> (bool, String) {

@@ -14,7 +14,7 @@ use tests::init_logs;
 use crate::analytics_common::{fresh_clickhouse, generate, start};
 
 fn grafana_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dashboards/grafana")
+    tests::repo_root().join("dashboards/grafana")
 }
 
 /// Every dashboard file and its JSON.

@@ -6,11 +6,10 @@
 #[path = "../../fuzz/src/lib.rs"]
 mod checks;
 
-use std::path::Path;
 
 /// Runs `check` over every file of `fuzz/corpus/<target>/`; returns how many there were.
 fn replay(target: &str, check: fn(&[u8])) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = tests::repo_root().join("fuzz/corpus").join(target);
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.expect("a corpus entry").path();

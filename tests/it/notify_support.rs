@@ -57,7 +57,7 @@ impl SmtpServer {
         }
         let dir = std::env::temp_dir().join(format!("lms-smtp-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("mail dir");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp/sink.py");
+        let script = tests::repo_root().join("tests/smtp/sink.py");
         // A free port can be taken between probing and binding: retry a few times.
         for _ in 0..5 {
             let port = tests::free_port();

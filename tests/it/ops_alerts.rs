@@ -5,14 +5,14 @@
 //! kube-state-metrics) are named in a short list.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// Metrics that come from Prometheus itself or kube-state-metrics.
 const EXTERNAL: &[&str] = &["up", "kube_pod_status_ready"];
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").to_path_buf()
+    tests::repo_root()
 }
 
 /// Metric names registered in the code: string literals `"lms_…"` passed to `Opts::new`,

@@ -6,7 +6,7 @@
 //! requested from a running `lms processor run --listen` and `lms api`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tests::{eventually, free_port, kafka_brokers, unique_prefix};
 use crate::ops_replay::{Proc, lms_bin};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").join("deploy/k8s")
+    tests::repo_root().join("deploy/k8s")
 }
 
 /// Every document of every manifest, by file.

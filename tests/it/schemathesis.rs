@@ -19,7 +19,7 @@ const MAX_EXAMPLES: &str = "30";
 async fn generated_requests_get_no_server_error_and_documented_answers() {
     let p = Pipeline::start("schemathesis", &["catalog", "progress", "achievements", "analytics"], &[]).await;
     p.seed().await;
-    let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/openapi.json");
+    let schema = tests::repo_root().join("api/openapi.json");
     let seed = std::env::var("LMS_SCHEMATHESIS_SEED").unwrap_or_else(|_| "20261125".to_owned());
     // A crash inside schemathesis itself (its "Runtime Error", e.g. an IndexError in its
     // Hypothesis generator on DELETE /v1/enrollments, seen once in CI) says nothing about the

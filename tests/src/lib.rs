@@ -30,6 +30,15 @@ pub fn durable_kafka_brokers() -> String {
     std::env::var("LMS_TEST_KAFKA_DURABLE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9093".to_owned())
 }
 
+/// The repository's root directory, from the `CARGO_MANIFEST_DIR` that cargo and nextest
+/// set when they run a test. Not `env!`: clones sharing one `CARGO_TARGET_DIR` (CI's clone
+/// and a developer's) reuse each other's unchanged test binaries, whose compiled-in path
+/// names the other clone, which may be gone.
+pub fn repo_root() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.parent().expect("the tests package sits in the repository root").to_path_buf()
+}
+
 /// A prefix no other test uses, for topics and groups.
 pub fn unique_prefix(test: &str) -> String {
     format!("t{}-{}.", &uuid::Uuid::new_v4().simple().to_string()[..10], test)

@@ -25,7 +25,8 @@ Commands:
   test [-- <args>]  Install what is missing, start the services, run
                     `cargo nextest run --workspace --no-fail-fast --profile ci <args>`
                     with the services' addresses in the environment, then stop them;
-                    without <args>, end with a short fuzz run (15 s per target).
+                    without <args> and when every test passed, end with a short
+                    fuzz run (15 s per target).
   services          Install what is missing, start the services, print their
                     environment as `export` lines (also written to
                     <target>/xtask/services/env) and keep them running until Enter
@@ -137,7 +138,9 @@ fn test(args: &[String]) -> Result<ExitCode> {
     }
     // The whole suite (no test filter) ends with a short fuzz run of every target from the
     // committed corpus: new code paths get a few hundred thousand fresh inputs per run.
-    if extra.is_empty() {
+    // Not after failed tests: nextest's summary of the failures stays the last thing printed
+    // (a CI log shown by its tail would otherwise end in libFuzzer statistics).
+    if extra.is_empty() && status.success() {
         if let Err(error) = short_fuzz() {
             eprintln!("xtask: the short fuzz run failed: {error}");
             return Ok(ExitCode::FAILURE);
