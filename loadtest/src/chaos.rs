@@ -17,7 +17,9 @@
 //!    partition it reads and the outbox is empty (twice in a row), then compare progress
 //!    and achievements of every learner and the analytics endpoints (active learners,
 //!    enrollments, completions, revenue per granularity, with and without a course filter;
-//!    funnel per course; scores per assessment) with [`crate::oracle`].
+//!    funnel per course; scores per assessment) with [`crate::oracle`], and every learner's
+//!    in-app inbox with [`crate::oracle::notifications`] (the processes run with a
+//!    throttle no learner reaches, so no notification is folded into a digest).
 //!
 //! The result counts, per endpoint, what is missing (`lost`: a count below the oracle's, a
 //! learner-course or achievement absent) and what is counted twice (`doubled`: a count
@@ -58,7 +60,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::oracle::{analytics, progress};
+use crate::oracle::progress::LearnerKey;
+use crate::oracle::{analytics, notifications, progress};
 
 /// The processors every process runs.
 pub const PROCESSORS: &[&str] = &["catalog", "progress", "achievements", "notifications", "analytics"];
@@ -301,6 +304,8 @@ pub(crate) struct DeploySpec {
     pub(crate) processors: Vec<String>,
     /// Processor processes.
     pub(crate) instances: usize,
+    /// More environment of every process (`LMS_…` settings).
+    pub(crate) env: Vec<(String, String)>,
 }
 
 /// A running deployment: fresh topics, state store and ClickHouse database, `lms api` and
@@ -367,6 +372,7 @@ impl Deployment {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(spec.env.iter().cloned())
         .collect();
         say(format!(
             "topics {prefix}*, state store {}, ClickHouse database {clickhouse_db}, logs in {}",
@@ -429,6 +435,9 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
         kafka_properties: Vec::new(),
         processors: PROCESSORS.iter().map(|p| (*p).to_owned()).collect(),
         instances: cfg.instances,
+        // No learner reaches the throttle, so every notification is listed under its own id
+        // (the inbox oracle does not model digests, whose windows run on processing time).
+        env: vec![("LMS_NOTIFICATIONS__THROTTLE_PER_WINDOW".to_owned(), "1000000".to_owned())],
     };
     let Deployment { prefix, topics, store, secret, base, http, fleet } = Deployment::start(&spec, say).await?;
 
@@ -511,6 +520,8 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     tallies.push(compare_progress(&http, &base, &reader, &progress_oracle).await?);
     tallies.push(compare_achievements(&http, &base, &reader, &progress_oracle).await?);
     tallies.extend(compare_analytics(&http, &base, &reader, &analytics_oracle, &tenants, cfg).await?);
+    let inbox_oracle = notifications::Oracle::new(&events, &progress_oracle);
+    tallies.push(compare_notifications(&http, &base, &reader, &inbox_oracle, NOTIFICATIONS_DELIVERED).await?);
 
     drop(fleet);
     store.close().await;
@@ -793,6 +804,93 @@ pub(crate) async fn compare_progress(
     Ok(t)
 }
 
+/// How long the in-app deliveries may take after the groups caught up: the dispatcher
+/// performs them after the decisions commit.
+const NOTIFICATIONS_DELIVERED: Duration = Duration::from_secs(60);
+
+/// Compares every learner's inbox with the oracle, re-reading the learners that differ
+/// until they match or `within` passes (the dispatcher may still be delivering).
+pub(crate) async fn compare_notifications(
+    http: &reqwest::Client,
+    base: &str,
+    reader: &impl Fn(&str) -> String,
+    o: &notifications::Oracle,
+    within: Duration,
+) -> anyhow::Result<Tally> {
+    let deadline = Instant::now() + within;
+    let mut pending: Vec<&LearnerKey> = o.inboxes.keys().collect();
+    loop {
+        let mut tally = Tally::new("GET /v1/learners/{id}/notifications");
+        let mut differ = Vec::new();
+        for key in &pending {
+            let (tenant, learner) = key;
+            let body = get_json(http, &format!("{base}/v1/learners/{learner}/notifications"), &reader(tenant)).await?;
+            let got: Vec<(String, String)> = body
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|n| (n["id"].as_str().unwrap_or_default().to_owned(), n["category"].as_str().unwrap_or_default().to_owned()))
+                .collect();
+            let mut t = Tally::new("");
+            compare_inbox(&mut t, &format!("{tenant}/{learner}"), &got, &o.inboxes[*key]);
+            if !t.clean() {
+                differ.push(*key);
+            }
+            tally.checked += t.checked;
+            tally.lost += t.lost;
+            tally.doubled += t.doubled;
+            tally.wrong += t.wrong;
+            for e in t.examples {
+                tally.example(e);
+            }
+        }
+        if differ.is_empty() || Instant::now() >= deadline {
+            // Learners matched in an earlier pass count as checked.
+            tally.checked += o.inboxes.iter().filter(|(k, _)| !pending.contains(k)).map(|(_, e)| e.required() as u64).sum::<u64>();
+            return Ok(tally);
+        }
+        pending = differ;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One learner's inbox `got` (id, category) against the oracle's `want`.
+fn compare_inbox(t: &mut Tally, who: &str, got: &[(String, String)], want: &notifications::Expected) {
+    t.checked += want.required() as u64;
+    let milestones: BTreeMap<&str, (&str, u32)> = want
+        .milestones
+        .iter()
+        .flat_map(|(course, m)| m.reached.iter().map(move |(id, n)| (id.as_str(), (course.as_str(), *n))))
+        .collect();
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    for (id, category) in got {
+        if !seen.insert(id.as_str()) {
+            t.doubled += 1;
+            t.example(format!("{who}: {id} listed twice"));
+        } else if let Some(c) = want.exact.get(id) {
+            if c != category {
+                t.wrong += 1;
+                t.example(format!("{who}: {id} in category {category}, want {c}"));
+            }
+        } else if !(category == "milestone" && milestones.contains_key(id.as_str())) {
+            t.doubled += 1;
+            t.example(format!("{who}: {category} notification {id} not expected"));
+        }
+    }
+    for (id, category) in &want.exact {
+        if !seen.contains(id.as_str()) {
+            t.lost += 1;
+            t.example(format!("{who}: {category} notification {id} missing"));
+        }
+    }
+    for (course, m) in &want.milestones {
+        if let Some(id) = m.required.as_deref().filter(|id| !seen.contains(id)) {
+            t.lost += 1;
+            t.example(format!("{who}: milestone {} % of {course} ({id}) missing", m.reached[id]));
+        }
+    }
+}
+
 pub(crate) async fn compare_achievements(
     http: &reqwest::Client,
     base: &str,
@@ -988,5 +1086,42 @@ fn compare_at_risk(t: &mut Tally, what: &str, got: &[AtRiskLearner], want: &[AtR
     if !members_differ && order(got) != order(want) {
         t.wrong += 1;
         t.example(format!("{what}: not oldest first: got {:?}, want {:?}", order(got), order(want)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbox(got: &[(&str, &str)]) -> Vec<(String, String)> {
+        got.iter().map(|(id, c)| ((*id).to_owned(), (*c).to_owned())).collect()
+    }
+
+    #[test]
+    fn inbox_comparison_counts_each_kind_of_difference() {
+        let want = notifications::Expected {
+            exact: [("e1".to_owned(), "enrollment"), ("p1".to_owned(), "payment")].into_iter().collect(),
+            milestones: [(
+                "c1".to_owned(),
+                notifications::Milestones {
+                    reached: [("m25".to_owned(), 25), ("m50".to_owned(), 50)].into_iter().collect(),
+                    required: Some("m50".to_owned()),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let mut t = Tally::default();
+        compare_inbox(&mut t, "a/l", &inbox(&[("e1", "enrollment"), ("p1", "payment"), ("m50", "milestone"), ("m25", "milestone")]), &want);
+        assert!(t.clean() && t.checked == 3, "a superseded-or-not lower milestone may be listed: {t:?}");
+        let mut t = Tally::default();
+        compare_inbox(&mut t, "a/l", &inbox(&[("e1", "enrollment"), ("p1", "payment")]), &want);
+        assert_eq!((t.lost, t.doubled, t.wrong), (1, 0, 0), "the required milestone is missing");
+        let mut t = Tally::default();
+        compare_inbox(&mut t, "a/l", &inbox(&[("e1", "enrollment"), ("e1", "enrollment"), ("m50", "milestone"), ("d", "digest")]), &want);
+        assert_eq!((t.lost, t.doubled, t.wrong), (1, 2, 0), "p1 lost, e1 twice and a digest extra");
+        let mut t = Tally::default();
+        compare_inbox(&mut t, "a/l", &inbox(&[("e1", "payment"), ("p1", "payment"), ("m50", "milestone"), ("m75", "milestone")]), &want);
+        assert_eq!((t.lost, t.doubled, t.wrong), (0, 1, 1), "a wrong category and a milestone not reached");
     }
 }

@@ -757,6 +757,7 @@ pub async fn run(cfg: &SoakConfig) -> anyhow::Result<Report> {
         kafka_properties: cfg.kafka_properties.clone(),
         processors: cfg.processors.clone(),
         instances: cfg.instances,
+        env: Vec::new(),
     };
     let mut deployment = Deployment::start(&spec, say).await?;
     let source = Source::new(cfg)?;

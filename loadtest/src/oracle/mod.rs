@@ -2,4 +2,5 @@
 //! Shared by the integration tests (`tests/it`) and the chaos run.
 
 pub mod analytics;
+pub mod notifications;
 pub mod progress;
