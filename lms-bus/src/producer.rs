@@ -214,6 +214,14 @@ impl Producer {
         self.inner.in_flight_count()
     }
 
+    /// Connects now and loads `topic`'s metadata (blocking, at most `timeout`), instead of
+    /// on the first record: a producer's first send waits for the connection, the
+    /// idempotent producer id and the topic's leader (tansu: about 0.6 s). Returns whether
+    /// the broker answered.
+    pub fn warm_up(&self, topic: &str, timeout: Duration) -> bool {
+        self.inner.client().fetch_metadata(Some(topic), timeout).is_ok()
+    }
+
     /// True when the broker answers a metadata request within `timeout` (readiness).
     pub fn broker_reachable(&self, timeout: Duration) -> bool {
         self.inner.client().fetch_metadata(None, timeout).is_ok_and(|m| !m.brokers().is_empty())

@@ -7,8 +7,10 @@
 //! (a last round, so what the members committed leaves too), then the producer flushes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lms_bus::{BusError, BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, MemberReport, Producer, TopicMap};
+use lms_events::Domain;
 use lms_store::outbox::{Relay, RelayConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +81,16 @@ pub fn start(
         Arc::clone(&plumbing.metrics),
         &format!("lms-dead-letters-{}", std::process::id()),
     )?);
+    // Connected while the members join their groups, so the first batch with poison in it
+    // does not wait for the connection (it cost 0.6 s, a fifth of a 3 s benchmark run).
+    {
+        let (producer, topic) = (Arc::clone(&dead_letters), plumbing.topics.topic(Domain::DeadLetter).to_owned());
+        tokio::task::spawn_blocking(move || {
+            if !producer.warm_up(&topic, Duration::from_secs(10)) {
+                tracing::warn!(%topic, "the dead-letter producer could not reach the broker yet; it keeps trying on its first record");
+            }
+        });
+    }
     let members_stop = CancellationToken::new();
     let relay_stop = CancellationToken::new();
     let relay = tokio::spawn(relay.run(relay_stop.clone()));

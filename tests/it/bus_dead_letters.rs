@@ -181,3 +181,21 @@ async fn poison_records_are_dead_lettered_with_reason_and_origin_while_the_rest_
     assert_eq!(metrics.dead_lettered.with_label_values(&[&group, &learning]).get(), 3);
     assert_eq!(metrics.processed.with_label_values(&[&group]).get(), 3000, "processed counts only events whose effects were applied");
 }
+
+/// The members' dead-letter producer connects when they start (`Producer::warm_up`), not on
+/// the first poison record: that first record used to hold its batch's commit for the
+/// connection, the producer id and the topic's metadata (0.6 s against tansu).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warmed_up_producer_reaches_the_broker_and_says_when_it_cannot() {
+    init_logs();
+    let prefix = unique_prefix("warm-up");
+    let k = kafka(&kafka_brokers(), &prefix);
+    let topic = TopicsFile::bundled().topic_map(&prefix).topic(Domain::DeadLetter).to_owned();
+    create_topic(&kafka_brokers(), &topic, 1).await;
+    let p = producer(&k, BusMetrics::standalone());
+    assert!(tokio::task::block_in_place(|| p.warm_up(&topic, Duration::from_secs(10))), "the broker answers");
+    // Nothing listens on the port of a listener bound and dropped.
+    let port = tests::free_port();
+    let nowhere = producer(&kafka(&format!("127.0.0.1:{port}"), &prefix), BusMetrics::standalone());
+    assert!(!tokio::task::block_in_place(|| nowhere.warm_up(&topic, Duration::from_millis(500))), "no broker there");
+}
