@@ -152,7 +152,7 @@ async fn drop_db(base: &str, name: &str) -> anyhow::Result<()> {
 /// `CHECKPOINT`, when the role may (a superuser or `pg_checkpoint`); otherwise says so.
 async fn checkpoint(store: &Store) {
     if let Err(e) = sqlx::query("CHECKPOINT").execute(store.pool()).await {
-        println!("(no CHECKPOINT before the measurement: {e})");
+        println!("(CHECKPOINT refused, so a measurement may share the server with its predecessor's writes: {e})");
     }
 }
 
