@@ -172,6 +172,17 @@ impl Tally {
         got == want
     }
 
+    /// Adds `other`'s counts and as many of its examples as fit.
+    fn add(&mut self, other: Tally) {
+        self.checked += other.checked;
+        self.lost += other.lost;
+        self.doubled += other.doubled;
+        self.wrong += other.wrong;
+        for e in other.examples {
+            self.example(e);
+        }
+    }
+
     fn example(&mut self, what: String) {
         if self.examples.len() < 5 {
             self.examples.push(what);
@@ -818,11 +829,11 @@ pub(crate) async fn compare_notifications(
     within: Duration,
 ) -> anyhow::Result<Tally> {
     let deadline = Instant::now() + within;
+    // Each learner's latest comparison; the learners that differ are read again.
+    let mut latest: BTreeMap<&LearnerKey, Tally> = BTreeMap::new();
     let mut pending: Vec<&LearnerKey> = o.inboxes.keys().collect();
     loop {
-        let mut tally = Tally::new("GET /v1/learners/{id}/notifications");
-        let mut differ = Vec::new();
-        for key in &pending {
+        for key in pending {
             let (tenant, learner) = key;
             let body = get_json(http, &format!("{base}/v1/learners/{learner}/notifications"), &reader(tenant)).await?;
             let got: Vec<(String, String)> = body
@@ -831,25 +842,18 @@ pub(crate) async fn compare_notifications(
                 .flatten()
                 .map(|n| (n["id"].as_str().unwrap_or_default().to_owned(), n["category"].as_str().unwrap_or_default().to_owned()))
                 .collect();
-            let mut t = Tally::new("");
-            compare_inbox(&mut t, &format!("{tenant}/{learner}"), &got, &o.inboxes[*key]);
-            if !t.clean() {
-                differ.push(*key);
-            }
-            tally.checked += t.checked;
-            tally.lost += t.lost;
-            tally.doubled += t.doubled;
-            tally.wrong += t.wrong;
-            for e in t.examples {
-                tally.example(e);
-            }
+            let mut t = Tally::default();
+            compare_inbox(&mut t, &format!("{tenant}/{learner}"), &got, &o.inboxes[key]);
+            latest.insert(key, t);
         }
-        if differ.is_empty() || Instant::now() >= deadline {
-            // Learners matched in an earlier pass count as checked.
-            tally.checked += o.inboxes.iter().filter(|(k, _)| !pending.contains(k)).map(|(_, e)| e.required() as u64).sum::<u64>();
+        pending = latest.iter().filter(|(_, t)| !t.clean()).map(|(k, _)| *k).collect();
+        if pending.is_empty() || Instant::now() >= deadline {
+            let mut tally = Tally::new("GET /v1/learners/{id}/notifications");
+            for t in latest.into_values() {
+                tally.add(t);
+            }
             return Ok(tally);
         }
-        pending = differ;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -857,11 +861,7 @@ pub(crate) async fn compare_notifications(
 /// One learner's inbox `got` (id, category) against the oracle's `want`.
 fn compare_inbox(t: &mut Tally, who: &str, got: &[(String, String)], want: &notifications::Expected) {
     t.checked += want.required() as u64;
-    let milestones: BTreeMap<&str, (&str, u32)> = want
-        .milestones
-        .iter()
-        .flat_map(|(course, m)| m.reached.iter().map(move |(id, n)| (id.as_str(), (course.as_str(), *n))))
-        .collect();
+    let milestones: BTreeSet<&str> = want.milestones.values().flat_map(|m| m.reached.keys().map(String::as_str)).collect();
     let mut seen: BTreeSet<&str> = BTreeSet::new();
     for (id, category) in got {
         if !seen.insert(id.as_str()) {
@@ -872,7 +872,7 @@ fn compare_inbox(t: &mut Tally, who: &str, got: &[(String, String)], want: &noti
                 t.wrong += 1;
                 t.example(format!("{who}: {id} in category {category}, want {c}"));
             }
-        } else if !(category == "milestone" && milestones.contains_key(id.as_str())) {
+        } else if !(category == "milestone" && milestones.contains(id.as_str())) {
             t.doubled += 1;
             t.example(format!("{who}: {category} notification {id} not expected"));
         }

@@ -61,13 +61,10 @@ impl Oracle {
     /// events (from `progress`, the progress oracle of the same events) give.
     pub fn new(events: &[Event], progress: &progress::Oracle) -> Oracle {
         let mut inboxes: BTreeMap<LearnerKey, Expected> = BTreeMap::new();
-        let mut exact = |tenant: &str, learner: &str, source_key: &str, category: &'static str| {
-            inboxes
-                .entry((tenant.to_owned(), learner.to_owned()))
-                .or_default()
-                .exact
-                .insert(notification_id(tenant, learner, source_key), category);
-        };
+        fn exact(inboxes: &mut BTreeMap<LearnerKey, Expected>, tenant: &str, learner: &str, source_key: &str, category: &'static str) {
+            let id = notification_id(tenant, learner, source_key);
+            inboxes.entry((tenant.to_owned(), learner.to_owned())).or_default().exact.insert(id, category);
+        }
         let payers: HashMap<(&str, &str), &str> = events
             .iter()
             .filter_map(|e| match &e.data {
@@ -77,33 +74,29 @@ impl Oracle {
             .collect();
         for e in events {
             match &e.data {
-                EventData::EnrollmentCreated(d) => exact(&e.tenant, &d.learner_id, &e.id, "enrollment"),
-                EventData::PaymentSucceeded(d) => exact(&e.tenant, &d.learner_id, &e.id, "payment"),
-                EventData::PaymentFailed(d) => exact(&e.tenant, &d.learner_id, &e.id, "payment"),
+                EventData::EnrollmentCreated(d) => exact(&mut inboxes, &e.tenant, &d.learner_id, &e.id, "enrollment"),
+                EventData::PaymentSucceeded(d) => exact(&mut inboxes, &e.tenant, &d.learner_id, &e.id, "payment"),
+                EventData::PaymentFailed(d) => exact(&mut inboxes, &e.tenant, &d.learner_id, &e.id, "payment"),
                 EventData::PaymentRefunded(d) => {
                     if let Some(learner) = payers.get(&(e.tenant.as_str(), d.payment_id.as_str())) {
-                        exact(&e.tenant, learner, &e.id, "payment");
+                        exact(&mut inboxes, &e.tenant, learner, &e.id, "payment");
                     }
                 }
                 _ => {}
+            }
+        }
+        for ((tenant, learner), unlocked) in &progress.achievements {
+            for (achievement, course, _) in unlocked {
+                let source = derived_id("achievement.unlocked", &[tenant, learner, achievement, course]);
+                exact(&mut inboxes, tenant, learner, &source, "achievement");
             }
         }
         for ((tenant, learner), courses) in &progress.progress {
             for (course, p) in courses {
                 if p.completed_at.is_some() {
                     let source = derived_id("course.completed", &[tenant, learner, course]);
-                    exact(tenant, learner, &source, "completion");
+                    exact(&mut inboxes, tenant, learner, &source, "completion");
                 }
-            }
-        }
-        for ((tenant, learner), unlocked) in &progress.achievements {
-            for (achievement, course, _) in unlocked {
-                let source = derived_id("achievement.unlocked", &[tenant, learner, achievement, course]);
-                exact(tenant, learner, &source, "achievement");
-            }
-        }
-        for ((tenant, learner), courses) in &progress.progress {
-            for (course, p) in courses {
                 let reached: BTreeMap<u32, String> = MILESTONES
                     .iter()
                     .filter(|m| p.percent_complete >= f64::from(**m))
