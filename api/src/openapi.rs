@@ -165,8 +165,9 @@ mod tests {
     /// The committed `api/openapi.json` is the generated document.
     #[test]
     fn openapi_json_is_current() {
-        let path = // The runtime variable, not `env!`: see `tests::repo_root`.
-        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (run by cargo test)")).join("openapi.json");
+        // The runtime variable, not `env!`: see `tests::repo_root`.
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (run by cargo test)");
+        let path = std::path::PathBuf::from(dir).join("openapi.json");
         let generated = format!("{}\n", serde_json::to_string_pretty(&document()).unwrap());
         if std::env::var_os("LMS_BLESS").is_some() {
             std::fs::write(&path, &generated).unwrap();
