@@ -178,7 +178,13 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
         m.join().await?;
     }
     let decided: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications").fetch_one(store.pool()).await?;
-    anyhow::ensure!(decided as usize == args.events, "{decided} notifications for {} events", args.events);
+    let hint = if args.members > 1 {
+        " (with several members on tansu's memory engine, a take-over that resumes inside a stored record batch skips the rest of \
+         that batch: README, known broker defects; measure several members on the SQLite engine)"
+    } else {
+        ""
+    };
+    anyhow::ensure!(decided as usize == args.events, "{decided} notifications for {} events{hint}", args.events);
     println!("no-op consumer:          {noop_rate:>10.0} events/s ({} member(s), group join included)", args.members.max(1));
     println!("notifications decided:   {decide_rate:>10.0} events/s (in-app only), {:.2}× the no-op rate", decide_rate / noop_rate);
     if let (Some(n), Some(d)) = (noop_steady, decide_steady) {
