@@ -577,7 +577,7 @@ async fn load_counters(tx: &mut Tx, learners: &[LearnerKey], window_start: i64) 
 async fn open_digests(tx: &mut Tx, digests: &BTreeMap<(String, String, String), i64>) -> Result<HashSet<(String, String, String)>, StoreError> {
     let mut closed = HashSet::new();
     let rows: Vec<_> = digests.iter().collect();
-    for chunk in rows.chunks(CHUNK_ROWS) {
+    for chunk in rows.chunks(WIDE_CHUNK_ROWS) {
         // DO UPDATE (not NOTHING) locks the row: a dispatcher closing it right now is
         // waited for, and its `sent` is seen.
         let sql = format!(
