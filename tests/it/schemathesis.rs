@@ -22,13 +22,15 @@ async fn generated_requests_get_no_server_error_and_documented_answers() {
     let schema = tests::repo_root().join("api/openapi.json");
     let seed = std::env::var("LMS_SCHEMATHESIS_SEED").unwrap_or_else(|_| "20261125".to_owned());
     // A crash inside schemathesis itself (its "Runtime Error", e.g. an IndexError in its
-    // Hypothesis generator on DELETE /v1/enrollments, seen once in CI) says nothing about the
-    // API: such a run is repeated once. Any finding about the API (a "Failures" section, a
+    // Hypothesis generator on DELETE /v1/enrollments, seen once in CI; an IndexError inside
+    // Hypothesis's own optimise pass, seen on 4 December) says nothing about the API: such a
+    // run is repeated once, with the next seed. Any finding about the API (a "Failures" section, a
     // non-runtime error) fails at once.
     let mut attempt = 0;
     let stdout = loop {
         attempt += 1;
         let started = Instant::now();
+        let seed = if attempt == 1 { seed.clone() } else { seed.parse::<u64>().map_or_else(|_| seed.clone(), |s| (s + 1).to_string()) };
         let mut st = Command::new("st");
         st.arg("run")
             .arg(&schema)
@@ -51,7 +53,7 @@ async fn generated_requests_get_no_server_error_and_documented_answers() {
         let own_crash_only = !stdout.contains("Failures:")
             && stdout.contains("Runtime Error")
             && stdout.lines().filter(|l| l.contains("🚫")).all(|l| l.contains("Runtime Error") || l.contains("passed"))
-            && stdout.contains("site-packages/schemathesis");
+            && (stdout.contains("site-packages/schemathesis") || stdout.contains("site-packages/hypothesis"));
         assert!(
             own_crash_only && attempt < 2,
             "schemathesis found problems (exit {:?}, run {attempt}):\n{stdout}\n{stderr}",
