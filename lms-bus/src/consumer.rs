@@ -419,12 +419,6 @@ impl Loop {
             // a queue of their own (or fetched before theirs was split off).
             let main = self.consumer.poll(timeout);
             let main_empty = main.is_none();
-            // Drained only by a poll that found the main queue empty after the last split:
-            // a record fetched between this poll and a split below lands on the main queue
-            // and is older than anything on the new partition queue.
-            if main_empty {
-                drain_main = false;
-            }
             // The rebalance callbacks (run inside that poll) tell what changed.
             let (revoked, assigned) = {
                 let mut shared = self.shared.lock();
@@ -471,6 +465,9 @@ impl Loop {
                     last_recommit = Instant::now();
                 }
                 None => {}
+            }
+            if main_empty {
+                drain_main = false;
             }
             // librdkafka forwards every fetch to the main queue in arrival order, and tansu
             // 0.6.0 answers fetches one partition at a time: on one queue a member read one
