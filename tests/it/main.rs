@@ -17,7 +17,6 @@ mod analytics_replay;
 mod broker_restart;
 mod chaos;
 mod bus_dead_letters;
-mod bus_lanes;
 mod bus_producer_faults;
 mod bus_takeover;
 mod compose;
