@@ -52,9 +52,6 @@ pub struct NotifyArgs {
     /// Members of each consumer group (the no-op one and the notifications one alike).
     #[arg(long, default_value_t = 1)]
     members: usize,
-    /// Lanes per member (`consumer.partition_lanes`), for both groups alike.
-    #[arg(long, default_value_t = ConsumerConfig::default().partition_lanes)]
-    lanes: usize,
     /// Deliveries the dispatcher performs at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -139,10 +136,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let member = |group: &str, i: usize| MemberConfig {
         kafka: kafka.clone(),
-        consumer: ConsumerConfig {
-            partition_lanes: args.lanes,
-            ..ConsumerConfig::default()
-        },
+        consumer: ConsumerConfig::default(),
         group_id: kafka.group_id(group),
         topics: vec![topic.clone()],
         client_id: format!("loadtest-{group}-{i}"),
@@ -191,11 +185,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
         ""
     };
     anyhow::ensure!(decided as usize == args.events, "{decided} notifications for {} events{hint}", args.events);
-    println!(
-        "no-op consumer:          {noop_rate:>10.0} events/s ({} member(s), {} lane(s) each, group join included)",
-        args.members.max(1),
-        args.lanes.max(1)
-    );
+    println!("no-op consumer:          {noop_rate:>10.0} events/s ({} member(s), group join included)", args.members.max(1));
     println!("notifications decided:   {decide_rate:>10.0} events/s (in-app only), {:.2}× the no-op rate", decide_rate / noop_rate);
     if let (Some(n), Some(d)) = (noop_steady, decide_steady) {
         println!("steady (after the first batch): no-op {n:.0}/s, notifications {d:.0}/s, {:.2}×", d / n);

@@ -52,9 +52,6 @@ pub struct ProcessorsArgs {
     /// Member counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     instances: Vec<usize>,
-    /// Lanes per member (`consumer.partition_lanes`), for the no-op and progress groups alike.
-    #[arg(long, default_value_t = ConsumerConfig::default().partition_lanes)]
-    lanes: usize,
     /// Learners per tenant of the generated cohort (about 330 events each over 8 weeks).
     #[arg(long, default_value_t = 300)]
     learners: usize,
@@ -344,7 +341,7 @@ pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
     if broker.is_none() {
         println!("(no broker process found for {}: its CPU share is not measured)", args.brokers);
     }
-    let bench = Bench { reg, rules: Arc::new(Rules::load(None)?), consumer: ConsumerConfig { partition_lanes: args.lanes, ..ConsumerConfig::default() }, metrics: metrics.clone() };
+    let bench = Bench { reg, rules: Arc::new(Rules::load(None)?), consumer: ConsumerConfig::default(), metrics: metrics.clone() };
     let consumer = bench.consumer.clone();
     let poison_cols = if poisoned.is_some() { format!(" {:>12} {:>9}", "poisoned ev/s", "drop") } else { String::new() };
     println!(
