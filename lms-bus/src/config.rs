@@ -149,15 +149,6 @@ pub struct ConsumerConfig {
     /// member that took partitions over without records (tests/it/bus_takeover.rs).
     #[serde(default = "default_fetch_wait_max_ms")]
     pub fetch_wait_max_ms: u64,
-    /// Most concurrent lanes a polled batch is split into, by partition: each lane is
-    /// processed as a batch of its own (one store transaction), concurrently with the
-    /// others, so that one member uses more than one core and one database connection.
-    /// Records of one partition always share a lane, in order, and every lane finishes
-    /// before the next poll. The poll window grows to one batch per lane (of at most
-    /// `max_batch_records` each; a lane with more runs them in turn), since librdkafka
-    /// hands out what it fetched partition by partition. 1 processes the whole batch as one.
-    #[serde(default = "default_partition_lanes")]
-    pub partition_lanes: usize,
 }
 
 fn default_max_batch_records() -> usize {
@@ -187,9 +178,6 @@ fn default_statistics_interval_ms() -> u64 {
 fn default_fetch_wait_max_ms() -> u64 {
     500
 }
-fn default_partition_lanes() -> usize {
-    2
-}
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
@@ -203,7 +191,6 @@ impl Default for ConsumerConfig {
             retry_max_backoff_ms: default_retry_max_backoff_ms(),
             statistics_interval_ms: default_statistics_interval_ms(),
             fetch_wait_max_ms: default_fetch_wait_max_ms(),
-            partition_lanes: default_partition_lanes(),
         }
     }
 }

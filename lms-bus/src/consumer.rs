@@ -7,13 +7,7 @@
 //! are revoked, every processed batch is already committed, and records of the revoked
 //! partitions that were fetched but not processed are dropped for the new owner.
 //!
-//! A poll window of up to one batch per lane is split by partition into up to
-//! `partition_lanes` lanes, processed concurrently as batches of their own (a partition's
-//! records stay in one lane, in order); the member waits for all of them, commits what the finished lanes did and
-//! re-seeks what was fenced. That is what lets one member use two cores: the processor's
-//! CPU work and its store's transactions overlap instead of taking turns.
-//!
-//! Per batch (per lane), in this order:
+//! Per batch, in this order:
 //! 1. decode every record and run the processor's `check`; failures are produced to the
 //!    dead-letter topic (acknowledged) with reason and origin;
 //! 2. `process` the rest, retrying transient failures with exponential back-off (no
@@ -34,9 +28,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -125,7 +118,7 @@ impl Member {
             backoff: backoff_of(&cfg.consumer),
         });
         let (tx, done) = tokio::sync::oneshot::channel();
-        let loop_state = Loop { consumer: Arc::new(consumer), env, handle, shutdown, kill: kill.clone(), shared: shared.clone(), cfg: cfg.consumer };
+        let loop_state = Loop { consumer, env, handle, shutdown, kill: kill.clone(), shared: shared.clone(), cfg: cfg.consumer };
         std::thread::Builder::new()
             .name(format!("member-{}", cfg.client_id))
             .spawn(move || {
@@ -175,8 +168,6 @@ struct SharedInner {
     assignment: BTreeSet<TopicPartition>,
     /// Partitions revoked since the loop last looked.
     revoked: Vec<TopicPartition>,
-    /// Partitions assigned since the loop last looked (it gives them queues of their own).
-    assigned: Vec<TopicPartition>,
     /// Offsets the member believes are stored (offset-store processors only).
     expected: HashMap<TopicPartition, Option<i64>>,
 }
@@ -258,11 +249,7 @@ impl ConsumerContext for MemberContext {
                         }
                     }
                 }
-                {
-                    let mut shared = self.shared.lock();
-                    shared.assignment.extend(tps.iter().cloned());
-                    shared.assigned.extend(tps.iter().cloned());
-                }
+                self.shared.lock().assignment.extend(tps.iter().cloned());
                 info!(group = %self.group, member = %self.member, partitions = %list(&tps), "partitions assigned");
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -337,32 +324,9 @@ fn load_offsets_blocking(
     }
 }
 
-/// Splits a polled batch into at most `max` lanes by partition, spreading the partitions
-/// round-robin in their order; each partition's records stay together and in order.
-fn lanes(raws: Vec<RawRecord>, max: usize) -> Vec<Vec<RawRecord>> {
-    let tps: BTreeSet<&TopicPartition> = raws.iter().map(|r| &r.tp).collect();
-    let n = tps.len().min(max.max(1));
-    if n <= 1 {
-        return vec![raws];
-    }
-    let lane_of: HashMap<TopicPartition, usize> = tps.into_iter().enumerate().map(|(i, tp)| (tp.clone(), i % n)).collect();
-    let mut lanes: Vec<Vec<RawRecord>> = (0..n).map(|_| Vec::with_capacity(raws.len() / n + 1)).collect();
-    for r in raws {
-        lanes[lane_of[&r.tp]].push(r);
-    }
-    lanes
-}
-
 fn list(tps: &[TopicPartition]) -> String {
     tps.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
-
-/// Longest wait on the main queue while partition queues are being read: the member sees
-/// records on those within this.
-const QUEUE_POLL: Duration = Duration::from_millis(5);
-
-/// Records taken from one partition queue per pass before the next partition's.
-const QUEUE_TAKE: usize = 500;
 
 /// How often an idle member re-commits what it has done (see [`Loop::recommit`]).
 const RECOMMIT_EVERY: Duration = Duration::from_secs(5);
@@ -374,7 +338,7 @@ const UNSEEKABLE: i64 = -1;
 
 /// The member's poll loop, on its own thread.
 struct Loop {
-    consumer: Arc<BaseConsumer<MemberContext>>,
+    consumer: BaseConsumer<MemberContext>,
     env: Arc<BatchEnv>,
     handle: Handle,
     shutdown: CancellationToken,
@@ -395,13 +359,6 @@ impl Loop {
         // What this member has done per assigned partition (the offsets of its last
         // successful batches), for re-commits while idle.
         let mut done: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-        // A queue of its own per assigned partition (see below), and whether the last pass
-        // took records from them; `drain_main` while the main queue may hold older records.
-        let mut queues: BTreeMap<TopicPartition, PartitionQueue<MemberContext>> = BTreeMap::new();
-        let mut took = false;
-        let mut drain_main = false;
-        // The partitions assigned to this member, as the loop has seen them.
-        let mut owned: BTreeSet<TopicPartition> = BTreeSet::new();
         loop {
             if self.kill.is_cancelled() {
                 return Ok(report);
@@ -410,164 +367,74 @@ impl Loop {
                 // Records fetched but not processed are simply left for the next owner.
                 break;
             }
-            let mut timeout = first_at.map_or(idle_poll, |t| max_wait.saturating_sub(t.elapsed()).min(idle_poll));
-            if !queues.is_empty() {
-                // Records wait on the partition queues, which this poll does not watch.
-                timeout = if took { Duration::ZERO } else { timeout.min(QUEUE_POLL) };
-            }
-            // The main queue: rebalance callbacks, errors, and records of partitions without
-            // a queue of their own (or fetched before theirs was split off).
-            let main = self.consumer.poll(timeout);
-            let main_empty = main.is_none();
-            // The rebalance callbacks (run inside that poll) tell what changed.
-            let (revoked, assigned) = {
-                let mut shared = self.shared.lock();
-                (std::mem::take(&mut shared.revoked), std::mem::take(&mut shared.assigned))
-            };
-            if !revoked.is_empty() {
-                for tp in &revoked {
-                    owned.remove(tp);
-                }
-                pending.retain(|r| !revoked.contains(&r.tp));
-                done.retain(|tp, _| !revoked.contains(tp));
-                queues.retain(|tp, _| !revoked.contains(tp));
-                if pending.is_empty() {
-                    first_at = None;
-                }
-            }
-            for tp in assigned {
-                if !self.shared.lock().assignment.contains(&tp) {
-                    continue; // assigned and revoked again within that poll
-                }
-                owned.insert(tp.clone());
-                if let Some(q) = self.consumer.split_partition_queue(&tp.topic, tp.partition) {
-                    queues.insert(tp, q);
-                    // What was fetched for it before the split is on the main queue, and
-                    // comes first: the partition queues wait until the main one is drained.
-                    drain_main = true;
-                }
-            }
-            // Records of a partition this member does not own (left on a queue at a
-            // revocation) are the new owner's.
-            let mut take = |m: &BorrowedMessage<'_>, pending: &mut Vec<RawRecord>| {
-                let topic = topic_names.entry(m.topic().to_owned()).or_insert_with(|| Arc::from(m.topic())).clone();
-                let record = RawRecord::from_message(m, topic);
-                if owned.contains(&record.tp) {
-                    pending.push(record);
+            let timeout = first_at.map_or(idle_poll, |t| max_wait.saturating_sub(t.elapsed()).min(idle_poll));
+            match self.consumer.poll(timeout) {
+                Some(Ok(m)) => {
+                    let topic = topic_names.entry(m.topic().to_owned()).or_insert_with(|| Arc::from(m.topic())).clone();
+                    pending.push(RawRecord::from_message(&m, topic));
                     first_at.get_or_insert_with(Instant::now);
                 }
-            };
-            match main {
-                Some(Ok(m)) => take(&m, &mut pending),
                 Some(Err(e)) => warn!(group = %self.env.group, error = %e, "consume error"),
-                None if pending.is_empty() && !took && last_recommit.elapsed() >= RECOMMIT_EVERY => {
+                None if pending.is_empty() && last_recommit.elapsed() >= RECOMMIT_EVERY => {
                     self.recommit(&done);
                     last_recommit = Instant::now();
                 }
                 None => {}
             }
-            if main_empty {
-                drain_main = false;
-            }
-            // librdkafka forwards every fetch to the main queue in arrival order, and tansu
-            // 0.6.0 answers fetches one partition at a time: on one queue a member read one
-            // partition to its end, then the next (`loadtest notify`), and its lanes had a
-            // single partition to work on. Taking from each partition's queue in turn
-            // spreads a poll window over the partitions.
-            took = false;
-            if !drain_main {
-                for q in queues.values() {
-                    for _ in 0..QUEUE_TAKE {
-                        match q.poll(Duration::ZERO) {
-                            Some(Ok(m)) => {
-                                take(&m, &mut pending);
-                                took = true;
-                            }
-                            Some(Err(e)) => warn!(group = %self.env.group, error = %e, "consume error"),
-                            None => break,
-                        }
-                    }
+            let revoked = std::mem::take(&mut self.shared.lock().revoked);
+            if !revoked.is_empty() {
+                pending.retain(|r| !revoked.contains(&r.tp));
+                done.retain(|tp, _| !revoked.contains(tp));
+                if pending.is_empty() {
+                    first_at = None;
                 }
             }
             let due = first_at.is_some_and(|t| t.elapsed() >= max_wait);
-            // librdkafka hands out a fetch partition by partition, so a poll window of one
-            // batch would mostly hold one partition: the window is one batch per lane that
-            // the assignment can fill.
-            let lanes_n = self.cfg.partition_lanes.clamp(1, owned.len().max(1));
-            if pending.is_empty() || !(pending.len() >= self.cfg.max_batch_records * lanes_n || due) {
+            if pending.is_empty() || !(pending.len() >= self.cfg.max_batch_records || due) {
                 continue;
             }
             first_at = None;
-            let lanes = {
+            let raws = std::mem::take(&mut pending);
+            let expected = {
                 let shared = self.shared.lock();
-                let lanes = lanes(std::mem::take(&mut pending), lanes_n);
-                debug!(group = %self.env.group, lanes = ?lanes.iter().map(Vec::len).collect::<Vec<_>>(), "batch in lanes");
-                lanes
-                    .into_iter()
-                    .map(|raws| {
-                        let expected = raws.iter().map(|r| (r.tp.clone(), shared.expected.get(&r.tp).copied().flatten())).collect();
-                        (raws, expected)
-                    })
-                    .collect::<Vec<(Vec<RawRecord>, HashMap<TopicPartition, Option<i64>>)>>()
+                raws.iter().map(|r| (r.tp.clone(), shared.expected.get(&r.tp).copied().flatten())).collect()
             };
+            let n = raws.len() as u64;
             let (tx, rx) = std::sync::mpsc::channel();
             let env = self.env.clone();
-            let max = self.cfg.max_batch_records.max(1);
             self.handle.spawn(async move {
-                // One task per lane, so that lanes also run on different runtime threads.
-                let tasks: Vec<_> =
-                    lanes.into_iter().map(|(raws, expected)| tokio::spawn(env.clone().run_lane(raws, expected, max))).collect();
-                let mut outcomes = Vec::new();
-                for task in tasks {
-                    match task.await {
-                        Ok(lane) => outcomes.extend(lane),
-                        // A lane panicked: drop the sender, the member reports it.
-                        Err(_) => return,
-                    }
-                }
-                let _ = tx.send(outcomes);
+                let _ = tx.send(env.handle_batch(raws, expected).await);
             });
-            let outcomes = rx.recv().map_err(|_| BusError::Member("batch task dropped".to_owned()))?;
-            if self.kill.is_cancelled() {
-                // A crash after the effects and before the commit: exactly the case the
-                // stored offsets (or idempotent effects) must make harmless.
-                return Ok(report);
-            }
-            // Lanes hold disjoint partitions: what one lane did is committed whatever
-            // became of the others.
-            let mut commit: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-            let mut fenced: Vec<TopicPartition> = Vec::new();
-            let mut stopped = false;
-            for (n, outcome) in outcomes {
-                match outcome {
-                    Outcome::Done { next, dead_lettered, started } => {
-                        {
-                            let mut shared = self.shared.lock();
-                            for (tp, o) in &next {
-                                if shared.assignment.contains(tp) && shared.expected.contains_key(tp) {
-                                    shared.expected.insert(tp.clone(), Some(*o));
-                                }
+            let outcome = rx.recv().map_err(|_| BusError::Member("batch task dropped".to_owned()))?;
+            match outcome {
+                Outcome::Done { next, dead_lettered, started } => {
+                    if self.kill.is_cancelled() {
+                        // A crash after the effects and before the commit: exactly the case
+                        // the stored offsets (or idempotent effects) must make harmless.
+                        return Ok(report);
+                    }
+                    {
+                        let mut shared = self.shared.lock();
+                        for (tp, o) in &next {
+                            if shared.assignment.contains(tp) && shared.expected.contains_key(tp) {
+                                shared.expected.insert(tp.clone(), Some(*o));
                             }
                         }
-                        commit.extend(next);
-                        self.env.metrics.batch_duration.with_label_values(&[&*self.env.group]).observe(started.elapsed().as_secs_f64());
-                        report.batches += 1;
-                        report.records += n;
-                        report.dead_lettered += dead_lettered;
                     }
-                    Outcome::Stopped => stopped = true,
-                    Outcome::Fenced { partitions } => fenced.extend(partitions),
+                    self.commit(&next);
+                    done.extend(next.iter().map(|(tp, o)| (tp.clone(), *o)));
+                    self.env.metrics.batch_duration.with_label_values(&[&*self.env.group]).observe(started.elapsed().as_secs_f64());
+                    report.batches += 1;
+                    report.records += n;
+                    report.dead_lettered += dead_lettered;
                 }
-            }
-            if !commit.is_empty() {
-                self.commit(&commit);
-                done.extend(commit);
-            }
-            if !fenced.is_empty() {
-                self.reseek(&fenced);
-            }
-            if stopped {
-                break;
+                Outcome::Stopped => {
+                    if self.kill.is_cancelled() {
+                        return Ok(report);
+                    }
+                    break;
+                }
+                Outcome::Fenced { partitions } => self.reseek(&partitions),
             }
         }
         debug!(group = %self.env.group, "member stopping");
@@ -581,11 +448,7 @@ impl Loop {
                 error!(%tp, error = %e, "cannot build the commit");
             }
         }
-        // For offset-store processors the Kafka commit only mirrors the store for lag
-        // monitoring (and the idle re-commit repairs a lost one): it need not hold up the
-        // next batch for a broker round trip.
-        let mode = if self.env.processor.offset_store().is_some() { CommitMode::Async } else { CommitMode::Sync };
-        match self.consumer.commit(&tpl, mode) {
+        match self.consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => {
                 for (tp, o) in next {
                     self.env
@@ -704,34 +567,6 @@ struct BatchEnv {
 }
 
 impl BatchEnv {
-    /// Processes a lane's records as batches of at most `max`, in order, each expecting
-    /// the offsets the one before it stored; stops at the first that is not done (the
-    /// rest would be fenced or stopped too). Answers each batch's size and outcome.
-    async fn run_lane(
-        self: Arc<Self>,
-        mut raws: Vec<RawRecord>,
-        mut expected: HashMap<TopicPartition, Option<i64>>,
-        max: usize,
-    ) -> Vec<(u64, Outcome)> {
-        let mut out = Vec::new();
-        while !raws.is_empty() && !self.stopped() {
-            let rest = if raws.len() > max { raws.split_off(max) } else { Vec::new() };
-            let batch = std::mem::replace(&mut raws, rest);
-            let n = batch.len() as u64;
-            let batch_expected = batch.iter().map(|r| (r.tp.clone(), expected.get(&r.tp).copied().flatten())).collect();
-            let outcome = Arc::clone(&self).handle_batch(batch, batch_expected).await;
-            let Outcome::Done { next, .. } = &outcome else {
-                out.push((n, outcome));
-                break;
-            };
-            for (tp, o) in next {
-                expected.insert(tp.clone(), Some(*o));
-            }
-            out.push((n, outcome));
-        }
-        out
-    }
-
     async fn handle_batch(self: Arc<Self>, raws: Vec<RawRecord>, expected: HashMap<TopicPartition, Option<i64>>) -> Outcome {
         let started = Instant::now();
         let received = std::time::SystemTime::now();
@@ -961,40 +796,4 @@ fn offsets(next: &BTreeMap<TopicPartition, i64>, expected: &HashMap<TopicPartiti
     next.iter()
         .map(|(tp, n)| PartitionOffsets { tp: tp.clone(), expected: expected.get(tp).copied().flatten(), next: *n })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn raw(topic: &str, partition: i32, offset: i64) -> RawRecord {
-        RawRecord {
-            tp: TopicPartition::new(topic, partition),
-            offset,
-            key: None,
-            payload: None,
-            headers: Vec::new(),
-            timestamp_ms: None,
-        }
-    }
-
-    fn shape(lanes: &[Vec<RawRecord>]) -> Vec<Vec<(String, i64)>> {
-        lanes.iter().map(|l| l.iter().map(|r| (r.tp.to_string(), r.offset)).collect()).collect()
-    }
-
-    #[test]
-    fn lanes_keep_each_partition_whole_and_in_order() {
-        let raws = vec![raw("a", 0, 1), raw("a", 1, 7), raw("b", 0, 3), raw("a", 0, 2), raw("a", 2, 9), raw("a", 1, 8)];
-        let got = shape(&lanes(raws.clone(), 2));
-        let want: Vec<Vec<(String, i64)>> = vec![
-            vec![("a/0".into(), 1), ("a/0".into(), 2), ("a/2".into(), 9)],
-            vec![("a/1".into(), 7), ("b/0".into(), 3), ("a/1".into(), 8)],
-        ];
-        assert_eq!(got, want);
-        // More lanes than partitions: one lane per partition.
-        assert_eq!(lanes(raws.clone(), 16).len(), 4);
-        // One lane, or zero taken as one: the batch as polled.
-        assert_eq!(shape(&lanes(raws.clone(), 1)), shape(&[raws.clone()]));
-        assert_eq!(shape(&lanes(raws.clone(), 0)), shape(&[raws]));
-    }
 }
