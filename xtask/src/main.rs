@@ -24,9 +24,9 @@ Usage: cargo xtask <command> [options]
 Commands:
   test [-- <args>]  Install what is missing, start the services, run
                     `cargo nextest run --workspace --no-fail-fast --profile ci <args>`
-                    with the services' addresses in the environment, then stop them;
-                    without <args> and when every test passed, end with a short
-                    fuzz run (15 s per target).
+                    with the services' addresses in the environment, then stop them.
+                    The fuzz targets are not part of it (their build alone takes
+                    longer than the suite): run `cargo xtask fuzz` as a step of its own.
   services          Install what is missing, start the services, print their
                     environment as `export` lines (also written to
                     <target>/xtask/services/env) and keep them running until Enter
@@ -100,10 +100,14 @@ fn test(args: &[String]) -> Result<ExitCode> {
 
     // Tests that kill processor processes with SIGKILL run the `lms` binary itself;
     // nextest builds test targets only, so build it first and tell the tests where it is.
+    // `--workspace --tests` gives this build the feature resolution of nextest's own
+    // (`cargo test --workspace`, dev-dependencies included): `-p lms` alone resolves tokio
+    // without `test-util`, getrandom without `std` (proptest's) and figment without `test`,
+    // and every crate above them (tokio, uuid and DataFusion among them) was compiled twice.
     util::run(
         Command::new(util::cargo())
             .current_dir(util::workspace_root())
-            .args(["build", "-p", "lms", "--bin", "lms"]),
+            .args(["build", "--workspace", "--tests", "--bin", "lms"]),
     )?;
     let lms_bin = util::target_dir().join("debug").join("lms");
 
@@ -136,35 +140,11 @@ fn test(args: &[String]) -> Result<ExitCode> {
     if !status.success() {
         eprintln!("xtask: cargo nextest failed ({status})");
     }
-    // The whole suite (no test filter) ends with a short fuzz run of every target from the
-    // committed corpus: new code paths get a few hundred thousand fresh inputs per run.
-    // Not after failed tests: nextest's summary of the failures stays the last thing printed
-    // (a CI log shown by its tail would otherwise end in libFuzzer statistics).
-    if extra.is_empty() && status.success() {
-        if let Err(error) = short_fuzz() {
-            eprintln!("xtask: the short fuzz run failed: {error}");
-            return Ok(ExitCode::FAILURE);
-        }
-    }
     // A nextest killed by a signal has no exit code; report a plain failure then.
     Ok(status
         .code()
         .and_then(|code| u8::try_from(code).ok())
         .map_or(ExitCode::FAILURE, ExitCode::from))
-}
-
-/// Seconds per fuzz target in the run that ends `cargo xtask test`.
-const SHORT_FUZZ_SECONDS: &str = "15";
-
-/// The short fuzz run of `cargo xtask test`; skipped, saying so, without a nightly toolchain
-/// (rustup installs toolchains from the internet, which CI may not reach).
-fn short_fuzz() -> Result<()> {
-    if !util::succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
-        println!("xtask: short fuzz run skipped: no nightly toolchain (`rustup toolchain install nightly`)");
-        return Ok(());
-    }
-    println!("xtask: short fuzz run, {SHORT_FUZZ_SECONDS} s per target");
-    fuzz(&["--seconds".to_owned(), SHORT_FUZZ_SECONDS.to_owned()]).map(|_| ())
 }
 
 /// The cargo-fuzz targets of `fuzz/`.
