@@ -101,6 +101,12 @@ pub const REQUIREMENTS: &[Requirement] = &[
         note: Some("checks dashboards/prometheus/alerts.yml"),
     },
     Requirement {
+        name: "stunnel4",
+        check: Check::OnPath("stunnel4"),
+        install: Install::Apt(&["stunnel4"]),
+        note: Some("a TLS terminator in front of tansu and ClickHouse (tests/it/tls_*.rs)"),
+    },
+    Requirement {
         name: "chromium",
         check: Check::FileExists("/usr/bin/chromium"),
         install: Install::Apt(&["chromium"]),
