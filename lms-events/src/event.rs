@@ -1,5 +1,6 @@
 //! The event envelope as it travels on the topics, the event types and their domains.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -207,25 +208,34 @@ impl Event {
 
     /// Returns the Kafka record key.
     ///
-    /// It is the learner id for learner and derived events, the course id for catalog events
-    /// and the payment id for payment events (a refund carries no learner id and must stay
-    /// ordered after its payment).
-    pub fn partition_key(&self) -> &str {
+    /// It is the learner id for learner and derived events and the payment id for payment
+    /// events (a refund carries no learner id and must stay ordered after its payment).
+    /// Catalog events, on the compacted catalog topic, get keys under which compaction keeps
+    /// everything the catalog needs ([`catalog_publication_key`], [`catalog_retirement_key`]):
+    /// one key per tenant, course, version and content for a publication, one per tenant
+    /// and course for a retirement.
+    pub fn partition_key(&self) -> Cow<'_, str> {
         match &self.data {
-            EventData::CoursePublished(d) => &d.course_id,
-            EventData::CourseRetired(d) => &d.course_id,
-            EventData::PaymentSucceeded(d) => &d.payment_id,
-            EventData::PaymentRefunded(d) => &d.payment_id,
-            EventData::PaymentFailed(d) => &d.payment_id,
-            EventData::EnrollmentCreated(d) => &d.learner_id,
-            EventData::EnrollmentDropped(d) => &d.learner_id,
-            EventData::LessonStarted(d) | EventData::LessonCompleted(d) => &d.learner_id,
-            EventData::VideoProgressed(d) => &d.learner_id,
-            EventData::AssessmentGraded(d) => &d.learner_id,
-            EventData::ProgressUpdated(d) => &d.learner_id,
-            EventData::CourseCompleted(d) => &d.learner_id,
-            EventData::AchievementUnlocked(d) => &d.learner_id,
-            EventData::NotificationSent(d) | EventData::NotificationFailed(d) => &d.learner_id,
+            EventData::CoursePublished(d) => Cow::Owned(catalog_publication_key(&self.tenant, d)),
+            EventData::CourseRetired(d) => {
+                Cow::Owned(catalog_retirement_key(&self.tenant, &d.course_id))
+            }
+            EventData::PaymentSucceeded(d) => Cow::Borrowed(d.payment_id.as_str()),
+            EventData::PaymentRefunded(d) => Cow::Borrowed(d.payment_id.as_str()),
+            EventData::PaymentFailed(d) => Cow::Borrowed(d.payment_id.as_str()),
+            EventData::EnrollmentCreated(d) => Cow::Borrowed(d.learner_id.as_str()),
+            EventData::EnrollmentDropped(d) => Cow::Borrowed(d.learner_id.as_str()),
+            EventData::LessonStarted(d) | EventData::LessonCompleted(d) => {
+                Cow::Borrowed(d.learner_id.as_str())
+            }
+            EventData::VideoProgressed(d) => Cow::Borrowed(d.learner_id.as_str()),
+            EventData::AssessmentGraded(d) => Cow::Borrowed(d.learner_id.as_str()),
+            EventData::ProgressUpdated(d) => Cow::Borrowed(d.learner_id.as_str()),
+            EventData::CourseCompleted(d) => Cow::Borrowed(d.learner_id.as_str()),
+            EventData::AchievementUnlocked(d) => Cow::Borrowed(d.learner_id.as_str()),
+            EventData::NotificationSent(d) | EventData::NotificationFailed(d) => {
+                Cow::Borrowed(d.learner_id.as_str())
+            }
         }
     }
 
@@ -238,6 +248,88 @@ impl Event {
     pub fn course_id(&self) -> Option<&str> {
         self.data.course_id()
     }
+}
+
+/// The key of a `course.published` record on the compacted catalog topic:
+/// `{tenant}/{course_id}/v{version}/{content}`, where `content` is [`course_content_hash`].
+///
+/// Compaction keeps the latest record per key, so with this key it only ever removes
+/// exact duplicates (same tenant, course, version and content): every version survives,
+/// and the catalog, which keeps the highest (ties broken by content), rebuilds the same
+/// course from the compacted topic as from the full log. Versions of one course may land
+/// on different partitions; the catalog does not depend on their order.
+/// Tenant and course id are escaped ([`escape_key_part`]), so the key is unambiguous.
+pub fn catalog_publication_key(tenant: &str, course: &CoursePublished) -> String {
+    format!(
+        "{}/{}/v{}/{}",
+        escape_key_part(tenant),
+        escape_key_part(&course.course_id),
+        course.version,
+        course_content_hash(course)
+    )
+}
+
+/// The key of a `course.retired` record on the compacted catalog topic:
+/// `{tenant}/{course_id}/retired`, a key of its own so that a retirement never compacts
+/// away a publication (and the other way round).
+pub fn catalog_retirement_key(tenant: &str, course_id: &str) -> String {
+    format!(
+        "{}/{}/retired",
+        escape_key_part(tenant),
+        escape_key_part(course_id)
+    )
+}
+
+/// Escapes one part of a catalog key: `%` as `%25` and `/` as `%2F`, so that parts never
+/// contain the separator and distinct (tenant, course) pairs give distinct keys.
+pub fn escape_key_part(part: &str) -> Cow<'_, str> {
+    if !part.contains(['%', '/']) {
+        return Cow::Borrowed(part);
+    }
+    let mut out = String::with_capacity(part.len() + 4);
+    for c in part.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A stable 64-bit hash of a publication's content (title and modules), as 16 hex digits.
+///
+/// FNV-1a over a length-prefixed encoding of the title, then of each module's id and
+/// lessons; spelled out here rather than taken from `std`'s `DefaultHasher`, whose output
+/// may change between Rust releases, because record keys outlive builds.
+pub fn course_content_hash(course: &CoursePublished) -> String {
+    struct Fnv(u64);
+    impl Fnv {
+        fn bytes(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 ^= u64::from(*b);
+                self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        fn len(&mut self, n: usize) {
+            self.bytes(&(n as u64).to_le_bytes());
+        }
+        fn str(&mut self, s: &str) {
+            self.len(s.len());
+            self.bytes(s.as_bytes());
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    h.str(&course.title);
+    h.len(course.modules.len());
+    for m in &course.modules {
+        h.str(&m.module_id);
+        h.len(m.lessons.len());
+        for l in &m.lessons {
+            h.str(l);
+        }
+    }
+    format!("{:016x}", h.0)
 }
 
 /// The type of an event, the CloudEvents `type` attribute.
@@ -512,16 +604,63 @@ mod tests {
 
     #[test]
     fn partition_keys_follow_the_ordering_needs() {
-        let key = |t| examples::event(t).partition_key().to_owned();
+        let key = |t| examples::event(t).partition_key().into_owned();
         assert_eq!(key(EventType::LessonCompleted), "learner-42");
         assert_eq!(key(EventType::EnrollmentCreated), "learner-42");
         assert_eq!(key(EventType::ProgressUpdated), "learner-42");
         assert_eq!(key(EventType::NotificationFailed), "learner-42");
-        assert_eq!(key(EventType::CoursePublished), "course-rust-101");
-        assert_eq!(key(EventType::CourseRetired), "course-rust-101");
         assert_eq!(key(EventType::PaymentSucceeded), "pay-7");
         assert_eq!(key(EventType::PaymentRefunded), "pay-7");
         assert_eq!(key(EventType::PaymentFailed), "pay-8");
+        // The catalog: tenant, course, version and content, so that compaction only
+        // removes exact duplicates; a retirement has a key of its own.
+        assert_eq!(
+            key(EventType::CoursePublished),
+            "acme/course-rust-101/v2/7a5af783be972809"
+        );
+        assert_eq!(
+            key(EventType::CourseRetired),
+            "acme/course-rust-101/retired"
+        );
+    }
+
+    #[test]
+    fn catalog_keys_survive_compaction() {
+        let published = |tenant: &str, f: &dyn Fn(&mut CoursePublished)| {
+            let mut e = examples::event(EventType::CoursePublished);
+            e.tenant = tenant.to_owned();
+            if let EventData::CoursePublished(d) = &mut e.data {
+                f(d);
+            }
+            e.partition_key().into_owned()
+        };
+        let base = published("acme", &|_| {});
+        assert_eq!(
+            base,
+            published("acme", &|_| {}),
+            "stable: duplicates share a key"
+        );
+        // Tenants do not collide, nor do versions or contents of one version.
+        assert_ne!(base, published("globex", &|_| {}));
+        assert_ne!(base, published("acme", &|d| d.version = 1));
+        assert_ne!(base, published("acme", &|d| d.title.push('!')));
+        assert_ne!(
+            base,
+            published("acme", &|d| d.modules[1].lessons.push("lesson-4".into()))
+        );
+        // Moving a lesson across modules changes the content, and so the key.
+        assert_ne!(
+            base,
+            published("acme", &|d| {
+                let l = d.modules[0].lessons.pop().unwrap();
+                d.modules[1].lessons.insert(0, l);
+            })
+        );
+        // Separators inside ids are escaped: ("a/b", "c") and ("a", "b/c") differ.
+        assert_eq!(catalog_retirement_key("a/b", "c"), "a%2Fb/c/retired");
+        assert_eq!(catalog_retirement_key("a", "b/c"), "a/b%2Fc/retired");
+        assert_eq!(catalog_retirement_key("a%2Fb", "c"), "a%252Fb/c/retired");
+        assert_eq!(escape_key_part("plain"), "plain");
     }
 
     #[test]
