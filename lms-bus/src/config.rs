@@ -1,13 +1,17 @@
 //! Configuration of the Kafka clients. Every option name carries its unit.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::secret::{REDACTED, Secret};
+
 /// How to reach the Kafka cluster and how to produce to it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma-separated `host:port` pairs.
@@ -30,10 +34,199 @@ pub struct KafkaConfig {
     /// a queue-full error that callers surface as backpressure.
     #[serde(default = "default_queue_max_records")]
     pub queue_max_records: u32,
-    /// Extra librdkafka properties (for example `security.protocol`, `sasl.mechanisms`),
-    /// applied last so they override everything above.
+    /// TLS and SASL: how every client of this process (producers, consumer-group members,
+    /// admin tools) authenticates the brokers and itself.
+    #[serde(default)]
+    pub security: KafkaSecurity,
+    /// Extra librdkafka properties (for example `ssl.endpoint.identification.algorithm`),
+    /// applied last so they override everything above, `security` included.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+}
+
+/// Property values whose key names a secret are not printed.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { REDACTED } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("compression", &self.compression)
+            .field("delivery_timeout_ms", &self.delivery_timeout_ms)
+            .field("linger_ms", &self.linger_ms)
+            .field("queue_max_records", &self.queue_max_records)
+            .field("security", &self.security)
+            .field("properties", &properties)
+            .finish()
+    }
+}
+
+/// librdkafka properties that hold secrets (`sasl.password`, `ssl.key.password`,
+/// `sasl.oauthbearer.client.secret`, `ssl.key.pem`, ...).
+fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password") || k.contains("secret") || k.ends_with(".pem") || k.contains("jaas")
+}
+
+/// The `kafka.security` section: transport security and authentication.
+///
+/// Mapped onto librdkafka by [`KafkaConfig`]'s client configurations (`security.protocol`,
+/// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`,
+/// `ssl.certificate.location`, `ssl.key.location`); `kafka.properties` still come last. The
+/// brokers' host names are checked against their certificates (librdkafka's default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSecurity {
+    /// `plaintext` (the default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub protocol: SecurityProtocol,
+    /// SASL mechanism and credentials; required by the `sasl_*` protocols, refused otherwise.
+    pub sasl: Option<SaslConfig>,
+    /// PEM file of the certificate authorities that sign the brokers' certificates; the
+    /// system's trust store when absent. `ssl` and `sasl_ssl` only.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of this client's certificate (mutual TLS), with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the private key of `cert_file` (unencrypted).
+    pub key_file: Option<PathBuf>,
+}
+
+/// librdkafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication.
+    #[default]
+    Plaintext,
+    /// TLS; the client authenticates with a certificate if `cert_file` is set.
+    Ssl,
+    /// SASL authentication without TLS.
+    SaslPlaintext,
+    /// SASL authentication over TLS: what hosted Kafka services ask for.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// The librdkafka value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+    fn tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+    fn sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+/// SASL mechanism and credentials. GSSAPI (Kerberos) and OAUTHBEARER are not offered: this
+/// build of librdkafka has no libsasl2, and no token provider is wired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslConfig {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: SaslMechanism,
+    /// The user name.
+    pub username: String,
+    /// The password; in a file, `password_file` (read by the binary at startup).
+    pub password: Secret,
+}
+
+/// librdkafka's `sasl.mechanism`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    /// User name and password in clear: only over TLS.
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// Salted challenge-response with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// Salted challenge-response with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The librdkafka value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// A `kafka.security` section that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecurityConfigError {
+    /// A `sasl_*` protocol without credentials.
+    #[error("kafka.security.protocol {0} needs a kafka.security.sasl section (mechanism, username, password)")]
+    SaslMissing(&'static str),
+    /// Credentials with a protocol that does not use them.
+    #[error("kafka.security.sasl is set but kafka.security.protocol {0} does not use SASL (sasl_plaintext or sasl_ssl)")]
+    SaslUnused(&'static str),
+    /// TLS files with a protocol without TLS.
+    #[error("kafka.security.{0} is set but kafka.security.protocol {1} does not use TLS (ssl or sasl_ssl)")]
+    TlsUnused(&'static str, &'static str),
+    /// Half of a client certificate.
+    #[error("kafka.security.cert_file and kafka.security.key_file go together")]
+    HalfCertificate,
+}
+
+impl KafkaSecurity {
+    /// Checks that the section can work; the binary refuses to start otherwise.
+    pub fn validate(&self) -> Result<(), SecurityConfigError> {
+        let p = self.protocol;
+        match (&self.sasl, p.sasl()) {
+            (None, true) => return Err(SecurityConfigError::SaslMissing(p.as_str())),
+            (Some(_), false) => return Err(SecurityConfigError::SaslUnused(p.as_str())),
+            _ => {}
+        }
+        if !p.tls() {
+            for (name, set) in
+                [("ca_file", self.ca_file.is_some()), ("cert_file", self.cert_file.is_some()), ("key_file", self.key_file.is_some())]
+            {
+                if set {
+                    return Err(SecurityConfigError::TlsUnused(name, p.as_str()));
+                }
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(SecurityConfigError::HalfCertificate);
+        }
+        Ok(())
+    }
+
+    /// Sets the librdkafka properties of this section on `c`.
+    fn apply(&self, c: &mut ClientConfig) {
+        let p = self.protocol;
+        c.set("security.protocol", p.as_str());
+        if p.tls() {
+            for (key, file) in [
+                ("ssl.ca.location", &self.ca_file),
+                ("ssl.certificate.location", &self.cert_file),
+                ("ssl.key.location", &self.key_file),
+            ] {
+                if let Some(f) = file {
+                    c.set(key, f.to_string_lossy());
+                }
+            }
+        }
+        if let (true, Some(sasl)) = (p.sasl(), &self.sasl) {
+            c.set("sasl.mechanism", sasl.mechanism.as_str())
+                .set("sasl.username", &sasl.username)
+                .set("sasl.password", sasl.password.expose());
+        }
+    }
 }
 
 fn default_compression() -> String {
@@ -59,6 +252,7 @@ impl KafkaConfig {
             delivery_timeout_ms: default_delivery_timeout_ms(),
             linger_ms: default_linger_ms(),
             queue_max_records: default_queue_max_records(),
+            security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
         }
     }
@@ -74,14 +268,23 @@ impl KafkaConfig {
         format!("{}lms-{}", self.topic_prefix, processor)
     }
 
-    /// Properties shared by every client.
+    /// Properties shared by every client, `security` included. Every client of the
+    /// workspace starts from here (producers, members, admin tools), so TLS and SASL reach
+    /// them all.
     pub(crate) fn base(&self, client_id: &str) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", client_id)
             // Metadata of auto-created topics (the mock cluster, tests) shows up sooner.
             .set("topic.metadata.refresh.interval.ms", "10000");
+        self.security.apply(&mut c);
         c
+    }
+
+    /// A plain client configuration for this cluster (bootstrap servers, security, the
+    /// user's properties), for tools and tests that build their own clients.
+    pub fn client_config(&self, client_id: &str) -> ClientConfig {
+        self.finish(self.base(client_id))
     }
 
     /// Applies the user's extra properties last.
@@ -219,5 +422,112 @@ impl ConsumerConfig {
             .set("statistics.interval.ms", self.statistics_interval_ms.to_string())
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string());
         kafka.finish(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secure() -> KafkaConfig {
+        let mut k = KafkaConfig::new("b1:9093,b2:9093");
+        k.security = KafkaSecurity {
+            protocol: SecurityProtocol::SaslSsl,
+            sasl: Some(SaslConfig {
+                mechanism: SaslMechanism::ScramSha512,
+                username: "lms".into(),
+                password: Secret::new("hunter2"),
+            }),
+            ca_file: Some("/etc/lms/ca.pem".into()),
+            cert_file: None,
+            key_file: None,
+        };
+        k
+    }
+
+    /// The README's worked configuration, as YAML, reaches librdkafka's property names.
+    #[test]
+    fn security_maps_onto_librdkafka_for_every_client() {
+        let k: KafkaConfig = serde_yaml::from_str(
+            "brokers: b1:9093\nsecurity:\n  protocol: sasl_ssl\n  ca_file: /etc/lms/ca.pem\n  sasl: { mechanism: SCRAM-SHA-512, username: lms, password: hunter2 }\n",
+        )
+        .expect("valid");
+        k.security.validate().expect("consistent");
+        let consumer = ConsumerConfig::default();
+        for c in [k.producer_config("p"), consumer.client_config(&k, "g", "m"), k.client_config("admin")] {
+            assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+            assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+            assert_eq!(c.get("sasl.username"), Some("lms"));
+            assert_eq!(c.get("sasl.password"), Some("hunter2"));
+            assert_eq!(c.get("ssl.ca.location"), Some("/etc/lms/ca.pem"));
+            assert_eq!(c.get("ssl.certificate.location"), None);
+        }
+        let plain = KafkaConfig::new("b:9092").producer_config("p");
+        assert_eq!(plain.get("security.protocol"), Some("plaintext"));
+        assert_eq!(plain.get("sasl.username"), None);
+    }
+
+    #[test]
+    fn mutual_tls_and_every_mechanism() {
+        let mut k = KafkaConfig::new("b:9093");
+        k.security = KafkaSecurity {
+            protocol: SecurityProtocol::Ssl,
+            sasl: None,
+            ca_file: Some("ca.pem".into()),
+            cert_file: Some("client.pem".into()),
+            key_file: Some("client.key".into()),
+        };
+        k.security.validate().expect("consistent");
+        let c = k.client_config("x");
+        assert_eq!(c.get("security.protocol"), Some("ssl"));
+        assert_eq!(c.get("ssl.certificate.location"), Some("client.pem"));
+        assert_eq!(c.get("ssl.key.location"), Some("client.key"));
+        assert_eq!(c.get("sasl.mechanism"), None);
+        for (yaml, m) in [("PLAIN", "PLAIN"), ("SCRAM-SHA-256", "SCRAM-SHA-256"), ("SCRAM-SHA-512", "SCRAM-SHA-512")] {
+            let parsed: SaslMechanism = serde_yaml::from_str(yaml).expect("a mechanism");
+            assert_eq!(parsed.as_str(), m);
+        }
+        assert!(serde_yaml::from_str::<SaslMechanism>("GSSAPI").is_err(), "not built");
+    }
+
+    #[test]
+    fn properties_still_come_last() {
+        let mut k = secure();
+        k.properties.insert("security.protocol".into(), "sasl_plaintext".into());
+        k.properties.insert("ssl.endpoint.identification.algorithm".into(), "none".into());
+        let c = k.producer_config("p");
+        assert_eq!(c.get("security.protocol"), Some("sasl_plaintext"));
+        assert_eq!(c.get("ssl.endpoint.identification.algorithm"), Some("none"));
+    }
+
+    #[test]
+    fn inconsistent_sections_are_refused() {
+        let sasl = secure().security.sasl;
+        let cases = [
+            (KafkaSecurity { protocol: SecurityProtocol::SaslSsl, ..Default::default() }, "needs a kafka.security.sasl"),
+            (KafkaSecurity { protocol: SecurityProtocol::Ssl, sasl: sasl.clone(), ..Default::default() }, "does not use SASL"),
+            (KafkaSecurity { ca_file: Some("ca.pem".into()), ..Default::default() }, "ca_file is set"),
+            (
+                KafkaSecurity { protocol: SecurityProtocol::Ssl, cert_file: Some("c.pem".into()), ..Default::default() },
+                "go together",
+            ),
+        ];
+        for (s, expected) in cases {
+            let err = s.validate().expect_err("inconsistent").to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        assert!(KafkaSecurity::default().validate().is_ok());
+    }
+
+    #[test]
+    fn secrets_are_not_printed_nor_dumped() {
+        let mut k = secure();
+        k.properties.insert("ssl.key.password".into(), "keypass".into());
+        k.properties.insert("linger.ms".into(), "7".into());
+        let shown = format!("{k:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("keypass"), "{shown}");
+        assert!(shown.contains("linger.ms") && shown.contains("\"7\"") && shown.contains("lms"), "{shown}");
+        let dumped = serde_yaml::to_string(&k.security).expect("serialise");
+        assert!(!dumped.contains("hunter2") && dumped.contains("<redacted>"), "{dumped}");
     }
 }

@@ -18,9 +18,13 @@ pub mod otel;
 mod processor;
 mod producer;
 mod record;
+mod secret;
 pub mod topics;
 
-pub use config::{ConsumerConfig, KafkaConfig};
+pub use config::{
+    ConsumerConfig, KafkaConfig, KafkaSecurity, SaslConfig, SaslMechanism, SecurityConfigError, SecurityProtocol,
+};
+pub use secret::{REDACTED, Secret, SecretFileError, trim_line_break};
 pub use consumer::{Member, MemberConfig, MemberReport};
 pub use error::{BoxError, BusError, ProcessError, ProduceError};
 pub use metrics::BusMetrics;
