@@ -9,7 +9,8 @@
 //!
 //! Per batch, in this order:
 //! 1. decode every record and run the processor's `check`; failures are produced to the
-//!    dead-letter topic (acknowledged) with reason and origin;
+//!    dead-letter topic (acknowledged) with reason and origin; tombstones (records without
+//!    a value, on compacted topics) are skipped and counted, their offsets passed over;
 //! 2. `process` the rest, retrying transient failures with exponential back-off (no
 //!    commit meanwhile, prefetch bounded by `prefetch_max_kbytes`); a permanent failure
 //!    splits the batch in halves until the poison record is isolated and dead-lettered;
@@ -43,7 +44,7 @@ use crate::error::{BoxError, BusError, ProcessError};
 use crate::metrics::BusMetrics;
 use crate::processor::{OffsetStore, Processor};
 use crate::producer::{OnQueueFull, Producer};
-use crate::record::{Batch, DeadLetters, PartitionOffsets, RawRecord, Record, TopicPartition};
+use crate::record::{Batch, DeadLetters, Fetched, PartitionOffsets, RawRecord, Record, TopicPartition, sort_fetched};
 
 /// Settings of one member.
 #[derive(Debug, Clone)]
@@ -582,16 +583,11 @@ impl BatchEnv {
             for (t, n) in consumed {
                 self.metrics.consumed.with_label_values(&[&*self.group, t]).inc_by(n);
             }
-            let mut good = Vec::with_capacity(raws.len());
-            let mut dead = Vec::new();
-            for raw in raws {
-                match raw.decode() {
-                    Ok(rec) => match self.processor.check(&rec) {
-                        Ok(()) => good.push(rec),
-                        Err(reason) => dead.push((rec.raw, reason)),
-                    },
-                    Err((raw, reason)) => dead.push((raw, reason)),
-                }
+            // Tombstones (compacted topics) are skipped: no event, no dead letter, and the
+            // offsets move past them like past any record of the batch.
+            let Fetched { good, dead, tombstones } = sort_fetched(raws, |r| self.processor.check(r));
+            for (t, n) in tombstones {
+                self.metrics.tombstones.with_label_values(&[&*self.group, &*t]).inc_by(n);
             }
             let mut dead_lettered = dead.len() as u64;
             // Dead letters go out while the batch is processed (their acknowledgement used

@@ -21,6 +21,9 @@ pub struct BusMetrics {
     pub batch_failures: IntCounterVec,
     /// `lms_bus_dead_lettered_records_total{group,topic}`: records sent to the dead-letter topic.
     pub dead_lettered: IntCounterVec,
+    /// `lms_bus_tombstones_skipped_total{group,topic}`: records without a value (compacted
+    /// topics' deletions) passed over without reaching the processor.
+    pub tombstones: IntCounterVec,
     /// `lms_bus_batch_duration_seconds{group}`: from a batch's hand-over to its commit.
     pub batch_duration: HistogramVec,
     /// `lms_bus_consumer_lag_records{group,topic,partition}`: log end minus the member's position.
@@ -57,6 +60,10 @@ impl BusMetrics {
                 Opts::new("lms_bus_dead_lettered_records_total", "Records sent to the dead-letter topic."),
                 &["group", "topic"],
             )?,
+            tombstones: IntCounterVec::new(
+                Opts::new("lms_bus_tombstones_skipped_total", "Records without a value (tombstones) skipped by consumer-group members."),
+                &["group", "topic"],
+            )?,
             batch_duration: HistogramVec::new(
                 HistogramOpts::new("lms_bus_batch_duration_seconds", "Time from a batch's hand-over to its commit.")
                     .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
@@ -77,6 +84,7 @@ impl BusMetrics {
         registry.register(Box::new(m.processed.clone()))?;
         registry.register(Box::new(m.batch_failures.clone()))?;
         registry.register(Box::new(m.dead_lettered.clone()))?;
+        registry.register(Box::new(m.tombstones.clone()))?;
         registry.register(Box::new(m.batch_duration.clone()))?;
         registry.register(Box::new(m.consumer_lag.clone()))?;
         registry.register(Box::new(m.committed_offset.clone()))?;

@@ -90,6 +90,12 @@ impl RawRecord {
         serde_json::from_slice::<Id>(self.payload.as_deref()?).ok().map(|i| i.id)
     }
 
+    /// True for a record without a value: a tombstone, which tells a compacted topic to
+    /// forget its key. It carries no event; the runner skips it (see [`sort_fetched`]).
+    pub fn is_tombstone(&self) -> bool {
+        self.payload.is_none()
+    }
+
     /// Decodes the event, or says why it cannot be.
     pub fn decode(self) -> Result<Record, (RawRecord, String)> {
         let Some(payload) = self.payload.as_deref() else {
@@ -114,6 +120,42 @@ pub struct Record {
     pub trace: Option<TraceContext>,
     /// The record as fetched.
     pub raw: RawRecord,
+}
+
+/// Fetched records sorted for a batch: see [`sort_fetched`].
+#[derive(Debug, Default)]
+pub(crate) struct Fetched {
+    /// Decoded records the processor accepted, in fetch order.
+    pub good: Vec<Record>,
+    /// Records to dead-letter, with the reason.
+    pub dead: Vec<(RawRecord, String)>,
+    /// Tombstones skipped, per topic.
+    pub tombstones: Vec<(std::sync::Arc<str>, u64)>,
+}
+
+/// Sorts a fetched batch: tombstones (records without a value, which compacted topics
+/// carry to delete a key) are skipped and counted, every other record is decoded and
+/// `check`ed, and those failing either go to the dead letters. The batch's offsets cover
+/// every fetched record whatever its fate, so skipped tombstones are passed over.
+pub(crate) fn sort_fetched(raws: Vec<RawRecord>, check: impl Fn(&Record) -> Result<(), String>) -> Fetched {
+    let mut out = Fetched { good: Vec::with_capacity(raws.len()), ..Fetched::default() };
+    for raw in raws {
+        if raw.is_tombstone() {
+            match out.tombstones.iter_mut().find(|(t, _)| *t == raw.tp.topic) {
+                Some((_, n)) => *n += 1,
+                None => out.tombstones.push((raw.tp.topic.clone(), 1)),
+            }
+            continue;
+        }
+        match raw.decode() {
+            Ok(rec) => match check(&rec) {
+                Ok(()) => out.good.push(rec),
+                Err(reason) => out.dead.push((rec.raw, reason)),
+            },
+            Err((raw, reason)) => out.dead.push((raw, reason)),
+        }
+    }
+    out
 }
 
 /// Offsets of one partition in a batch.
@@ -176,5 +218,50 @@ impl DeadLetters {
             Ok(v) => (*v).unwrap_or(false),
             Err(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lms_events::examples;
+
+    use super::*;
+
+    fn raw(topic: &str, offset: i64, payload: Option<Vec<u8>>) -> RawRecord {
+        RawRecord {
+            tp: TopicPartition::new(topic, 0),
+            offset,
+            key: Some(b"acme/course-1/retired".to_vec()),
+            payload,
+            headers: Vec::new(),
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn tombstones_are_skipped_not_dead_lettered() {
+        let event = examples::event(lms_events::EventType::CourseRetired);
+        let raws = vec![
+            raw("catalog", 0, Some(codec::encode(&event))),
+            raw("catalog", 1, None),
+            raw("catalog", 2, Some(b"{not json".to_vec())),
+            raw("catalog", 3, None),
+            raw("learning", 4, None),
+            raw("catalog", 5, Some(Vec::new())),
+        ];
+        let fetched = sort_fetched(raws, |_| Ok(()));
+        assert_eq!(fetched.good.iter().map(|r| r.raw.offset).collect::<Vec<_>>(), [0]);
+        // An empty value is a value (undecodable), not a tombstone.
+        assert_eq!(fetched.dead.iter().map(|(r, _)| r.offset).collect::<Vec<_>>(), [2, 5]);
+        assert_eq!(fetched.tombstones, [(Arc::from("catalog"), 2), (Arc::from("learning"), 1)]);
+    }
+
+    #[test]
+    fn check_refusals_are_dead_lettered() {
+        let event = examples::event(lms_events::EventType::CourseRetired);
+        let fetched = sort_fetched(vec![raw("catalog", 0, Some(codec::encode(&event))), raw("catalog", 1, None)], |_| Err("no".into()));
+        assert!(fetched.good.is_empty());
+        assert_eq!(fetched.dead.iter().map(|(r, why)| (r.offset, why.as_str())).collect::<Vec<_>>(), [(0, "no")]);
+        assert_eq!(fetched.tombstones.len(), 1);
     }
 }
