@@ -471,10 +471,13 @@
       state.authError = 'The token expired at ' + new Date(state.claims.exp * 1000).toISOString() + '. Open the link `lms demo` prints again, or give a fresh #token=….';
     }
     if (state.claims) $('#tenant').textContent = 'tenant ' + state.claims.tenant;
-    try {
-      state.hints = await getJson('/dashboard/hints.json', false);
-    } catch (e) {
-      state.hints = null;
+    // The hints name the tenant's courses: they take the same token as the analytics.
+    if (state.token && !state.authError) {
+      try {
+        state.hints = await getJson('/dashboard/hints.json', true);
+      } catch (e) {
+        state.hints = null;
+      }
     }
     fillSelectors();
     for (const id of ['#range', '#granularity', '#currency', '#course', '#assessment']) $(id).addEventListener('change', refresh);

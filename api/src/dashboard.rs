@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `GET /dashboard` | the page |
 //! | `GET /dashboard/dashboard.js`, `GET /dashboard/dashboard.css` | its script and style |
-//! | `GET /dashboard/hints.json` | course and assessment ids per tenant to offer in the selectors |
+//! | `GET /dashboard/hints.json` | the course and assessment ids of the token's tenant to offer in the selectors (bearer token with `analytics:read`) |
 //!
 //! The page reads the analytics endpoints (`/v1/analytics/...`, scope `analytics:read`) with
 //! the token given in the URL fragment, `/dashboard#token=<JWT>` (the fragment never reaches
@@ -17,8 +17,11 @@
 //! assessment selectors offer the ids of [`DashboardHints`] (the demo passes its generated
 //! catalog), those of `?course=<id>&assessment=<id>` query parameters, and any id typed in.
 //!
-//! The routes need no token: the page holds no data, every figure comes from authenticated
-//! endpoints. Responses forbid loading anything from elsewhere (`Content-Security-Policy`).
+//! The page and its assets need no token: they hold no data, every figure comes from
+//! authenticated endpoints. `hints.json` is one of them: it names courses, so it takes the
+//! bearer token of the analytics endpoints (scope `analytics:read`) and answers the token's
+//! tenant's hints only, like every read route scoped by the token's tenant. Responses forbid
+//! loading anything from elsewhere (`Content-Security-Policy`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,6 +33,9 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
+
+use crate::auth::{Claims, scope};
+use crate::problem::Problem;
 
 const HTML: &str = include_str!("../assets/dashboard.html");
 const JS: &str = include_str!("../assets/dashboard.js");
@@ -71,6 +77,9 @@ pub fn router() -> Router {
 }
 
 /// The dashboard routes, offering `hints` in the course and assessment selectors.
+///
+/// `hints.json` authenticates with [`Claims`], so the router must be merged into the
+/// [`crate::Api`] (which provides the authenticator).
 pub fn router_with(hints: DashboardHints) -> Router {
     Router::new()
         .route("/dashboard", get(|| async { asset("text/html; charset=utf-8", HTML) }))
@@ -81,10 +90,13 @@ pub fn router_with(hints: DashboardHints) -> Router {
         .with_state(Arc::new(hints))
 }
 
-async fn hints_json(State(hints): State<Arc<DashboardHints>>) -> Response {
-    let mut r = axum::Json(hints.as_ref().clone()).into_response();
+/// The hints of the token's tenant only (an empty map when it has none).
+async fn hints_json(State(hints): State<Arc<DashboardHints>>, claims: Claims) -> Result<Response, Problem> {
+    claims.require(scope::ANALYTICS_READ)?;
+    let tenants = hints.tenants.get(&claims.tenant).map(|t| (claims.tenant.clone(), t.clone())).into_iter().collect();
+    let mut r = axum::Json(DashboardHints { tenants }).into_response();
     r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    Ok(r)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

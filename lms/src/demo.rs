@@ -116,7 +116,7 @@ pub async fn run(args: DemoArgs, base: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (choose another with --listen)", config.api.listen))?;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(api::serve_on(listener, router, shutdown.clone()));
-    print_urls(&config, &secret, &cohort.tenants()[0].name);
+    print_urls(&config, &secret, &cohort.tenants()[0].name, args.weeks);
 
     let stop = CancellationToken::new();
     tokio::spawn({
@@ -194,7 +194,9 @@ fn print_plan(args: &DemoArgs, config: &Config, names: &[&str]) {
     println!();
 }
 
-fn print_urls(config: &Config, secret: &str, tenant: &str) {
+/// Prints where to look and what to try. Every command printed here is run, exactly as
+/// printed, by `tests/it/demo_commands.rs`: keep them copy-and-paste ready.
+fn print_urls(config: &Config, secret: &str, tenant: &str, weeks: u32) {
     let base = format!("http://{}", config.api.listen);
     let exp = (chrono::Utc::now() + chrono::Duration::days(1)).timestamp().max(0) as u64;
     let token = api::auth::sign_hs256(
@@ -206,8 +208,13 @@ fn print_urls(config: &Config, secret: &str, tenant: &str) {
     println!("  metrics     {base}/metrics   readiness {base}/readyz");
     println!("  token       tenant {tenant}, scopes events:write analytics:read, valid 24 h:");
     println!("              export TOKEN={token}");
-    println!("  try         curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/v1/analytics/enrollments?from=2020-01-01&to=2030-12-31&granularity=week'");
-    println!("              curl -s -H \"Authorization: Bearer $TOKEN\" {base}/v1/learners/learner-00001/progress");
+    // The backfill's weeks, ending today: a range the analytics routes accept (at most
+    // three years) that holds every generated event.
+    let today = chrono::Utc::now().date_naive();
+    let from = today - chrono::Duration::weeks(i64::from(weeks));
+    // `--fail-with-body`: a refused request exits non-zero and still shows the problem.
+    println!("  try         curl -sS --fail-with-body -H \"Authorization: Bearer $TOKEN\" '{base}/v1/analytics/enrollments?from={from}&to={today}&granularity=week'");
+    println!("              curl -sS --fail-with-body -H \"Authorization: Bearer $TOKEN\" {base}/v1/learners/learner-00001/progress");
     println!();
 }
 

@@ -34,8 +34,11 @@ struct Cli {
     config: Option<PathBuf>,
 
     /// Log filter (tracing `EnvFilter` syntax), for example `info,lms_bus=debug`.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info,librdkafka=warn")]
-    log: String,
+    ///
+    /// Default: `info,librdkafka=warn`; for `lms demo` `warn`, so that its terminal shows the
+    /// plan, the progress and the URLs (`--log info` brings the service logs back).
+    #[arg(long, global = true, env = "RUST_LOG")]
+    log: Option<String>,
 
     /// Log lines as text (for people) or JSON (for log pipelines: one object per line with
     /// the fields of its spans, such as a request's `trace_id`).
@@ -90,7 +93,11 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(_) => "lms-demo",
         _ => "lms",
     };
-    let telemetry = telemetry::init(&cli.log, cli.log_format, service)?;
+    let default_log = match &cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info,librdkafka=warn",
+    };
+    let telemetry = telemetry::init(cli.log.as_deref().unwrap_or(default_log), cli.log_format, service)?;
     let config = config::Config::load(cli.config.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let outcome = rt.block_on(async move {

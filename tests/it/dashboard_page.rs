@@ -62,10 +62,53 @@ async fn the_page_is_self_contained_and_has_every_panel() {
     for body in &bodies {
         assert!(!body.contains("http://") && !body.contains("https://"), "an asset names another server");
     }
-    let hints = http.get(format!("{url}/dashboard/hints.json")).send().await.expect("hints");
-    assert_eq!(hints.status(), 200);
-    assert_eq!(hints.json::<DashboardHints>().await.expect("hints JSON"), DashboardHints::default());
 }
+
+/// `/dashboard/hints.json` names courses: like every read route it answers only a bearer
+/// token with `analytics:read`, and only the hints of the token's tenant.
+#[tokio::test]
+async fn the_hints_answer_the_tokens_tenant_only() {
+    let course = |id: &str| TenantHints {
+        courses: vec![CourseHint { course_id: id.to_owned(), title: String::new(), assessments: vec![format!("{id}-quiz")] }],
+    };
+    let all = DashboardHints { tenants: [("acme".to_owned(), course("acme-101")), ("globex".to_owned(), course("globex-201"))].into() };
+    let api = TestApi::start_with("hints", &kafka_brokers(), api_support::config(), {
+        let all = all.clone();
+        |a| a.merge(api::dashboard::router_with(all))
+    })
+    .await;
+    let get = |token: Option<String>| {
+        let mut r = api.http.get(format!("{}/dashboard/hints.json", api.url));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let (status, _, body) = answer(get(None).await.expect("GET")).await;
+    assert_eq!(status, 401, "no token: {body}");
+    let forged = api::auth::sign_hs256(b"another secret", &api::Claims {
+        sub: "x".into(),
+        tenant: "acme".into(),
+        scope: "analytics:read".into(),
+        exp: u64::try_from(Utc::now().timestamp() + 3600).unwrap_or(u64::MAX),
+    });
+    let (status, _, body) = answer(get(Some(forged)).await.expect("GET")).await;
+    assert_eq!(status, 401, "a token of another secret: {body}");
+    let (status, _, body) = answer(get(Some(api_support::token("events:write"))).await.expect("GET")).await;
+    assert_eq!(status, 403, "a token without analytics:read: {body}");
+    for tenant in ["acme", "globex"] {
+        let token = api_support::token_with(tenant, "viewer", "analytics:read", 3600);
+        let (status, _, body) = answer(get(Some(token)).await.expect("GET")).await;
+        assert_eq!(status, 200, "{body}");
+        let hints: DashboardHints = serde_json::from_value(body).expect("hints JSON");
+        assert_eq!(hints.tenants.keys().collect::<Vec<_>>(), [tenant], "only the token's tenant");
+        assert_eq!(hints.tenants[tenant], all.tenants[tenant]);
+    }
+    let token = api_support::token_with("initech", "viewer", "analytics:read", 3600);
+    let (status, _, body) = answer(get(Some(token)).await.expect("GET")).await;
+    assert_eq!((status, body), (200, serde_json::json!({"tenants": {}})), "a tenant without hints gets none");
+}
+
 
 /// The selector hints for a generated catalog.
 fn hints(tenants: &[Tenant]) -> DashboardHints {

@@ -22,6 +22,7 @@ mod bus_takeover;
 mod compose;
 mod dashboards;
 mod demo_browser;
+mod demo_commands;
 mod notify_api;
 mod notify_delivery;
 mod notify_smtp_down;
