@@ -31,11 +31,16 @@ pub struct Config {
     #[serde(default)]
     pub api: api::ApiConfig,
     /// The analytics store: `store: clickhouse` (with `url`, `database`, ...) or
-    /// `store: parquet` (with `dir`, the embedded twin). Absent: the twin in
-    /// `lms-data/analytics` (see [`Config::analytics`]). No default is merged in, so that the
-    /// file or the environment can choose either store without leftover fields.
+    /// `store: parquet` (with `dir`, the embedded twin). Absent: `lms api` and `lms processor
+    /// run analytics` refuse to start ([`Config::require_stores`]); the other commands use the
+    /// twin in `lms-data/analytics` (see [`Config::analytics`]). No default is merged in, so
+    /// that the file or the environment can choose either store without leftover fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analytics: Option<lms_analytics::AnalyticsConfig>,
+    /// Whether `store.url` was set by the file or the environment rather than left at its
+    /// default (see [`Config::require_stores`]).
+    #[serde(skip)]
+    pub store_url_set: bool,
 }
 
 /// The processors' state store.
@@ -43,6 +48,8 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `postgres://user:password@host/db` (production) or `sqlite://<path>` (one process).
+    /// `lms api` and `lms processor run` need it set ([`Config::require_stores`]); the other
+    /// commands default to `sqlite://lms-data/state.db`.
     pub url: String,
     /// Connections per process (PostgreSQL; SQLite always uses one).
     pub max_connections: u32,
@@ -63,11 +70,35 @@ impl Default for Config {
             notifications: processors::notifications::NotifyConfig::default(),
             api: api::ApiConfig::default(),
             analytics: None,
+            store_url_set: false,
         }
     }
 }
 
 impl Config {
+    /// Refuses to go on without an explicitly configured state store and, when
+    /// `needs_analytics`, analytics store, naming the key to set. `lms api` and `lms processor
+    /// run` call it before opening anything (`command` names them): a server process must not
+    /// fall back silently to a private SQLite file or Parquet directory on its own disk, where
+    /// its state and analytics would be lost with the container and invisible to the other
+    /// processes. `lms demo` sets its embedded stores itself.
+    pub fn require_stores(&self, command: &str, needs_analytics: bool) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.store_url_set,
+            "`lms {command}` needs an explicitly configured state store: set `store.url` in the config file or \
+             LMS_STORE__URL in the environment (postgres://user:password@host:5432/db; sqlite://<path> only for \
+             a single process). `lms demo` runs with embedded stores and needs neither"
+        );
+        anyhow::ensure!(
+            !needs_analytics || self.analytics.is_some(),
+            "`lms {command}` needs an explicitly configured analytics store: set `analytics.store` in the config \
+             file or LMS_ANALYTICS__STORE in the environment, to `clickhouse` (with LMS_ANALYTICS__URL such as \
+             http://clickhouse:8123 and LMS_ANALYTICS__DATABASE) or `parquet` (with LMS_ANALYTICS__DIR, a directory \
+             only this process writes). `lms demo` runs with embedded stores and needs neither"
+        );
+        Ok(())
+    }
+
     /// The analytics store to use: the configured one, else the twin in `lms-data/analytics`.
     pub fn analytics(&self) -> lms_analytics::AnalyticsConfig {
         self.analytics
@@ -77,12 +108,14 @@ impl Config {
 
     /// Loads defaults ← file ← environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
-        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        // What the file and the environment set, without the defaults: whether they set
+        // `store.url` is asked by [`Config::require_stores`].
+        let mut user = Figment::new();
         if let Some(path) = file {
             anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
-            f = f.merge(Yaml::file(path));
+            user = user.merge(Yaml::file(path));
         }
-        f = f.merge(
+        user = user.merge(
             Env::prefixed("LMS_")
                 .split("__")
                 .filter(|k| {
@@ -90,7 +123,10 @@ impl Config {
                     SECTIONS.iter().any(|s| k.starts_with(&format!("{s}.")))
                 }),
         );
+        let store_url_set = user.find_value("store.url").is_ok_and(|v| v.as_str().is_none_or(|s| !s.is_empty()));
+        let f = Figment::from(Serialized::defaults(Config::default())).merge(user);
         let mut config: Config = f.extract().context("invalid configuration")?;
+        config.store_url_set = store_url_set;
         if config.api.jwt_secret.is_none() {
             config.api.jwt_secret = std::env::var("LMS_JWT_SECRET").ok().filter(|s| !s.is_empty());
         }
@@ -130,6 +166,30 @@ mod tests {
             let lms_analytics::AnalyticsConfig::Clickhouse(ch) = c.analytics() else { panic!("{:?}", c.analytics()) };
             assert_eq!(ch.url, "http://ch:8123");
             assert_eq!(c.api.jwt_secret.as_deref(), Some("s3cret"));
+            Ok(())
+        });
+    }
+
+    /// `lms api` and `lms processor run` name the key they miss; a store set by the file or
+    /// the environment (not an empty value) satisfies them.
+    #[test]
+    fn server_commands_require_explicit_stores() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            let err = c.require_stores("api", true).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("`lms api`") && err.contains("`store.url`") && err.contains("LMS_STORE__URL"), "{err}");
+            jail.set_env("LMS_STORE__URL", "");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(c.require_stores("processor run", false).is_err(), "an empty LMS_STORE__URL sets nothing");
+            jail.set_env("LMS_STORE__URL", "postgres://lms@db/lms");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(c.require_stores("processor run", false).is_ok());
+            let err = c.require_stores("processor run", true).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("`lms processor run`") && err.contains("`analytics.store`") && err.contains("LMS_ANALYTICS__STORE"), "{err}");
+            jail.clear_env();
+            jail.create_file("lms.yaml", "store:\n  url: sqlite://state.db\nanalytics:\n  store: parquet\n  dir: analytics\n")?;
+            let c = Config::load(Some(Path::new("lms.yaml"))).map_err(|e| e.to_string())?;
+            assert!(c.require_stores("api", true).is_ok(), "both stores from the file");
             Ok(())
         });
     }

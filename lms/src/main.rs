@@ -60,10 +60,13 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Serves the HTTP API: event intake (write) and progress, achievements, analytics (read).
     ///
-    /// Needs `LMS_JWT_SECRET`. Listens on `api.listen` (default 0.0.0.0:8080); see
+    /// Needs `LMS_JWT_SECRET`, a state store (`store.url`) and an analytics store
+    /// (`analytics.store`), set explicitly: it refuses to start rather than fall back to
+    /// files on its own disk. Listens on `api.listen` (default 0.0.0.0:8080); see
     /// `/openapi.json` for the routes.
     ///
-    /// Example: `LMS_JWT_SECRET=... LMS_KAFKA__BROKERS=kafka:9092 LMS_STORE__URL=postgres://lms@db/lms lms api`
+    /// Example: `LMS_JWT_SECRET=... LMS_KAFKA__BROKERS=kafka:9092 LMS_STORE__URL=postgres://lms@db/lms
+    /// LMS_ANALYTICS__STORE=clickhouse LMS_ANALYTICS__URL=http://clickhouse:8123 lms api`
     Api,
     /// Shows or applies topics.yaml against the cluster.
     #[command(subcommand)]

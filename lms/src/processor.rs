@@ -23,6 +23,10 @@ pub enum ProcessorCommand {
     /// killed at any time without losing or doubling an effect, since offsets are stored
     /// with the effects in the state store.
     ///
+    /// The state store (`store.url`) must be set explicitly, and the analytics store
+    /// (`analytics.store`) too when `analytics` runs: it refuses to start rather than fall
+    /// back to files on its own disk.
+    ///
     /// Example: `LMS_STORE__URL=postgres://lms@db/lms lms processor run progress catalog`
     Run(RunArgs),
     /// Lists the processors, the topics they read and what they do.
@@ -68,6 +72,7 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         args.names.iter().map(String::as_str).collect()
     };
     let selected = names.iter().map(|n| processors::lookup(n).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
+    config.require_stores("processor run", names.contains(&"analytics"))?;
     let rules = Arc::new(Rules::load(args.rules.as_deref())?);
     let store = Store::open(&config.store.url, config.store.max_connections)
         .await

@@ -80,6 +80,7 @@ pub fn router(
 
 /// `lms api`: serves until SIGINT/SIGTERM, then answers the requests in flight and exits.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
+    config.require_stores("api", true)?;
     let backends = Backends::open(config).await?;
     let registry = prometheus::default_registry();
     let metrics = BusMetrics::register(registry)?;

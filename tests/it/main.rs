@@ -20,6 +20,7 @@ mod bus_dead_letters;
 mod bus_producer_faults;
 mod bus_takeover;
 mod compose;
+mod config_fail_fast;
 mod dashboards;
 mod demo_browser;
 mod demo_commands;

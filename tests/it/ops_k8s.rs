@@ -128,6 +128,8 @@ async fn manifests_run_real_commands_and_probe_served_paths() {
             .env("LMS_KAFKA__BROKERS", kafka_brokers())
             .env("LMS_KAFKA__TOPIC_PREFIX", unique_prefix("ops-k8s"))
             .env("LMS_STORE__URL", format!("sqlite://{}", work.join(db).display()))
+            .env("LMS_ANALYTICS__STORE", "parquet")
+            .env("LMS_ANALYTICS__DIR", work.join(format!("{db}.analytics")).display().to_string())
             .env("LMS_JWT_SECRET", "k8s-test-secret")
             .env("LMS_API__LISTEN", format!("127.0.0.1:{api_port}"))
             .stdout(Stdio::null())
