@@ -11,6 +11,7 @@ mod telemetry;
 mod topics;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -88,7 +89,7 @@ enum Command {
     Generate(generate::GenerateArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let service = match &cli.command {
         Command::Api => "lms-api",
@@ -104,17 +105,19 @@ fn main() -> anyhow::Result<()> {
     let config = config::Config::load(cli.config.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let outcome = rt.block_on(async move {
-        match cli.command {
+        let done = match cli.command {
+            // The one command with an exit status of its own (2: changes pending).
+            Command::Topics(cmd) => return topics::run(cmd, &config).await,
             Command::Demo(args) => demo::run(args, &config).await,
             Command::Api => serve::run(&config).await,
-            Command::Topics(cmd) => topics::run(cmd, &config).await,
             Command::Processor(cmd) => processor::run(cmd, &config).await,
             Command::Migrate => processor::migrate(&config).await,
             Command::Groups(args) => ops::groups::run(args, &config).await,
             Command::Replay(args) => ops::replay::run(args, &config).await,
             Command::Dlq(cmd) => ops::dlq::run(cmd, &config).await,
             Command::Generate(args) => generate::run(args, &config).await,
-        }
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
     drop(rt);
     telemetry.shutdown();
