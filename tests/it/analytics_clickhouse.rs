@@ -13,14 +13,14 @@ fn config(test: &str) -> ClickHouseConfig {
 #[tokio::test]
 async fn analytics_migrations_are_versioned_and_idempotent() {
     init_logs();
-    let store = ClickHouseStore::new(config("migrate"));
+    let store = ClickHouseStore::new(config("migrate")).expect("a store");
     let first = store.migrate().await.expect("first migration");
     assert_eq!(first.applied, [1]);
     assert_eq!(first.version, 1);
     let again = store.migrate().await.expect("second migration");
     assert!(again.applied.is_empty(), "nothing left to apply: {again:?}");
     // A second process migrating the same database concurrently is harmless too.
-    let other = ClickHouseStore::new(store.config().clone());
+    let other = ClickHouseStore::new(store.config().clone()).expect("a store");
     let (a, b) = tokio::join!(store.migrate(), other.migrate());
     assert!(a.expect("a").applied.is_empty() && b.expect("b").applied.is_empty());
     let versions: Vec<u32> = store
@@ -46,7 +46,7 @@ async fn analytics_migrations_are_versioned_and_idempotent() {
 #[tokio::test]
 async fn analytics_raw_events_ttl_only_on_servers_that_support_it() {
     init_logs();
-    let store = ClickHouseStore::new(ClickHouseConfig { raw_events_ttl_days: Some(30), ..config("ttl") });
+    let store = ClickHouseStore::new(ClickHouseConfig { raw_events_ttl_days: Some(30), ..config("ttl") }).expect("a store");
     let report = store.migrate().await.expect("migrate");
     let version = store.server_version().await.expect("version");
     let ddl: String = store.client().query("SHOW CREATE TABLE events").fetch_one().await.expect("ddl");
@@ -66,7 +66,8 @@ async fn analytics_unreachable_clickhouse_is_an_error_not_a_hang() {
     let store = ClickHouseStore::new(ClickHouseConfig {
         request_timeout_ms: 2_000,
         ..ClickHouseConfig::new(format!("http://127.0.0.1:{port}"), "nothing")
-    });
+    })
+    .expect("a store");
     assert!(store.ping().await.is_err());
     let events = [lms_events::examples::event(lms_events::EventType::LessonCompleted)];
     let refs: Vec<&lms_events::Event> = events.iter().collect();

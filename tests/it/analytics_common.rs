@@ -36,7 +36,7 @@ pub fn clickhouse_url() -> String {
 /// A ClickHouse store on a database of its own, migrated.
 pub async fn fresh_clickhouse(test: &str) -> ClickHouseStore {
     let db = format!("t_{}_{}", test, &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let store = ClickHouseStore::new(ClickHouseConfig::new(clickhouse_url(), db));
+    let store = ClickHouseStore::new(ClickHouseConfig::new(clickhouse_url(), db)).expect("a store");
     store.migrate().await.expect("migrate the test database");
     store
 }

@@ -85,7 +85,7 @@ impl OwnClickHouse {
             .spawn()
             .expect("start clickhouse-server (LMS_CLICKHOUSE_SERVER_BIN)");
         self.child = Some(child);
-        let probe = ClickHouseStore::new(ClickHouseConfig { request_timeout_ms: 1_000, ..ClickHouseConfig::new(self.url(), "default") });
+        let probe = ClickHouseStore::new(ClickHouseConfig { request_timeout_ms: 1_000, ..ClickHouseConfig::new(self.url(), "default") }).expect("a store");
         eventually("the test's own ClickHouse to answer", Duration::from_secs(60), || {
             let probe = probe.clone();
             async move { probe.ping().await.ok() }
@@ -112,7 +112,7 @@ async fn analytics_clickhouse_outage_pauses_the_sink_and_loses_nothing() {
     let stream = generate(99, TENANTS, 30);
     let (before, during) = stream.delivered.split_at(stream.delivered.len() / 2);
     let mut ch = OwnClickHouse::start().await;
-    let store = Arc::new(ClickHouseStore::new(ClickHouseConfig { request_timeout_ms: 5_000, ..ClickHouseConfig::new(ch.url(), "outage") }));
+    let store = Arc::new(ClickHouseStore::new(ClickHouseConfig { request_timeout_ms: 5_000, ..ClickHouseConfig::new(ch.url(), "outage") }).expect("a store"));
     store.migrate().await.expect("migrate");
 
     let brokers = kafka_brokers();

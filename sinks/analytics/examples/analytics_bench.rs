@@ -205,7 +205,7 @@ async fn sink_bench(brokers: &str, ch_url: &str) {
     }
     println!("produced {n} events in {:.1} s", started.elapsed().as_secs_f64());
     let noop = run_member(&kafka, Arc::new(Counting::new(None)), producer.clone(), n).await;
-    let store = ClickHouseStore::new(ClickHouseConfig::new(ch_url, format!("bench_sink_{}", std::process::id())));
+    let store = ClickHouseStore::new(ClickHouseConfig::new(ch_url, format!("bench_sink_{}", std::process::id()))).expect("a store");
     store.migrate().await.expect("migrate");
     let sink = run_member(&kafka, Arc::new(Counting::new(Some(AnalyticsSink::new(Arc::new(store))))), producer, n).await;
     println!("sink bench over {n} events: no-op consumer {noop:.0} events/s, analytics sink (ClickHouse) {sink:.0} events/s, ratio {:.2}", sink / noop);
@@ -291,7 +291,7 @@ async fn main() {
     }
     if all || what.iter().any(|w| w == "clickhouse") {
         let n = env_num("LMS_BENCH_CH_EVENTS", 10_000_000) as u64;
-        let store = ClickHouseStore::new(ClickHouseConfig::new(&ch_url, format!("bench_queries_{}", std::process::id())));
+        let store = ClickHouseStore::new(ClickHouseConfig::new(&ch_url, format!("bench_queries_{}", std::process::id()))).expect("a store");
         store.migrate().await.expect("migrate");
         fill(&store, n, 100_000).await;
         query_bench(&store, runs).await;

@@ -15,11 +15,14 @@
 //! (`uniqExact` of ids, `max`/`min` per key, or `GROUP BY id` before summing), so `FINAL` is
 //! never needed.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use clickhouse::{Client, Row, RowOwned, RowRead};
 use futures::future::try_join_all;
+use lms_bus::Secret;
 use lms_events::Event;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -36,7 +39,8 @@ use crate::store::{AnalyticsStore, MigrationReport, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
-    /// HTTP URL of the server, such as `http://127.0.0.1:8123`.
+    /// HTTP or HTTPS URL of the server, such as `http://127.0.0.1:8123` or
+    /// `https://clickhouse.example:8443`.
     pub url: String,
     /// The database of the analytics tables; `migrate` creates it.
     #[serde(default = "default_database")]
@@ -44,9 +48,18 @@ pub struct ClickHouseConfig {
     /// User name; the server's default user when absent.
     #[serde(default)]
     pub user: Option<String>,
-    /// Password of `user`.
+    /// Password of `user`; in a file, `password_file` (read by the binary at startup).
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
+    /// PEM file of the certificate authorities an `https://` server's certificate must chain
+    /// to (only these); the Mozilla roots (webpki-roots) when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Compression of the data exchanged: `none` (the default: ClickHouse 18.16, the server the
+    /// tests run, cannot send compressed blocks the way the client expects) or `lz4` (current
+    /// servers; less traffic to a remote ClickHouse).
+    #[serde(default)]
+    pub compression: ClickHouseCompression,
     /// Longest time one request (an insert of one table, a query) may take.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -55,6 +68,17 @@ pub struct ClickHouseConfig {
     /// The rollups are kept forever either way.
     #[serde(default)]
     pub raw_events_ttl_days: Option<u32>,
+}
+
+/// `analytics.compression`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClickHouseCompression {
+    /// Uncompressed.
+    #[default]
+    None,
+    /// LZ4 blocks (ClickHouse's native compression over HTTP).
+    Lz4,
 }
 
 fn default_database() -> String {
@@ -72,10 +96,46 @@ impl ClickHouseConfig {
             database: database.into(),
             user: None,
             password: None,
+            ca_file: None,
+            compression: ClickHouseCompression::None,
             request_timeout_ms: default_request_timeout_ms(),
             raw_events_ttl_days: None,
         }
     }
+}
+
+/// An HTTP(S) client trusting only the certificate authorities of `ca_file`.
+fn https_client_trusting(url: &str, ca_file: &Path) -> Result<Client, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let fail = |cause: String| {
+        StoreError::Config(format!("ClickHouse {url}: cannot use ca_file {}: {cause}", ca_file.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| fail(e.to_string()))? {
+        roots.add(cert.map_err(|e| fail(e.to_string()))?).map_err(|e| fail(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("no PEM certificate in it".to_owned()));
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    // The clickhouse crate's own defaults: its idle timeout stays under the server's 3 s.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build(https);
+    Ok(Client::with_http_client(client))
 }
 
 /// One schema migration: statements run in order, then the version is recorded.
@@ -156,23 +216,32 @@ impl std::fmt::Debug for ClickHouseStore {
 }
 
 impl ClickHouseStore {
-    /// A store for `cfg`. Connects lazily: nothing is sent until the first call.
-    pub fn new(cfg: ClickHouseConfig) -> Self {
-        let mut server = Client::default()
+    /// A store for `cfg`. Connects lazily: nothing is sent until the first call. Fails only
+    /// when `ca_file` cannot be used.
+    pub fn new(cfg: ClickHouseConfig) -> Result<Self, StoreError> {
+        let base = match &cfg.ca_file {
+            Some(ca) => https_client_trusting(&cfg.url, ca)?,
+            None => Client::default(),
+        };
+        let compression = match cfg.compression {
+            ClickHouseCompression::None => clickhouse::Compression::None,
+            ClickHouseCompression::Lz4 => clickhouse::Compression::Lz4,
+        };
+        let mut server = base
             .with_url(&cfg.url)
-            // ClickHouse 18.16 cannot answer RowBinaryWithNamesAndTypes nor send compressed
-            // blocks the way the client expects.
+            // ClickHouse 18.16 cannot answer RowBinaryWithNamesAndTypes nor, with compression,
+            // send compressed blocks the way the client expects.
             .with_validation(false)
-            .with_compression(clickhouse::Compression::None);
+            .with_compression(compression);
         if let Some(user) = &cfg.user {
             server = server.with_user(user);
         }
         if let Some(password) = &cfg.password {
-            server = server.with_password(password);
+            server = server.with_password(password.expose());
         }
         let db = server.clone().with_database(&cfg.database);
         let timeout = Duration::from_millis(cfg.request_timeout_ms);
-        Self { cfg, server, db, timeout }
+        Ok(Self { cfg, server, db, timeout })
     }
 
     /// The configuration.

@@ -56,7 +56,7 @@ pub mod rows;
 mod sink;
 mod store;
 
-pub use crate::clickhouse::{ClickHouseConfig, ClickHouseStore};
+pub use crate::clickhouse::{ClickHouseCompression, ClickHouseConfig, ClickHouseStore};
 pub use crate::params::{
     AtRiskParams, FunnelParams, Granularity, ParamError, ParamProblem, RevenueParams, ScoresParams, SeriesParams,
 };
@@ -83,7 +83,7 @@ impl AnalyticsConfig {
     /// Opens the configured store (the twin reads its directory; ClickHouse connects lazily).
     pub async fn open(&self) -> Result<Arc<dyn AnalyticsStore>, StoreError> {
         Ok(match self {
-            AnalyticsConfig::Clickhouse(c) => Arc::new(ClickHouseStore::new(c.clone())),
+            AnalyticsConfig::Clickhouse(c) => Arc::new(ClickHouseStore::new(c.clone())?),
             AnalyticsConfig::Parquet(c) => Arc::new(ParquetStore::open(c.clone()).await?),
         })
     }

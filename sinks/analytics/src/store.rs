@@ -12,8 +12,10 @@ use crate::response::{
 /// [`StoreError::Schema`]; the sink retries them all (see [`crate::AnalyticsSink`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// ClickHouse refused a request or could not be reached.
-    #[error("clickhouse: {0}")]
+    /// ClickHouse refused a request or could not be reached. Shown with its causes (the
+    /// HTTP client says only "client error (Connect)"; its source says why: refused,
+    /// an untrusted certificate, ...).
+    #[error("clickhouse: {}", with_causes(.0))]
     ClickHouse(#[from] clickhouse::error::Error),
     /// DataFusion or Arrow failed.
     #[error("datafusion: {0}")]
@@ -31,6 +33,9 @@ pub enum StoreError {
     /// A background task of the store failed.
     #[error("internal: {0}")]
     Internal(String),
+    /// The store's configuration cannot work (an unreadable CA file, for example).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// What [`AnalyticsStore::migrate`] did.
@@ -85,4 +90,18 @@ pub trait AnalyticsStore: Send + Sync + 'static {
 
     /// `GET /v1/analytics/courses/{course_id}/at-risk`.
     async fn at_risk(&self, p: &AtRiskParams) -> Result<Vec<AtRiskLearner>, StoreError>;
+}
+
+/// An error and its sources, `: `-separated, leaving out a source already in the text.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = s.source();
+    }
+    text
 }
