@@ -1,5 +1,12 @@
 //! The course catalog: `course.published` / `course.retired` from the compacted catalog
-//! topic into the catalog table, highest version winning whatever the arrival order.
+//! topic into the catalog tables, highest version winning whatever the arrival order.
+//!
+//! The topic's keys (`Event::partition_key`) give every tenant, course, version and content
+//! a key of its own, and a retirement another, so compaction only removes duplicates; the
+//! versions of one course may therefore come from different partitions, in any order. Every
+//! effect here is order-insensitive: the highest version wins (equal versions by content),
+//! the earliest retirement is kept in `catalog_retirements` whether or not its course has
+//! arrived, and a record seen twice changes nothing.
 //!
 //! When a course's current version changes, every learner with progress in it is
 //! recomputed in the same transaction (a course may arrive after its lesson events), and
@@ -13,7 +20,7 @@ use async_trait::async_trait;
 use lms_bus::Record;
 use lms_events::{EventData, TraceContext};
 use lms_store::sql::{to_us, values};
-use lms_store::{Store, StoreError, Tx};
+use lms_store::{Backend, Store, StoreError, Tx};
 use sqlx::Row as _;
 
 use crate::progress::{SOURCE, db};
@@ -78,14 +85,21 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
     db::lock_courses(tx, store.backend(), courses.map(|(t, c)| (t.as_str(), c.as_str())), true).await?;
 
     let mut changed: Vec<(String, String)> = Vec::new();
+    // Equal versions are ordered by content byte by byte, as `Publication::beats` orders
+    // them: a PostgreSQL database's default collation (en_US.UTF-8, say) would order
+    // punctuation differently, and the winner would then depend on the arrival order.
+    let bytes = match store.backend() {
+        Backend::Postgres => " COLLATE \"C\"",
+        Backend::Sqlite => "",
+    };
     let rows: Vec<_> = published.iter().collect();
     for chunk in rows.chunks(lms_store::sql::CHUNK_ROWS) {
         let sql = format!(
             "INSERT INTO catalog_courses AS c (tenant, course_id, version, title, lessons, published_at_us) VALUES {} \
              ON CONFLICT (tenant, course_id) DO UPDATE SET version = excluded.version, title = excluded.title, \
              lessons = excluded.lessons, published_at_us = excluded.published_at_us \
-             WHERE excluded.version > c.version OR (excluded.version = c.version AND (excluded.lessons > c.lessons \
-             OR (excluded.lessons = c.lessons AND excluded.title > c.title))) \
+             WHERE excluded.version > c.version OR (excluded.version = c.version AND (excluded.lessons{bytes} > c.lessons \
+             OR (excluded.lessons = c.lessons AND excluded.title{bytes} > c.title))) \
              RETURNING tenant, course_id",
             values(chunk.len(), 6, 1)
         );
@@ -97,18 +111,23 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
             changed.push((row.try_get(0)?, row.try_get(1)?));
         }
     }
-    for ((tenant, course), at) in &retired {
-        // Retirement keeps progress as it is (CONTRACT: a dropped or retired course keeps
-        // its figures); it is recorded for readers. A retirement may precede its course.
-        sqlx::query(
-            "UPDATE catalog_courses SET retired_at_us = $1 WHERE tenant = $2 AND course_id = $3 \
-             AND (retired_at_us IS NULL OR retired_at_us > $1)",
-        )
-        .bind(*at)
-        .bind(tenant.as_str())
-        .bind(course.as_str())
-        .execute(&mut **tx)
-        .await?;
+    // Retirement keeps progress as it is (CONTRACT: a dropped or retired course keeps its
+    // figures); it is recorded for readers, the earliest time winning. It has a row of its
+    // own: a retirement may arrive before its course (another partition of the catalog
+    // topic), and must not be lost then.
+    let rows: Vec<_> = retired.iter().collect();
+    for chunk in rows.chunks(lms_store::sql::CHUNK_ROWS) {
+        let sql = format!(
+            "INSERT INTO catalog_retirements AS r (tenant, course_id, retired_at_us) VALUES {} \
+             ON CONFLICT (tenant, course_id) DO UPDATE SET retired_at_us = excluded.retired_at_us \
+             WHERE excluded.retired_at_us < r.retired_at_us",
+            values(chunk.len(), 3, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for ((tenant, course), at) in chunk {
+            q = q.bind(tenant.as_str()).bind(course.as_str()).bind(**at);
+        }
+        q.execute(&mut **tx).await?;
     }
 
     let mut out = Vec::new();
