@@ -130,6 +130,22 @@ impl Producer {
     /// Produces records in order and waits for every acknowledgement; one result per
     /// record, in order.
     pub async fn send(&self, records: Vec<OutRecord>, on_full: OnQueueFull) -> Vec<Result<Delivered, ProduceError>> {
+        self.send_inner(records, on_full, false).await
+    }
+
+    /// Produces a tombstone (a record without a value) for each of `keys` to `topic`, in
+    /// order, and waits for every acknowledgement: on a compacted topic, compaction then
+    /// removes every record of that key, the tombstone last.
+    pub async fn send_tombstones(&self, topic: &str, keys: Vec<Vec<u8>>, on_full: OnQueueFull) -> Vec<Result<Delivered, ProduceError>> {
+        let records = keys
+            .into_iter()
+            .map(|k| OutRecord { topic: topic.to_owned(), key: Some(k), payload: Vec::new(), headers: Vec::new() })
+            .collect();
+        self.send_inner(records, on_full, true).await
+    }
+
+    /// Produces `records` (as tombstones: key only, when `tombstones`).
+    async fn send_inner(&self, records: Vec<OutRecord>, on_full: OnQueueFull, tombstones: bool) -> Vec<Result<Delivered, ProduceError>> {
         let started = Instant::now();
         let mut pending = Vec::with_capacity(records.len());
         let mut full = false;
@@ -138,11 +154,13 @@ impl Producer {
                 pending.push(Err(ProduceError::QueueFull));
                 continue;
             }
-            let headers = r.headers.iter().fold(OwnedHeaders::new_with_capacity(r.headers.len()), |hs, (k, v)| {
-                hs.insert(Header { key: k, value: Some(v.as_slice()) })
-            });
-            let mut fr: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&r.topic).payload(r.payload.as_slice()).headers(headers);
+            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic);
+            if !tombstones {
+                let headers = r.headers.iter().fold(OwnedHeaders::new_with_capacity(r.headers.len()), |hs, (k, v)| {
+                    hs.insert(Header { key: k, value: Some(v.as_slice()) })
+                });
+                fr = fr.payload(r.payload.as_slice()).headers(headers);
+            }
             if let Some(k) = &r.key {
                 fr = fr.key(k.as_slice());
             }

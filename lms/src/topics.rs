@@ -1,12 +1,15 @@
-//! `lms topics plan|apply`.
+//! `lms topics plan|apply|rekey-catalog`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use lms_bus::TopicsFile;
+use lms_bus::admin::Admin;
+use lms_bus::admin::rekey::{apply_rekey, plan_rekey};
 use lms_bus::topics::{Action, Drift, Plan, TopicAdmin};
+use lms_bus::{BusMetrics, Producer, TopicsFile};
+use lms_events::Domain;
 
 use crate::config::Config;
 
@@ -47,6 +50,41 @@ Examples:
      example a broker that does not implement CreatePartitions), or an error
 A Job or CI step running it therefore fails when the cluster does not match the file.")]
     Apply(TopicsArgs),
+    /// Re-keys the catalog topic of an existing deployment so that log compaction keeps
+    /// every course: copies each record under the key its event gets now, then writes a
+    /// tombstone for each old key.
+    #[command(after_help = "When to run it: once, on a deployment whose catalog topic was written by a
+version that keyed catalog records by course id alone. Under those keys compaction
+lets one tenant's course replace another's with the same id, a retirement replace its
+publication, and a late lower version replace a higher one, so a catalog rebuilt from
+the compacted topic (replay, new processor) is wrong. The new keys are
+`<tenant>/<course>/v<version>/<content hash>` and `<tenant>/<course>/retired`.
+
+Order: first deploy processors that skip tombstones (this version), then `lms api`
+(new events get the new keys), then run this command.
+
+The topic is read from its log start up to the log ends taken when the command starts.
+Each record whose key is not its new key is produced again under the new key (same
+value and headers), unless that copy is already in the log; once every copy is
+acknowledged, each old key gets a tombstone, so compaction removes the old records.
+Records that do not decode are left alone, and so are their keys.
+
+Processors can keep running: the catalog is idempotent (a copy is an event it has
+already applied) and the runner skips tombstones. Safe to run again: a second run
+re-produces nothing and writes no tombstone.
+
+Examples:
+  lms topics rekey-catalog --dry-run     what it would do (nothing sent)
+  lms topics rekey-catalog")]
+    RekeyCatalog(RekeyArgs),
+}
+
+/// Options of `rekey-catalog`.
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    /// Read the topic and print what would be re-produced and tombstoned; send nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Options of `plan`.
@@ -80,6 +118,7 @@ pub async fn run(cmd: TopicsCommand, config: &Config) -> anyhow::Result<ExitCode
     let (args, apply, json) = match cmd {
         TopicsCommand::Plan(a) => (a.topics, false, a.json),
         TopicsCommand::Apply(a) => (a, true, false),
+        TopicsCommand::RekeyCatalog(a) => return rekey_catalog(a, config).await.map(|()| ExitCode::SUCCESS),
     };
     let file = match &args.topics {
         Some(p) => TopicsFile::parse(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)?,
@@ -146,4 +185,36 @@ fn plan_json(plan: &Plan) -> serde_json::Value {
         })
         .collect();
     json!({"changes_pending": !plan.is_noop(), "actions": actions, "drift": drift, "unverified": plan.unverified})
+}
+
+async fn rekey_catalog(args: RekeyArgs, config: &Config) -> anyhow::Result<()> {
+    let topics = TopicsFile::bundled().topic_map(&config.kafka.topic_prefix);
+    let topic = topics.topic(Domain::Catalog).to_owned();
+    let admin = Admin::new(&config.kafka)?;
+    println!("Reading {topic} up to its current log ends...");
+    let log = admin
+        .read_log(&topic, &mut |n| println!("  read {n} records"))
+        .with_context(|| format!("reading {topic} from {}", config.kafka.brokers))?;
+    let plan = plan_rekey(&topic, &log);
+    println!(
+        "Read {} record(s): {} already under their new key, {} with a copy under it already, {} tombstone(s), {} undecodable (left alone).",
+        plan.read, plan.current, plan.already_copied, plan.tombstones_read, plan.undecodable
+    );
+    if plan.is_noop() {
+        println!("Nothing to re-key: every record has its new key or a copy under it, every old key a tombstone.");
+        return Ok(());
+    }
+    if args.dry_run {
+        println!("Dry run: would re-produce {} record(s) under new keys, then write {} tombstone(s). Nothing sent.", plan.rekey.len(), plan.tombstones.len());
+        return Ok(());
+    }
+    let producer = Producer::new(&config.kafka, topics, BusMetrics::standalone(), "lms-rekey-catalog")?;
+    let (rekey, tombstones) = (plan.rekey.len(), plan.tombstones.len());
+    let done = apply_rekey(&producer, &topic, &plan, &mut |d| {
+        println!("  re-keyed {} of {rekey}, tombstones {} of {tombstones}", d.rekeyed, d.tombstones);
+    })
+    .await
+    .with_context(|| format!("producing to {topic}"))?;
+    println!("Done: read {}, re-keyed {}, tombstones {}.", plan.read, done.rekeyed, done.tombstones);
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! Operator tools on the cluster: consumer groups and their lag ([`groups`]), resetting a
-//! group for a replay ([`replay`]), and reading and re-driving dead letters ([`dlq`]).
+//! group for a replay ([`replay`]), reading and re-driving dead letters ([`dlq`]), and
+//! re-keying the catalog topic for compaction ([`rekey`], with Kafka's compaction as a
+//! function).
 //!
 //! Every call here talks to the broker synchronously (librdkafka's admin requests
 //! block): the async functions wrap them in `block_in_place`, so they must run on a
@@ -13,6 +15,7 @@
 
 pub mod dlq;
 pub mod groups;
+pub mod rekey;
 pub mod replay;
 
 use std::time::Duration;
@@ -44,6 +47,17 @@ pub enum AdminError {
     /// The broker cannot answer this (a missing or broken API).
     #[error("the broker cannot tell: {0}")]
     Unsupported(String),
+    /// Records the tool produces were not acknowledged.
+    #[error("{failed} of {total} records not produced, the first because: {first}")]
+    Produce {
+        /// How many failed.
+        failed: usize,
+        /// How many were sent.
+        total: usize,
+        /// The error of the first that failed.
+        #[source]
+        first: crate::error::ProduceError,
+    },
 }
 
 /// A client for the operator tools: metadata, watermarks, group listings, and offset
