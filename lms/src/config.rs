@@ -1,11 +1,18 @@
 //! Configuration: defaults, then a YAML file (`--config`), then `LMS_<SECTION>__<KEY>`
 //! environment variables (for example `LMS_KAFKA__BROKERS=kafka:9092`).
+//!
+//! Every secret can come from a file instead (a mounted Kubernetes Secret): a key
+//! `<name>_file` beside a secret key `<name>` (`password`, `secret`, `jwt_secret`), or
+//! `api.webhook_secret_files` (tenant → file) beside `api.webhook_secrets`. The files are read
+//! once, at startup, and lose their trailing line break; errors name the key and the file,
+//! never the content. See [`resolve_secret_files`].
 
 use std::path::Path;
 
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::value::{Dict, Tag, Value};
 use lms_bus::{ConsumerConfig, KafkaConfig};
 use serde::{Deserialize, Serialize};
 
@@ -125,12 +132,74 @@ impl Config {
         );
         let store_url_set = user.find_value("store.url").is_ok_and(|v| v.as_str().is_none_or(|s| !s.is_empty()));
         let f = Figment::from(Serialized::defaults(Config::default())).merge(user);
-        let mut config: Config = f.extract().context("invalid configuration")?;
+        let mut tree: Value = f.extract().context("invalid configuration")?;
+        resolve_secret_files(&mut tree, "")?;
+        let mut config: Config =
+            Figment::from(Serialized::defaults(tree)).extract().context("invalid configuration")?;
         config.store_url_set = store_url_set;
         if config.api.jwt_secret.is_none() {
             config.api.jwt_secret = std::env::var("LMS_JWT_SECRET").ok().filter(|s| !s.is_empty());
         }
+        if config.api.jwt_secret.is_none()
+            && let Some(path) = std::env::var_os("LMS_JWT_SECRET_FILE").filter(|p| !p.is_empty())
+        {
+            let secret = lms_bus::Secret::from_file(&path).context("LMS_JWT_SECRET_FILE")?;
+            config.api.jwt_secret = Some(secret.expose().to_owned());
+        }
+        config.kafka.security.validate()?;
         Ok(config)
+    }
+}
+
+/// Secret keys that may instead be given as `<key>_file`.
+const SECRET_KEYS: &[&str] = &["password", "secret", "jwt_secret"];
+/// Maps of secrets that may instead be given as a map of files: (files key, secrets key).
+const SECRET_FILE_MAPS: &[(&str, &str)] = &[("webhook_secret_files", "webhook_secrets")];
+
+/// Replaces every `<secret>_file: <path>` of `tree` by `<secret>: <the file's content>`
+/// (and every entry of a [`SECRET_FILE_MAPS`] files map by an entry of its secrets map).
+/// Setting both the secret and its file is refused. `at` is the path of `tree`, for errors.
+pub fn resolve_secret_files(tree: &mut Value, at: &str) -> anyhow::Result<()> {
+    let Value::Dict(_, dict) = tree else { return Ok(()) };
+    let keys: Vec<String> = dict.keys().cloned().collect();
+    for key in keys {
+        let path = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+        if let Some(stem) = key.strip_suffix("_file").filter(|s| SECRET_KEYS.contains(s)) {
+            let Some(file) = dict.remove(&key) else { continue };
+            let Some(file) = file.as_str().map(str::to_owned) else { anyhow::bail!("{path}: expected a file path") };
+            if dict.get(stem).is_some_and(is_set) {
+                anyhow::bail!("{path} and {at}.{stem} are both set: set one");
+            }
+            let secret = lms_bus::Secret::from_file(&file).with_context(|| path.clone())?;
+            dict.insert(stem.to_owned(), Value::String(Tag::Default, secret.expose().to_owned()));
+        } else if let Some((_, map_key)) = SECRET_FILE_MAPS.iter().find(|(files, _)| *files == key) {
+            let Some(Value::Dict(_, files)) = dict.remove(&key) else { anyhow::bail!("{path}: expected a map of file paths") };
+            let mut secrets = match dict.remove(*map_key) {
+                Some(Value::Dict(_, d)) => d,
+                _ => Dict::new(),
+            };
+            for (name, file) in files {
+                let Some(file) = file.as_str() else { anyhow::bail!("{path}.{name}: expected a file path") };
+                if secrets.contains_key(&name) {
+                    anyhow::bail!("{path}.{name} and {at}.{map_key}.{name} are both set: set one");
+                }
+                let secret = lms_bus::Secret::from_file(file).with_context(|| format!("{path}.{name}"))?;
+                secrets.insert(name, Value::String(Tag::Default, secret.expose().to_owned()));
+            }
+            dict.insert((*map_key).to_owned(), Value::Dict(Tag::Default, secrets));
+        } else if let Some(child) = dict.get_mut(&key) {
+            resolve_secret_files(child, &path)?;
+        }
+    }
+    Ok(())
+}
+
+/// A value that sets something (not an absent option, not an empty string).
+fn is_set(v: &Value) -> bool {
+    match v {
+        Value::Empty(..) => false,
+        Value::String(_, s) => !s.is_empty(),
+        _ => true,
     }
 }
 
@@ -166,6 +235,69 @@ mod tests {
             let lms_analytics::AnalyticsConfig::Clickhouse(ch) = c.analytics() else { panic!("{:?}", c.analytics()) };
             assert_eq!(ch.url, "http://ch:8123");
             assert_eq!(c.api.jwt_secret.as_deref(), Some("s3cret"));
+            Ok(())
+        });
+    }
+
+    /// Every secret of the configuration from a file, as Kubernetes mounts them: the files'
+    /// contents without their trailing newline, and no secret in the configuration's `Debug`
+    /// output (the notifications section's own secrets aside: `NotifyConfig` prints them).
+    #[test]
+    fn secrets_come_from_files_and_are_not_printed() {
+        figment::Jail::expect_with(|jail| {
+            for (name, content) in [
+                ("sasl", "sasl-pw\n"),
+                ("ch", "ch-pw\n"),
+                ("jwt", "jwt-key\r\n"),
+                ("smtp", "smtp-pw\n"),
+                ("hook", "hook-secret\n"),
+                ("acme", "whsec_acme\n"),
+            ] {
+                jail.create_file(name, content)?;
+            }
+            jail.create_file(
+                "lms.yaml",
+                "kafka:\n  brokers: k:9093\n  security:\n    protocol: sasl_ssl\n    sasl: { mechanism: SCRAM-SHA-256, username: lms, password_file: sasl }\n\
+                 analytics: { store: clickhouse, url: https://ch:8443, user: lms, password_file: ch }\n\
+                 api:\n  jwt_secret_file: jwt\n  webhook_secret_files: { acme: acme }\n  webhook_secrets: { beta: whsec_beta }\n\
+                 notifications:\n  smtp: { host: smtp, password_file: smtp }\n  webhooks: { acme: { url: https://h.example, secret_file: hook } }\n",
+            )?;
+            let c = Config::load(Some(Path::new("lms.yaml"))).map_err(|e| format!("{e:#}"))?;
+            let sasl = c.kafka.security.sasl.as_ref().expect("sasl");
+            assert_eq!(sasl.password.expose(), "sasl-pw");
+            let lms_analytics::AnalyticsConfig::Clickhouse(ch) = c.analytics() else { panic!("clickhouse") };
+            assert_eq!(ch.password.as_ref().map(|p| p.expose()), Some("ch-pw"));
+            assert_eq!(c.api.jwt_secret.as_deref(), Some("jwt-key"));
+            assert_eq!(c.api.webhook_secrets["acme"], "whsec_acme");
+            assert_eq!(c.api.webhook_secrets["beta"], "whsec_beta");
+            assert_eq!(c.notifications.smtp.password.as_deref(), Some("smtp-pw"));
+            assert_eq!(c.notifications.webhooks["acme"].secret, "hook-secret");
+            let shown = format!("{:?} {:?} {:?}", c.kafka, c.analytics, c.api);
+            for secret in ["sasl-pw", "ch-pw", "jwt-key", "whsec_acme", "whsec_beta"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secret_files_fail_clearly() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LMS_KAFKA__SECURITY__PROTOCOL", "sasl_ssl");
+            jail.set_env("LMS_KAFKA__SECURITY__SASL__MECHANISM", "PLAIN");
+            jail.set_env("LMS_KAFKA__SECURITY__SASL__USERNAME", "lms");
+            jail.set_env("LMS_KAFKA__SECURITY__SASL__PASSWORD_FILE", "/nonexistent/sasl");
+            let err = Config::load(None).err().map(|e| format!("{e:#}")).unwrap_or_default();
+            assert!(err.contains("kafka.security.sasl.password_file") && err.contains("/nonexistent/sasl"), "{err}");
+            jail.create_file("pw", "x")?;
+            jail.set_env("LMS_KAFKA__SECURITY__SASL__PASSWORD_FILE", "pw");
+            jail.set_env("LMS_KAFKA__SECURITY__SASL__PASSWORD", "y");
+            let err = Config::load(None).err().map(|e| format!("{e:#}")).unwrap_or_default();
+            assert!(err.contains("both set"), "{err}");
+            jail.set_env("LMS_KAFKA__SECURITY__SASL__PASSWORD", "");
+            jail.set_env("LMS_KAFKA__SECURITY__PROTOCOL", "ssl");
+            let err = Config::load(None).err().map(|e| format!("{e:#}")).unwrap_or_default();
+            assert!(err.contains("does not use SASL"), "{err}");
             Ok(())
         });
     }
