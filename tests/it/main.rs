@@ -18,6 +18,7 @@ mod broker_restart;
 mod chaos;
 mod bus_dead_letters;
 mod bus_producer_faults;
+mod catalog_compaction;
 mod bus_takeover;
 mod compose;
 mod config_fail_fast;
