@@ -51,3 +51,6 @@ mod store_outage;
 mod support;
 mod topics_apply;
 mod tansu_probe;
+mod tls_clickhouse;
+mod tls_kafka;
+mod tls_postgres;

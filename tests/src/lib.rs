@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod proxy;
+pub mod tls;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -116,15 +117,23 @@ pub struct OwnBroker {
     port: u16,
     dir: PathBuf,
     durable: bool,
+    /// The listener URL the broker gives clients in its metadata; its own listener when `None`.
+    advertised: Option<String>,
 }
 
 impl OwnBroker {
     /// Starts a broker; `durable` selects the SQLite engine under a fresh directory.
     pub async fn start(durable: bool) -> OwnBroker {
+        Self::start_advertising(durable, None).await
+    }
+
+    /// Starts a broker that advertises `advertised` (`tcp://host:port`, such as a TLS
+    /// terminator in front of it) instead of its own listener.
+    pub async fn start_advertising(durable: bool, advertised: Option<String>) -> OwnBroker {
         let base = std::env::var("LMS_TEST_SERVICES_DIR").map(PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
         let dir = base.join(format!("own-broker-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("broker dir");
-        let mut b = OwnBroker { child: None, port: free_port(), dir, durable };
+        let mut b = OwnBroker { child: None, port: free_port(), dir, durable, advertised };
         b.restart().await;
         b
     }
@@ -147,10 +156,11 @@ impl OwnBroker {
         self.kill();
         let bin = std::env::var("LMS_TANSU_BIN").unwrap_or_else(|_| "tansu".to_owned());
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = self.advertised.clone().unwrap_or_else(|| url.clone());
         let engine = if self.durable { "sqlite://tansu.db".to_owned() } else { "memory://tansu/".to_owned() };
         let log = std::fs::File::create(self.dir.join("broker.log")).expect("broker log");
         let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", &engine])
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(log)

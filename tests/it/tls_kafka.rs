@@ -1,0 +1,118 @@
+//! Kafka over TLS with real handshakes: tansu behind `stunnel4`, advertising the terminator,
+//! with a certificate authority the test makes. The deployed binary (`lms topics apply`,
+//! `lms api`, `lms processor run`, `lms groups`) is configured through `kafka.security` alone;
+//! a client trusting another authority fails with librdkafka's clear error naming the broker.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lms_bus::{KafkaConfig, KafkaSecurity, SecurityProtocol};
+use rdkafka::client::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer as _, ProducerContext};
+use serde_json::json;
+use tests::tls::{TestCa, TlsTerminator};
+use tests::{OwnBroker, eventually, free_port, init_logs, lms_env, run_lms, spawn_lms, unique_prefix};
+
+use crate::api_support::{SECRET, TENANT, answer, token, token_with};
+use crate::pipeline_e2e::event;
+use crate::support::fresh_postgres_db;
+
+/// A tansu broker reachable only through TLS: the broker advertises the terminator's port.
+async fn broker_behind_tls(ca: &TestCa) -> (OwnBroker, TlsTerminator) {
+    let port = free_port();
+    let broker = OwnBroker::start_advertising(false, Some(format!("tcp://127.0.0.1:{port}"))).await;
+    let tls = TlsTerminator::start(ca, Some(port), &broker.brokers()).await;
+    (broker, tls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_kafka_events_reach_a_processor_end_to_end() {
+    init_logs();
+    let ca = TestCa::new("kafka");
+    let (_broker, tls) = broker_behind_tls(&ca).await;
+    let prefix = unique_prefix("tls-kafka");
+    let store = fresh_postgres_db("tls_kafka").await;
+    let port = free_port();
+    let mut env = lms_env(&format!("127.0.0.1:{}", tls.port()), &prefix, &store, port, SECRET);
+    env.push(("LMS_KAFKA__SECURITY__PROTOCOL", "ssl".to_owned()));
+    env.push(("LMS_KAFKA__SECURITY__CA_FILE", ca.ca_file.display().to_string()));
+
+    let applied = run_lms(&["topics", "apply"], &env);
+    assert!(applied.ok, "lms topics apply over TLS: {}{}", applied.stdout, applied.stderr);
+    let _processors = spawn_lms(&["processor", "run", "catalog", "progress"], &env, &format!("{prefix}processors.log"));
+    let _api = spawn_lms(&["api"], &env, &format!("{prefix}api.log"));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    eventually("the API to be ready over TLS", Duration::from_secs(60), || async {
+        let r = http.get(format!("{base}/readyz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+
+    let modules = json!([{"module_id": "m1", "lessons": ["l1"]}]);
+    let events = json!([
+        event("c1", "course.published", "2026-11-02T08:00:00Z", None, json!({"course_id": "tls", "title": "TLS", "version": 1, "modules": modules})),
+        event("e1", "enrollment.created", "2026-11-02T09:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "tls", "source": "self"})),
+        event("l1", "lesson.completed", "2026-11-03T10:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "tls", "lesson_id": "l1"})),
+    ]);
+    let r = http.post(format!("{base}/v1/events")).bearer_auth(token("events:write")).json(&events).send().await.expect("post");
+    let (status, _, body) = answer(r).await;
+    assert_eq!(status, 202, "{body}");
+
+    let ada = token_with(TENANT, "ada", "learner:read", 3600);
+    eventually("ada's progress, produced and consumed over TLS", Duration::from_secs(90), || async {
+        let r = http.get(format!("{base}/v1/learners/ada/progress")).bearer_auth(&ada).send().await.ok()?;
+        let (status, _, body) = answer(r).await;
+        (status == 200 && body[0]["status"] == "completed").then_some(())
+    })
+    .await;
+
+    // The admin tools reach the cluster the same way.
+    let groups = run_lms(&["groups"], &env);
+    assert!(groups.ok && groups.stdout.contains("progress"), "lms groups over TLS: {}{}", groups.stdout, groups.stderr);
+}
+
+/// The errors librdkafka reports for a client.
+#[derive(Default, Clone)]
+struct Errors(Arc<Mutex<Vec<String>>>);
+
+impl ClientContext for Errors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.lock().expect("errors").push(format!("{error}: {reason}"));
+    }
+}
+
+impl ProducerContext for Errors {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_kafka_a_client_trusting_another_ca_fails_clearly() {
+    init_logs();
+    let ca = TestCa::new("kafka");
+    let (_broker, tls) = broker_behind_tls(&ca).await;
+    let other = TestCa::new("other");
+    let mut kafka = KafkaConfig::new(format!("127.0.0.1:{}", tls.port()));
+    kafka.security = KafkaSecurity { protocol: SecurityProtocol::Ssl, ca_file: Some(other.ca_file.clone()), ..Default::default() };
+    let errors = Errors::default();
+    let producer: BaseProducer<Errors> = kafka.client_config("tls-test").create_with_context(errors.clone()).expect("a producer");
+    let md = tokio::task::block_in_place(|| producer.client().fetch_metadata(None, Duration::from_secs(3)));
+    assert!(md.is_err(), "no metadata through an untrusted certificate");
+    let reported = eventually("librdkafka to report the failed handshake", Duration::from_secs(20), || {
+        tokio::task::block_in_place(|| producer.poll(Duration::from_millis(100)));
+        let seen = errors.0.lock().expect("errors").clone();
+        let hit = seen.into_iter().find(|e| e.contains("SSL handshake failed"));
+        async move { hit }
+    })
+    .await;
+    assert!(reported.contains("certificate verify failed"), "the cause: {reported}");
+    assert!(reported.contains(&format!("127.0.0.1:{}", tls.port())), "the endpoint: {reported}");
+
+    // The same client trusting the right authority gets the metadata.
+    kafka.security.ca_file = Some(ca.ca_file.clone());
+    let good: BaseProducer = kafka.client_config("tls-test").create().expect("a producer");
+    let md = tokio::task::block_in_place(|| good.client().fetch_metadata(None, Duration::from_secs(20)));
+    assert!(md.is_ok_and(|m| !m.brokers().is_empty()), "metadata over TLS");
+}
