@@ -292,6 +292,14 @@ pub struct ProgressUpdated {
     /// The event time at which the last missing lesson was first completed; `null` until then.
     #[serde(default)]
     pub completed_at: Option<DateTime<Utc>>,
+    /// Orders this learner's `progress.updated` events of this course: a later computation
+    /// has a larger revision, whatever the order in which the events are delivered, so the
+    /// one with the largest revision holds the current figures (a course version that
+    /// arrives late may lower them). Strictly increasing per learner and course, and at
+    /// least the microseconds since the epoch when computed, so a rebuilt store continues
+    /// above the revisions it emitted before. 0 on events of older processors.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// Derived: a learner completed a course. Emitted exactly once per learner and course.
@@ -455,6 +463,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(decoded.last_activity_at, None);
+        assert_eq!(decoded.revision, 0, "events of older processors have no revision");
         assert_eq!(decoded.percent_complete, 0.0);
     }
 

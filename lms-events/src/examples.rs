@@ -124,6 +124,7 @@ pub fn data(event_type: EventType) -> EventData {
             time_spent_s: 330.0,
             last_activity_at: Some(time()),
             completed_at: None,
+            revision: 1_794_220_200_000_000,
         }),
         EventType::CourseCompleted => EventData::CourseCompleted(CourseCompleted {
             learner_id: LEARNER.into(),

@@ -7,10 +7,14 @@
 //!    notifications analytics` (each process one member of every group).
 //! 3. A generated cohort (`lms_generator::Cohort`) through `POST /v1/events` with a token per
 //!    tenant minted from the JWT secret; 429 and 503 (and connection errors) are retried with
-//!    the same body, so the same ids. The catalog goes first and the run waits for the catalog
-//!    group to reach the end of its topic: the oracles assume the final catalog (a course
-//!    completed under version 1 and extended by version 2 would otherwise have emitted a
-//!    `course.completed` that depends on the order of processing, not on the events).
+//!    the same body, so the same ids. Course versions arrive late, in phases that end at
+//!    quiet moments (every group caught up): first every course's version 1 (and the
+//!    retirements), then half of the activity, then the later versions of the cohort
+//!    (which add a lesson: learners who completed version 1 are no longer complete), then
+//!    the other half, then one more version per tenant that removes a lesson (learners
+//!    complete without a new event). Progress and analytics must follow the last version
+//!    whatever arrived when; `course.completed`, achievements and notifications follow
+//!    what each phase showed, and stay ([`crate::oracle::progress::Oracle::phased`]).
 //! 4. Meanwhile a schedule kills a random processor process with SIGKILL after a random
 //!    delay, `kills` times, restarting each at once.
 //! 5. Once the kills are done: wait until every group has committed the end of every
@@ -50,7 +54,6 @@ use lms_analytics::{
     RevenueParams, RevenuePoint, Scores, ScoresParams, SeriesParams,
 };
 use lms_bus::{TopicMap, TopicsFile};
-use lms_events::data::{CourseCompleted, ProgressStatus, ProgressUpdated};
 use lms_events::{Domain, Event, EventData};
 use lms_generator::{Cohort, CohortConfig, Tenant};
 use rand::{Rng, SeedableRng};
@@ -465,15 +468,34 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     let tenants: Vec<Tenant> = cohort.tenants().to_vec();
     let token = |tenant: &str, scope: &str| mint(&secret, "loadtest-chaos", tenant, scope);
     let (catalog, activity): (Vec<&Event>, Vec<&Event>) = events.iter().partition(|e| e.domain() == Domain::Catalog);
-    say(format!("cohort: {} events ({} catalog), {} tenants × {} learners", events.len(), catalog.len(), cfg.tenants, cfg.learners));
+    let (late_versions, first_versions): (Vec<&Event>, Vec<&Event>) =
+        catalog.iter().partition(|e| matches!(&e.data, EventData::CoursePublished(d) if d.version > 1));
+    let removals = lesson_removals(&catalog, &tenants);
+    let (first_half, second_half) = activity.split_at(activity.len() / 2);
+    say(format!(
+        "cohort: {} events ({} catalog, {} versions arriving late, {} removing a lesson), {} tenants × {} learners",
+        events.len(),
+        catalog.len(),
+        late_versions.len(),
+        removals.len(),
+        cfg.tenants,
+        cfg.learners
+    ));
 
     let started = Instant::now();
     let retries = Arc::new(AtomicU64::new(0));
     let tokens: BTreeMap<String, String> = tenants.iter().map(|t| (t.name.clone(), token(&t.name, scope::EVENTS_WRITE))).collect();
-    post_all(&http, &base, &tokens, &catalog, cfg.batch_size, cfg.concurrency, &retries).await?;
+    post_all(&http, &base, &tokens, &first_versions, cfg.batch_size, cfg.concurrency, &retries).await?;
     let catalog_group = vec![(group_of(&prefix, "catalog"), vec![topics.topic(Domain::Catalog).to_owned()])];
     wait_caught_up(&cfg.brokers, &catalog_group, None, Duration::from_secs(180)).await.context("the catalog group did not catch up")?;
     say(format!("catalog caught up after {:.1} s; sending {} events", started.elapsed().as_secs_f64(), activity.len()));
+    let groups: Vec<(String, Vec<String>)> = PROCESSORS
+        .iter()
+        .map(|name| {
+            let info = processors::lookup(name).map_err(anyhow::Error::msg)?;
+            Ok((group_of(&prefix, name), info.domains.iter().map(|d| topics.topic(*d).to_owned()).collect()))
+        })
+        .collect::<anyhow::Result<_>>()?;
     // The kill schedule runs from now on, alongside the feeding of the activity.
     let fleet = Arc::new(Mutex::new(fleet));
     let killer = {
@@ -502,36 +524,50 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
         })
     };
 
-    post_all(&http, &base, &tokens, &activity, cfg.batch_size, cfg.concurrency, &retries).await?;
+    // Phases, each ending at a quiet moment (the kills go on throughout).
+    let quiet = |what: &'static str| {
+        let (brokers, groups, store) = (&cfg.brokers, &groups, &store);
+        async move {
+            wait_caught_up(brokers, groups, Some(store), cfg.catch_up_timeout).await.with_context(|| format!("caught up after {what}"))
+        }
+    };
+    post_all(&http, &base, &tokens, first_half, cfg.batch_size, cfg.concurrency, &retries).await?;
+    quiet("the first half of the activity").await?;
+    post_all(&http, &base, &tokens, &late_versions, cfg.batch_size, cfg.concurrency, &retries).await?;
+    quiet("the versions that add a lesson").await?;
+    say(format!("{} later versions arrived after the first half of the activity", late_versions.len()));
+    post_all(&http, &base, &tokens, second_half, cfg.batch_size, cfg.concurrency, &retries).await?;
+    quiet("the second half of the activity").await?;
+    let removal_refs: Vec<&Event> = removals.iter().collect();
+    post_all(&http, &base, &tokens, &removal_refs, cfg.batch_size, cfg.concurrency, &retries).await?;
     let fed = Instant::now();
     say(format!("every event accepted after {:.1} s; waiting for the kills to end", started.elapsed().as_secs_f64()));
     let kill_times = killer.await.context("the kill schedule panicked")??;
     let last_kill = kill_times.last().copied().unwrap_or_else(Instant::now);
     let kills_while_feeding = kill_times.iter().filter(|t| **t <= fed).count();
 
-    let groups: Vec<(String, Vec<String>)> = PROCESSORS
-        .iter()
-        .map(|name| {
-            let info = processors::lookup(name).map_err(anyhow::Error::msg)?;
-            Ok((group_of(&prefix, name), info.domains.iter().map(|d| topics.topic(*d).to_owned()).collect()))
-        })
-        .collect::<anyhow::Result<_>>()?;
     wait_caught_up(&cfg.brokers, &groups, Some(&store), cfg.catch_up_timeout).await?;
     let catch_up = last_kill.elapsed();
     let elapsed = started.elapsed();
     say(format!("every group caught up {:.1} s after the last kill; comparing", catch_up.as_secs_f64()));
 
-    let progress_oracle = progress::Oracle::new(&events);
-    let mut analytics_events: Vec<Event> = events.clone();
-    analytics_events.extend(derived_events(&progress_oracle));
-    let analytics_oracle = analytics::Oracle::new(&analytics_events);
+    let mut phase_one = first_versions.clone();
+    phase_one.extend(first_half);
+    let mut phase_three = second_half.to_vec();
+    phase_three.extend(removal_refs.iter().copied());
+    let progress_oracle = progress::Oracle::phased(&[phase_one, late_versions.clone(), phase_three]);
+    let lowered = progress_oracle.lowered.len();
+    say(format!("{lowered} learner-courses were lowered by a late version, {} completed once", progress_oracle.completed_once.len()));
+    let mut all_events: Vec<Event> = events.clone();
+    all_events.extend(removals.iter().cloned());
+    let analytics_oracle = analytics::Oracle::new(&all_events);
     let mut tallies = Vec::new();
     let readers: BTreeMap<String, String> = tenants.iter().map(|t| (t.name.clone(), token(&t.name, scope::ANALYTICS_READ))).collect();
     let reader = |tenant: &str| readers.get(tenant).cloned().unwrap_or_default();
     tallies.push(compare_progress(&http, &base, &reader, &progress_oracle).await?);
     tallies.push(compare_achievements(&http, &base, &reader, &progress_oracle).await?);
     tallies.extend(compare_analytics(&http, &base, &reader, &analytics_oracle, &tenants, cfg).await?);
-    let inbox_oracle = notifications::Oracle::new(&events, &progress_oracle);
+    let inbox_oracle = notifications::Oracle::new(&all_events, &progress_oracle);
     tallies.push(compare_notifications(&http, &base, &reader, &inbox_oracle, NOTIFICATIONS_DELIVERED).await?);
 
     drop(fleet);
@@ -717,38 +753,39 @@ async fn wait_caught_up(
     }
 }
 
-/// The derived events the analytics sink receives, as the progress oracle says they end:
-/// with the catalog final before any learning event, a learner's percent only grows, so
-/// the furthest `progress.updated` is the final one, and `course.completed` exists once per
-/// completed learner-course.
-fn derived_events(o: &progress::Oracle) -> Vec<Event> {
+/// One more version of the first course of each tenant that has lessons to spare: the
+/// highest version so far plus one, without its last lesson, published (in event time)
+/// with the first version but sent after all the activity. Learners who had every lesson
+/// but that one complete the course without a new event of theirs.
+fn lesson_removals(catalog: &[&Event], tenants: &[Tenant]) -> Vec<Event> {
     let mut out = Vec::new();
-    for ((tenant, learner), courses) in &o.progress {
-        for (course, e) in courses {
-            let at = e.last_activity_at.or(e.completed_at).unwrap_or_default();
-            let data = EventData::ProgressUpdated(ProgressUpdated {
-                learner_id: learner.clone(),
-                course_id: course.clone(),
-                course_version: 1,
-                lessons_completed: e.lessons_completed,
-                lessons_total: e.lessons_total,
-                percent_complete: e.percent_complete,
-                status: if e.completed_at.is_some() { ProgressStatus::Completed } else { ProgressStatus::InProgress },
-                time_spent_s: e.time_spent_ms as f64 / 1000.0,
-                last_activity_at: e.last_activity_at,
-                completed_at: e.completed_at,
-            });
-            out.push(Event::derived(tenant, "chaos-oracle", at, data));
-            if let Some(completed_at) = e.completed_at {
-                let data = EventData::CourseCompleted(CourseCompleted {
-                    learner_id: learner.clone(),
-                    course_id: course.clone(),
-                    course_version: 1,
-                    completed_at,
-                });
-                out.push(Event::derived(tenant, "chaos-oracle", completed_at, data));
-            }
-        }
+    for tenant in tenants {
+        let Some(course) = tenant.courses.first() else { continue };
+        let highest = catalog
+            .iter()
+            .filter_map(|e| match &e.data {
+                EventData::CoursePublished(d) if e.tenant == tenant.name && d.course_id == course.course_id => Some((d.version, e)),
+                _ => None,
+            })
+            .max_by_key(|(v, _)| *v);
+        let Some((version, e)) = highest else { continue };
+        let EventData::CoursePublished(d) = &e.data else { continue };
+        let mut d = d.clone();
+        let Some(module) = d.modules.iter_mut().rev().find(|m| m.lessons.len() > 1) else { continue };
+        module.lessons.pop();
+        d.version = version + 1;
+        let time = catalog
+            .iter()
+            .filter(|e| e.tenant == tenant.name && e.course_id() == Some(course.course_id.as_str()))
+            .map(|e| e.time)
+            .min()
+            .unwrap_or(e.time);
+        out.push(Event {
+            id: uuid::Uuid::new_v4().to_string(),
+            time,
+            data: EventData::CoursePublished(d),
+            ..(*e).clone()
+        });
     }
     out
 }

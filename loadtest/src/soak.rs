@@ -441,7 +441,7 @@ impl Source {
             tenants,
             pending: BTreeMap::new(),
             sent: Vec::new(),
-            done: progress::Oracle { progress: BTreeMap::new(), achievements: BTreeMap::new() },
+            done: progress::Oracle::default(),
             count: 0,
             next_probe: 0,
         })
@@ -509,7 +509,7 @@ impl Source {
         let sent = std::mem::take(&mut self.sent);
         let o = progress::Oracle::new(self.catalog.iter().chain(sent.iter()));
         self.merge(o);
-        std::mem::replace(&mut self.done, progress::Oracle { progress: BTreeMap::new(), achievements: BTreeMap::new() })
+        std::mem::replace(&mut self.done, progress::Oracle::default())
     }
 }
 
@@ -989,11 +989,11 @@ pub async fn run(cfg: &SoakConfig) -> anyhow::Result<Report> {
 
 /// The oracle in parts of `n` learners.
 fn split(oracle: progress::Oracle, n: usize) -> Vec<progress::Oracle> {
-    let progress::Oracle { progress, mut achievements } = oracle;
+    let progress::Oracle { progress, mut achievements, .. } = oracle;
     let mut parts: Vec<progress::Oracle> = Vec::new();
     for (learner, courses) in progress {
         if parts.last().is_none_or(|p| p.progress.len() >= n) {
-            parts.push(progress::Oracle { progress: BTreeMap::new(), achievements: BTreeMap::new() });
+            parts.push(progress::Oracle::default());
         }
         if let Some(part) = parts.last_mut() {
             if let Some(a) = achievements.remove(&learner) {

@@ -15,9 +15,8 @@ use lms_analytics::{
 };
 use lms_bus::{BusMetrics, KafkaConfig, Member, MemberConfig, OnQueueFull, Producer, TopicsFile};
 use lms_events::data::{
-    AchievementUnlocked, AssessmentGraded, CourseCompleted, CoursePublished, EnrollmentCreated, EnrollmentDropped,
-    EnrollmentSource, LessonRef, Module, PaymentFailed, PaymentRefunded, PaymentSucceeded, ProgressStatus,
-    ProgressUpdated, VideoProgressed,
+    AchievementUnlocked, AssessmentGraded, CoursePublished, EnrollmentCreated, EnrollmentDropped, EnrollmentSource,
+    LessonRef, Module, PaymentFailed, PaymentRefunded, PaymentSucceeded, VideoProgressed,
 };
 use lms_events::{Event, EventData};
 use rand::rngs::StdRng;
@@ -88,18 +87,33 @@ pub fn generate(seed: u64, tenants: usize, learners: usize) -> Stream {
     for t in 0..tenants {
         let tenant = format!("tenant-{t}");
         let mut payments: Vec<(String, i64, String)> = Vec::new();
-        // Courses: 3 per tenant with 3–7 lessons.
+        // Courses: 3 per tenant with 3–7 lessons. Each has a second version, published (in
+        // event time) before any activity but delivered anywhere in the stream: course-1's
+        // adds a lesson (learners learn all of them: those done with version 1's lessons
+        // first were complete before it arrived), course-2's removes its last lesson
+        // (learners who skipped it complete when it arrives), course-0's changes nothing.
         let mut courses = Vec::new();
         for c in 0..3 {
             let course_id = format!("course-{c}");
-            let lessons: Vec<String> = (0..g.rng.random_range(3..=7)).map(|l| format!("lesson-{l}")).collect();
+            let mut lessons: Vec<String> = (0..g.rng.random_range(3..=7)).map(|l| format!("lesson-{l}")).collect();
             let published = start() - Days::days(30);
-            g.event(&tenant, published, EventData::CoursePublished(CoursePublished {
-                course_id: course_id.clone(),
-                title: format!("Course {c}"),
-                version: 1,
-                modules: vec![Module { module_id: "m1".to_owned(), lessons: lessons.clone() }],
-            }));
+            let publish = |g: &mut Gen, version: u32, lessons: &[String]| {
+                g.event(&tenant, published + Days::minutes(i64::from(version)), EventData::CoursePublished(CoursePublished {
+                    course_id: course_id.clone(),
+                    title: format!("Course {c}"),
+                    version,
+                    modules: vec![Module { module_id: "m1".to_owned(), lessons: lessons.to_vec() }],
+                }));
+            };
+            publish(&mut g, 1, &lessons);
+            match c {
+                1 => {
+                    lessons.push("lesson-extra".to_owned());
+                    publish(&mut g, 2, &lessons);
+                }
+                2 => publish(&mut g, 2, &lessons[..lessons.len() - 1]),
+                _ => publish(&mut g, 2, &lessons),
+            }
             courses.push((course_id, lessons));
         }
         for l in 0..learners {
@@ -160,38 +174,15 @@ pub fn generate(seed: u64, tenants: usize, learners: usize) -> Stream {
                     for _ in 0..repeats {
                         g.event(&tenant, t0, EventData::LessonCompleted(r.clone()));
                     }
-                    if done.insert(lesson.clone()) {
-                        let total = lessons.len() as u32;
-                        let completed = done.len() as u32;
-                        let percent = (1000.0 * f64::from(completed) / f64::from(total)).round() / 10.0;
-                        let finished = completed == total;
-                        g.event(&tenant, t0, EventData::ProgressUpdated(ProgressUpdated {
+                    // An achievement at the end (the analytics keep it as a raw event only).
+                    if done.insert(lesson.clone()) && done.len() == lessons.len() {
+                        g.event(&tenant, t0, EventData::AchievementUnlocked(AchievementUnlocked {
                             learner_id: learner.clone(),
-                            course_id: course_id.clone(),
-                            course_version: 1,
-                            lessons_completed: completed,
-                            lessons_total: total,
-                            percent_complete: percent,
-                            status: if finished { ProgressStatus::Completed } else { ProgressStatus::InProgress },
-                            time_spent_s: 0.0,
-                            last_activity_at: Some(t0),
-                            completed_at: finished.then_some(t0),
+                            achievement_id: format!("finished-{course_id}"),
+                            title: "Finished".to_owned(),
+                            course_id: Some(course_id.clone()),
+                            unlocked_at: t0,
                         }));
-                        if finished {
-                            g.event(&tenant, t0, EventData::CourseCompleted(CourseCompleted {
-                                learner_id: learner.clone(),
-                                course_id: course_id.clone(),
-                                course_version: 1,
-                                completed_at: t0,
-                            }));
-                            g.event(&tenant, t0, EventData::AchievementUnlocked(AchievementUnlocked {
-                                learner_id: learner.clone(),
-                                achievement_id: format!("finished-{course_id}"),
-                                title: "Finished".to_owned(),
-                                course_id: Some(course_id.clone()),
-                                unlocked_at: t0,
-                            }));
-                        }
                     }
                 }
                 // Assessment attempts: 0–3, scores on 20 or 50 points.
@@ -253,9 +244,22 @@ pub fn generate(seed: u64, tenants: usize, learners: usize) -> Stream {
             }));
         }
     }
-    let distinct = g.events.clone();
-    let mut delivered = distinct.clone();
-    for e in &distinct {
+    // The client events arrive shuffled, some twice; the derived events are what a progress
+    // processor emits for that arrival order (numbered by revision, with the completions
+    // that the late versions take back or give), and reach the analytics shuffled again.
+    let mut arrival = g.events.clone();
+    for e in &g.events {
+        if g.rng.random_bool(0.15) {
+            arrival.push(e.clone());
+        }
+    }
+    arrival.shuffle(&mut g.rng);
+    let derived = loadtest::oracle::progress::derived_in_order(&arrival, "analytics-test");
+    let mut distinct = g.events.clone();
+    distinct.extend(derived.iter().cloned());
+    let mut delivered = arrival;
+    for e in &derived {
+        delivered.push(e.clone());
         if g.rng.random_bool(0.15) {
             delivered.push(e.clone());
         }

@@ -109,7 +109,6 @@ async fn the_hints_answer_the_tokens_tenant_only() {
     assert_eq!((status, body), (200, serde_json::json!({"tenants": {}})), "a tenant without hints gets none");
 }
 
-
 /// The selector hints for a generated catalog.
 fn hints(tenants: &[Tenant]) -> DashboardHints {
     DashboardHints {
@@ -162,6 +161,7 @@ fn derived(events: &[Event]) -> Vec<Event> {
                     time_spent_s: 0.0,
                     last_activity_at: Some(e.time),
                     completed_at: complete.then_some(e.time),
+                    revision: u64::try_from(e.time.timestamp_micros()).unwrap_or(1),
                 };
                 out.push(Event::derived(&e.tenant, "test-oracle", e.time, EventData::ProgressUpdated(progress)));
                 if complete && completed.insert(key) {

@@ -203,3 +203,75 @@ fn dashboards_promql_names_only_exported_metrics() {
     assert!(checked >= 10, "the pipeline health dashboard was checked ({checked} names)");
     assert_eq!(metric_names(r#"sum(rate(lms_x_total{a="lms_not_a_metric"}[5m]))"#), ["lms_x_total"]);
 }
+
+/// The panel's ClickHouse query of a dashboard, by title.
+fn panel_sql(title: &str) -> String {
+    let (_, d) = dashboards().into_iter().find(|(f, _)| f == "learning-analytics.json").expect("the learning analytics dashboard");
+    queries(&d)
+        .into_iter()
+        .find(|(place, _, _)| place == &format!("panel {:?}", serde_json::Value::from(title)))
+        .unwrap_or_else(|| panic!("no panel {title:?}"))
+        .2
+}
+
+/// The TSV rows of a query, as columns of numbers.
+async fn tsv(store: &lms_analytics::ClickHouseStore, sql: &str) -> Vec<Vec<String>> {
+    let mut cursor = store.client().query(sql).fetch_bytes("TSV").expect("query");
+    let body = cursor.collect().await.unwrap_or_else(|e| panic!("{e}\n{sql}"));
+    String::from_utf8_lossy(&body).lines().filter(|l| !l.is_empty()).map(|l| l.split('\t').map(str::to_owned).collect()).collect()
+}
+
+/// Grafana's completions and funnel panels answer what the API and the oracle answer, over a
+/// stream whose course versions arrive late (adding a lesson takes completions back,
+/// removing one gives them): the panels follow the learners' progress too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_completions_and_funnel_agree_with_the_api() {
+    use lms_analytics::{FunnelParams, Granularity, SeriesParams};
+    init_logs();
+    let store = fresh_clickhouse("dashboards_agree").await;
+    let stream = generate(11, 1, 60);
+    let events: Vec<&lms_events::Event> = stream.delivered.iter().collect();
+    store.insert(&events).await.expect("insert test data");
+    let oracle = crate::analytics_common::Oracle::new(&stream.distinct);
+
+    // Completions per day, over the dashboard's range.
+    let series = SeriesParams {
+        tenant: "tenant-0".to_owned(),
+        from: (start() - chrono::Duration::days(30)).date_naive(),
+        to: (start() + chrono::Duration::days(120)).date_naive(),
+        granularity: Granularity::Day,
+        course_id: None,
+    };
+    let api: Vec<(String, u64)> =
+        store.completions(&series).await.expect("completions").into_iter().map(|p| (p.bucket.to_string(), p.completions)).collect();
+    let want: Vec<(String, u64)> = oracle.completions(&series).into_iter().map(|p| (p.bucket.to_string(), p.completions)).collect();
+    assert_eq!(api, want, "the API's completions equal the oracle's");
+    assert!(want.iter().map(|(_, n)| n).sum::<u64>() > 5, "the stream has completions: {want:?}");
+    let grafana: Vec<(String, u64)> = tsv(&store, &expand(&panel_sql("Completions per day"), "__all"))
+        .await
+        .into_iter()
+        .map(|r| (r[0].split(' ').next().unwrap_or_default().to_owned(), r[1].parse().expect("a count")))
+        .collect();
+    assert_eq!(grafana, api, "Grafana's completions per day");
+
+    // The funnel of one course, and of all courses (the sum of the courses' funnels).
+    let funnel = |course: &str| FunnelParams { tenant: "tenant-0".to_owned(), course_id: course.to_owned() };
+    let as_row = |f: lms_analytics::Funnel| vec![f.enrolled, f.started, f.reached_25, f.reached_50, f.reached_75, f.completed];
+    let mut all = vec![0u64; 6];
+    for c in 0..3 {
+        let course = format!("course-{c}");
+        let api = as_row(store.funnel(&funnel(&course)).await.expect("funnel"));
+        assert_eq!(api, as_row(oracle.funnel(&funnel(&course))), "the API's funnel of {course} equals the oracle's");
+        for (a, x) in all.iter_mut().zip(&api) {
+            *a += x;
+        }
+        let grafana: Vec<u64> = tsv(&store, &expand(&panel_sql("Course funnel"), &course)).await[0]
+            .iter()
+            .map(|v| v.parse().expect("a count"))
+            .collect();
+        assert_eq!(grafana, api, "Grafana's funnel of {course}");
+    }
+    let grafana: Vec<u64> =
+        tsv(&store, &expand(&panel_sql("Course funnel"), "__all")).await[0].iter().map(|v| v.parse().expect("a count")).collect();
+    assert_eq!(grafana, all, "Grafana's funnel of all courses");
+}

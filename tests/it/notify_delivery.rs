@@ -277,6 +277,7 @@ fn progress(learner: &str, percent: f64) -> Event {
         time_spent_s: 0.0,
         last_activity_at: Some(Utc::now()),
         completed_at: completed.then(Utc::now),
+        revision: 1,
     };
     Event::derived(TENANT, "notify-test", Utc::now(), EventData::ProgressUpdated(data))
 }

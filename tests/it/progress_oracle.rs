@@ -2,7 +2,9 @@
 //! through the real broker with a generated stream (two tenants, versioned courses,
 //! duplicates, shuffled order, courses published after their lesson events): every
 //! learner's progress and achievements must equal a plain computation over the distinct
-//! events, and `course.completed` must appear exactly once per completed learner-course.
+//! events, and `course.completed` must appear exactly once per learner-course that was
+//! completed at some quiet moment. Versions that arrive after the activity add a lesson
+//! (taking completions back) and remove one (completing learners without a new event).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -40,6 +42,9 @@ pub(crate) struct World {
     pub(crate) activity: Vec<Event>,
     /// Courses published only after their lesson events.
     pub(crate) late_catalog: Vec<Event>,
+    /// New versions of courses that had activity: sent after it was processed (only by
+    /// [`run_oracle`]; see [`oracle_with_late_versions`]).
+    pub(crate) late_versions: Vec<Event>,
 }
 
 fn ev(tenant: &str, id: String, time: DateTime<Utc>, data: EventData) -> Event {
@@ -63,6 +68,7 @@ pub(crate) fn world(seed: u64, learners_per_tenant: usize) -> World {
     let t0 = Utc.with_ymd_and_hms(2026, 10, 1, 6, 0, 0).single().expect("time");
     let mut early = Vec::new();
     let mut late = Vec::new();
+    let mut versions = Vec::new();
     let mut activity = Vec::new();
     let mut n = 0u64;
     let mut id = |tenant: &str| {
@@ -71,16 +77,20 @@ pub(crate) fn world(seed: u64, learners_per_tenant: usize) -> World {
     };
     for tenant in ["acme", "globex"] {
         // c0: v2 wins over v1 (published in the wrong order, v1 twice); c1: one version;
-        // c2 and c3: published after the activity.
+        // c2 and c3: published after the activity. After the activity too: c1 v2 adds l3
+        // (learners who completed v1 without l3 are complete no more), c0 v3 drops l5
+        // (learners who had every lesson but l5 become complete).
         early.push(publish(tenant, "c0", 2, &["l0", "l1", "l2", "l3", "l5"], t0 - Days::days(3)));
         early.push(publish(tenant, "c0", 1, &["l0", "l1", "l2", "l3", "l4"], t0 - Days::days(5)));
         early.push(publish(tenant, "c0", 1, &["l0", "l1", "l2", "l3", "l4"], t0 - Days::days(5)));
         early.push(publish(tenant, "c1", 1, &["l0", "l1", "l2"], t0 - Days::days(4)));
         late.push(publish(tenant, "c2", 1, &["l0", "l1", "l2", "l3"], t0 - Days::days(2)));
         late.push(publish(tenant, "c3", 1, &["l0", "l1"], t0 - Days::days(2)));
+        versions.push(publish(tenant, "c1", 2, &["l0", "l1", "l2", "l3"], t0 - Days::days(4)));
+        versions.push(publish(tenant, "c0", 3, &["l0", "l1", "l2", "l3", "l4"], t0 - Days::days(3)));
         let lessons: HashMap<&str, Vec<&str>> = HashMap::from([
             ("c0", vec!["l0", "l1", "l2", "l3", "l4", "l5"]),
-            ("c1", vec!["l0", "l1", "l2"]),
+            ("c1", vec!["l0", "l1", "l2", "l3"]),
             ("c2", vec!["l0", "l1", "l2", "l3"]),
             ("c3", vec!["l0", "l1"]),
         ]);
@@ -147,14 +157,20 @@ pub(crate) fn world(seed: u64, learners_per_tenant: usize) -> World {
     activity.extend(duplicates);
     activity.shuffle(&mut rng);
     early.shuffle(&mut rng);
-    World { early_catalog: early, activity, late_catalog: late }
+    World { early_catalog: early, activity, late_catalog: late, late_versions: versions }
 }
 
 pub(crate) use loadtest::oracle::progress::{Expected, Oracle};
 
-/// The oracle over every event of the world.
+/// The oracle over the world's catalog and activity, without the late versions.
 pub(crate) fn oracle(world: &World) -> Oracle {
     Oracle::new(world.early_catalog.iter().chain(&world.activity).chain(&world.late_catalog))
+}
+
+/// The oracle of [`run_oracle`]: the catalog and the activity, then (once every processor
+/// caught up) the late versions.
+pub(crate) fn oracle_with_late_versions(world: &World) -> Oracle {
+    Oracle::phased(&[world.early_catalog.iter().chain(&world.activity).chain(&world.late_catalog).collect(), world.late_versions.iter().collect()])
 }
 
 /// Every learner's progress as read from the store equals the oracle's.
@@ -251,7 +267,7 @@ pub async fn run_oracle(store_url: &str, test: &str) {
     let running = runtime::start(&plumbing, &ctx, relay, &names, 1).expect("start");
 
     let world = world(7, 60);
-    let expected = oracle(&world);
+    let expected = oracle_with_late_versions(&world);
     let mut ends: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     // Record the ends per topic from the produce results.
     let produce_tracked = async |events: &[Event], ends: &mut BTreeMap<String, BTreeMap<i32, i64>>| {
@@ -271,6 +287,11 @@ pub async fn run_oracle(store_url: &str, test: &str) {
     wait_for_offsets(&store, &kafka.group_id("progress"), &ends, &learning).await;
     wait_for_offsets(&store, &kafka.group_id("catalog"), &ends, std::slice::from_ref(&catalog_topic)).await;
     eventually("the outbox to drain", Duration::from_secs(60), || async { (outbox::pending(&store).await.ok()? == 0).then_some(()) }).await;
+    // The late versions: after the activity was processed, so what they take back was given.
+    produce_tracked(&world.late_versions, &mut ends).await;
+    wait_for_offsets(&store, &kafka.group_id("catalog"), &ends, std::slice::from_ref(&catalog_topic)).await;
+    eventually("the outbox to drain", Duration::from_secs(60), || async { (outbox::pending(&store).await.ok()? == 0).then_some(()) }).await;
+    assert!(!expected.lowered.is_empty(), "a late version took completions back");
 
     // Progress: final as soon as its groups are caught up.
     check_progress(&store, &expected).await;
@@ -311,12 +332,14 @@ pub async fn run_oracle(store_url: &str, test: &str) {
         panic!("achievements differ from the oracle for {} learners:\n{}", wrong.len(), wrong.join("\n"));
     }
 
-    // course.completed: exactly once per completed learner-course, none for others.
-    let want: BTreeSet<(String, String, String)> = expected
-        .progress
+    // course.completed: exactly once per learner-course completed at a quiet moment (also
+    // when a late version took it back), none for others.
+    let want: BTreeSet<(String, String, String)> = expected.completed_once.keys().cloned().collect();
+    let taken_back = want
         .iter()
-        .flat_map(|((t, l), cs)| cs.iter().filter(|(_, e)| e.completed_at.is_some()).map(move |(c, _)| (t.clone(), l.clone(), c.clone())))
-        .collect();
+        .filter(|(t, l, c)| expected.progress[&(t.clone(), l.clone())][c].completed_at.is_none())
+        .count();
+    assert!(taken_back > 0, "some completions were taken back by a late version");
     let derived = topics.topic(Domain::Derived).to_owned();
     let (per_key, records) = completed_on_topic(&brokers, &derived, 4, want.len());
     assert_eq!(per_key.keys().cloned().collect::<BTreeSet<_>>(), want, "course.completed keys");

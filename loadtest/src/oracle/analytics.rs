@@ -1,6 +1,11 @@
 //! The analytics oracle: every analytics answer computed plainly over the distinct events
 //! (the first copy of each tenant and id), as the contract words it. The analytics tests
 //! compare the stores with it, and the chaos run compares the running API with it.
+//!
+//! Completions, the funnel and the at-risk list follow the learners' own progress, computed
+//! by the progress oracle from the catalog and the activity (never from the derived events
+//! the stores read): under the highest course version, whenever it arrived (CONTRACT.md,
+//! "Meanings"). Derived events given to [`Oracle::new`] are ignored.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -9,8 +14,9 @@ use lms_analytics::{
     ActiveLearnersPoint, AtRiskLearner, AtRiskParams, CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity,
     RevenueParams, RevenuePoint, ScoreBucket, Scores, ScoresParams, SeriesParams,
 };
-use lms_events::data::ProgressStatus;
-use lms_events::{Event, EventData};
+use lms_events::{Domain, Event, EventData};
+
+use super::progress;
 
 
 fn bucket_of(g: Granularity, d: NaiveDate) -> NaiveDate {
@@ -34,14 +40,17 @@ struct InCourse {
     enrollment: Option<(DateTime<Utc>, bool)>,
     /// The latest learning event.
     last: Option<DateTime<Utc>>,
-    /// The furthest percent_complete.
+    /// The learner's percent_complete.
     percent: f64,
-    completed: bool,
+    /// When the learner completed the course, if they have.
+    completed_at: Option<DateTime<Utc>>,
 }
 
 /// The oracle over a stream's distinct events.
 pub struct Oracle {
     events: Vec<Event>,
+    /// Every learner's progress, from the catalog and the activity.
+    progress: progress::Oracle,
 }
 
 fn is_learning(d: &EventData) -> bool {
@@ -60,8 +69,13 @@ impl Oracle {
     /// Keeps the first copy of each id.
     pub fn new<'a>(events: impl IntoIterator<Item = &'a Event>) -> Oracle {
         let mut seen = HashSet::new();
-        let events = events.into_iter().filter(|e| seen.insert((e.tenant.clone(), e.id.clone()))).cloned().collect();
-        Oracle { events }
+        let events: Vec<Event> = events
+            .into_iter()
+            .filter(|e| e.domain() != Domain::Derived && seen.insert((e.tenant.clone(), e.id.clone())))
+            .cloned()
+            .collect();
+        let progress = progress::Oracle::new(&events);
+        Oracle { events, progress }
     }
 
     fn of<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a Event> + 'a {
@@ -95,27 +109,18 @@ impl Oracle {
     }
 
     pub fn completions(&self, p: &SeriesParams) -> Vec<CompletionsPoint> {
-        let mut first: HashMap<(&str, &str), DateTime<Utc>> = HashMap::new();
-        for e in self.of(&p.tenant) {
-            // The earliest completion known: `course.completed` keeps the time known when
-            // it was emitted, a later `progress.updated` may refine it to an earlier one.
-            let completed = match &e.data {
-                EventData::CourseCompleted(c) => Some((&c.course_id, &c.learner_id, c.completed_at)),
-                EventData::ProgressUpdated(u) if u.status == ProgressStatus::Completed => {
-                    u.completed_at.map(|at| (&u.course_id, &u.learner_id, at))
-                }
-                _ => None,
-            };
-            if let Some((course, learner, at)) = completed {
-                if course_matches(Some(course), &p.course_id) {
-                    let t = first.entry((course.as_str(), learner.as_str())).or_insert(at);
-                    *t = (*t).min(at);
+        let mut counts: BTreeMap<NaiveDate, u64> = BTreeMap::new();
+        for ((tenant, _), courses) in &self.progress.progress {
+            if *tenant != p.tenant {
+                continue;
+            }
+            for (course, e) in courses {
+                if let Some(at) = e.completed_at.filter(|at| in_range(*at, p.from, p.to)) {
+                    if course_matches(Some(course), &p.course_id) {
+                        *counts.entry(bucket_of(p.granularity, at.date_naive())).or_default() += 1;
+                    }
                 }
             }
-        }
-        let mut counts: BTreeMap<NaiveDate, u64> = BTreeMap::new();
-        for t in first.values().filter(|t| in_range(**t, p.from, p.to)) {
-            *counts.entry(bucket_of(p.granularity, t.date_naive())).or_default() += 1;
         }
         counts.into_iter().map(|(bucket, completions)| CompletionsPoint { bucket, completions }).collect()
     }
@@ -134,13 +139,18 @@ impl Oracle {
                         entry.enrollment = Some(this);
                     }
                 }
-                EventData::ProgressUpdated(p) => {
-                    entry.percent = entry.percent.max(p.percent_complete);
-                    entry.completed |= p.status == ProgressStatus::Completed;
-                }
-                EventData::CourseCompleted(_) => entry.completed = true,
                 d if is_learning(d) => entry.last = Some(entry.last.map_or(e.time, |t| t.max(e.time))),
                 _ => {}
+            }
+        }
+        for ((t, learner), courses) in &self.progress.progress {
+            if t != tenant {
+                continue;
+            }
+            if let Some(x) = courses.get(course) {
+                let entry = m.entry(learner.clone()).or_default();
+                entry.percent = x.percent_complete;
+                entry.completed_at = x.completed_at;
             }
         }
         m
@@ -149,8 +159,9 @@ impl Oracle {
     pub fn funnel(&self, p: &FunnelParams) -> Funnel {
         let mut f = Funnel::default();
         for l in self.course_learners(&p.tenant, &p.course_id).values() {
+            let completed = l.completed_at.is_some();
             let enrolled_now = matches!(l.enrollment, Some((_, false)));
-            if !(enrolled_now || l.completed) {
+            if !(enrolled_now || completed) {
                 continue;
             }
             f.enrolled += 1;
@@ -158,7 +169,7 @@ impl Oracle {
             f.reached_25 += u64::from(l.percent >= 25.0);
             f.reached_50 += u64::from(l.percent >= 50.0);
             f.reached_75 += u64::from(l.percent >= 75.0);
-            f.completed += u64::from(l.completed);
+            f.completed += u64::from(completed);
         }
         f
     }
@@ -168,7 +179,7 @@ impl Oracle {
         let mut out: Vec<(DateTime<Utc>, AtRiskLearner)> = Vec::new();
         for (learner_id, l) in self.course_learners(&p.tenant, &p.course_id) {
             let Some((enrolled_at, false)) = l.enrollment else { continue };
-            if l.completed {
+            if l.completed_at.is_some() {
                 continue;
             }
             let reference = l.last.unwrap_or(enrolled_at);

@@ -11,10 +11,13 @@
 //! - progress milestones (25/50/75 %): keyed by course and milestone. Which of the reached
 //!   milestones are listed depends on how the records fell into batches (a milestone an
 //!   update jumps past, or reaches while completing the course, is superseded, not listed),
-//!   so the oracle fixes only what every batching gives: no milestone above the final
-//!   percentage, and, for a course not completed, the highest one reached. That holds
-//!   because the percentage only grows: every course version is published before the
-//!   activity (the chaos run waits for the catalog first).
+//!   so the oracle fixes only what every batching gives: no milestone above the highest
+//!   percentage reached, and, for a course not completed, the highest one reached. The
+//!   latter holds while the percentage only grows; where a course version that arrived
+//!   late lowered it ([`progress::Oracle::lowered`]), which milestones were decided before
+//!   depends on the batching too, and only the upper bound is checked.
+//! - `course.completed` once per learner-course that was complete at the end of some phase
+//!   ([`progress::Oracle::completed_once`]), even if a later version took it back.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -91,21 +94,24 @@ impl Oracle {
                 exact(&mut inboxes, tenant, learner, &source, "achievement");
             }
         }
+        for (tenant, learner, course) in progress.completed_once.keys() {
+            let source = derived_id("course.completed", &[tenant, learner, course]);
+            exact(&mut inboxes, tenant, learner, &source, "completion");
+        }
         for ((tenant, learner), courses) in &progress.progress {
             for (course, p) in courses {
-                if p.completed_at.is_some() {
-                    let source = derived_id("course.completed", &[tenant, learner, course]);
-                    exact(&mut inboxes, tenant, learner, &source, "completion");
-                }
+                let key = (tenant.clone(), learner.clone(), course.clone());
+                let furthest = progress.furthest.get(&key).copied().unwrap_or(p.percent_complete).max(p.percent_complete);
                 let reached: BTreeMap<u32, String> = MILESTONES
                     .iter()
-                    .filter(|m| p.percent_complete >= f64::from(**m))
+                    .filter(|m| furthest >= f64::from(**m))
                     .map(|m| (*m, notification_id(tenant, learner, &format!("milestone:{course}:{m}"))))
                     .collect();
                 if reached.is_empty() {
                     continue;
                 }
-                let required = if p.completed_at.is_some() { None } else { reached.values().next_back().cloned() };
+                let settled = p.completed_at.is_none() && !progress.completed_once.contains_key(&key) && !progress.lowered.contains(&key);
+                let required = if settled { reached.values().next_back().cloned() } else { None };
                 let milestones = Milestones { reached: reached.into_iter().map(|(m, id)| (id, m)).collect(), required };
                 inboxes.entry((tenant.clone(), learner.clone())).or_default().milestones.insert(course.clone(), milestones);
             }

@@ -87,6 +87,7 @@ fn event(i: usize, op: &Op, hour: u32) -> Event {
             time_spent_s: 0.0,
             last_activity_at: Some(time(hour)),
             completed_at: Some(time(hour)),
+            revision: 1,
         }),
     };
     let subject = data.learner_id().map(str::to_owned);

@@ -949,6 +949,7 @@ mod tests {
             time_spent_s: 0.0,
             last_activity_at: Some(Utc::now()),
             completed_at: None,
+            revision: 1,
         };
         Event::derived("acme", "test", Utc::now(), EventData::ProgressUpdated(data))
     }

@@ -219,14 +219,17 @@ pub async fn recompute(
     courses.dedup();
     let catalog = load_catalog(conn, &courses).await?;
     let facts = load_facts(conn, keys).await?;
-    let empty = CourseFacts::default();
     let now = Utc::now();
+    let revisions = next_revisions(conn, keys, now.timestamp_micros()).await?;
+    let empty = CourseFacts::default();
     let mut events = Vec::with_capacity(keys.len());
     let mut completed: Vec<(&Key, ProgressView)> = Vec::new();
     for k in keys {
         let view = compute(&k.course, facts.get(k).unwrap_or(&empty), catalog.get(&(k.tenant.clone(), k.course.clone())));
         let time = event_time.get(k).copied().unwrap_or(now);
-        events.push(Event::derived(&k.tenant, source, time, EventData::ProgressUpdated(view.to_event_data(&k.learner))));
+        let revision = revisions.get(k).copied().unwrap_or_default();
+        let data = view.to_event_data(&k.learner, revision);
+        events.push(Event::derived(&k.tenant, source, time, EventData::ProgressUpdated(data)));
         if view.status == ProgressStatus::Completed {
             completed.push((k, view));
         }
@@ -267,6 +270,34 @@ pub async fn recompute(
         }
     }
     Ok(events)
+}
+
+/// Takes the next revision of each of `keys` (learner-course rows that exist): one more than
+/// the stored one, and at least `now_us`, so revisions only grow, also across a store
+/// rebuilt from the topics (see [`lms_events::data::ProgressUpdated::revision`]). The row
+/// lock it takes orders two transactions recomputing one key: the later commits the
+/// larger revision, and its figures were computed after the earlier one's facts were
+/// visible (progress batches hold the row from their fact upsert, catalog changes hold the
+/// course lock exclusively).
+pub async fn next_revisions(conn: &mut AnyConnection, keys: &[Key], now_us: i64) -> Result<HashMap<Key, u64>, StoreError> {
+    let mut out = HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "UPDATE progress_courses SET revision = CASE WHEN revision >= $1 THEN revision + 1 ELSE $1 END \
+             WHERE (tenant, learner_id, course_id) IN (VALUES {}) RETURNING tenant, learner_id, course_id, revision",
+            values(chunk.len(), 3, 2)
+        );
+        let mut q = sqlx::query(&sql).bind(now_us);
+        for k in chunk {
+            q = q.bind(k.tenant.as_str()).bind(k.learner.as_str()).bind(k.course.as_str());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let key = Key { tenant: row.try_get(0)?, learner: row.try_get(1)?, course: row.try_get(2)? };
+            let revision: i64 = row.try_get(3)?;
+            out.insert(key, u64::try_from(revision).unwrap_or_default());
+        }
+    }
+    Ok(out)
 }
 
 /// Every learner with a row in `course` of `tenant` (for recomputation when the catalog changes).

@@ -90,8 +90,9 @@ pub fn compute(course_id: &str, facts: &CourseFacts, catalog: Option<&CatalogCou
 }
 
 impl ProgressView {
-    /// The `progress.updated` data of these figures.
-    pub fn to_event_data(&self, learner_id: &str) -> ProgressUpdated {
+    /// The `progress.updated` data of these figures, at `revision` (see
+    /// [`ProgressUpdated::revision`]).
+    pub fn to_event_data(&self, learner_id: &str, revision: u64) -> ProgressUpdated {
         ProgressUpdated {
             learner_id: learner_id.to_owned(),
             course_id: self.course_id.clone(),
@@ -103,6 +104,7 @@ impl ProgressView {
             time_spent_s: self.time_spent_s,
             last_activity_at: self.last_activity_at,
             completed_at: self.completed_at,
+            revision,
         }
     }
 }

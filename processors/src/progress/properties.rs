@@ -127,12 +127,13 @@ pub(crate) fn record(event: Event, offset: i64) -> Record {
     Record { event, trace: None, raw }
 }
 
-/// What a run leaves: each learner's progress, and how many `course.completed` were emitted
-/// per (learner, course).
+/// What a run leaves: each learner's progress, how many `course.completed` were emitted
+/// per (learner, course), and every derived event in the order emitted.
 #[derive(Debug, PartialEq)]
 struct Outcome {
     progress: BTreeMap<&'static str, Vec<ProgressView>>,
     completions: BTreeMap<(String, String), usize>,
+    derived: Vec<Event>,
 }
 
 /// Applies `events` in this order on a fresh store, in batches of the given sizes (cycled):
@@ -141,6 +142,7 @@ struct Outcome {
 async fn run(events: &[Event], batch_sizes: &[usize]) -> Outcome {
     let store = Store::open("sqlite::memory:", 1).await.expect("an in-memory store");
     let mut completions = BTreeMap::new();
+    let mut derived = Vec::new();
     let mut offset = 0;
     for batch in batches(events, batch_sizes) {
         let (catalog, learning): (Vec<&Event>, Vec<&Event>) = batch.iter().partition(|e| e.data.event_type().as_str().starts_with("course."));
@@ -149,9 +151,10 @@ async fn run(events: &[Event], batch_sizes: &[usize]) -> Outcome {
                 continue;
             }
             for (e, _) in apply_batch(&store, stage, events.into_iter(), &mut offset).await {
-                if let EventData::CourseCompleted(c) = e.data {
-                    *completions.entry((c.learner_id, c.course_id)).or_insert(0) += 1;
+                if let EventData::CourseCompleted(c) = &e.data {
+                    *completions.entry((c.learner_id.clone(), c.course_id.clone())).or_insert(0) += 1;
                 }
+                derived.push(e);
             }
         }
     }
@@ -162,7 +165,7 @@ async fn run(events: &[Event], batch_sizes: &[usize]) -> Outcome {
         progress.insert(learner, views);
     }
     store.close().await;
-    Outcome { progress, completions }
+    Outcome { progress, completions, derived }
 }
 
 /// `events` cut into consecutive batches of the given sizes (cycled; at least one event each).
@@ -253,5 +256,86 @@ proptest! {
         let again = block_on(run(&redelivered, &batch_sizes));
         check_completions(&again, "with duplicates")?;
         prop_assert_eq!(&again.progress, &reference.progress, "with duplicates");
+    }
+}
+
+/// The analytics answers about progress and completion (completions per day, funnel and
+/// at-risk list per course) that the embedded analytics store gives for `events` and the
+/// derived events of a run, delivered in `derived` order.
+#[derive(Debug, PartialEq)]
+struct Figures {
+    completions: Vec<lms_analytics::CompletionsPoint>,
+    funnels: Vec<lms_analytics::Funnel>,
+    at_risk: Vec<Vec<lms_analytics::AtRiskLearner>>,
+}
+
+async fn analytics(events: &[Event], derived: &[Event]) -> Figures {
+    use lms_analytics::{AnalyticsStore as _, AtRiskParams, FunnelParams, Granularity, ParquetConfig, ParquetStore, SeriesParams};
+    let dir = std::env::temp_dir().join(format!("lms-props-{}", uuid::Uuid::new_v4().simple()));
+    let store = ParquetStore::open(ParquetConfig::new(&dir)).await.expect("the twin");
+    store.migrate().await.expect("migrate");
+    let all: Vec<&Event> = events.iter().chain(derived).collect();
+    // Several inserts, as several batches of the sink would be.
+    for chunk in all.chunks(7) {
+        store.insert(chunk).await.expect("insert");
+    }
+    let day = time(0).date_naive();
+    let series = SeriesParams {
+        tenant: TENANT.to_owned(),
+        from: day - chrono::Duration::days(2),
+        to: day + chrono::Duration::days(3),
+        granularity: Granularity::Day,
+        course_id: None,
+    };
+    let mut figures = Figures { completions: store.completions(&series).await.expect("completions"), funnels: vec![], at_risk: vec![] };
+    for course in COURSES {
+        let funnel = FunnelParams { tenant: TENANT.to_owned(), course_id: course.to_owned() };
+        figures.funnels.push(store.funnel(&funnel).await.expect("funnel"));
+        let at_risk = AtRiskParams {
+            tenant: TENANT.to_owned(),
+            course_id: course.to_owned(),
+            inactive_days: 0,
+            as_of: time(10_000),
+            limit: 100,
+        };
+        figures.at_risk.push(store.at_risk(&at_risk).await.expect("at-risk"));
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    figures
+}
+
+proptest! {
+    // Each case builds three analytics stores (DataFusion over Parquet): fewer cases.
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Course versions that add or remove lessons, interleaved with the activity in any
+    /// order and batching: the analytics end where processing in time order ends, and
+    /// their completions are the learners' own (CONTRACT.md, "Meanings").
+    #[test]
+    fn analytics_follow_the_learners_progress_whatever_the_interleaving(
+        (events, shuffled, batch_sizes, _duplicates) in scenario()
+    ) {
+        let mut in_time = events.clone();
+        in_time.sort_by_key(|e| e.time);
+        let reference = block_on(run(&in_time, &[1]));
+        let expected = block_on(analytics(&in_time, &reference.derived));
+        // The completions are those of the learners' progress.
+        let mut own: BTreeMap<chrono::NaiveDate, u64> = BTreeMap::new();
+        for v in reference.progress.values().flatten() {
+            if let Some(at) = v.completed_at {
+                *own.entry(at.date_naive()).or_default() += 1;
+            }
+        }
+        let got: BTreeMap<chrono::NaiveDate, u64> = expected.completions.iter().map(|p| (p.bucket, p.completions)).collect();
+        prop_assert_eq!(&got, &own, "completions against the learners' progress");
+
+        let reordered = block_on(run(&shuffled, &batch_sizes));
+        prop_assert_eq!(&reordered.progress, &reference.progress);
+        // The derived events reach the analytics in any order: the revisions decide.
+        let mut derived = reordered.derived.clone();
+        derived.reverse();
+        let figures = block_on(analytics(&shuffled, &derived));
+        prop_assert_eq!(&figures, &expected, "shuffled and batched {:?}", batch_sizes);
     }
 }

@@ -90,6 +90,7 @@ fn event(i: u64) -> Event {
             time_spent_s: 0.0,
             last_activity_at: Some(time),
             completed_at: None,
+            revision: 1,
         }),
         75..=82 => EventData::EnrollmentCreated(EnrollmentCreated {
             learner_id: learner.clone(),

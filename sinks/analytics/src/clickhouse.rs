@@ -12,8 +12,8 @@
 //!
 //! Tables use `ReplacingMergeTree` so that merges drop duplicate rows, but no answer depends on
 //! a merge having happened: every read is an aggregate that a duplicate row cannot change
-//! (`uniqExact` of ids, `max`/`min` per key, or `GROUP BY id` before summing), so `FINAL` is
-//! never needed.
+//! (`uniqExact` of ids, `max`/`min` or `argMax(…, revision)` per key, or `GROUP BY id` before
+//! summing), so `FINAL` is never needed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -193,10 +193,25 @@ const MIGRATIONS: &[Migration] = &[Migration {
             day Int32, pct Float64
         ) ENGINE = ReplacingMergeTree ORDER BY (tenant, assessment_id, learner_id, id)",
     ],
+}, Migration {
+    version: 2,
+    name: "progress and completions follow the latest revision of each learner's figures",
+    statements: &[
+        // The figures of each `progress.updated`; merges keep the largest revision, reads
+        // take `argMax(…, revision)`. Replaces `progress` (the furthest percent) and
+        // `completions` (the earliest completion), which could not take back what a late
+        // course version took back: they are no longer written nor read, and can be dropped
+        // once no member of an older version writes them.
+        "CREATE TABLE IF NOT EXISTS learner_progress (
+            tenant String, course_id String, learner_id String, revision UInt64,
+            pct_tenths Int32, completed Int32, completed_us Int64,
+            day Int32, week Int32, month Int32
+        ) ENGINE = ReplacingMergeTree(revision) ORDER BY (tenant, course_id, learner_id)",
+    ],
 }];
 
 /// The schema version this build expects.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The analytics store on ClickHouse.
 #[derive(Clone)]
@@ -316,30 +331,25 @@ impl ClickHouseStore {
             value: i64,
         }
         #[derive(Row, Deserialize)]
-        struct PctRow {
+        struct ProgressRow {
             learner_id: String,
-            value: i32,
-        }
-        #[derive(Row, Deserialize)]
-        struct IdRow {
-            learner_id: String,
+            pct_tenths: i32,
+            completed: i32,
         }
         let q = |sql: &str| self.db.query(sql).bind(tenant).bind(course);
-        let (enrolled, active, progress, completed) = futures::try_join!(
+        let (enrolled, active, progress) = futures::try_join!(
             self.fetch::<KeyRow>(q("SELECT learner_id, max(order_key) FROM enrollments
                 WHERE tenant = ? AND course_id = ? GROUP BY learner_id")),
             self.fetch::<KeyRow>(q("SELECT learner_id, max(last_us) FROM course_activity
                 WHERE tenant = ? AND course_id = ? GROUP BY learner_id")),
-            self.fetch::<PctRow>(q("SELECT learner_id, max(pct_tenths) FROM progress
-                WHERE tenant = ? AND course_id = ? GROUP BY learner_id")),
-            self.fetch::<IdRow>(q("SELECT learner_id FROM completions
-                WHERE tenant = ? AND course_id = ? GROUP BY learner_id")),
+            // The figures of the largest revision (rows of one revision are copies).
+            self.fetch::<ProgressRow>(q("SELECT learner_id, argMax(pct_tenths, revision), argMax(completed, revision)
+                FROM learner_progress WHERE tenant = ? AND course_id = ? GROUP BY learner_id")),
         )?;
         let mut c = CourseLearners::default();
         enrolled.into_iter().for_each(|r| c.enrollment(r.learner_id, r.value));
         active.into_iter().for_each(|r| c.activity(r.learner_id, r.value));
-        progress.into_iter().for_each(|r| c.progress(r.learner_id, r.value));
-        completed.into_iter().for_each(|r| c.completed(r.learner_id));
+        progress.into_iter().for_each(|r| c.progress(r.learner_id, r.pct_tenths, r.completed == 1));
         Ok(c)
     }
 }
@@ -435,8 +445,7 @@ impl AnalyticsStore for ClickHouseStore {
             Box::pin(self.insert_rows("activity_daily", &f.activity_daily)),
             Box::pin(self.insert_rows("course_activity", &f.course_activity)),
             Box::pin(self.insert_rows("enrollments", &f.enrollments)),
-            Box::pin(self.insert_rows("completions", &f.completions)),
-            Box::pin(self.insert_rows("progress", &f.progress)),
+            Box::pin(self.insert_rows("learner_progress", &f.learner_progress)),
             Box::pin(self.insert_rows("payments", &f.payments)),
             Box::pin(self.insert_rows("attempts", &f.attempts)),
         ];
@@ -488,14 +497,16 @@ impl AnalyticsStore for ClickHouseStore {
     async fn completions(&self, p: &SeriesParams) -> Result<Vec<CompletionsPoint>, StoreError> {
         let b = bucket_column(p.granularity);
         let course = if p.course_id.is_some() { "AND course_id = ?" } else { "" };
-        // The earliest completion per learner and course; its day, week and month are the
-        // minima too, as they grow with the time.
+        // The completion of the largest revision per learner and course (rows of one
+        // revision are copies of one event). The aliases differ from the columns: 18.16
+        // would substitute an alias named like a column inside the aggregates.
         let sql = format!(
-            "SELECT first_{b} AS bucket, count() AS n FROM (
-                SELECT course_id, learner_id, min(day) AS first_day, min(week) AS first_week,
-                       min(month) AS first_month
-                FROM completions WHERE tenant = ? {course} GROUP BY course_id, learner_id
-             ) WHERE first_day >= ? AND first_day <= ?
+            "SELECT l_{b} AS bucket, count() AS n FROM (
+                SELECT course_id, learner_id, argMax(completed, revision) AS l_completed,
+                       argMax(day, revision) AS l_day, argMax(week, revision) AS l_week,
+                       argMax(month, revision) AS l_month
+                FROM learner_progress WHERE tenant = ? {course} GROUP BY course_id, learner_id
+             ) WHERE l_completed = 1 AND l_day >= ? AND l_day <= ?
              GROUP BY bucket ORDER BY bucket"
         );
         let mut q = self.db.query(&sql).bind(&p.tenant);

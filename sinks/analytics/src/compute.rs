@@ -15,9 +15,9 @@ pub struct CourseLearner {
     pub enrollment: Option<(bool, i64)>,
     /// The latest learning event's time in µs.
     pub last_activity_us: Option<i64>,
-    /// The furthest `percent_complete` × 10.
+    /// `percent_complete` × 10 of the latest figures (the largest revision).
     pub pct_tenths: Option<i32>,
-    /// Whether a `course.completed` exists.
+    /// Whether the latest figures say completed.
     pub completed: bool,
 }
 
@@ -44,13 +44,11 @@ impl CourseLearners {
     pub fn activity(&mut self, learner: String, last_us: i64) {
         self.learners.entry(learner).or_default().last_activity_us = Some(last_us);
     }
-    /// Adds the learner's furthest progress.
-    pub fn progress(&mut self, learner: String, pct_tenths: i32) {
-        self.learners.entry(learner).or_default().pct_tenths = Some(pct_tenths);
-    }
-    /// Marks the learner as having completed the course.
-    pub fn completed(&mut self, learner: String) {
-        self.learners.entry(learner).or_default().completed = true;
+    /// Adds the learner's latest figures: percent × 10 and whether completed.
+    pub fn progress(&mut self, learner: String, pct_tenths: i32, completed: bool) {
+        let l = self.learners.entry(learner).or_default();
+        l.pct_tenths = Some(pct_tenths);
+        l.completed = completed;
     }
 
     /// The funnel over learners currently enrolled or completed.
@@ -184,7 +182,7 @@ mod tests {
         // a: enrolled, active long ago, 30 %.
         c.enrollment("a".into(), EnrollmentRow::order_key(t("2026-01-01T00:00:00Z"), false));
         c.activity("a".into(), t("2026-01-02T00:00:00Z"));
-        c.progress("a".into(), 300);
+        c.progress("a".into(), 300, false);
         // b: enrolled long ago, no activity.
         c.enrollment("b".into(), EnrollmentRow::order_key(t("2026-01-01T00:00:00Z"), false));
         // c: dropped.
@@ -192,15 +190,20 @@ mod tests {
         c.activity("c".into(), t("2026-01-02T00:00:00Z"));
         // d: dropped but completed: in the funnel, not at risk.
         c.enrollment("d".into(), EnrollmentRow::order_key(t("2026-01-03T00:00:00Z"), true));
-        c.progress("d".into(), 1000);
+        c.progress("d".into(), 1000, true);
         c.activity("d".into(), t("2026-01-02T00:00:00Z"));
-        c.completed("d".into());
+        // f: enrolled, had completed under version 1; version 2 added a lesson: 75 %, not
+        // completed now, so at risk and not counted as completed.
+        c.enrollment("f".into(), EnrollmentRow::order_key(t("2026-01-01T00:00:00Z"), false));
+        c.activity("f".into(), t("2026-01-05T00:00:00Z"));
+        c.progress("f".into(), 1000, true);
+        c.progress("f".into(), 750, false);
         // e: recent activity.
         c.enrollment("e".into(), EnrollmentRow::order_key(t("2026-01-01T00:00:00Z"), false));
         c.activity("e".into(), t("2026-01-20T00:00:00Z"));
         assert_eq!(
             c.funnel(),
-            Funnel { enrolled: 4, started: 3, reached_25: 2, reached_50: 1, reached_75: 1, completed: 1 }
+            Funnel { enrolled: 5, started: 4, reached_25: 3, reached_50: 2, reached_75: 2, completed: 1 }
         );
         let p = AtRiskParams {
             tenant: "t".into(),
@@ -210,9 +213,10 @@ mod tests {
             limit: 10,
         };
         let risk = c.at_risk(&p);
-        assert_eq!(risk.iter().map(|r| r.learner_id.as_str()).collect::<Vec<_>>(), ["b", "a"], "oldest first");
+        assert_eq!(risk.iter().map(|r| r.learner_id.as_str()).collect::<Vec<_>>(), ["b", "a", "f"], "oldest first");
         assert_eq!(risk[0].last_activity_at, None);
         assert_eq!(risk[1].percent_complete, 30.0);
+        assert_eq!(risk[2].percent_complete, 75.0);
         let p = AtRiskParams { limit: 1, ..p };
         assert_eq!(c.at_risk(&p).len(), 1);
     }

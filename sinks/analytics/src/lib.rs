@@ -21,15 +21,15 @@
 //! | `activity_daily` | tenant, day, course, learner | distinct learners |
 //! | `course_activity` | tenant, course, learner (latest learning event) | `max(last_us)` |
 //! | `enrollments` | event id | distinct ids; `max(order_key)` per learner = the latest event |
-//! | `completions` | tenant, course, learner | `min(completed_us)` (the first completion) |
-//! | `progress` | tenant, course, learner (furthest percent) | `max(pct_tenths)` |
+//! | `learner_progress` | tenant, course, learner, revision (one `progress.updated`) | the row of `max(revision)`: percent, completed, completion day |
 //! | `payments` | event id | `GROUP BY id` before summing; refunds joined to their payment |
 //! | `attempts` | event id | distinct ids; `max(pct)` per learner = the best attempt |
 //!
-//! Writing a row twice therefore adds a set element that is already there, or a value that does
-//! not move a max/min. This holds whatever the physical state of the store:
+//! Writing a row twice therefore adds a set element that is already there, a value that does
+//! not move a max/min, or a copy of the row of its revision. This holds whatever the physical
+//! state of the store:
 //! - In ClickHouse the tables are `ReplacingMergeTree`s on exactly those keys (with a version
-//!   column keeping the latest activity, the furthest progress and the earliest completion), so
+//!   column keeping the latest activity and the largest revision of the progress), so
 //!   merges shrink duplicates away; but no answer waits for a merge or needs `FINAL`, which on
 //!   ClickHouse 18.16 would serialise reads. The raw `events` table (`ORDER BY (tenant, id)`)
 //!   keeps every event for new rollups and ad-hoc SQL.
@@ -42,6 +42,16 @@
 //! committed by the runner after `process` returned, i.e. after the store acknowledged every
 //! table's insert. Events with the same id are assumed to be the same event (the contract's
 //! idempotency key); where two copies could differ, reads pick deterministically (`min`).
+//!
+//! # Progress and completions follow the learner's current figures
+//!
+//! Completions, the funnel and the at-risk list read the figures of the `progress.updated`
+//! with the largest revision per learner and course (the progress processor numbers its
+//! recomputations, [`lms_events::data::ProgressUpdated::revision`]), not the furthest percent
+//! or the first `course.completed` ever seen: a course version that arrives after the
+//! activity may add a lesson and take a completion back, and the analytics then follow the
+//! learner's own progress (CONTRACT.md, "Meanings"). `course.completed`, emitted at most once,
+//! is kept in `events` only.
 //!
 //! Mapping one event to its rows happens once, in [`rows`], for both stores; the last step of
 //! the funnel, the at-risk list and the score statistics happens once, in [`compute`], over

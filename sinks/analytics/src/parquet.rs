@@ -67,7 +67,7 @@ impl ParquetConfig {
 }
 
 /// The twin's format version, written to `<dir>/FORMAT`.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A table of the twin: its schema and how compaction reduces it.
 struct Table {
@@ -117,31 +117,26 @@ const TABLES: &[Table] = &[
         ],
         compact_sql: "SELECT DISTINCT tenant, course_id, learner_id, id, day, week, month, dropped, order_key FROM t",
     },
+    // The figures of the largest revision per learner and course (format 2; format 1 had
+    // `completions` and `progress` with the earliest completion and the furthest percent,
+    // which a late course version could not take back: those directories are left unread).
     Table {
-        name: "completions",
+        name: "learner_progress",
         columns: &[
             ("tenant", DataType::Utf8),
             ("course_id", DataType::Utf8),
             ("learner_id", DataType::Utf8),
+            ("revision", DataType::Int64),
+            ("pct_tenths", DataType::Int32),
+            ("completed", DataType::Int32),
             ("completed_us", DataType::Int64),
             ("day", DataType::Int32),
             ("week", DataType::Int32),
             ("month", DataType::Int32),
         ],
-        compact_sql: "SELECT tenant, course_id, learner_id, MIN(completed_us) AS completed_us, MIN(day) AS day,
-                             MIN(week) AS week, MIN(month) AS month
-                      FROM t GROUP BY tenant, course_id, learner_id",
-    },
-    Table {
-        name: "progress",
-        columns: &[
-            ("tenant", DataType::Utf8),
-            ("course_id", DataType::Utf8),
-            ("learner_id", DataType::Utf8),
-            ("pct_tenths", DataType::Int32),
-        ],
-        compact_sql: "SELECT tenant, course_id, learner_id, MAX(pct_tenths) AS pct_tenths FROM t
-                      GROUP BY tenant, course_id, learner_id",
+        compact_sql: "SELECT tenant, course_id, learner_id, revision, pct_tenths, completed, completed_us, day, week, month
+                      FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY tenant, course_id, learner_id ORDER BY revision DESC) AS rn
+                            FROM t) latest WHERE rn = 1",
     },
     Table {
         name: "payments",
@@ -450,22 +445,18 @@ fn batches(f: &Facts) -> Result<Vec<(&'static Table, RecordBatch)>, StoreError> 
         i32s(r.iter().map(|r| r.dropped)),
         i64s(r.iter().map(|r| r.order_key)),
     ])?;
-    let r = &f.completions;
-    push("completions", vec![
+    let r = &f.learner_progress;
+    push("learner_progress", vec![
         strings(r.iter().map(|r| r.tenant.as_str())),
         strings(r.iter().map(|r| r.course_id.as_str())),
         strings(r.iter().map(|r| r.learner_id.as_str())),
+        i64s(r.iter().map(|r| i64::try_from(r.revision).unwrap_or(i64::MAX))),
+        i32s(r.iter().map(|r| r.pct_tenths)),
+        i32s(r.iter().map(|r| r.completed)),
         i64s(r.iter().map(|r| r.completed_us)),
         i32s(r.iter().map(|r| r.day)),
         i32s(r.iter().map(|r| r.week)),
         i32s(r.iter().map(|r| r.month)),
-    ])?;
-    let r = &f.progress;
-    push("progress", vec![
-        strings(r.iter().map(|r| r.tenant.as_str())),
-        strings(r.iter().map(|r| r.course_id.as_str())),
-        strings(r.iter().map(|r| r.learner_id.as_str())),
-        i32s(r.iter().map(|r| r.pct_tenths)),
     ])?;
     let r = &f.payments;
     push("payments", vec![
@@ -556,6 +547,19 @@ fn series_params(p: &SeriesParams) -> (Vec<ScalarValue>, &'static str) {
     }
 }
 
+/// The rows of `learner_progress` of the largest revision per course and learner of tenant
+/// `$1`, as a subquery (`course`: a further condition, such as `AND course_id = $4`).
+/// Rows of one revision are copies of one event, so which of them is kept does not matter.
+fn latest_progress(course: &str) -> String {
+    format!(
+        "(SELECT course_id, learner_id, pct_tenths, completed, day, week, month FROM (
+            SELECT course_id, learner_id, pct_tenths, completed, day, week, month,
+                   ROW_NUMBER() OVER (PARTITION BY course_id, learner_id ORDER BY revision DESC) AS rn
+            FROM learner_progress WHERE tenant = $1 {course}
+         ) ranked WHERE rn = 1) latest"
+    )
+}
+
 impl Inner {
     async fn course_learners(&self, tenant: &str, course: &str) -> Result<CourseLearners, StoreError> {
         let params = || vec![text(tenant), text(course)];
@@ -565,12 +569,7 @@ impl Inner {
         let active = self
             .query("SELECT learner_id, MAX(last_us) FROM course_activity WHERE tenant = $1 AND course_id = $2 GROUP BY learner_id", params())
             .await?;
-        let progress = self
-            .query("SELECT learner_id, MAX(pct_tenths) FROM progress WHERE tenant = $1 AND course_id = $2 GROUP BY learner_id", params())
-            .await?;
-        let completed = self
-            .query("SELECT learner_id FROM completions WHERE tenant = $1 AND course_id = $2 GROUP BY learner_id", params())
-            .await?;
+        let progress = self.query(&format!("SELECT learner_id, pct_tenths, completed FROM {}", latest_progress("AND course_id = $2")), params()).await?;
         let mut c = CourseLearners::default();
         for (l, k) in texts(&enrolled, 0)?.into_iter().zip(ints(&enrolled, 1)?) {
             c.enrollment(l, k);
@@ -578,11 +577,9 @@ impl Inner {
         for (l, t) in texts(&active, 0)?.into_iter().zip(ints(&active, 1)?) {
             c.activity(l, t);
         }
-        for (l, p) in texts(&progress, 0)?.into_iter().zip(ints(&progress, 1)?) {
-            c.progress(l, i32::try_from(p).unwrap_or(i32::MAX));
-        }
-        for l in texts(&completed, 0)? {
-            c.completed(l);
+        let figures = ints(&progress, 1)?.into_iter().zip(ints(&progress, 2)?);
+        for (l, (p, done)) in texts(&progress, 0)?.into_iter().zip(figures) {
+            c.progress(l, i32::try_from(p).unwrap_or(i32::MAX), done == 1);
         }
         Ok(c)
     }
@@ -610,14 +607,16 @@ impl AnalyticsStore for ParquetStore {
                         "the twin's files are format {v}, newer than this build's {FORMAT_VERSION}"
                     )));
                 }
-                Some(_) => {}
-                None => {
+                Some(v) if v == FORMAT_VERSION => {}
+                // Format 2 added `learner_progress` (its rows come from `progress.updated`:
+                // replay the derived topic to fill it, README "Upgrading").
+                older => {
                     for t in TABLES {
                         tokio::fs::create_dir_all(inner.table_dir(t)).await?;
                     }
                     tokio::fs::write(&format, format!("{FORMAT_VERSION}\n")).await?;
                     report.applied.push(FORMAT_VERSION);
-                    info!(dir = %inner.cfg.dir.display(), "created the analytics twin");
+                    info!(dir = %inner.cfg.dir.display(), from = ?older, "created or upgraded the analytics twin");
                 }
             }
             // Temporary files of writes that died half-way are never visible; remove them.
@@ -698,13 +697,11 @@ impl AnalyticsStore for ParquetStore {
     async fn completions(&self, p: &SeriesParams) -> Result<Vec<CompletionsPoint>, StoreError> {
         let (params, course) = series_params(p);
         let b = bucket_column(p.granularity);
+        // The completion of the latest revision per learner and course.
         let sql = format!(
-            "SELECT first_{b} AS bucket, COUNT(*) AS n FROM (
-                SELECT course_id, learner_id, MIN(day) AS first_day, MIN(week) AS first_week,
-                       MIN(month) AS first_month
-                FROM completions WHERE tenant = $1 {course} GROUP BY course_id, learner_id
-             ) s WHERE first_day >= $2 AND first_day <= $3
-             GROUP BY first_{b} ORDER BY bucket"
+            "SELECT {b} AS bucket, COUNT(*) AS n FROM {} WHERE completed = 1 AND day >= $2 AND day <= $3
+             GROUP BY {b} ORDER BY bucket",
+            latest_progress(course)
         );
         let rows = self.run(move |inner| async move { inner.query(&sql, params).await }).await?;
         Ok(ints(&rows, 0)?

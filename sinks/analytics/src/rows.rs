@@ -8,7 +8,7 @@
 //! crate documentation for the whole argument.
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use lms_events::data::ProgressStatus;
+use lms_events::data::{ProgressStatus, ProgressUpdated};
 use lms_events::{Event, EventData};
 use serde::{Deserialize, Serialize};
 
@@ -127,26 +127,53 @@ impl EnrollmentRow {
     }
 }
 
-/// A `course.completed` event; reads take the earliest per learner and course.
+/// A learner's figures in a course as one `progress.updated` gave them: reads keep, per
+/// learner and course, the row of the largest revision (`argMax(…, revision)`), which holds
+/// the current figures even when a late course version lowered them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clickhouse::Row)]
-pub struct CompletionRow {
+pub struct LearnerProgressRow {
     pub tenant: String,
     pub course_id: String,
     pub learner_id: String,
+    /// [`ProgressUpdated::revision`](lms_events::data::ProgressUpdated::revision), or, for
+    /// the events of older processors that have none (0), the percent in tenths (at most
+    /// 1000, below every real revision): among those the furthest wins, as it used to.
+    pub revision: u64,
+    /// `percent_complete × 10`, rounded (the percent has one decimal).
+    pub pct_tenths: i32,
+    /// 1 when the status is `completed`.
+    pub completed: i32,
+    /// When the last missing lesson was first completed (0 unless completed).
     pub completed_us: i64,
+    /// The UTC day, week and month of `completed_us` (0 unless completed).
     pub day: i32,
     pub week: i32,
     pub month: i32,
 }
 
-/// The furthest progress of a learner in a course seen in one batch; reads take the max.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clickhouse::Row)]
-pub struct ProgressRow {
-    pub tenant: String,
-    pub course_id: String,
-    pub learner_id: String,
-    /// `percent_complete × 10`, rounded (the percent has one decimal).
-    pub pct_tenths: i32,
+impl LearnerProgressRow {
+    /// The row of a `progress.updated` event.
+    pub fn of(tenant: &str, d: &ProgressUpdated) -> LearnerProgressRow {
+        // percent_complete has one decimal; the cast saturates on nonsense.
+        let pct_tenths = (d.percent_complete * 10.0).round() as i32;
+        let completed_at = match (d.status, d.completed_at) {
+            (ProgressStatus::Completed, Some(at)) => Some(at),
+            _ => None,
+        };
+        let days = completed_at.map(Days::of);
+        LearnerProgressRow {
+            tenant: tenant.to_owned(),
+            course_id: d.course_id.clone(),
+            learner_id: d.learner_id.clone(),
+            revision: if d.revision == 0 { u64::try_from(pct_tenths.clamp(0, 1000)).unwrap_or(0) } else { d.revision },
+            pct_tenths,
+            completed: i32::from(completed_at.is_some()),
+            completed_us: completed_at.map_or(0, micros),
+            day: days.map_or(0, |d| d.day),
+            week: days.map_or(0, |d| d.week),
+            month: days.map_or(0, |d| d.month),
+        }
+    }
 }
 
 /// A `payment.succeeded` or `payment.refunded` event.
@@ -186,17 +213,15 @@ pub struct Facts {
     pub activity_daily: Vec<ActivityDayRow>,
     pub course_activity: Vec<CourseActivityRow>,
     pub enrollments: Vec<EnrollmentRow>,
-    pub completions: Vec<CompletionRow>,
-    pub progress: Vec<ProgressRow>,
+    pub learner_progress: Vec<LearnerProgressRow>,
     pub payments: Vec<PaymentRow>,
     pub attempts: Vec<AttemptRow>,
 }
 
 impl Facts {
     /// Maps events to rows. Within the batch, rows that are summaries of a key are reduced
-    /// already (one active-day row per key, the latest activity, the furthest progress, the
-    /// earliest completion), which only saves rows: reads would give the same answers
-    /// without it.
+    /// already (one active-day row per key, the latest activity, the progress of the largest
+    /// revision), which only saves rows: reads would give the same answers without it.
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Facts {
         use std::collections::{HashMap, HashSet};
         let mut f = Facts::default();
@@ -204,12 +229,7 @@ impl Facts {
         let mut active: HashSet<(&'a str, i32, &'a str, &'a str)> = HashSet::new();
         let mut weeks: HashMap<i32, (i32, i32)> = HashMap::new();
         let mut last: HashMap<(&'a str, &'a str, &'a str), i64> = HashMap::new();
-        let mut furthest: HashMap<(&'a str, &'a str, &'a str), i32> = HashMap::new();
-        let mut first_completed: HashMap<(&'a str, &'a str, &'a str), DateTime<Utc>> = HashMap::new();
-        let mut completed = |key, at: DateTime<Utc>| {
-            let t = first_completed.entry(key).or_insert(at);
-            *t = (*t).min(at);
-        };
+        let mut latest: HashMap<(&'a str, &'a str, &'a str), LearnerProgressRow> = HashMap::new();
         for e in events {
             let time_us = micros(e.time);
             let days = Days::of(e.time);
@@ -253,18 +273,11 @@ impl Facts {
                 EventData::EnrollmentDropped(d) => {
                     f.enrollments.push(enrollment(e, &d.course_id, &d.learner_id, true, days, time_us));
                 }
-                EventData::CourseCompleted(d) => completed((tenant, &d.course_id, &d.learner_id), d.completed_at),
                 EventData::ProgressUpdated(d) => {
-                    // percent_complete has one decimal; the cast saturates on nonsense.
-                    let tenths = (d.percent_complete * 10.0).round() as i32;
-                    let p = furthest.entry((tenant, &d.course_id, &d.learner_id)).or_insert(tenths);
-                    *p = (*p).max(tenths);
-                    // `course.completed` is emitted once, with the completion time known
-                    // then; when the first completion of the last lesson arrives late, only
-                    // `progress.updated` carries the earlier, refined `completed_at`. The
-                    // completions table keeps the earliest of them all.
-                    if let (ProgressStatus::Completed, Some(at)) = (d.status, d.completed_at) {
-                        completed((tenant, &d.course_id, &d.learner_id), at);
+                    let row = LearnerProgressRow::of(tenant, d);
+                    let slot = latest.entry((tenant, &d.course_id, &d.learner_id)).or_insert_with(|| row.clone());
+                    if row.revision > slot.revision {
+                        *slot = row;
                     }
                 }
                 EventData::PaymentSucceeded(d) => f.payments.push(PaymentRow {
@@ -291,7 +304,11 @@ impl Facts {
                     currency: d.currency.clone(),
                     course_id: String::new(),
                 }),
-                EventData::CoursePublished(_)
+                // `course.completed` is emitted once, when a learner first completes; a course
+                // version that arrives later may take the completion back, so completions
+                // follow the latest `progress.updated` instead (kept in `events`).
+                EventData::CourseCompleted(_)
+                | EventData::CoursePublished(_)
                 | EventData::CourseRetired(_)
                 | EventData::PaymentFailed(_)
                 | EventData::AchievementUnlocked(_)
@@ -322,30 +339,7 @@ impl Facts {
                 last_us,
             })
             .collect();
-        f.completions = first_completed
-            .into_iter()
-            .map(|((tenant, course_id, learner_id), at)| {
-                let days = Days::of(at);
-                CompletionRow {
-                    tenant: tenant.to_owned(),
-                    course_id: course_id.to_owned(),
-                    learner_id: learner_id.to_owned(),
-                    completed_us: micros(at),
-                    day: days.day,
-                    week: days.week,
-                    month: days.month,
-                }
-            })
-            .collect();
-        f.progress = furthest
-            .into_iter()
-            .map(|((tenant, course_id, learner_id), pct_tenths)| ProgressRow {
-                tenant: tenant.to_owned(),
-                course_id: course_id.to_owned(),
-                learner_id: learner_id.to_owned(),
-                pct_tenths,
-            })
-            .collect();
+        f.learner_progress = latest.into_values().collect();
         f
     }
 
@@ -430,8 +424,7 @@ mod tests {
         assert_eq!(f.enrollments.len(), 2);
         assert_eq!(f.payments.len(), 2);
         assert_eq!(f.attempts.len(), 1);
-        assert_eq!(f.completions.len(), 1);
-        assert_eq!(f.progress.len(), 1);
+        assert_eq!(f.learner_progress.len(), 1);
         assert!(!f.activity_daily.is_empty());
         assert!(!f.course_activity.is_empty());
         let lesson = f.events.iter().find(|r| r.event_type == "lesson.completed").expect("row");
@@ -439,27 +432,54 @@ mod tests {
         assert!(data.get("lesson_id").is_some(), "{data}");
     }
 
-    /// `course.completed` went out with a re-completion's time because the first completion
-    /// of the last lesson arrived late; the `progress.updated` after it carries the earlier
-    /// time, and the completions table (which keeps the earliest) must get it.
+    fn progress(revision: u64, lessons_completed: u32, completed_at: Option<DateTime<Utc>>) -> Event {
+        let mut e = examples::event(EventType::ProgressUpdated);
+        if let EventData::ProgressUpdated(d) = &mut e.data {
+            d.revision = revision;
+            d.lessons_completed = lessons_completed;
+            d.percent_complete = (1000.0 * f64::from(lessons_completed) / f64::from(d.lessons_total)).round() / 10.0;
+            d.status = if completed_at.is_some() { ProgressStatus::Completed } else { ProgressStatus::InProgress };
+            d.completed_at = completed_at;
+        }
+        e
+    }
+
+    /// A course version that arrived late added a lesson: the learner who had completed
+    /// version 1 has not completed version 2. The row of the largest revision wins within a
+    /// batch whatever the order, and carries "not completed".
     #[test]
-    fn a_refined_completion_time_reaches_the_completions() {
-        let early = examples::time();
-        let late = early + chrono::Duration::hours(30);
-        let mut completed = examples::event(EventType::CourseCompleted);
-        if let EventData::CourseCompleted(d) = &mut completed.data {
-            d.completed_at = late;
+    fn the_latest_revision_wins_even_when_it_takes_a_completion_back() {
+        let at = examples::time();
+        let done = progress(10, 3, Some(at));
+        let reopened = progress(11, 3, None);
+        for batch in [[&done, &reopened], [&reopened, &done]] {
+            let f = Facts::from_events(batch);
+            assert_eq!(f.learner_progress.len(), 1, "one row per learner and course and batch");
+            let row = &f.learner_progress[0];
+            assert_eq!((row.revision, row.completed, row.completed_us, row.day), (11, 0, 0, 0));
+            assert_eq!(row.pct_tenths, 1000, "3 of 3 lessons in the example's count");
         }
-        let mut refined = examples::event(EventType::ProgressUpdated);
-        if let EventData::ProgressUpdated(d) = &mut refined.data {
-            (d.lessons_completed, d.percent_complete, d.status) = (3, 100.0, ProgressStatus::Completed);
-            d.completed_at = Some(early);
-        }
-        let f = Facts::from_events([&completed, &refined]);
-        assert_eq!(f.completions.len(), 1, "one row per learner and course and batch");
-        let row = &f.completions[0];
-        assert_eq!((row.course_id.as_str(), row.learner_id.as_str()), (examples::COURSE, examples::LEARNER));
-        assert_eq!(row.completed_us, micros(early));
-        assert_eq!(date_of(row.day), early.date_naive());
+        // `course.completed` alone writes no progress row: the completion is the progress's.
+        let f = Facts::from_events([&examples::event(EventType::CourseCompleted)]);
+        assert!(f.learner_progress.is_empty());
+    }
+
+    /// Events of processors older than revisions: the furthest percent wins among them, and
+    /// any event with a revision beats them.
+    #[test]
+    fn events_without_a_revision_rank_by_their_percent_below_every_revision() {
+        let at = examples::time();
+        let old_half = progress(0, 1, None);
+        let old_done = progress(0, 3, Some(at));
+        let f = Facts::from_events([&old_done, &old_half]);
+        assert_eq!((f.learner_progress[0].revision, f.learner_progress[0].completed), (1000, 1));
+        // Real revisions are at least the µs since the epoch when computed.
+        let revision = 1_794_220_200_000_000;
+        let f = Facts::from_events([&old_done, &progress(revision, 1, None)]);
+        assert_eq!((f.learner_progress[0].revision, f.learner_progress[0].completed), (revision, 0));
+        assert_eq!(date_of(LearnerProgressRow::of("t", match &old_done.data {
+            EventData::ProgressUpdated(d) => d,
+            _ => unreachable!(),
+        }).day), at.date_naive());
     }
 }
