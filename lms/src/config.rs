@@ -204,6 +204,7 @@ fn is_set(v: &Value) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's error type, in tests only (as in api/src/config.rs)
 mod tests {
     use super::*;
 
