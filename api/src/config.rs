@@ -40,6 +40,10 @@ pub struct ApiConfig {
     pub webhook_tolerance_s: u64,
     /// Webhook ids remembered per instance to answer redeliveries without producing again.
     pub webhook_dedupe_capacity: usize,
+    /// How long the state store remembers accepted webhooks (any instance, across restarts;
+    /// see [`crate::Api::webhook_store`]), in days. A redelivery after that is produced again,
+    /// with the same event id, which the processors drop.
+    pub webhook_retention_days: u32,
     /// The `Retry-After` value sent with 503 answers (broker unavailable, queue full), in
     /// seconds.
     pub retry_after_s: u64,
@@ -91,6 +95,7 @@ impl Default for ApiConfig {
             webhook_secrets: BTreeMap::new(),
             webhook_tolerance_s: 300,
             webhook_dedupe_capacity: 100_000,
+            webhook_retention_days: 30,
             retry_after_s: 2,
             delivery_timeout_ms: 5_000,
             linger_ms: 5,
@@ -133,6 +138,7 @@ impl fmt::Debug for ApiConfig {
             .field("webhook_secrets", &redacted)
             .field("webhook_tolerance_s", &self.webhook_tolerance_s)
             .field("webhook_dedupe_capacity", &self.webhook_dedupe_capacity)
+            .field("webhook_retention_days", &self.webhook_retention_days)
             .field("retry_after_s", &self.retry_after_s)
             .field("delivery_timeout_ms", &self.delivery_timeout_ms)
             .field("linger_ms", &self.linger_ms)

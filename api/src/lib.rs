@@ -103,6 +103,8 @@ pub(crate) struct AppState {
     pub readiness: Arc<readiness::Readiness>,
     pub limiter: rate_limit::RateLimiter,
     pub webhooks: webhook::Seen,
+    /// The state store's record of accepted webhooks, shared by every instance.
+    pub webhook_store: Option<lms_store::Store>,
     pub registry: Registry,
     pub openapi: Bytes,
 }
@@ -118,6 +120,7 @@ pub struct Api {
     factory: Option<ProducerFactory>,
     extra: Vec<Router>,
     checks: Vec<Box<dyn ReadinessCheck>>,
+    webhook_store: Option<lms_store::Store>,
 }
 
 impl Api {
@@ -145,6 +148,7 @@ impl Api {
             factory: None,
             extra: Vec::new(),
             checks: Vec::new(),
+            webhook_store: None,
         })
     }
 
@@ -162,6 +166,16 @@ impl Api {
     #[must_use]
     pub fn producer_factory(mut self, factory: ProducerFactory) -> Api {
         self.factory = Some(factory);
+        self
+    }
+
+    /// Remembers accepted payment webhooks in the state store (`webhook_deliveries`), so
+    /// that a redelivery to any instance, also after a restart, answers 200 and produces
+    /// nothing; records older than `webhook_retention_days` are deleted hourly. Without it
+    /// only this instance's memory recognises redeliveries.
+    #[must_use]
+    pub fn webhook_store(mut self, store: lms_store::Store) -> Api {
+        self.webhook_store = Some(store);
         self
     }
 
@@ -185,6 +199,7 @@ impl Api {
         let state = Arc::new(AppState {
             limiter: rate_limit::RateLimiter::new(&self.config.rate_limit),
             webhooks: webhook::Seen::new(self.config.webhook_dedupe_capacity),
+            webhook_store: self.webhook_store,
             producer: Arc::new(producer::ProducerSlot::new(self.producer, self.factory)),
             metrics: self.metrics.clone(),
             readiness: readiness.clone(),
@@ -201,6 +216,9 @@ impl Api {
         };
         drop(readiness);
         tokio::spawn(monitor.run());
+        if state.webhook_store.is_some() {
+            tokio::spawn(webhook::expire_hourly(Arc::downgrade(&state)));
+        }
 
         let mut router = Router::new()
             .route("/v1/events", post(events::post_events))

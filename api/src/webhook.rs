@@ -11,8 +11,11 @@
 //!   members (providers add some) are ignored.
 //! - The event id is a UUIDv5 of (tenant, webhook id), so a redelivery produces the same id
 //!   whichever instance receives it, and the processors drop it as a duplicate. An instance
-//!   also remembers the webhook ids it accepted recently and answers their redelivery 200
-//!   without producing again.
+//!   remembers the webhook ids it accepted recently, and with [`crate::Api::webhook_store`]
+//!   the state store remembers them for every instance and across restarts
+//!   (`api.webhook_retention_days`): a redelivery is answered 200 without producing again.
+//!   Two instances receiving the same delivery at the same moment may both produce it (the
+//!   same event id); a store that cannot be read or written costs that too, never a refusal.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -212,7 +215,8 @@ pub(crate) async fn post_webhook(
 
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| Problem::bad_request(format!("malformed JSON: {e}")))?;
     let (webhook_id, event) = webhook_event(&value, &tenant).inspect_err(|_| state.metrics.count_events(0, 1, 0))?;
-    if state.webhooks.contains(&tenant, &webhook_id) {
+    if state.webhooks.contains(&tenant, &webhook_id) || accepted_before(&state, &tenant, &webhook_id).await {
+        state.webhooks.insert(&tenant, &webhook_id);
         tracing::info!(webhook_id, event_id = %event.id, "webhook redelivered; already accepted");
         let body = WebhookAccepted { event_id: event.id, webhook_id, duplicate: true };
         return Ok((StatusCode::OK, Json(body)).into_response());
@@ -220,8 +224,43 @@ pub(crate) async fn post_webhook(
     let event_id = event.id.clone();
     state.produce(vec![event], trace).await?;
     state.webhooks.insert(&tenant, &webhook_id);
+    if let Some(store) = &state.webhook_store
+        && let Err(error) = lms_store::webhooks::record(store, &tenant, &webhook_id, &event_id).await
+    {
+        tracing::warn!(%error, webhook_id, %event_id, "accepted webhook not recorded in the state store; another instance would produce a redelivery again");
+    }
     let body = WebhookAccepted { event_id, webhook_id, duplicate: false };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Whether the state store knows this webhook as accepted (false without a store, and when
+/// the store cannot answer: producing again is harmless, refusing the delivery is not).
+async fn accepted_before(state: &AppState, tenant: &str, webhook_id: &str) -> bool {
+    let Some(store) = &state.webhook_store else { return false };
+    match lms_store::webhooks::accepted(store, tenant, webhook_id).await {
+        Ok(known) => known,
+        Err(error) => {
+            tracing::warn!(%error, webhook_id, "cannot look the webhook up in the state store; producing it (same event id)");
+            false
+        }
+    }
+}
+
+/// Deletes the state store's records of webhooks older than `webhook_retention_days`, at
+/// start and then hourly, until the API's state is dropped.
+pub(crate) async fn expire_hourly(state: std::sync::Weak<AppState>) {
+    loop {
+        let Some(s) = state.upgrade() else { return };
+        if let Some(store) = &s.webhook_store {
+            match lms_store::webhooks::expire(store, s.config.webhook_retention_days).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "expired accepted-webhook records"),
+                Err(error) => tracing::warn!(%error, "cannot expire accepted-webhook records; retrying in an hour"),
+            }
+        }
+        drop(s);
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
 }
 
 /// Reads a webhook body into (webhook id, event); 422 with every error found.

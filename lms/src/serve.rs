@@ -67,6 +67,7 @@ pub fn router(
         .merge(api::notifications::router(backends.store.clone()))
         .merge(api::analytics::router(Arc::clone(&backends.analytics)))
         .merge(api::dashboard::router_with(hints))
+        .webhook_store(backends.store.clone())
         .readiness_check(api::readiness_fn("state_store", move || {
             let store = store.clone();
             Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })

@@ -31,6 +31,8 @@ pub struct TestApi {
     pub http: reqwest::Client,
     pub brokers: String,
     pub topics: TopicMap,
+    /// The topic prefix, for a second instance on the same topics ([`TestApi::another`]).
+    pub prefix: String,
     shutdown: CancellationToken,
 }
 
@@ -67,6 +69,16 @@ impl TestApi {
         for d in Domain::ALL {
             create_topic(brokers, topics.topic(d), 1).await;
         }
+        TestApi::serve(prefix, brokers, config, extend).await
+    }
+
+    /// Another API instance on this one's topics (a second replica, or a restart).
+    pub async fn another(&self, config: ApiConfig, extend: impl FnOnce(Api) -> Api) -> TestApi {
+        TestApi::serve(self.prefix.clone(), &self.brokers, config, extend).await
+    }
+
+    async fn serve(prefix: String, brokers: &str, config: ApiConfig, extend: impl FnOnce(Api) -> Api) -> TestApi {
+        let topics = TopicsFile::bundled().topic_map(&prefix);
         let kafka = KafkaConfig::new(brokers).with_prefix(&prefix);
         let registry = Registry::new();
         let metrics = BusMetrics::register(&registry).expect("bus metrics");
@@ -81,7 +93,7 @@ impl TestApi {
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let shutdown = CancellationToken::new();
         tokio::spawn(api::serve_on(listener, router, shutdown.clone()));
-        let t = TestApi { url, http: reqwest::Client::new(), brokers: brokers.to_owned(), topics, shutdown };
+        let t = TestApi { url, http: reqwest::Client::new(), brokers: brokers.to_owned(), topics, prefix, shutdown };
         t.wait_ready().await;
         t
     }

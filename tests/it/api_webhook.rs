@@ -77,3 +77,36 @@ async fn api_webhooks_are_verified_and_redeliveries_change_nothing() {
     assert_eq!(records[0].event.source, "payment-webhook");
     assert_eq!(records[0].event.tenant, TENANT);
 }
+
+/// With the state store (as `lms api` runs), a redelivery is recognised by a second API
+/// instance and after a restart: 200, `duplicate`, and the topic holds the event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliveries_are_recognised_by_other_instances_and_after_a_restart() {
+    let store = lms_store::Store::open(&crate::support::fresh_postgres_db("webhook_ledger").await, 4).await.expect("state store");
+    let with_store = |a: api::Api| a.webhook_store(store.clone());
+    let first = TestApi::start_with("api-webhook-ledger", &kafka_brokers(), config(), with_store).await;
+    let now = chrono::Utc::now().timestamp();
+    let delivery = body("evt_wh_durable", 2500);
+    let sign = |t: i64, b: &[u8]| api::webhook::sign(WEBHOOK_SECRET.as_bytes(), t, b);
+    let (status, _, accepted) = send(&first, TENANT, &sign(now, &delivery), &delivery).await;
+    assert_eq!(status, 202, "{accepted}");
+
+    let replica = first.another(config(), with_store).await;
+    let (status, _, again) = send(&replica, TENANT, &sign(now + 1, &delivery), &delivery).await;
+    assert_eq!((status, again["duplicate"].as_bool()), (200, Some(true)), "a second instance: {again}");
+
+    drop(replica);
+    let restarted = first.another(config(), with_store).await;
+    drop(first);
+    let (status, _, again) = send(&restarted, TENANT, &sign(now + 2, &delivery), &delivery).await;
+    assert_eq!((status, again["duplicate"].as_bool()), (200, Some(true)), "after a restart: {again}");
+
+    // A new webhook after them: the topic holds each event once.
+    let next = body("evt_wh_durable_2", 900);
+    assert_eq!(send(&restarted, TENANT, &sign(now, &next), &next).await.0, 202);
+    let (first_id, last) = (api::webhook::event_id(TENANT, "evt_wh_durable"), api::webhook::event_id(TENANT, "evt_wh_durable_2"));
+    let records = read_until(&restarted.brokers, &restarted.topic(Domain::Payment), |rs| rs.iter().any(|r| r.event.id == last)).await;
+    let ids: Vec<&str> = records.iter().map(|r| r.event.id.as_str()).collect();
+    assert_eq!(ids, [first_id.as_str(), last.as_str()], "nothing produced for the redeliveries");
+    store.close().await;
+}

@@ -9,6 +9,8 @@
 //! - [`outbox`]: events a processor emits are written to the outbox in that same
 //!   transaction; the [`outbox::Relay`] produces them to Kafka and deletes them once
 //!   acknowledged (at least once; consumers dedupe by event id).
+//! - [`webhooks`]: the payment webhooks the API accepted, so that any instance answers a
+//!   redelivery without producing it again.
 //! - [`sql`]: the few helpers that keep statements portable (placeholders, multi-row
 //!   values, times as microseconds, course and learner locks).
 //!
@@ -22,6 +24,7 @@
 pub mod offsets;
 pub mod outbox;
 pub mod sql;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
