@@ -15,8 +15,8 @@ async fn analytics_migrations_are_versioned_and_idempotent() {
     init_logs();
     let store = ClickHouseStore::new(config("migrate")).expect("a store");
     let first = store.migrate().await.expect("first migration");
-    assert_eq!(first.applied, [1]);
-    assert_eq!(first.version, 1);
+    assert_eq!(first.applied, [1, 2]);
+    assert_eq!(first.version, 2);
     let again = store.migrate().await.expect("second migration");
     assert!(again.applied.is_empty(), "nothing left to apply: {again:?}");
     // A second process migrating the same database concurrently is harmless too.
@@ -29,7 +29,7 @@ async fn analytics_migrations_are_versioned_and_idempotent() {
         .fetch_all()
         .await
         .expect("recorded versions");
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
     let tables: Vec<String> = store
         .client()
         .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
@@ -37,7 +37,7 @@ async fn analytics_migrations_are_versioned_and_idempotent() {
         .fetch_all()
         .await
         .expect("tables");
-    for t in ["activity_daily", "attempts", "completions", "course_activity", "enrollments", "events", "payments", "progress", "schema_migrations"] {
+    for t in ["activity_daily", "attempts", "completions", "course_activity", "enrollments", "events", "learner_progress", "payments", "progress", "schema_migrations"] {
         assert!(tables.iter().any(|n| n == t), "table {t} missing from {tables:?}");
     }
     store.ping().await.expect("ping");

@@ -57,7 +57,7 @@ async fn analytics_parquet_twin_answers_as_clickhouse_and_the_oracle() {
     let dir = TempDir::new("analytics-twin");
     let cfg = ParquetConfig { compact_after_files: 4, ..ParquetConfig::new(&dir.0) };
     let twin = ParquetStore::open(cfg.clone()).await.expect("open the twin");
-    assert_eq!(twin.migrate().await.expect("migrate").applied, [1]);
+    assert_eq!(twin.migrate().await.expect("migrate").applied, [lms_analytics::parquet::FORMAT_VERSION]);
     assert_eq!(twin.migrate().await.expect("migrate again").applied, Vec::<u32>::new());
     let ch = fresh_clickhouse("parity").await;
     for batch in batches(&stream.delivered, 11) {

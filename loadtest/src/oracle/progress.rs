@@ -83,8 +83,12 @@ impl Oracle {
     }
 
     /// The oracle of events that arrived in `phases`, each ending at a quiet moment (every
-    /// processor caught up): progress follows all the events; achievements and
-    /// `course.completed` follow what each phase's end showed, and stay once given.
+    /// processor caught up): progress follows all the events; `course.completed` follows
+    /// what each phase's end showed, and stays once given. Achievements are those of the
+    /// achievements processor: a learner's rules are evaluated again (and their times
+    /// updated) when an event of the learner arrives or a course of theirs is complete
+    /// under a new version; an unlock is never taken back, and its completion facts
+    /// outlive a completion that a later version took back.
     pub fn phased(phases: &[Vec<&Event>]) -> Oracle {
         let mut o = Oracle::default();
         let mut facts = Facts::default();
@@ -94,8 +98,10 @@ impl Oracle {
         let mut unlocked: BTreeMap<LearnerKey, BTreeMap<(String, String), DateTime<Utc>>> = BTreeMap::new();
         let mut previous: HashMap<CourseKey, f64> = HashMap::new();
         for phase in phases {
-            facts.add(phase.iter().copied());
+            let (touched, republished) = facts.add(phase.iter().copied());
             let progress = facts.progress();
+            let republished: HashSet<(String, String)> = republished.into_iter().collect();
+            let mut evaluated: HashSet<LearnerKey> = touched.into_iter().map(|(t, l, _)| (t, l)).collect();
             for ((tenant, learner), courses) in &progress {
                 for (course, e) in courses {
                     let key = (tenant.clone(), learner.clone(), course.clone());
@@ -107,14 +113,20 @@ impl Oracle {
                     *furthest = furthest.max(e.percent_complete);
                     if let Some(at) = e.completed_at {
                         completion_facts.insert(key.clone(), at);
+                        if republished.contains(&(tenant.clone(), course.clone())) {
+                            evaluated.insert((tenant.clone(), learner.clone()));
+                        }
                         o.completed_once.entry(key).or_insert(at);
                     }
                 }
             }
             for (learner, set) in facts.achievements(&progress, &completion_facts) {
+                if !evaluated.contains(&learner) {
+                    continue;
+                }
                 let mine = unlocked.entry(learner).or_default();
                 for (achievement, course, at) in set {
-                    mine.entry((achievement, course)).or_insert(at);
+                    mine.insert((achievement, course), at);
                 }
             }
             o.progress = progress;
