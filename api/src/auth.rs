@@ -1,9 +1,17 @@
-//! Bearer-token authentication (HS256 JSON Web Tokens) and scope checks.
+//! Bearer-token authentication (JSON Web Tokens) and scope checks.
+//!
+//! Two kinds of token are accepted: HS256 tokens signed with the shared secret
+//! (`LMS_JWT_SECRET`: the demo, tests and operator tools), and RS256/ES256 tokens of the
+//! configured identity providers ([`crate::config::JwtIssuerConfig`]), verified with the
+//! keys their JWKS URL publishes (module `jwks`), with `iss` and `aud` checked. A token whose
+//! unverified `iss` names a configured issuer is verified only with that issuer's keys;
+//! every other token only as HS256 with the secret.
 //!
 //! A token's claims are `sub` (the caller: a learner id for learner tokens), `tenant`,
-//! `scope` (space-separated, see [`scope`]) and `exp` (required). A missing, malformed,
-//! forged (bad signature, `alg: none`, another algorithm) or expired token is answered 401;
-//! a valid token without the needed scope 403.
+//! `scope` (space-separated, see [`scope`]) and `exp` (required); an issuer may carry the
+//! tenant in another claim and the scopes as an `scp` array. A missing, malformed, forged
+//! (bad signature, `alg: none`, another algorithm than the key's), expired, foreign (`iss`,
+//! `aud`) token is answered 401; a valid token without the needed scope 403.
 //!
 //! Routers merged into the [`crate::Api`] from other crates authenticate the same way: the
 //! API puts its [`Authenticator`] into every request's extensions, and the [`Claims`]
@@ -31,7 +39,10 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::config::JwtIssuerConfig;
 use crate::problem::Problem;
+
+mod jwks;
 
 /// The scopes of the contract.
 pub mod scope {
@@ -120,12 +131,26 @@ pub enum AuthError {
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
+    issuers: Vec<Arc<jwks::Issuer>>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("algorithm", &"HS256").finish_non_exhaustive()
+        let issuers: Vec<&str> = self.issuers.iter().map(|i| i.issuer()).collect();
+        f.debug_struct("Authenticator").field("algorithm", &"HS256").field("issuers", &issuers).finish_non_exhaustive()
     }
+}
+
+/// The `iss` of a token's payload, read before any verification (only to choose the keys).
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    serde_json::from_slice::<Iss>(&bytes).ok()?.iss
 }
 
 impl Authenticator {
@@ -138,19 +163,56 @@ impl Authenticator {
         validation.validate_exp = true;
         validation.validate_aud = false;
         validation.required_spec_claims = HashSet::from(["exp".to_owned()]);
-        Authenticator { key: DecodingKey::from_secret(secret), validation }
+        Authenticator { key: DecodingKey::from_secret(secret), validation, issuers: Vec::new() }
     }
 
-    /// Verifies a token (without the `Bearer ` prefix) and returns its claims.
-    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    /// Also accepts the RS256/ES256 tokens of `issuers`. Their keys are fetched when first
+    /// needed and refreshed by [`Authenticator::readiness_checks`].
+    #[must_use]
+    pub fn with_issuers(mut self, issuers: &[JwtIssuerConfig]) -> Authenticator {
+        let leeway_s = self.validation.leeway;
+        self.issuers = issuers.iter().map(|c| Arc::new(jwks::Issuer::new(c.clone(), leeway_s))).collect();
+        self
+    }
+
+    /// One readiness check per issuer, `jwks:<issuer>`: it refreshes the issuer's key set
+    /// every `refresh_min_interval_s` and is unready, naming the URL and the cause, while the
+    /// last fetch failed (the cached keys stay in use).
+    pub fn readiness_checks(&self) -> Vec<Box<dyn crate::ReadinessCheck>> {
+        self.issuers
+            .iter()
+            .map(|issuer| {
+                let issuer = Arc::clone(issuer);
+                crate::readiness_fn(format!("jwks:{}", issuer.issuer()), move || {
+                    let issuer = Arc::clone(&issuer);
+                    Box::pin(async move { issuer.check().await })
+                })
+            })
+            .collect()
+    }
+
+    /// Verifies a token (without the `Bearer ` prefix) and returns its claims: with the keys
+    /// of the configured issuer its `iss` names, else as HS256 with the secret.
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if !self.issuers.is_empty()
+            && let Some(iss) = unverified_issuer(token)
+            && let Some(issuer) = self.issuers.iter().find(|i| i.issuer() == iss)
+        {
+            let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("not a well-formed JWT".to_owned()))?;
+            return issuer.verify(token, &header).await;
+        }
+        self.verify_hs256(token)
+    }
+
+    fn verify_hs256(&self, token: &str) -> Result<Claims, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::InvalidSignature => AuthError::BadSignature,
             ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                AuthError::Invalid("only HS256 tokens are accepted".to_owned())
+                AuthError::Invalid("only HS256 tokens of the shared secret and tokens of a configured issuer are accepted".to_owned())
             }
             ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("the claim `{c}` is required")),
-            ErrorKind::Json(j) => AuthError::Invalid(format!("bad header or claims ({j}); only HS256 tokens are accepted")),
+            ErrorKind::Json(j) => AuthError::Invalid(format!("bad header or claims ({j})")),
             _ => AuthError::Invalid("not a well-formed JWT".to_owned()),
         })?;
         let claims = data.claims;
@@ -161,24 +223,24 @@ impl Authenticator {
     }
 
     /// Verifies the `Authorization` header value of a request.
-    pub fn verify_header(&self, value: Option<&str>) -> Result<Claims, AuthError> {
+    pub async fn verify_header(&self, value: Option<&str>) -> Result<Claims, AuthError> {
         let value = value.ok_or(AuthError::Missing)?.trim();
         let (scheme, token) = value.split_once(' ').ok_or(AuthError::Missing)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::Missing);
         }
-        self.verify(token.trim())
+        self.verify(token.trim()).await
     }
 
     /// Like [`Authenticator::verify_header`], and also accepts `Basic` credentials whose
     /// password is the token (the user name is ignored): for xAPI emitters that can only be
     /// configured with a key and a secret, as LRS clients often are.
-    pub fn verify_header_or_basic(&self, value: Option<&str>) -> Result<Claims, AuthError> {
+    pub async fn verify_header_or_basic(&self, value: Option<&str>) -> Result<Claims, AuthError> {
         let Some((scheme, credentials)) = value.map(str::trim).and_then(|v| v.split_once(' ')) else {
             return Err(AuthError::Missing);
         };
         if !scheme.eq_ignore_ascii_case("basic") {
-            return self.verify_header(value);
+            return self.verify_header(value).await;
         }
         use base64::Engine as _;
         let decoded = base64::engine::general_purpose::STANDARD
@@ -187,7 +249,7 @@ impl Authenticator {
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| AuthError::Invalid("malformed Basic credentials".to_owned()))?;
         let (_, password) = decoded.split_once(':').ok_or_else(|| AuthError::Invalid("malformed Basic credentials".to_owned()))?;
-        self.verify(password)
+        self.verify(password).await
     }
 }
 
@@ -209,7 +271,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Claims {
             return Err(Problem::internal("authentication is not configured for this route"));
         };
         let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let claims = auth.verify_header(header).map_err(|e| Problem::unauthorized(e.to_string()))?;
+        let claims = auth.verify_header(header).await.map_err(|e| Problem::unauthorized(e.to_string()))?;
         tracing::Span::current().record("tenant", claims.tenant.as_str());
         parts.extensions.insert(claims.clone());
         Ok(claims)
@@ -245,41 +307,41 @@ mod tests {
         out
     }
 
-    #[test]
-    fn the_auth_matrix() {
+    #[tokio::test]
+    async fn the_auth_matrix() {
         let a = Authenticator::hs256(SECRET, 0);
         let good = sign_hs256(SECRET, &claims("events:write", 60));
-        assert_eq!(a.verify(&good).unwrap().tenant, "acme");
-        assert_eq!(a.verify_header(Some(&format!("bearer {good}"))).unwrap().sub, "learner-1");
-        assert_eq!(a.verify_header(None), Err(AuthError::Missing));
-        assert_eq!(a.verify_header(Some(&format!("Basic {good}"))), Err(AuthError::Missing));
-        assert_eq!(a.verify(&sign_hs256(SECRET, &claims("events:write", -120))), Err(AuthError::Expired));
-        assert_eq!(a.verify(&sign_hs256(b"other", &claims("events:write", 60))), Err(AuthError::BadSignature));
+        assert_eq!(a.verify(&good).await.unwrap().tenant, "acme");
+        assert_eq!(a.verify_header(Some(&format!("bearer {good}"))).await.unwrap().sub, "learner-1");
+        assert_eq!(a.verify_header(None).await, Err(AuthError::Missing));
+        assert_eq!(a.verify_header(Some(&format!("Basic {good}"))).await, Err(AuthError::Missing));
+        assert_eq!(a.verify(&sign_hs256(SECRET, &claims("events:write", -120))).await, Err(AuthError::Expired));
+        assert_eq!(a.verify(&sign_hs256(b"other", &claims("events:write", 60))).await, Err(AuthError::BadSignature));
 
         // alg: none with the same claims and no signature.
         let payload = serde_json::to_string(&claims("admin", 60)).unwrap();
         let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&payload));
-        assert!(matches!(a.verify(&none), Err(AuthError::Invalid(_))), "{:?}", a.verify(&none));
+        assert!(matches!(a.verify(&none).await, Err(AuthError::Invalid(_))), "{:?}", a.verify(&none).await);
         // HS512 signed with the right secret is still refused.
         let hs512 = jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims("admin", 60), &EncodingKey::from_secret(SECRET)).unwrap();
-        assert!(matches!(a.verify(&hs512), Err(AuthError::Invalid(_))));
+        assert!(matches!(a.verify(&hs512).await, Err(AuthError::Invalid(_))));
         // exp is required.
         let no_exp = serde_json::json!({"sub": "s", "tenant": "acme", "scope": "admin"});
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &no_exp, &EncodingKey::from_secret(SECRET)).unwrap();
-        assert!(matches!(a.verify(&t), Err(AuthError::Invalid(m)) if m.contains("exp")));
+        assert!(matches!(a.verify(&t).await, Err(AuthError::Invalid(m)) if m.contains("exp")));
         // tenant is required.
         let no_tenant = serde_json::json!({"sub": "s", "scope": "admin", "exp": u64::MAX / 2});
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &no_tenant, &EncodingKey::from_secret(SECRET)).unwrap();
-        assert!(matches!(a.verify(&t), Err(AuthError::Invalid(m)) if m.contains("tenant")));
-        assert!(matches!(a.verify("garbage"), Err(AuthError::Invalid(_))));
+        assert!(matches!(a.verify(&t).await, Err(AuthError::Invalid(m)) if m.contains("tenant")));
+        assert!(matches!(a.verify("garbage").await, Err(AuthError::Invalid(_))));
 
         use base64::Engine as _;
         let basic = |user_pass: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(user_pass));
-        assert_eq!(a.verify_header_or_basic(Some(&basic(&format!("moodle:{good}")))).unwrap().tenant, "acme");
-        assert_eq!(a.verify_header_or_basic(Some(&format!("Bearer {good}"))).unwrap().tenant, "acme");
-        assert!(a.verify_header_or_basic(Some(&basic("moodle:not-a-token"))).is_err());
-        assert!(a.verify_header_or_basic(Some("Basic %%%")).is_err());
-        assert!(a.verify_header(Some(&basic(&format!("moodle:{good}")))).is_err(), "Basic only where asked for");
+        assert_eq!(a.verify_header_or_basic(Some(&basic(&format!("moodle:{good}")))).await.unwrap().tenant, "acme");
+        assert_eq!(a.verify_header_or_basic(Some(&format!("Bearer {good}"))).await.unwrap().tenant, "acme");
+        assert!(a.verify_header_or_basic(Some(&basic("moodle:not-a-token"))).await.is_err());
+        assert!(a.verify_header_or_basic(Some("Basic %%%")).await.is_err());
+        assert!(a.verify_header(Some(&basic(&format!("moodle:{good}")))).await.is_err(), "Basic only where asked for");
     }
 
     #[test]

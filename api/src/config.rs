@@ -22,6 +22,14 @@ pub struct ApiConfig {
     pub jwt_secret: Option<String>,
     /// Clock skew tolerated when checking a token's `exp`, in seconds.
     pub jwt_leeway_s: u64,
+    /// Identity providers whose RS256/ES256 tokens are accepted beside the HS256 ones: a
+    /// token whose `iss` is one of these is verified only with the keys its JWKS URL
+    /// publishes (see [`JwtIssuerConfig`]).
+    pub jwt_issuers: Vec<JwtIssuerConfig>,
+    /// Browser origins (`https://lms.example.org`, scheme, host and port, no path) allowed to
+    /// call the API cross-origin (CORS, preflight included); empty: no CORS headers at all,
+    /// and browsers refuse cross-origin calls.
+    pub cors_allowed_origins: Vec<String>,
     /// Largest request body accepted, in bytes; a larger body is answered 413.
     pub max_body_bytes: usize,
     /// Most events (or xAPI statements) in one request; more is answered 413.
@@ -62,6 +70,58 @@ pub struct ApiConfig {
     pub readiness_interval_ms: u64,
     /// How long one readiness check may take before it counts as failed, in milliseconds.
     pub readiness_timeout_ms: u64,
+    /// How often `lms api` computes every consumer group's lag from the stored and
+    /// committed offsets and the log ends (`lms_group_lag_records` on `/metrics`, present
+    /// when a group has no live member), in seconds; 0 turns it off.
+    pub lag_refresh_s: u64,
+}
+
+/// An identity provider (OpenID Connect issuer) whose tokens the API accepts.
+///
+/// The signing algorithm of a token is the one of the published key its `kid` names (`RSA`
+/// keys RS256, or the key's `alg`; `EC` keys ES256 on P-256, ES384 on P-384), never the one
+/// the token's header claims: a header that names another algorithm is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuerConfig {
+    /// The issuer, exactly as its tokens carry it in `iss` (`https://login.example.org/`).
+    pub issuer: String,
+    /// The audience a token must name in `aud` to be accepted here.
+    pub audience: String,
+    /// Where the issuer publishes its signing keys (a JWK Set, the `jwks_uri` of its OpenID
+    /// discovery document).
+    pub jwks_url: String,
+    /// The claim that carries the tenant.
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    /// How the issuer gives scopes: `scope` (one space-separated string) or `scp` (an array
+    /// of strings).
+    #[serde(default)]
+    pub scope_claim: ScopeClaim,
+    /// Shortest time between two fetches of the key set, in seconds: a token naming an
+    /// unknown `kid` refetches it at most this often, and the readiness task refreshes it
+    /// this often.
+    #[serde(default = "default_refresh_min_interval_s")]
+    pub refresh_min_interval_s: u64,
+}
+
+fn default_tenant_claim() -> String {
+    "tenant".to_owned()
+}
+
+fn default_refresh_min_interval_s() -> u64 {
+    60
+}
+
+/// Which claim carries a token's scopes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeClaim {
+    /// `scope`: one space-separated string (RFC 8693, most providers).
+    #[default]
+    Scope,
+    /// `scp`: an array of strings (Microsoft Entra ID, Okta).
+    Scp,
 }
 
 /// A token bucket per tenant: `burst` requests at once, refilled at `per_second`.
@@ -87,6 +147,8 @@ impl Default for ApiConfig {
             listen: "0.0.0.0:8080".to_owned(),
             jwt_secret: None,
             jwt_leeway_s: 30,
+            jwt_issuers: Vec::new(),
+            cors_allowed_origins: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             max_batch_events: 1_000,
             max_event_bytes: 64 * 1024,
@@ -101,6 +163,7 @@ impl Default for ApiConfig {
             linger_ms: 5,
             readiness_interval_ms: 1_000,
             readiness_timeout_ms: 2_000,
+            lag_refresh_s: 15,
         }
     }
 }
@@ -130,6 +193,8 @@ impl fmt::Debug for ApiConfig {
             .field("listen", &self.listen)
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
             .field("jwt_leeway_s", &self.jwt_leeway_s)
+            .field("jwt_issuers", &self.jwt_issuers)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_batch_events", &self.max_batch_events)
             .field("max_event_bytes", &self.max_event_bytes)

@@ -43,6 +43,7 @@ pub mod analytics;
 pub mod auth;
 mod body;
 mod config;
+mod cors;
 pub mod dashboard;
 mod enrollments;
 mod events;
@@ -72,7 +73,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{Authenticator, Claims};
-pub use config::{ApiConfig, RateLimitConfig};
+pub use config::{ApiConfig, JwtIssuerConfig, RateLimitConfig, ScopeClaim};
 pub use ingest::{Accepted, Rejected};
 pub use openapi::document as openapi_document;
 pub use problem::Problem;
@@ -117,6 +118,7 @@ pub struct Api {
     registry: Registry,
     metrics: Arc<ApiMetrics>,
     authenticator: Arc<Authenticator>,
+    cors: Option<tower_http::cors::CorsLayer>,
     factory: Option<ProducerFactory>,
     extra: Vec<Router>,
     checks: Vec<Box<dyn ReadinessCheck>>,
@@ -139,15 +141,26 @@ impl Api {
         if !(config.rate_limit.per_second.is_finite() && config.rate_limit.per_second >= 0.0) {
             return Err(ApiError::Config("rate_limit.per_second must be a number ≥ 0".to_owned()));
         }
+        let authenticator = Authenticator::hs256(secret.as_bytes(), config.jwt_leeway_s).with_issuers(&config.jwt_issuers);
+        for issuer in &config.jwt_issuers {
+            if issuer.issuer.is_empty() || issuer.audience.is_empty() || issuer.tenant_claim.is_empty() {
+                return Err(ApiError::Config("jwt_issuers: issuer, audience and tenant_claim must not be empty".to_owned()));
+            }
+            if !(issuer.jwks_url.starts_with("https://") || issuer.jwks_url.starts_with("http://")) {
+                return Err(ApiError::Config(format!("jwt_issuers: the jwks_url of {} must be an http(s) URL", issuer.issuer)));
+            }
+        }
+        let cors = cors::layer(&config.cors_allowed_origins).map_err(ApiError::Config)?;
         Ok(Api {
             config: config.clone(),
             producer,
             registry: registry.clone(),
             metrics: ApiMetrics::register(registry)?,
-            authenticator: Arc::new(Authenticator::hs256(secret.as_bytes(), config.jwt_leeway_s)),
+            checks: authenticator.readiness_checks(),
+            authenticator: Arc::new(authenticator),
+            cors,
             factory: None,
             extra: Vec::new(),
-            checks: Vec::new(),
             webhook_store: None,
         })
     }
@@ -235,11 +248,17 @@ impl Api {
         for extra in self.extra {
             router = router.merge(extra);
         }
-        router
+        let router = router
             .fallback(|| async { Problem::not_found("no such route") })
             .method_not_allowed_fallback(|| async { Problem::method_not_allowed("the route exists, not with this method") })
             .layer(axum::Extension(self.authenticator))
-            .layer(axum::middleware::from_fn_with_state(self.metrics, telemetry::observe))
+            .layer(axum::middleware::from_fn_with_state(self.metrics, telemetry::observe));
+        // Outermost: a preflight is answered before routing (no 405), and every answer,
+        // problems included, carries the headers a browser needs to read it.
+        match self.cors {
+            Some(cors) => router.layer(cors),
+            None => router,
+        }
     }
 }
 

@@ -524,7 +524,7 @@ pub(crate) async fn post_statements(
     request_body: Body,
 ) -> Response {
     let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let result = match auth.verify_header_or_basic(header) {
+    let result = match auth.verify_header_or_basic(header).await {
         Ok(claims) => {
             tracing::Span::current().record("tenant", claims.tenant.as_str());
             statements(state, claims, trace, headers, request_body).await
