@@ -34,6 +34,7 @@ mod fuzz_corpus;
 mod generate_cli;
 mod otlp_trace;
 mod pipeline_e2e;
+mod sasl_kafka;
 mod security_matrix;
 mod soak;
 mod schemathesis;

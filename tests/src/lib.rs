@@ -119,6 +119,8 @@ pub struct OwnBroker {
     durable: bool,
     /// The listener URL the broker gives clients in its metadata; its own listener when `None`.
     advertised: Option<String>,
+    /// Whether clients must authenticate (SASL/SCRAM, `--authentication`).
+    authentication: bool,
 }
 
 impl OwnBroker {
@@ -133,7 +135,7 @@ impl OwnBroker {
         let base = std::env::var("LMS_TEST_SERVICES_DIR").map(PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
         let dir = base.join(format!("own-broker-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("broker dir");
-        let mut b = OwnBroker { child: None, port: free_port(), dir, durable, advertised };
+        let mut b = OwnBroker { child: None, port: free_port(), dir, durable, advertised, authentication: false };
         b.restart().await;
         b
     }
@@ -141,6 +143,26 @@ impl OwnBroker {
     /// `host:port` of the broker.
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a SCRAM user (`mechanism`: `scram256` or `scram512`) with tansu's own tool;
+    /// before [`OwnBroker::require_authentication`] (tansu 0.6.0 refuses its own tool once
+    /// clients must authenticate). Needs the durable engine to keep the users over the restart.
+    pub fn create_user(&self, name: &str, password: &str, mechanism: &str) {
+        let bin = std::env::var("LMS_TANSU_BIN").unwrap_or_else(|_| "tansu".to_owned());
+        let broker = format!("tcp://127.0.0.1:{}", self.port);
+        let out = Command::new(bin)
+            .args(["user", "create", "--broker", &broker, "--mechanism", mechanism, name, password])
+            .output()
+            .expect("run tansu user create");
+        assert!(out.status.success(), "tansu user create {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Restarts the broker so that every client must authenticate with SASL/SCRAM.
+    pub async fn require_authentication(&mut self) {
+        assert!(self.durable, "users live in the durable engine's data");
+        self.authentication = true;
+        self.restart().await;
     }
 
     /// Kills the broker with SIGKILL.
@@ -159,8 +181,12 @@ impl OwnBroker {
         let advertised = self.advertised.clone().unwrap_or_else(|| url.clone());
         let engine = if self.durable { "sqlite://tansu.db".to_owned() } else { "memory://tansu/".to_owned() };
         let log = std::fs::File::create(self.dir.join("broker.log")).expect("broker log");
-        let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", &engine])
+        let mut command = Command::new(bin);
+        command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", &engine]);
+        if self.authentication {
+            command.arg("--authentication");
+        }
+        let child = command
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(log)
