@@ -3,6 +3,7 @@
 
 mod api_enrollments;
 mod api_events;
+mod api_jwks;
 mod api_ops;
 mod api_outage;
 mod api_support;
