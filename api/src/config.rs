@@ -265,6 +265,31 @@ mod tests {
         assert!(!shown.contains("s3cret") && !shown.contains("whsec_x") && shown.contains("acme"), "{shown}");
     }
 
+    /// The README's issuer: the defaults of `tenant_claim`, `scope_claim` and
+    /// `refresh_min_interval_s`, `scp`, and the origins from the environment.
+    #[test]
+    fn issuers_and_origins() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "lms.yaml",
+                "default:\n  jwt_issuers:\n    - issuer: https://login.example.org/\n      audience: lms-api\n      jwks_url: https://login.example.org/jwks\n    - issuer: https://entra.example/\n      audience: api://lms\n      jwks_url: https://entra.example/keys\n      tenant_claim: tid\n      scope_claim: scp\n      refresh_min_interval_s: 5\n",
+            )?;
+            jail.set_env("LMS_API__CORS_ALLOWED_ORIGINS", "[https://lms.example.org, http://127.0.0.1:8000]");
+            let c = load()?;
+            assert_eq!(c.jwt_issuers.len(), 2);
+            let (first, second) = (&c.jwt_issuers[0], &c.jwt_issuers[1]);
+            assert_eq!((first.tenant_claim.as_str(), first.scope_claim, first.refresh_min_interval_s), ("tenant", ScopeClaim::Scope, 60));
+            assert_eq!((second.tenant_claim.as_str(), second.scope_claim, second.refresh_min_interval_s), ("tid", ScopeClaim::Scp, 5));
+            assert_eq!(c.cors_allowed_origins, ["https://lms.example.org", "http://127.0.0.1:8000"]);
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("lms.yaml", "default:\n  jwt_issuers:\n    - issuer: x\n      audience: y\n      jwks_url: z\n      scope_claim: scopes\n")?;
+            assert!(load().is_err(), "an unknown scope_claim is refused");
+            Ok(())
+        });
+    }
+
     #[test]
     fn the_producer_gets_the_short_delivery_timeout() {
         let c = ApiConfig { delivery_timeout_ms: 1234, linger_ms: 3, ..ApiConfig::default() };
