@@ -27,18 +27,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api_support::{TENANT, TestApi, answer, config};
 
-const ISSUER: &str = "https://idp.test.example/";
+pub(crate) const ISSUER: &str = "https://idp.test.example/";
 /// A second issuer on the same keys, giving the tenant as `org` and the scopes as `scp`.
 const ISSUER_SCP: &str = "https://scp.test.example/";
-const AUDIENCE: &str = "lms-api";
+pub(crate) const AUDIENCE: &str = "lms-api";
 const PROBLEM: &str = "application/problem+json";
 
 /// A key pair made with `openssl`: the private key to sign with, the public key as a JWK,
 /// and the public key as PEM (for the algorithm-confusion attack).
-struct TestKey {
-    encoding: EncodingKey,
-    jwk: Value,
-    public_pem: String,
+pub(crate) struct TestKey {
+    pub(crate) encoding: EncodingKey,
+    pub(crate) jwk: Value,
+    pub(crate) public_pem: String,
 }
 
 fn openssl(args: &[&str]) -> Vec<u8> {
@@ -51,7 +51,7 @@ fn hex(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
 }
 
-fn rsa_key(dir: &Path, kid: &str) -> TestKey {
+pub(crate) fn rsa_key(dir: &Path, kid: &str) -> TestKey {
     let pem = dir.join(format!("{kid}.pem"));
     let pem = pem.to_str().expect("path");
     openssl(&["genrsa", "-out", pem, "2048"]);
@@ -86,13 +86,13 @@ fn ec_key(dir: &Path, kid: &str) -> TestKey {
 
 /// The JWK Set endpoint: serves `keys`, or 503 while `failing`.
 #[derive(Clone, Default)]
-struct Jwks {
-    keys: Arc<Mutex<Vec<Value>>>,
+pub(crate) struct Jwks {
+    pub(crate) keys: Arc<Mutex<Vec<Value>>>,
     failing: Arc<Mutex<bool>>,
 }
 
 impl Jwks {
-    async fn serve(&self, shutdown: CancellationToken) -> String {
+    pub(crate) async fn serve(&self, shutdown: CancellationToken) -> String {
         let jwks = self.clone();
         let app = axum::Router::new().route(
             "/.well-known/jwks.json",
@@ -118,14 +118,14 @@ fn claims(iss: &str, aud: &str, expires_in_s: i64) -> Value {
            "exp": chrono::Utc::now().timestamp() + expires_in_s})
 }
 
-fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &Value) -> String {
+pub(crate) fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &Value) -> String {
     let mut header = Header::new(alg);
     header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(&header, claims, key).expect("sign")
 }
 
 /// A token by hand: any header, the claims, any signature bytes.
-fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
+pub(crate) fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
     format!(
         "{}.{}.{}",
         URL_SAFE_NO_PAD.encode(header.to_string()),

@@ -6,6 +6,9 @@
 //!   file) × every way a caller may try to read what it must not: a token of another
 //!   tenant, another learner's token, a wrong scope, an expired, forged, tampered or
 //!   `alg: none` token, no token, a malformed `Authorization` header;
+//! - the same callers with RS256 tokens of a configured identity provider (a key set served
+//!   on loopback), plus the issuer-specific ones: another audience, an issuer not
+//!   configured, an unknown `kid`, `alg: none` and HS256 signed with the public key;
 //! - request bodies over the limits (413) on every write endpoint of the document;
 //! - slow-loris style bodies, dribbled a byte at a time over a raw TCP connection, answered
 //!   408 once `body_timeout_ms` has passed.
@@ -13,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use api::auth::{Claims, sign_hs256};
+use jsonwebtoken::{Algorithm, EncodingKey};
 use lms_bus::TopicsFile;
 use lms_events::Domain;
 use serde_json::{Value, json};
@@ -20,6 +24,7 @@ use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_e
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::api_jwks::{AUDIENCE, ISSUER, Jwks, TestKey, raw_token, rsa_key, sign};
 use crate::api_support::{SECRET, TENANT, WEBHOOK_SECRET, answer, token, token_with};
 use crate::pipeline_e2e::{Proc, event, lms};
 use crate::support::fresh_postgres_db;
@@ -289,9 +294,50 @@ fn hostile_callers() -> Vec<Caller> {
     ]
 }
 
+/// An RS256 token of the test issuer ([`crate::api_jwks::ISSUER`]).
+fn rs256(key: &TestKey, iss: &str, aud: &str, tenant: &str, sub: &str, scope: &str, expires_in_s: i64) -> String {
+    let claims = json!({"iss": iss, "aud": aud, "sub": sub, "tenant": tenant, "scope": scope,
+                        "exp": chrono::Utc::now().timestamp() + expires_in_s});
+    sign(Algorithm::RS256, "matrix-rsa", &key.encoding, &claims)
+}
+
+/// The hostile callers with tokens of the identity provider.
+fn issuer_callers(key: &TestKey) -> Vec<Caller> {
+    let bearer = |t: String| Some(format!("Bearer {t}"));
+    let admin = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "svc", "tenant": TENANT, "scope": "admin",
+                       "exp": chrono::Utc::now().timestamp() + 3600});
+    vec![
+        Caller { what: "RS256: an admin of another tenant", authorization: bearer(rs256(key, ISSUER, AUDIENCE, OTHER_TENANT, "root", "admin", 3600)), learner: None, analytics: None },
+        Caller { what: "RS256: another learner (bob)", authorization: bearer(rs256(key, ISSUER, AUDIENCE, TENANT, "bob", "learner:read", 3600)), learner: Some(403), analytics: Some(403) },
+        Caller { what: "RS256: the wrong scope", authorization: bearer(rs256(key, ISSUER, AUDIENCE, TENANT, "svc", "events:write", 3600)), learner: Some(403), analytics: Some(403) },
+        Caller { what: "RS256: an expired admin token", authorization: bearer(rs256(key, ISSUER, AUDIENCE, TENANT, "svc", "admin", -3600)), learner: Some(401), analytics: Some(401) },
+        Caller { what: "RS256: another audience", authorization: bearer(rs256(key, ISSUER, "another-api", TENANT, "svc", "admin", 3600)), learner: Some(401), analytics: Some(401) },
+        Caller { what: "RS256: an issuer not configured", authorization: bearer(rs256(key, "https://evil.example/", AUDIENCE, TENANT, "svc", "admin", 3600)), learner: Some(401), analytics: Some(401) },
+        Caller { what: "RS256: an unknown kid", authorization: bearer(sign(Algorithm::RS256, "matrix-rsa-9", &key.encoding, &admin)), learner: Some(401), analytics: Some(401) },
+        Caller { what: "RS256: alg none with the key's kid", authorization: bearer(raw_token(&json!({"alg": "none", "kid": "matrix-rsa"}), &admin, b"")), learner: Some(401), analytics: Some(401) },
+        Caller {
+            what: "RS256: HS256 signed with the RSA public key",
+            authorization: bearer(sign(Algorithm::HS256, "matrix-rsa", &EncodingKey::from_secret(key.public_pem.as_bytes()), &admin)),
+            learner: Some(401),
+            analytics: Some(401),
+        },
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_caller_reads_what_its_token_does_not_allow() {
-    let p = Pipeline::start("security_matrix", &["catalog", "progress", "achievements", "analytics"], &[]).await;
+    // The identity provider: one RSA key, served on loopback, configured through the
+    // environment as an operator would.
+    let dir = std::env::temp_dir().join(format!("lms-matrix-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let key = rsa_key(&dir, "matrix-rsa");
+    let jwks = Jwks::default();
+    jwks.keys.lock().expect("lock").push(key.jwk.clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let jwks_url = jwks.serve(stop).await;
+    let issuers = format!(r#"[{{issuer="{ISSUER}", audience="{AUDIENCE}", jwks_url="{jwks_url}"}}]"#);
+    let p = Pipeline::start("security_matrix", &["catalog", "progress", "achievements", "analytics"], &[("LMS_API__JWT_ISSUERS", issuers)]).await;
     p.seed().await;
     let reads = read_endpoints();
     let documented: Vec<&str> = reads.iter().map(|r| r.route.as_str()).collect();
@@ -309,19 +355,26 @@ async fn no_caller_reads_what_its_token_does_not_allow() {
     // The allowed callers see the data: without that the matrix below would prove nothing.
     let analyst = format!("Bearer {}", token("analytics:read"));
     let ada = format!("Bearer {}", token_with(TENANT, "ada", "learner:read", 3600));
+    let rs_analyst = format!("Bearer {}", rs256(&key, ISSUER, AUDIENCE, TENANT, "svc", "analytics:read", 3600));
+    let rs_ada = format!("Bearer {}", rs256(&key, ISSUER, AUDIENCE, TENANT, "ada", "learner:read", 3600));
     for read in &reads {
         let (status, _, body) = get(&read.path, Some(&analyst)).await;
         assert_eq!(status, 200, "{}: the analyst is refused: {body}", read.path);
         if SEEDED_ROUTES.contains(&read.route.as_str()) {
             assert!(has_data(&body), "{}: the analyst sees none of the seeded data: {body}", read.path);
         }
+        let (status, _, rs_body) = get(&read.path, Some(&rs_analyst)).await;
+        assert_eq!((status, &rs_body), (200, &body), "{}: the issuer's analyst reads as the HS256 one does", read.path);
         if read.is_learner() {
             let (status, _, own) = get(&read.path, Some(&ada)).await;
             assert_eq!((status, &own), (200, &body), "{}: ada reads her own resource as the analyst does", read.path);
+            let (status, _, own) = get(&read.path, Some(&rs_ada)).await;
+            assert_eq!((status, &own), (200, &body), "{}: ada's issuer token reads her own resource", read.path);
         }
     }
 
-    let callers = hostile_callers();
+    let mut callers = hostile_callers();
+    callers.extend(issuer_callers(&key));
     let mut checked = 0;
     for read in &reads {
         for caller in &callers {
@@ -348,6 +401,7 @@ async fn no_caller_reads_what_its_token_does_not_allow() {
     }
     assert_eq!(checked, reads.len() * callers.len());
     eprintln!("security matrix: {} read endpoints × {} callers = {checked} requests refused or empty", reads.len(), callers.len());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A write endpoint of the document, with what it needs besides its body.
