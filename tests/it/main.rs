@@ -2,6 +2,7 @@
 //! starts tansu, PostgreSQL and ClickHouse and exports their addresses.
 
 mod api_enrollments;
+mod api_cors_browser;
 mod api_events;
 mod api_jwks;
 mod api_ops;
