@@ -2,7 +2,8 @@
 //!
 //! Write routes put events on Kafka (crate `api`); read routes answer from the processors'
 //! state store (progress, achievements) and from the analytics store. `/readyz` checks the
-//! broker, the state store and the analytics store.
+//! broker, the state store and the analytics store. `/metrics` also carries every consumer
+//! group's lag computed from its offsets, live members or not (`crate::ops::lag`).
 
 use std::sync::Arc;
 
@@ -87,6 +88,10 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let metrics = BusMetrics::register(registry)?;
     let router = router(config, registry, metrics, &backends, api::dashboard::DashboardHints::default())?;
     let shutdown = CancellationToken::new();
+    let lag = match config.api.lag_refresh_s {
+        0 => None,
+        s => Some(crate::ops::lag::spawn(config, registry, std::time::Duration::from_secs(s), shutdown.clone())?),
+    };
     let mut server = tokio::spawn({
         let (api, shutdown) = (config.api.clone(), shutdown.clone());
         async move { api::serve(&api, router, shutdown).await }
@@ -102,6 +107,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         r = &mut server => return r.context("the HTTP server task failed")?.context("the HTTP server failed"),
     }
     server.await.context("the HTTP server task failed")?.context("the HTTP server failed")?;
+    if let Some(lag) = lag {
+        let _ = tokio::task::spawn_blocking(move || lag.join()).await;
+    }
     backends.store.close().await;
     Ok(())
 }

@@ -147,6 +147,10 @@ fn exported_metrics() -> BTreeSet<String> {
     names.insert("lms_http_requests_total".to_owned());
     names.insert("lms_http_request_duration_seconds".to_owned());
     names.insert("lms_api_events_total".to_owned());
+    // `lms api`'s group lag computed from offsets and log ends (lms/src/ops/lag.rs; the
+    // ops_lag test reads it from a running API's /metrics).
+    names.insert("lms_group_lag_records".to_owned());
+    names.insert("lms_group_lag_refreshed_timestamp_seconds".to_owned());
     // Histograms are exported as _bucket, _sum and _count series.
     for h in ["lms_bus_batch_duration_seconds", "lms_http_request_duration_seconds"] {
         assert!(names.contains(h), "{h} is exported");

@@ -43,6 +43,7 @@ mod schemathesis;
 mod ops_alerts;
 mod ops_dlq;
 mod ops_k8s;
+mod ops_lag;
 mod ops_readiness;
 mod ops_replay;
 mod ops_replay_mock;

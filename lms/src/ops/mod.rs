@@ -4,6 +4,7 @@
 pub mod dlq;
 pub mod groups;
 pub mod health;
+pub mod lag;
 pub mod replay;
 
 use std::sync::Arc;
