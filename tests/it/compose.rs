@@ -131,3 +131,33 @@ fn every_lms_service_runs_a_real_subcommand_with_known_settings() {
 fn processor_config_has(field: &str) -> bool {
     std::fs::read_to_string(repo().join("processors/src/notifications/config.rs")).is_ok_and(|s| s.contains(&format!("pub {field}:")))
 }
+
+/// What issue 29 found wrong with the stack: Kafka's data off its volume, services without
+/// a healthcheck, Jaeger v1, Grafana open to anonymous viewers.
+#[test]
+fn the_stack_keeps_its_data_checks_its_services_and_closes_grafana() {
+    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).expect("docker-compose.yml");
+    let mut doc: Value = serde_yaml::from_str(&text).expect("docker-compose.yml is YAML");
+    doc.apply_merge().expect("merge keys");
+    let services = &doc["services"];
+    let kafka = &services["kafka"];
+    let log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"].as_str().expect("KAFKA_LOG_DIRS set");
+    let mounted = kafka["volumes"].as_sequence().expect("kafka volumes").iter().filter_map(Value::as_str).any(|v| {
+        v.split(':').nth(1).is_some_and(|target| log_dirs.starts_with(target))
+    });
+    assert!(mounted, "KAFKA_LOG_DIRS ({log_dirs}) is on a mounted volume");
+    // The Jaeger and collector images are distroless (no shell, no HTTP client), so they
+    // cannot carry a healthcheck; nothing waits on them.
+    for (name, service) in services.as_mapping().expect("services") {
+        let name = name.as_str().expect("name");
+        if ["init", "jaeger", "otel-collector"].contains(&name) {
+            continue;
+        }
+        assert!(service["healthcheck"]["test"].as_sequence().is_some(), "{name} has a healthcheck");
+    }
+    let jaeger = services["jaeger"]["image"].as_str().expect("jaeger image");
+    assert!(jaeger.starts_with("jaegertracing/jaeger:2."), "Jaeger v2: {jaeger}");
+    let grafana = &services["grafana"]["environment"];
+    assert_eq!(grafana["GF_AUTH_ANONYMOUS_ENABLED"].as_str(), Some("false"), "no anonymous Grafana");
+    assert!(grafana["GF_SECURITY_ADMIN_PASSWORD"].as_str().is_some_and(|p| p.contains("GRAFANA_ADMIN_PASSWORD")), "the admin password comes from the environment");
+}
