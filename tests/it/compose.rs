@@ -150,7 +150,7 @@ fn the_stack_keeps_its_data_checks_its_services_and_closes_grafana() {
     // cannot carry a healthcheck; nothing waits on them.
     for (name, service) in services.as_mapping().expect("services") {
         let name = name.as_str().expect("name");
-        if ["init", "jaeger", "otel-collector"].contains(&name) {
+        if ["init", "clickhouse-init", "jaeger", "otel-collector"].contains(&name) {
             continue;
         }
         assert!(service["healthcheck"]["test"].as_sequence().is_some(), "{name} has a healthcheck");
@@ -160,4 +160,9 @@ fn the_stack_keeps_its_data_checks_its_services_and_closes_grafana() {
     let grafana = &services["grafana"]["environment"];
     assert_eq!(grafana["GF_AUTH_ANONYMOUS_ENABLED"].as_str(), Some("false"), "no anonymous Grafana");
     assert!(grafana["GF_SECURITY_ADMIN_PASSWORD"].as_str().is_some_and(|p| p.contains("GRAFANA_ADMIN_PASSWORD")), "the admin password comes from the environment");
+    // Grafana reads ClickHouse as the read-only user clickhouse-init creates.
+    let datasources = std::fs::read_to_string(repo().join("dashboards/grafana/provisioning/datasources/lms.yaml")).expect("datasources");
+    assert!(datasources.contains("username: grafana") && datasources.contains("password: $GRAFANA_CLICKHOUSE_PASSWORD"), "Grafana's ClickHouse user");
+    let init = services["clickhouse-init"]["command"][0].as_str().expect("clickhouse-init command");
+    assert!(init.contains("CREATE USER IF NOT EXISTS grafana") && init.contains("readonly = 1") && init.contains("GRANT SELECT ON lms_analytics.* TO grafana"), "{init}");
 }
