@@ -166,3 +166,27 @@ fn the_stack_keeps_its_data_checks_its_services_and_closes_grafana() {
     let init = services["clickhouse-init"]["command"][0].as_str().expect("clickhouse-init command");
     assert!(init.contains("CREATE USER IF NOT EXISTS grafana") && init.contains("readonly = 1") && init.contains("GRANT SELECT ON lms_analytics.* TO grafana"), "{init}");
 }
+
+/// `docker-compose config` (Debian's `docker-compose`, which `cargo xtask install` adds)
+/// accepts the file: its schema, the merge keys, the interpolation of the required
+/// variables. Without them set it refuses, naming them.
+#[test]
+fn docker_compose_config_accepts_the_file() {
+    let run = |with_secrets: bool| {
+        let mut cmd = Command::new("docker-compose");
+        cmd.current_dir(repo()).args(["-f", "docker-compose.yml", "config", "-q"]);
+        for k in ["LMS_JWT_SECRET", "GRAFANA_ADMIN_PASSWORD", "GRAFANA_CLICKHOUSE_PASSWORD"] {
+            if with_secrets {
+                cmd.env(k, "test-secret");
+            } else {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.output().expect("docker-compose (cargo xtask install adds the Debian package)")
+    };
+    let out = run(true);
+    assert!(out.status.success(), "docker-compose config: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(false);
+    assert!(!out.status.success(), "the Grafana passwords are required");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GRAFANA_ADMIN_PASSWORD"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -101,6 +101,12 @@ pub const REQUIREMENTS: &[Requirement] = &[
         note: Some("checks dashboards/prometheus/alerts.yml"),
     },
     Requirement {
+        name: "docker-compose",
+        check: Check::OnPath("docker-compose"),
+        install: Install::Apt(&["docker-compose"]),
+        note: Some("`docker-compose config` validates docker-compose.yml (tests/it/compose.rs)"),
+    },
+    Requirement {
         name: "stunnel4",
         check: Check::OnPath("stunnel4"),
         install: Install::Apt(&["stunnel4"]),
