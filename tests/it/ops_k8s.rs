@@ -1,6 +1,6 @@
 //! `deploy/k8s/`: every manifest parses; every container command is a real `lms`
 //! command line (the binary accepts it, processor names are registered); every
-//! Deployment has readiness and liveness probes on `/readyz` and `/healthz`, on a port it
+//! Deployment has readiness and liveness probes on `/readyz` and `/livez`, on a port it
 //! declares and listens on, a PodDisruptionBudget, and (processors) a KEDA Kafka
 //! ScaledObject on its own consumer group bounded by its partitions. The probe paths are
 //! requested from a running `lms processor run --listen` and `lms api`.
@@ -153,4 +153,72 @@ async fn manifests_run_real_commands_and_probe_served_paths() {
     tracing::info!(probes = probes.len(), "every probed path answered 200");
     drop(children);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// What issue 29 found wrong in the manifests: one image name (compose's), no `replicas`
+/// where KEDA scales, a restricted securityContext, compose's metrics port, Secrets as
+/// files, a Job for `topics apply` + `migrate` (whose commands run here, verbatim, against
+/// the test broker and PostgreSQL), and a TriggerAuthentication for SASL Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_are_restricted_scaled_by_keda_alone_and_initialised_by_a_job() {
+    let docs = documents();
+    let all: Vec<&Value> = docs.values().flatten().collect();
+    let of_kind = |kind: &str| all.iter().filter(|d| s(&d["kind"]) == kind).copied().collect::<Vec<_>>();
+    let compose: Value = serde_yaml::from_str(&std::fs::read_to_string(tests::repo_root().join("docker-compose.yml")).expect("compose"))
+        .expect("compose YAML");
+    let image = s(&compose["x-lms"]["image"]).to_owned();
+    let compose_port = s(&compose["x-lms"]["healthcheck"]["test"][1]).split(':').nth(2).and_then(|p| p.split('/').next()).expect("port").to_owned();
+    let scaled: BTreeSet<&str> = of_kind("ScaledObject").iter().map(|o| s(&o["spec"]["scaleTargetRef"]["name"])).collect();
+    let mut pods: Vec<(&str, &Value)> = of_kind("Deployment").iter().map(|d| (s(&d["metadata"]["name"]), &d["spec"]["template"]["spec"])).collect();
+    for dep in of_kind("Deployment") {
+        let name = s(&dep["metadata"]["name"]);
+        if scaled.contains(name) {
+            assert!(dep["spec"]["replicas"].is_null(), "{name}: no replicas, KEDA owns the scale");
+        }
+    }
+    let jobs = of_kind("Job");
+    assert_eq!(jobs.len(), 1, "one init Job");
+    pods.push(("lms-init", &jobs[0]["spec"]["template"]["spec"]));
+    for (name, pod) in &pods {
+        assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true), "{name}: runAsNonRoot");
+        let c = &pod["containers"][0];
+        assert_eq!(s(&c["image"]), image, "{name}: compose's image");
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"].as_bool(), Some(true), "{name}");
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"].as_bool(), Some(false), "{name}");
+        assert!(c["securityContext"]["capabilities"]["drop"].as_sequence().is_some_and(|d| d.iter().any(|x| s(x) == "ALL")), "{name}: drop ALL");
+        assert!(c["envFrom"].as_sequence().into_iter().flatten().all(|e| e["secretRef"].is_null()), "{name}: secrets as files, not envFrom");
+        let secret_volume = pod["volumes"].as_sequence().into_iter().flatten().find(|v| s(&v["secret"]["secretName"]) == "lms-secrets").expect("the Secret as a volume");
+        assert!(c["volumeMounts"].as_sequence().into_iter().flatten().any(|m| m["name"] == secret_volume["name"]), "{name}: mounts the Secret");
+        let cmd: Vec<&str> = c["command"].as_sequence().expect("command").iter().map(s).collect();
+        if cmd.get(1) == Some(&"processor") {
+            assert!(cmd.last().is_some_and(|l| l.ends_with(&format!(":{compose_port}"))), "{name}: compose's metrics port {compose_port}");
+            assert_eq!(probe(c, "livenessProbe").0, "/livez", "{name}");
+        }
+    }
+    // The Job's shell command, each `lms ...` run verbatim against the real services.
+    let c = &jobs[0]["spec"]["template"]["spec"]["containers"][0];
+    let cmd: Vec<&str> = c["command"].as_sequence().expect("command").iter().map(s).collect();
+    assert_eq!(&cmd[..2], ["/bin/sh", "-c"]);
+    let db = crate::support::fresh_postgres_db("ops_k8s_job").await;
+    let work = std::env::temp_dir().join(unique_prefix("ops-k8s-job"));
+    let env: Vec<(&str, String)> = vec![
+        ("LMS_KAFKA__BROKERS", kafka_brokers()),
+        ("LMS_KAFKA__TOPIC_PREFIX", unique_prefix("ops-k8s-job")),
+        ("LMS_STORE__URL", db),
+        ("LMS_ANALYTICS__STORE", "parquet".to_owned()),
+        ("LMS_ANALYTICS__DIR", work.display().to_string()),
+    ];
+    let parts: Vec<&str> = cmd[2].split("&&").map(str::trim).collect();
+    assert_eq!(parts, ["lms topics apply", "lms migrate"], "the Job applies the topics, then migrates");
+    for part in parts {
+        let args: Vec<&str> = part.split_whitespace().skip(1).collect();
+        let out = tests::run_lms(&args, &env);
+        assert!(out.ok, "`{part}` succeeds: {}{}", out.stdout, out.stderr);
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let auth = of_kind("TriggerAuthentication");
+    assert!(
+        auth.iter().any(|a| a["spec"]["secretTargetRef"].as_sequence().into_iter().flatten().any(|r| s(&r["parameter"]) == "sasl")),
+        "a TriggerAuthentication example for SASL Kafka"
+    );
 }
