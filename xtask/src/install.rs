@@ -95,6 +95,12 @@ pub const REQUIREMENTS: &[Requirement] = &[
         note: None,
     },
     Requirement {
+        name: "kubernetes-validate",
+        check: Check::OnPath("kubernetes-validate"),
+        install: Install::Pip(&["kubernetes-validate"]),
+        note: Some("validates deploy/k8s/ against the Kubernetes schemas it ships (tests/it/ops_k8s.rs)"),
+    },
+    Requirement {
         name: "promtool",
         check: Check::OnPath("promtool"),
         install: Install::Apt(&["prometheus"]),
