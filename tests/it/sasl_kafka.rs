@@ -5,13 +5,9 @@
 //! broker. (PLAIN is not offered by tansu 0.6.0: it is proven only as far as librdkafka's
 //! configuration, see the README.)
 
-use std::time::Duration;
+use tests::{OwnBroker, free_port, init_logs, lms_env, run_lms, spawn_lms, unique_prefix};
 
-use serde_json::json;
-use tests::{OwnBroker, eventually, free_port, init_logs, lms_env, run_lms, spawn_lms, unique_prefix};
-
-use crate::api_support::{SECRET, TENANT, answer, token, token_with};
-use crate::pipeline_e2e::event;
+use crate::api_support::SECRET;
 use crate::support::fresh_postgres_db;
 
 /// The environment of `lms` with SASL over plaintext.
@@ -55,29 +51,7 @@ async fn sasl_scram_authenticates_every_client_and_refuses_wrong_credentials() {
     let ada = with_sasl(plain, "SCRAM-SHA-256", "ada-service", "s3cret-256");
     let _processors = spawn_lms(&["processor", "run", "catalog", "progress"], &ada, &format!("{prefix}processors.log"));
     let _api = spawn_lms(&["api"], &ada, &format!("{prefix}api.log"));
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    eventually("the API to be ready with SASL", Duration::from_secs(60), || async {
-        let r = http.get(format!("{base}/readyz")).send().await.ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-    let modules = json!([{"module_id": "m1", "lessons": ["l1"]}]);
-    let events = json!([
-        event("c1", "course.published", "2026-11-02T08:00:00Z", None, json!({"course_id": "sasl", "title": "SASL", "version": 1, "modules": modules})),
-        event("e1", "enrollment.created", "2026-11-02T09:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "sasl", "source": "self"})),
-        event("l1", "lesson.completed", "2026-11-03T10:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "sasl", "lesson_id": "l1"})),
-    ]);
-    let r = http.post(format!("{base}/v1/events")).bearer_auth(token("events:write")).json(&events).send().await.expect("post");
-    let (status, _, body) = answer(r).await;
-    assert_eq!(status, 202, "{body}");
-    let learner = token_with(TENANT, "ada", "learner:read", 3600);
-    eventually("ada's progress, produced and consumed with SASL", Duration::from_secs(90), || async {
-        let r = http.get(format!("{base}/v1/learners/ada/progress")).bearer_auth(&learner).send().await.ok()?;
-        let (status, _, body) = answer(r).await;
-        (status == 200 && body[0]["status"] == "completed").then_some(())
-    })
-    .await;
+    crate::tls_kafka::a_lesson_reaches_progress(port, "sasl", "with SASL").await;
     let groups = run_lms(&["groups"], &ada);
     assert!(groups.ok && groups.stdout.contains("progress"), "lms groups with SASL: {}{}", groups.stdout, groups.stderr);
 }

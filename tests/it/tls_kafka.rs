@@ -42,9 +42,20 @@ async fn tls_kafka_events_reach_a_processor_end_to_end() {
     assert!(applied.ok, "lms topics apply over TLS: {}{}", applied.stdout, applied.stderr);
     let _processors = spawn_lms(&["processor", "run", "catalog", "progress"], &env, &format!("{prefix}processors.log"));
     let _api = spawn_lms(&["api"], &env, &format!("{prefix}api.log"));
+    a_lesson_reaches_progress(port, "tls", "over TLS").await;
+
+    // The admin tools reach the cluster the same way.
+    let groups = run_lms(&["groups"], &env);
+    assert!(groups.ok && groups.stdout.contains("progress"), "lms groups over TLS: {}{}", groups.stdout, groups.stderr);
+}
+
+/// Waits for the `lms api` on `port` to be ready, posts a course of one lesson, an enrollment
+/// and the lesson's completion, and waits until the learner's progress shows the course
+/// completed: the API's producer and the processors both reached the broker (`how`).
+pub(crate) async fn a_lesson_reaches_progress(port: u16, course: &str, how: &str) {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    eventually("the API to be ready over TLS", Duration::from_secs(60), || async {
+    eventually(&format!("the API to be ready {how}"), Duration::from_secs(60), || async {
         let r = http.get(format!("{base}/readyz")).send().await.ok()?;
         (r.status() == 200).then_some(())
     })
@@ -52,25 +63,21 @@ async fn tls_kafka_events_reach_a_processor_end_to_end() {
 
     let modules = json!([{"module_id": "m1", "lessons": ["l1"]}]);
     let events = json!([
-        event("c1", "course.published", "2026-11-02T08:00:00Z", None, json!({"course_id": "tls", "title": "TLS", "version": 1, "modules": modules})),
-        event("e1", "enrollment.created", "2026-11-02T09:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "tls", "source": "self"})),
-        event("l1", "lesson.completed", "2026-11-03T10:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "tls", "lesson_id": "l1"})),
+        event("c1", "course.published", "2026-11-02T08:00:00Z", None, json!({"course_id": course, "title": course, "version": 1, "modules": modules})),
+        event("e1", "enrollment.created", "2026-11-02T09:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": course, "source": "self"})),
+        event("l1", "lesson.completed", "2026-11-03T10:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": course, "lesson_id": "l1"})),
     ]);
     let r = http.post(format!("{base}/v1/events")).bearer_auth(token("events:write")).json(&events).send().await.expect("post");
     let (status, _, body) = answer(r).await;
     assert_eq!(status, 202, "{body}");
 
     let ada = token_with(TENANT, "ada", "learner:read", 3600);
-    eventually("ada's progress, produced and consumed over TLS", Duration::from_secs(90), || async {
+    eventually(&format!("ada's progress, produced and consumed {how}"), Duration::from_secs(90), || async {
         let r = http.get(format!("{base}/v1/learners/ada/progress")).bearer_auth(&ada).send().await.ok()?;
         let (status, _, body) = answer(r).await;
         (status == 200 && body[0]["status"] == "completed").then_some(())
     })
     .await;
-
-    // The admin tools reach the cluster the same way.
-    let groups = run_lms(&["groups"], &env);
-    assert!(groups.ok && groups.stdout.contains("progress"), "lms groups over TLS: {}{}", groups.stdout, groups.stderr);
 }
 
 /// The errors librdkafka reports for a client.
