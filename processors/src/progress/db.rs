@@ -227,7 +227,13 @@ pub async fn recompute(
     for k in keys {
         let view = compute(&k.course, facts.get(k).unwrap_or(&empty), catalog.get(&(k.tenant.clone(), k.course.clone())));
         let time = event_time.get(k).copied().unwrap_or(now);
-        let revision = revisions.get(k).copied().unwrap_or_default();
+        // Every key has its row: progress batches upsert it first, catalog changes read the
+        // keys from it. A missing one is a bug, not a revision 0 (which would rank as an
+        // event of an older processor).
+        let revision = revisions
+            .get(k)
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt(format!("no progress_courses row to revise for {k:?}")))?;
         let data = view.to_event_data(&k.learner, revision);
         events.push(Event::derived(&k.tenant, source, time, EventData::ProgressUpdated(data)));
         if view.status == ProgressStatus::Completed {
