@@ -223,6 +223,7 @@ impl Facts {
     /// already (one active-day row per key, the latest activity, the progress of the largest
     /// revision), which only saves rows: reads would give the same answers without it.
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Facts {
+        use std::collections::hash_map::Entry;
         use std::collections::{HashMap, HashSet};
         let mut f = Facts::default();
         // Keys borrow from the events; rows are built once per key at the end.
@@ -275,9 +276,14 @@ impl Facts {
                 }
                 EventData::ProgressUpdated(d) => {
                     let row = LearnerProgressRow::of(tenant, d);
-                    let slot = latest.entry((tenant, &d.course_id, &d.learner_id)).or_insert_with(|| row.clone());
-                    if row.revision > slot.revision {
-                        *slot = row;
+                    match latest.entry((tenant, &d.course_id, &d.learner_id)) {
+                        Entry::Vacant(slot) => {
+                            slot.insert(row);
+                        }
+                        Entry::Occupied(mut slot) if row.revision > slot.get().revision => {
+                            slot.insert(row);
+                        }
+                        Entry::Occupied(_) => {}
                     }
                 }
                 EventData::PaymentSucceeded(d) => f.payments.push(PaymentRow {
