@@ -6,14 +6,13 @@
 //! packaged configuration, ports and paths overridden, as `cargo xtask services` does) so that
 //! it can kill it and start it again on the same port and data.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lms_analytics::{AnalyticsStore, ClickHouseConfig, ClickHouseStore};
 use lms_bus::BusMetrics;
-use tests::{eventually, free_port, init_logs, kafka_brokers, unique_prefix};
+use tests::clickhouse::OwnClickHouse;
+use tests::{eventually, init_logs, kafka_brokers, unique_prefix};
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics_common::{
@@ -29,76 +28,6 @@ const TENANTS: usize = 2;
 fn outage() -> Duration {
     let s = std::env::var("LMS_TEST_ANALYTICS_OUTAGE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     Duration::from_secs(s)
-}
-
-/// A ClickHouse server this test owns.
-struct OwnClickHouse {
-    child: Option<Child>,
-    dir: PathBuf,
-    ports: [u16; 3],
-}
-
-impl OwnClickHouse {
-    async fn start() -> OwnClickHouse {
-        let base = std::env::var("LMS_TEST_SERVICES_DIR").map(PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
-        let dir = base.join(format!("own-clickhouse-{}", uuid::Uuid::new_v4().simple()));
-        for sub in ["data", "tmp", "user_files", "format_schemas"] {
-            std::fs::create_dir_all(dir.join(sub)).expect("clickhouse dirs");
-        }
-        let mut ch = OwnClickHouse { child: None, dir, ports: [free_port(), free_port(), free_port()] };
-        ch.restart().await;
-        ch
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports[0])
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    async fn restart(&mut self) {
-        self.kill();
-        let bin = std::env::var("LMS_CLICKHOUSE_SERVER_BIN").unwrap_or_else(|_| "clickhouse-server".to_owned());
-        let sub = |name: &str| format!("{}/", self.dir.join(name).display());
-        let [http, tcp, interserver] = self.ports;
-        let child = Command::new(bin)
-            .arg("--config-file=/etc/clickhouse-server/config.xml")
-            .arg("--")
-            .arg(format!("--path={}", sub("data")))
-            .arg(format!("--tmp_path={}", sub("tmp")))
-            .arg(format!("--user_files_path={}", sub("user_files")))
-            .arg(format!("--format_schema_path={}", sub("format_schemas")))
-            .arg(format!("--http_port={http}"))
-            .arg(format!("--tcp_port={tcp}"))
-            .arg(format!("--interserver_http_port={interserver}"))
-            .arg("--listen_host=127.0.0.1")
-            .arg(format!("--logger.log={}", self.dir.join("server.log").display()))
-            .arg(format!("--logger.errorlog={}", self.dir.join("error.log").display()))
-            .arg("--logger.console=0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start clickhouse-server (LMS_CLICKHOUSE_SERVER_BIN)");
-        self.child = Some(child);
-        let probe = ClickHouseStore::new(ClickHouseConfig { request_timeout_ms: 1_000, ..ClickHouseConfig::new(self.url(), "default") }).expect("a store");
-        eventually("the test's own ClickHouse to answer", Duration::from_secs(60), || {
-            let probe = probe.clone();
-            async move { probe.ping().await.ok() }
-        })
-        .await;
-    }
-}
-
-impl Drop for OwnClickHouse {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 async fn committed_all(brokers: &str, group: &str, ends: &Ends) -> bool {

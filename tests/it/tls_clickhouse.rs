@@ -4,84 +4,27 @@
 //! stream and answers every analytics query as the oracle does, over that connection; a
 //! wrong password and an untrusted certificate fail with errors that say so.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::path::Path;
 
 use lms_analytics::{AnalyticsStore, ClickHouseConfig, ClickHouseStore};
 use lms_bus::Secret;
 use tests::tls::{TestCa, TlsTerminator};
-use tests::{eventually, free_port, init_logs};
+use tests::clickhouse::OwnClickHouse;
+use tests::init_logs;
 
 use crate::analytics_common::{Oracle, answers, assert_same, generate, oracle_answers, queries};
 
 const USER: &str = "lms_tls";
 const PASSWORD: &str = "tls-test-password";
 
-/// A ClickHouse server with the password user `USER`, killed when dropped.
-struct OwnClickHouse {
-    child: Child,
-    http: u16,
-    dir: PathBuf,
-}
-
-impl OwnClickHouse {
-    async fn start() -> OwnClickHouse {
-        let base = std::env::var("LMS_TEST_SERVICES_DIR").map(PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
-        let dir = base.join(format!("own-clickhouse-{}", uuid::Uuid::new_v4().simple()));
-        for sub in ["data", "tmp", "user_files", "format_schemas"] {
-            std::fs::create_dir_all(dir.join(sub)).expect("clickhouse dirs");
-        }
-        let users = dir.join("users.xml");
-        std::fs::write(
-            &users,
-            format!(
-                "<yandex>\n<profiles><default></default></profiles>\n<users>\n\
-                 <{USER}><password>{PASSWORD}</password><networks><ip>::/0</ip></networks><profile>default</profile><quota>default</quota></{USER}>\n\
-                 </users>\n<quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>\
-                 <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>\n</yandex>\n"
-            ),
-        )
-        .expect("users.xml");
-        let [http, tcp, interserver] = [free_port(), free_port(), free_port()];
-        let sub = |name: &str| format!("{}/", dir.join(name).display());
-        let log = std::fs::File::create(dir.join("stdout.log")).expect("log");
-        let child = Command::new("clickhouse-server")
-            .arg("--config-file=/etc/clickhouse-server/config.xml")
-            .arg("--")
-            .arg(format!("--path={}", sub("data")))
-            .arg(format!("--tmp_path={}", sub("tmp")))
-            .arg(format!("--user_files_path={}", sub("user_files")))
-            .arg(format!("--format_schema_path={}", sub("format_schemas")))
-            .arg(format!("--users_config={}", users.display()))
-            .arg(format!("--http_port={http}"))
-            .arg(format!("--tcp_port={tcp}"))
-            .arg(format!("--interserver_http_port={interserver}"))
-            .arg("--listen_host=127.0.0.1")
-            .arg(format!("--logger.log={}", dir.join("server.log").display()))
-            .arg(format!("--logger.errorlog={}", dir.join("error.log").display()))
-            .arg("--logger.console=0")
-            .current_dir(&dir)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start clickhouse-server");
-        let url = format!("http://127.0.0.1:{http}/ping");
-        eventually("the test's ClickHouse to answer /ping", Duration::from_secs(60), || {
-            let url = url.clone();
-            async move { reqwest::get(&url).await.ok().filter(|r| r.status() == 200).map(|_| ()) }
-        })
-        .await;
-        OwnClickHouse { child, http, dir }
-    }
-}
-
-impl Drop for OwnClickHouse {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The users file of the test's ClickHouse: only the password user `USER`.
+fn users_xml() -> String {
+    format!(
+        "<yandex>\n<profiles><default></default></profiles>\n<users>\n\
+         <{USER}><password>{PASSWORD}</password><networks><ip>::/0</ip></networks><profile>default</profile><quota>default</quota></{USER}>\n\
+         </users>\n<quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>\
+         <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>\n</yandex>\n"
+    )
 }
 
 fn https_config(port: u16, ca_file: &Path, password: &str) -> ClickHouseConfig {
@@ -97,9 +40,9 @@ fn https_config(port: u16, ca_file: &Path, password: &str) -> ClickHouseConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_clickhouse_over_https_with_a_password_equals_the_oracle() {
     init_logs();
-    let ch = OwnClickHouse::start().await;
+    let ch = OwnClickHouse::start_with_users(Some(&users_xml())).await;
     let ca = TestCa::new("clickhouse");
-    let tls = TlsTerminator::start(&ca, None, &format!("127.0.0.1:{}", ch.http)).await;
+    let tls = TlsTerminator::start(&ca, None, &format!("127.0.0.1:{}", ch.http_port())).await;
 
     let store = ClickHouseStore::new(https_config(tls.port(), &ca.ca_file, PASSWORD)).expect("a store");
     store.migrate().await.expect("migrate over HTTPS (creates the database)");

@@ -6,6 +6,7 @@
 //! (`cargo xtask services` prints the exports).
 
 pub mod browser;
+pub mod clickhouse;
 pub mod proxy;
 pub mod tls;
 
