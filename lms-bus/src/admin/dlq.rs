@@ -8,19 +8,13 @@
 //! `lms_redriven_from: <dlq topic>/<partition>/<offset>`. Processors are idempotent by
 //! event id, so re-driving a record twice changes nothing more than once.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use lms_events::codec::{self, headers as h};
-use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
+use super::rekey::LogRecord;
 use super::{Admin, AdminError};
 use crate::producer::OutRecord;
-use crate::record::TopicPartition;
 
 /// The header a re-driven record carries: where on the dead-letter topic it came from.
 pub const REDRIVEN_FROM: &str = "lms_redriven_from";
@@ -83,20 +77,16 @@ impl DeadLetter {
         Ok(OutRecord { topic: self.source_topic.clone(), key: self.raw_key.clone(), payload: self.raw_value.clone(), headers })
     }
 
-    fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> DeadLetter {
-        let raw_headers: Vec<(String, Vec<u8>)> = m
-            .headers()
-            .map(|hs| hs.iter().map(|x| (x.key.to_owned(), x.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
-            .unwrap_or_default();
+    fn from_log(topic: &str, r: LogRecord) -> DeadLetter {
         let get = |name: &str| {
-            raw_headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+            r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
         };
-        let raw_value = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        let raw_value = r.value.unwrap_or_default();
         let event = codec::decode(&raw_value).ok();
         DeadLetter {
-            topic: m.topic().to_owned(),
-            partition: m.partition(),
-            offset: m.offset(),
+            topic: topic.to_owned(),
+            partition: r.partition,
+            offset: r.offset,
             reason: get(h::DLQ_REASON),
             source_topic: get(h::DLQ_SOURCE_TOPIC),
             source_partition: get(h::DLQ_SOURCE_PARTITION).parse().ok(),
@@ -106,12 +96,12 @@ impl DeadLetter {
             event_id: event.as_ref().map(|e| e.id.clone()),
             event_type: event.as_ref().map(|e| e.event_type().as_str().to_owned()),
             tenant: event.as_ref().map(|e| e.tenant.clone()),
-            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: r.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
             value: String::from_utf8_lossy(&raw_value).into_owned(),
-            headers: raw_headers.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect(),
-            raw_key: m.key().map(<[u8]>::to_vec),
+            headers: r.headers.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect(),
+            raw_key: r.key,
             raw_value,
-            raw_headers,
+            raw_headers: r.headers,
         }
     }
 }
@@ -153,57 +143,10 @@ impl Selection {
 
 impl Admin {
     /// Reads every dead letter on `topic`, from each partition's log start to its log
-    /// end as the broker reported them when the read began.
+    /// end as the broker reported them when the read began ([`Admin::read_log`]).
     pub fn dead_letters(&self, topic: &str) -> Result<Vec<DeadLetter>, AdminError> {
-        let parts = self.partitions(&[topic.to_owned()])?;
-        let Some((_, n)) = parts.first() else {
-            return Err(AdminError::Invalid(format!("the dead-letter topic {topic} does not exist")));
-        };
-        let mut ends: HashMap<i32, i64> = HashMap::new();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..*n {
-            let w = self.watermarks(&TopicPartition::new(topic, p))?;
-            if w.high > w.low {
-                ends.insert(p, w.high);
-                tpl.add_partition_offset(topic, p, Offset::Offset(w.low))?;
-            }
-        }
-        let mut out = Vec::new();
-        if ends.is_empty() {
-            return Ok(out);
-        }
-        let c: BaseConsumer = self
-            .client_config("lms-ops-dlq")
-            .set("group.id", "lms-ops-dlq")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .create()?;
-        c.assign(&tpl)?;
-        let deadline = Instant::now() + self.timeout() * 4;
-        let mut remaining = ends.clone();
-        while !remaining.is_empty() {
-            if Instant::now() > deadline {
-                let left: Vec<String> = remaining.iter().map(|(p, end)| format!("{topic}/{p} up to {end}")).collect();
-                return Err(AdminError::Invalid(format!(
-                    "timed out reading dead letters; not reached: {} (read {} so far)",
-                    left.join(", "),
-                    out.len()
-                )));
-            }
-            let Some(m) = tokio::task::block_in_place(|| c.poll(Duration::from_millis(200))) else { continue };
-            let m = m?;
-            let p = m.partition();
-            if let Some(end) = remaining.get(&p).copied() {
-                if m.offset() < end {
-                    out.push(DeadLetter::from_message(&m));
-                }
-                if m.offset() + 1 >= end {
-                    remaining.remove(&p);
-                }
-            }
-        }
-        out.sort_by_key(|d| (d.partition, d.offset));
-        Ok(out)
+        let log = self.read_log(topic, &mut |_| {})?;
+        Ok(log.into_iter().map(|r| DeadLetter::from_log(topic, r)).collect())
     }
 }
 
