@@ -152,10 +152,14 @@ pub struct LearnerProgressRow {
 }
 
 impl LearnerProgressRow {
+    /// The revision a `progress.updated` ranks by (see [`LearnerProgressRow::revision`]).
+    pub fn revision_of(d: &ProgressUpdated) -> u64 {
+        if d.revision == 0 { u64::try_from(tenths(d.percent_complete).clamp(0, 1000)).unwrap_or(0) } else { d.revision }
+    }
+
     /// The row of a `progress.updated` event.
     pub fn of(tenant: &str, d: &ProgressUpdated) -> LearnerProgressRow {
-        // percent_complete has one decimal; the cast saturates on nonsense.
-        let pct_tenths = (d.percent_complete * 10.0).round() as i32;
+        let pct_tenths = tenths(d.percent_complete);
         let completed_at = match (d.status, d.completed_at) {
             (ProgressStatus::Completed, Some(at)) => Some(at),
             _ => None,
@@ -165,7 +169,7 @@ impl LearnerProgressRow {
             tenant: tenant.to_owned(),
             course_id: d.course_id.clone(),
             learner_id: d.learner_id.clone(),
-            revision: if d.revision == 0 { u64::try_from(pct_tenths.clamp(0, 1000)).unwrap_or(0) } else { d.revision },
+            revision: Self::revision_of(d),
             pct_tenths,
             completed: i32::from(completed_at.is_some()),
             completed_us: completed_at.map_or(0, micros),
@@ -174,6 +178,11 @@ impl LearnerProgressRow {
             month: days.map_or(0, |d| d.month),
         }
     }
+}
+
+/// `percent_complete × 10` (the percent has one decimal); the cast saturates on nonsense.
+fn tenths(percent: f64) -> i32 {
+    (percent * 10.0).round() as i32
 }
 
 /// A `payment.succeeded` or `payment.refunded` event.
@@ -223,14 +232,13 @@ impl Facts {
     /// already (one active-day row per key, the latest activity, the progress of the largest
     /// revision), which only saves rows: reads would give the same answers without it.
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Facts {
-        use std::collections::hash_map::Entry;
         use std::collections::{HashMap, HashSet};
         let mut f = Facts::default();
         // Keys borrow from the events; rows are built once per key at the end.
         let mut active: HashSet<(&'a str, i32, &'a str, &'a str)> = HashSet::new();
         let mut weeks: HashMap<i32, (i32, i32)> = HashMap::new();
         let mut last: HashMap<(&'a str, &'a str, &'a str), i64> = HashMap::new();
-        let mut latest: HashMap<(&'a str, &'a str, &'a str), LearnerProgressRow> = HashMap::new();
+        let mut latest: HashMap<(&'a str, &'a str, &'a str), (u64, &'a ProgressUpdated)> = HashMap::new();
         for e in events {
             let time_us = micros(e.time);
             let days = Days::of(e.time);
@@ -275,15 +283,10 @@ impl Facts {
                     f.enrollments.push(enrollment(e, &d.course_id, &d.learner_id, true, days, time_us));
                 }
                 EventData::ProgressUpdated(d) => {
-                    let row = LearnerProgressRow::of(tenant, d);
-                    match latest.entry((tenant, &d.course_id, &d.learner_id)) {
-                        Entry::Vacant(slot) => {
-                            slot.insert(row);
-                        }
-                        Entry::Occupied(mut slot) if row.revision > slot.get().revision => {
-                            slot.insert(row);
-                        }
-                        Entry::Occupied(_) => {}
+                    let revision = LearnerProgressRow::revision_of(d);
+                    let slot = latest.entry((tenant, &d.course_id, &d.learner_id)).or_insert((revision, d));
+                    if revision > slot.0 {
+                        *slot = (revision, d);
                     }
                 }
                 EventData::PaymentSucceeded(d) => f.payments.push(PaymentRow {
@@ -345,7 +348,7 @@ impl Facts {
                 last_us,
             })
             .collect();
-        f.learner_progress = latest.into_values().collect();
+        f.learner_progress = latest.into_iter().map(|((tenant, _, _), (_, d))| LearnerProgressRow::of(tenant, d)).collect();
         f
     }
 
