@@ -5,21 +5,20 @@
 //! from `LMS_JWT_SECRET`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
-use lms_bus::KafkaConfig;
+use lms_bus::{KafkaConfig, Secret};
 use serde::{Deserialize, Serialize};
 
 /// How the HTTP services listen, authenticate, limit and answer.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// Address the HTTP server listens on, `host:port`.
     pub listen: String,
     /// Secret of the HS256 JSON Web Tokens clients authenticate with. The binary fills it
     /// from the environment variable `LMS_JWT_SECRET`; the services refuse to start without it.
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// Clock skew tolerated when checking a token's `exp`, in seconds.
     pub jwt_leeway_s: u64,
     /// Identity providers whose RS256/ES256 tokens are accepted beside the HS256 ones: a
@@ -43,7 +42,7 @@ pub struct ApiConfig {
     pub rate_limit: RateLimitConfig,
     /// Webhook signing secret per tenant: `POST /v1/payments/webhook` accepts calls only for
     /// the tenants listed here.
-    pub webhook_secrets: BTreeMap<String, String>,
+    pub webhook_secrets: BTreeMap<String, Secret>,
     /// Oldest (or furthest in the future) webhook signature timestamp accepted, in seconds.
     pub webhook_tolerance_s: u64,
     /// Webhook ids remembered per instance to answer redeliveries without producing again.
@@ -185,34 +184,6 @@ impl ApiConfig {
     }
 }
 
-/// Secrets are not printed.
-impl fmt::Debug for ApiConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redacted: BTreeMap<&str, &str> = self.webhook_secrets.keys().map(|k| (k.as_str(), "<redacted>")).collect();
-        f.debug_struct("ApiConfig")
-            .field("listen", &self.listen)
-            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
-            .field("jwt_leeway_s", &self.jwt_leeway_s)
-            .field("jwt_issuers", &self.jwt_issuers)
-            .field("cors_allowed_origins", &self.cors_allowed_origins)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("max_batch_events", &self.max_batch_events)
-            .field("max_event_bytes", &self.max_event_bytes)
-            .field("body_timeout_ms", &self.body_timeout_ms)
-            .field("rate_limit", &self.rate_limit)
-            .field("webhook_secrets", &redacted)
-            .field("webhook_tolerance_s", &self.webhook_tolerance_s)
-            .field("webhook_dedupe_capacity", &self.webhook_dedupe_capacity)
-            .field("webhook_retention_days", &self.webhook_retention_days)
-            .field("retry_after_s", &self.retry_after_s)
-            .field("delivery_timeout_ms", &self.delivery_timeout_ms)
-            .field("linger_ms", &self.linger_ms)
-            .field("readiness_interval_ms", &self.readiness_interval_ms)
-            .field("readiness_timeout_ms", &self.readiness_timeout_ms)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment's error type, in tests only
 mod tests {
@@ -242,7 +213,7 @@ mod tests {
             assert_eq!(c.listen, "127.0.0.1:9000");
             assert_eq!(c.max_batch_events, 10);
             assert_eq!(c.rate_limit, RateLimitConfig { per_second: 50.0, burst: 7 });
-            assert_eq!(c.webhook_secrets["acme"], "whsec_1");
+            assert_eq!(c.webhook_secrets["acme"].expose(), "whsec_1");
             assert_eq!(c.retry_after_s, 2, "defaults stay");
             Ok(())
         });
@@ -258,7 +229,7 @@ mod tests {
         });
         let c = ApiConfig {
             jwt_secret: Some("s3cret".into()),
-            webhook_secrets: [("acme".to_owned(), "whsec_x".to_owned())].into(),
+            webhook_secrets: [("acme".to_owned(), "whsec_x".into())].into(),
             ..ApiConfig::default()
         };
         let shown = format!("{c:?}");

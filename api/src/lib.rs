@@ -67,7 +67,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::routing::{delete, get, post};
-use lms_bus::Producer;
+use lms_bus::{Producer, Secret};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -132,7 +132,8 @@ impl Api {
     pub fn new(config: &ApiConfig, producer: Arc<Producer>, registry: &Registry) -> Result<Api, ApiError> {
         let secret = config
             .jwt_secret
-            .as_deref()
+            .as_ref()
+            .map(Secret::expose)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ApiError::Config("no JWT secret: set LMS_JWT_SECRET".to_owned()))?;
         if config.max_batch_events == 0 || config.max_body_bytes == 0 || config.max_event_bytes == 0 {

@@ -209,7 +209,7 @@ pub(crate) async fn post_webhook(
     let config = &state.config;
     let bytes = body::read(request_body, &headers, config.max_event_bytes, config.body_timeout()).await?;
     let signature = headers.get("lms-signature").and_then(|v| v.to_str().ok());
-    verify(secret.as_bytes(), signature, &bytes, Utc::now().timestamp(), config.webhook_tolerance_s)
+    verify(secret.expose().as_bytes(), signature, &bytes, Utc::now().timestamp(), config.webhook_tolerance_s)
         .map_err(Problem::bad_signature)?;
     state.admit(&tenant)?;
 

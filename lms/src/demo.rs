@@ -83,7 +83,7 @@ pub async fn run(args: DemoArgs, base: &Config) -> anyhow::Result<()> {
     config.analytics =
         Some(lms_analytics::AnalyticsConfig::Parquet(lms_analytics::ParquetConfig::new(args.data_dir.join("analytics"))));
     config.api.listen = args.listen.clone();
-    config.api.jwt_secret = Some(secret.clone());
+    config.api.jwt_secret = Some(secret.clone().into());
     // The demo is the only client: no rate limit in its way.
     config.api.rate_limit.per_second = 0.0;
 

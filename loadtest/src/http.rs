@@ -296,7 +296,7 @@ async fn post(conn: &mut Option<Connection>, authority: &str, auth: &str, body: 
 /// Starts the API in this process on a free loopback port; returns its URL.
 async fn start_api(args: &HttpArgs, kafka: &KafkaConfig, topics: &lms_bus::TopicMap, shutdown: CancellationToken) -> anyhow::Result<String> {
     let config = api::ApiConfig {
-        jwt_secret: Some(args.jwt_secret.clone()),
+        jwt_secret: Some(args.jwt_secret.clone().into()),
         rate_limit: api::RateLimitConfig { per_second: 0.0, burst: 1 },
         ..api::ApiConfig::default()
     };

@@ -46,8 +46,8 @@ impl Drop for TestApi {
 pub fn config() -> ApiConfig {
     ApiConfig {
         listen: "127.0.0.1:0".to_owned(),
-        jwt_secret: Some(SECRET.to_owned()),
-        webhook_secrets: [(TENANT.to_owned(), WEBHOOK_SECRET.to_owned())].into(),
+        jwt_secret: Some(SECRET.into()),
+        webhook_secrets: [(TENANT.to_owned(), WEBHOOK_SECRET.into())].into(),
         readiness_interval_ms: 200,
         readiness_timeout_ms: 1000,
         ..ApiConfig::default()

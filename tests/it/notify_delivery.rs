@@ -193,7 +193,7 @@ async fn notify_webhook_retries_with_backoff_until_one_delivery_is_accepted() {
     let smtp = SmtpServer::start().await;
     let hook = WebhookReceiver::start(SECRET, 2).await;
     let mut c = config(smtp.port);
-    c.webhooks.insert(TENANT.to_owned(), WebhookConfig { url: hook.url.clone(), secret: SECRET.to_owned() });
+    c.webhooks.insert(TENANT.to_owned(), WebhookConfig { url: hook.url.clone(), secret: SECRET.into() });
     let p = Pipeline::start("notify-webhook", c, None).await;
     // Defaults: in-app and webhook (no e-mail address).
     let e = enrollment("eve");
@@ -344,7 +344,7 @@ async fn notify_two_dispatchers_share_the_deliveries_without_duplicates() {
     let smtp = SmtpServer::start().await;
     let hook = WebhookReceiver::start(SECRET, 0).await;
     let mut c = config(smtp.port);
-    c.webhooks.insert(TENANT.to_owned(), WebhookConfig { url: hook.url.clone(), secret: SECRET.to_owned() });
+    c.webhooks.insert(TENANT.to_owned(), WebhookConfig { url: hook.url.clone(), secret: SECRET.into() });
     c.dispatcher.batch_rows = 10;
     let p = Pipeline::start("notify-pair", c, None).await;
     // A second dispatcher on the same database, as in another process.

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use lms_bus::Secret;
 use serde::{Deserialize, Serialize};
 
 /// The `notifications` section.
@@ -93,8 +94,8 @@ pub struct SmtpConfig {
     pub tls: SmtpTls,
     /// User name, when the server wants credentials.
     pub username: Option<String>,
-    /// Password of `username`.
-    pub password: Option<String>,
+    /// Password of `username` (or `password_file`); never printed.
+    pub password: Option<Secret>,
     /// The sender, such as `LMS <noreply@example.org>`.
     pub from: String,
     /// Connect and command timeout, in milliseconds.
@@ -122,8 +123,8 @@ impl Default for SmtpConfig {
 pub struct WebhookConfig {
     /// Where notifications are POSTed.
     pub url: String,
-    /// The HMAC-SHA256 key of the `Lms-Signature` header.
-    pub secret: String,
+    /// The HMAC-SHA256 key of the `Lms-Signature` header (or `secret_file`); never printed.
+    pub secret: Secret,
 }
 
 /// The delivery dispatcher.

@@ -196,7 +196,7 @@ fn mailer(smtp: &SmtpConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, Strin
     };
     let mut builder = builder.port(smtp.port).timeout(Some(Duration::from_millis(smtp.timeout_ms)));
     if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
-        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+        builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
     }
     Ok(builder.build())
 }
@@ -618,7 +618,7 @@ impl Dispatcher {
             .post(&hook.url)
             .header("content-type", "application/json")
             .header("Lms-Tenant", c.tenant.as_str())
-            .header("Lms-Signature", signature(&hook.secret, t, body.as_bytes()))
+            .header("Lms-Signature", signature(hook.secret.expose(), t, body.as_bytes()))
             .header("Lms-Delivery", format!("{}:{}", c.notification_id, c.attempt))
             .body(body)
             .send()

@@ -119,7 +119,7 @@ impl Store {
             let sep = if path.contains('?') { '&' } else { '?' };
             (Backend::Sqlite, if path.contains("mode=") { url.to_owned() } else { format!("{url}{sep}mode=rwc") })
         } else {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = match backend {
@@ -196,16 +196,33 @@ impl Store {
     }
 }
 
-/// A masked form of a store URL for logs (no password).
+/// A masked form of a store URL for logs and errors: no password, neither in the user
+/// information nor as a `password=` (or `sslpassword=`) query parameter as libpq allows.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
+            let creds = &base[s + 3..at];
             let user = creds.split(':').next().unwrap_or_default();
-            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
+            format!("{}://{}:***@{}", &base[..s], user, &base[at + 1..])
         }
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword") => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
@@ -216,6 +233,10 @@ mod tests {
     fn urls_are_redacted() {
         assert_eq!(redact_url("postgres://lms:secret@db:5432/lms"), "postgres://lms:***@db:5432/lms");
         assert_eq!(redact_url("sqlite://data/lms.db"), "sqlite://data/lms.db");
+        assert_eq!(
+            redact_url("postgresql://db/lms?user=lms&password=hunter2&sslmode=verify-full"),
+            "postgresql://db/lms?user=lms&password=***&sslmode=verify-full"
+        );
     }
 
     #[tokio::test]
@@ -223,6 +244,8 @@ mod tests {
         let store = Store::open("sqlite::memory:", 1).await.expect("open");
         store.migrate().await.expect("second migrate is a no-op");
         store.ping().await.expect("ping");
-        assert!(matches!(Store::connect("mysql://x", 1).await, Err(StoreError::UnsupportedUrl(_))));
+        let err = Store::connect("mysql://lms:hunter2@x/db", 1).await.expect_err("mysql is not a store");
+        assert!(matches!(err, StoreError::UnsupportedUrl(_)), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }
