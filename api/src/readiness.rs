@@ -113,8 +113,11 @@ impl Monitor {
             let producer = slot.get();
             drop(slot);
             let timeout = self.timeout;
-            let broker = tokio::task::spawn_blocking(move || producer.broker_reachable(timeout)).await.unwrap_or(false);
-            let mut results = vec![("broker".to_owned(), if broker { Ok(()) } else { Err("unreachable".to_owned()) })];
+            let broker = tokio::task::spawn_blocking(move || producer.broker_check(timeout))
+                .await
+                .unwrap_or_else(|e| Err(format!("the check failed: {e}")));
+            let reachable = broker.is_ok();
+            let mut results = vec![("broker".to_owned(), broker)];
             let outcomes = futures::future::join_all(self.checks.iter().map(|c| async move {
                 let r = tokio::time::timeout(timeout, c.check())
                     .await
@@ -124,7 +127,7 @@ impl Monitor {
             .await;
             results.extend(outcomes);
             let Some(readiness) = self.readiness.upgrade() else { return };
-            readiness.store(broker, results);
+            readiness.store(reachable, results);
             drop(readiness);
             tokio::time::sleep(self.interval).await;
         }

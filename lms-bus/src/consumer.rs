@@ -103,6 +103,7 @@ impl Member {
             metrics: metrics.clone(),
             stop: [shutdown.clone(), kill.clone()],
             backoff: backoff_of(&cfg.consumer),
+            errors: crate::producer::ClientErrors::default(),
         };
         let consumer: BaseConsumer<MemberContext> = cfg
             .consumer
@@ -189,6 +190,7 @@ struct MemberContext {
     metrics: Arc<BusMetrics>,
     stop: [CancellationToken; 2],
     backoff: (Duration, Duration),
+    errors: crate::producer::ClientErrors,
 }
 
 impl ClientContext for MemberContext {
@@ -206,8 +208,14 @@ impl ClientContext for MemberContext {
         }
     }
 
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::producer::log_librdkafka(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        warn!(group = %self.group, error = %error, reason, "kafka client error");
+        if self.errors.record(&error, reason) {
+            warn!(group = %self.group, error = %error, reason, "kafka client error");
+        }
     }
 }
 
@@ -375,7 +383,11 @@ impl Loop {
                     pending.push(RawRecord::from_message(&m, topic));
                     first_at.get_or_insert_with(Instant::now);
                 }
-                Some(Err(e)) => warn!(group = %self.env.group, error = %e, "consume error"),
+                // Once per cause, not on every poll of a consumer that cannot reach the cluster.
+                Some(Err(e)) if self.consumer.context().errors.record(&e, &e.to_string()) => {
+                    warn!(group = %self.env.group, error = %e, "consume error");
+                }
+                Some(Err(_)) => {}
                 None if pending.is_empty() && last_recommit.elapsed() >= RECOMMIT_EVERY => {
                     self.recommit(&done);
                     last_recommit = Instant::now();

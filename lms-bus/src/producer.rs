@@ -8,12 +8,13 @@
 //! enqueued, so order is kept); with [`OnQueueFull::Wait`] it waits for room up to a bound.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::future::join_all;
 use lms_events::{Event, TraceContext, codec};
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -57,9 +58,117 @@ pub enum OnQueueFull {
     Wait(Duration),
 }
 
+/// The client context of every librdkafka client: remembers the last client error (a failed
+/// TLS handshake, a refused SASL login, a broker down) so readiness can say why the broker
+/// is not reachable, and logs each cause once per process and [`ClientErrors::RELOG`], not
+/// on every reconnection attempt of every client (librdkafka retries every second or so).
+/// Clones share the record, so the producer keeps one beside its client.
+#[derive(Clone, Default)]
+pub struct ClientErrors {
+    last: Arc<Mutex<Option<(String, Instant)>>>,
+}
+
+/// When each cause was last logged, for the whole process: an API or a processor has
+/// several clients (producer, consumer, admin), all failing for the same reason.
+static LOGGED: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
+
+/// What makes two client errors the same cause: the endpoint (`ssl://host:port/id`, the
+/// start of librdkafka's reason) and the kind of failure. librdkafka reports one failed
+/// TLS handshake twice, as `SSL` and as `BrokerTransportFailure` with different texts.
+fn cause_key(error: &KafkaError, reason: &str) -> String {
+    let endpoint = reason.split(": ").next().unwrap_or_default();
+    let kind = if reason.contains("SSL") || reason.contains("certificate") {
+        "tls".to_owned()
+    } else if reason.contains("SASL") || reason.contains("uthenticat") {
+        "authentication".to_owned()
+    } else {
+        format!("{:?}", error.rdkafka_error_code())
+    };
+    format!("{endpoint} {kind}")
+}
+
+impl ClientErrors {
+    /// How long a cause stays quiet in the log after it was logged.
+    pub const RELOG: Duration = Duration::from_secs(300);
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, Instant)>> {
+        self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The last client error, when it is more recent than `within`.
+    fn recent(&self, within: Duration) -> Option<String> {
+        self.lock().as_ref().filter(|(_, at)| at.elapsed() <= within).map(|(e, _)| e.clone())
+    }
+
+    /// The broker answered: forget the last error, and log the next failure at once.
+    fn clear(&self) {
+        *self.lock() = None;
+        LOGGED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    }
+
+    /// Remembers a client error; true when it should be logged (its cause was not logged by
+    /// this process within [`Self::RELOG`]). `AllBrokersDown` is the summary of the failures
+    /// reported before it: neither logged nor kept as the cause.
+    pub(crate) fn record(&self, error: &KafkaError, reason: &str) -> bool {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            return false;
+        }
+        // librdkafka's reason names the broker and the cause (`ssl://host:port/bootstrap:
+        // SSL handshake failed: … certificate verify failed`), then varies with each attempt
+        // (`(after 7ms in state SSL_HANDSHAKE, 33 identical error(s) suppressed)`).
+        let cause = reason.split(" (after ").next().unwrap_or(reason);
+        let now = Instant::now();
+        let mut last = self.lock();
+        // A more specific cause is not replaced by the generic transport failure that
+        // librdkafka reports right after it.
+        let keep = error.rdkafka_error_code() == Some(RDKafkaErrorCode::BrokerTransportFailure)
+            && last.as_ref().is_some_and(|(_, at)| now.duration_since(*at) < Duration::from_secs(60));
+        if !keep {
+            *last = Some((format!("{cause} [{error}]"), now));
+        }
+        drop(last);
+        let mut logged = LOGGED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let logged = logged.get_or_insert_with(HashMap::new);
+        let key = cause_key(error, reason);
+        let quiet = logged.get(&key).is_some_and(|at| now.duration_since(*at) < Self::RELOG);
+        if !quiet {
+            logged.insert(key, now);
+        }
+        !quiet
+    }
+}
+
+impl ClientContext for ClientErrors {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        log_librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.record(&error, reason) {
+            tracing::error!(error = %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ClientErrors {}
+
+/// librdkafka's own log lines, at their level, except its `FAIL` lines: they repeat the
+/// client errors that [`ClientErrors`] logs once, so they go to debug.
+pub(crate) fn log_librdkafka(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        _ if fac == "FAIL" => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        L::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        L::Notice | L::Info => tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+    }
+}
+
 /// The shared producer.
 pub struct Producer {
-    inner: FutureProducer,
+    inner: FutureProducer<ClientErrors>,
+    errors: ClientErrors,
     topics: TopicMap,
     metrics: Arc<BusMetrics>,
     delivery_timeout: Duration,
@@ -73,8 +182,9 @@ impl Producer {
         metrics: Arc<BusMetrics>,
         client_id: &str,
     ) -> Result<Self, BusError> {
-        let inner: FutureProducer = kafka.producer_config(client_id).create()?;
-        Ok(Self { inner, topics, metrics, delivery_timeout: kafka.delivery_timeout() })
+        let errors = ClientErrors::default();
+        let inner: FutureProducer<ClientErrors> = kafka.producer_config(client_id).create_with_context(errors.clone())?;
+        Ok(Self { inner, errors, topics, metrics, delivery_timeout: kafka.delivery_timeout() })
     }
 
     /// The topic map the producer routes events with.
@@ -242,7 +352,23 @@ impl Producer {
 
     /// True when the broker answers a metadata request within `timeout` (readiness).
     pub fn broker_reachable(&self, timeout: Duration) -> bool {
-        self.inner.client().fetch_metadata(None, timeout).is_ok_and(|m| !m.brokers().is_empty())
+        self.broker_check(timeout).is_ok()
+    }
+
+    /// Whether the broker answers a metadata request within `timeout` (readiness); if not,
+    /// why: librdkafka's last client error of the past minute (it names the endpoint and
+    /// the cause, such as a certificate that does not verify or a refused SASL login), or
+    /// `unreachable`.
+    pub fn broker_check(&self, timeout: Duration) -> Result<(), String> {
+        let errors = &self.errors;
+        match self.inner.client().fetch_metadata(None, timeout) {
+            Ok(m) if !m.brokers().is_empty() => {
+                errors.clear();
+                Ok(())
+            }
+            Ok(_) => Err("the cluster lists no broker".to_owned()),
+            Err(e) => Err(errors.recent(Duration::from_secs(60)).unwrap_or_else(|| format!("unreachable ({e})"))),
+        }
     }
 }
 

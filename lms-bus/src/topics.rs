@@ -17,7 +17,6 @@ use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
     TopicReplication,
 };
-use rdkafka::client::DefaultClientContext;
 use serde::{Deserialize, Serialize};
 
 use crate::config::KafkaConfig;
@@ -312,14 +311,14 @@ impl fmt::Display for Plan {
 
 /// Talks to the cluster's admin API.
 pub struct TopicAdmin {
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<crate::producer::ClientErrors>,
     timeout: Duration,
 }
 
 impl TopicAdmin {
     /// Connects an admin client.
     pub fn new(kafka: &KafkaConfig) -> Result<Self, BusError> {
-        let admin = kafka.finish(kafka.base("lms-topics")).create()?;
+        let admin = kafka.finish(kafka.base("lms-topics")).create_with_context(crate::producer::ClientErrors::default())?;
         Ok(Self { admin, timeout: Duration::from_secs(30) })
     }
 

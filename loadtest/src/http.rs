@@ -10,6 +10,10 @@
 //! prefix. Latency is per request, measured from the moment the request was due (so a
 //! client falling behind shows up as latency, not as fewer requests), on connections every
 //! worker opens before the phase's clock starts.
+//!
+//! With `--tls-brokers` (a broker that speaks TLS, and `--tls-ca-file` the authority that
+//! signs its certificate), phases 1 and 2 run again with every client over TLS, and the
+//! TLS-to-plaintext ratios are printed: the price of the encryption operators need.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,9 +24,8 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use indicatif::{ProgressBar, ProgressStyle};
-use lms_bus::{BusMetrics, KafkaConfig, OnQueueFull, Producer, TopicsFile};
+use lms_bus::{BusMetrics, KafkaConfig, KafkaSecurity, OnQueueFull, Producer, SecurityProtocol, TopicsFile};
 use lms_events::{Domain, Event, EventType, TraceContext};
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use serde_json::{Value, json};
@@ -67,6 +70,14 @@ pub struct HttpArgs {
     /// Partitions of the learning topic (the in-process API's topics).
     #[arg(long, default_value_t = 8)]
     partitions: i32,
+    /// Bootstrap servers of a broker reached over TLS: phases 1 and 2 run again against it
+    /// (the raw producer and an in-process API, both with `security.protocol=ssl`) and the
+    /// ratios to the plaintext figures are printed. `loadtest/tls-bench.sh` starts one.
+    #[arg(long, requires = "tls_ca_file")]
+    tls_brokers: Option<String>,
+    /// PEM file of the authority that signs the `--tls-brokers` certificate.
+    #[arg(long)]
+    tls_ca_file: Option<std::path::PathBuf>,
 }
 
 /// One phase's figures.
@@ -87,57 +98,9 @@ impl Figures {
 }
 
 pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
-    let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let topics = TopicsFile::bundled().topic_map(&prefix);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &args.brokers).create()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for d in Domain::ALL {
-        let p = if d == Domain::Learning { args.partitions } else { 2 };
-        for r in admin.create_topics([&NewTopic::new(topics.topic(d), p, TopicReplication::Fixed(1))], &opts).await? {
-            r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
-        }
-    }
-    println!("broker {}, topics {prefix}* (learning: {} partitions)", args.brokers, args.partitions);
-
-    // Phase 1: the raw producer.
-    let kafka = KafkaConfig::new(&args.brokers).with_prefix(&prefix);
-    let producer = Producer::new(&kafka, topics.clone(), BusMetrics::standalone(), "loadtest-raw")?;
-    let events: Vec<(Event, Option<TraceContext>)> = (0..args.events).map(|i| (event(i, "raw", &args.tenant), None)).collect();
-    let bar = progress(args.events as u64, "raw producer");
-    let started = Instant::now();
-    for chunk in events.chunks(20_000) {
-        let failed = producer.send_events(chunk, OnQueueFull::Wait(Duration::from_secs(60))).await.iter().filter(|r| r.is_err()).count();
-        anyhow::ensure!(failed == 0, "{failed} records were not acknowledged");
-        bar.inc(chunk.len() as u64);
-    }
-    let raw = args.events as f64 / started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    println!("raw producer:            {raw:>9.0} events/s (acks=all, idempotent, lz4)");
-    drop(events);
-    drop(producer);
-
-    // The API: given, or in this process.
     let shutdown = CancellationToken::new();
-    let url = match &args.url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => start_api(&args, &kafka, &topics, shutdown.clone()).await?,
-    };
-    let exp = (chrono::Utc::now().timestamp() + 24 * 3600) as u64;
-    let claims = api::Claims { sub: "loadtest".into(), tenant: args.tenant.clone(), scope: "events:write".into(), exp };
-    let auth = format!("Bearer {}", api::auth::sign_hs256(args.jwt_secret.as_bytes(), &claims));
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).tcp_nodelay(true).build()?;
-    wait_ready(&client, &url).await?;
-    println!("API {url}");
-
-    // Phase 2: batches.
-    let bodies: Vec<Bytes> = (0..args.events.div_ceil(args.batch_size))
-        .map(|b| {
-            let items: Vec<Value> = (b * args.batch_size..((b + 1) * args.batch_size).min(args.events)).map(|i| client_json(i, "batch")).collect();
-            Bytes::from(serde_json::to_vec(&items).unwrap_or_default())
-        })
-        .collect();
-    let batch = drive(&url, &auth, bodies, args.batch_size, args.concurrency, None, "batch").await?;
-    report("API batch", &batch, raw, args.batch_size);
+    let plain = raw_and_batch(&args, KafkaConfig::new(&args.brokers), args.url.as_deref(), &shutdown, "").await?;
+    let (raw, batch, url, auth) = (plain.raw, &plain.batch, plain.url.clone(), plain.auth.clone());
 
     // Phase 3: single events at the maximum rate.
     let singles = |tag: &'static str| -> Vec<Bytes> {
@@ -155,8 +118,89 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
     println!("targets: batch ≥ 0.6× raw: {:.2}× {}", batch.rate() / raw, verdict(batch.rate() / raw >= 0.6));
     println!("         single ≥ 0.1× raw: {:.2}× {}", single.rate() / raw, verdict(single.rate() / raw >= 0.1));
     println!("         p99 ≤ 20 ms at half the max single rate: {:.1} ms {}", paced.ms(0.99), verdict(paced.ms(0.99) <= 20.0));
+
+    if let Some(brokers) = &args.tls_brokers {
+        let mut kafka = KafkaConfig::new(brokers);
+        kafka.security =
+            KafkaSecurity { protocol: SecurityProtocol::Ssl, ca_file: args.tls_ca_file.clone(), ..KafkaSecurity::default() };
+        println!();
+        let tls = raw_and_batch(&args, kafka, None, &shutdown, " (TLS)").await?;
+        println!();
+        println!("TLS / plaintext: raw producer {:.2}×, API batch {:.2}×", tls.raw / raw, tls.batch.rate() / batch.rate());
+    }
     shutdown.cancel();
     Ok(())
+}
+
+/// The figures of phases 1 and 2 against one broker.
+struct BusPhases {
+    raw: f64,
+    batch: Figures,
+    url: String,
+    auth: String,
+}
+
+/// Phase 1 (the raw producer) and phase 2 (API batches) against the broker of `kafka`, on
+/// topics of a fresh prefix; the API is `url` or one started in this process on those
+/// topics (stopped with `shutdown`). `label` marks the printed lines.
+async fn raw_and_batch(
+    args: &HttpArgs,
+    kafka: KafkaConfig,
+    url: Option<&str>,
+    shutdown: &CancellationToken,
+    label: &str,
+) -> anyhow::Result<BusPhases> {
+    let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let topics = TopicsFile::bundled().topic_map(&prefix);
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config("loadtest-admin").create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for d in Domain::ALL {
+        let p = if d == Domain::Learning { args.partitions } else { 2 };
+        for r in admin.create_topics([&NewTopic::new(topics.topic(d), p, TopicReplication::Fixed(1))], &opts).await? {
+            r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+        }
+    }
+    println!("broker {}{label}, topics {prefix}* (learning: {} partitions)", kafka.brokers, args.partitions);
+
+    // Phase 1: the raw producer.
+    let kafka = kafka.with_prefix(&prefix);
+    let producer = Producer::new(&kafka, topics.clone(), BusMetrics::standalone(), "loadtest-raw")?;
+    let events: Vec<(Event, Option<TraceContext>)> = (0..args.events).map(|i| (event(i, "raw", &args.tenant), None)).collect();
+    let bar = progress(args.events as u64, "raw producer");
+    let started = Instant::now();
+    for chunk in events.chunks(20_000) {
+        let failed = producer.send_events(chunk, OnQueueFull::Wait(Duration::from_secs(60))).await.iter().filter(|r| r.is_err()).count();
+        anyhow::ensure!(failed == 0, "{failed} records were not acknowledged");
+        bar.inc(chunk.len() as u64);
+    }
+    let raw = args.events as f64 / started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    println!("{:<24} {raw:>9.0} events/s (acks=all, idempotent, lz4)", format!("raw producer{label}:"));
+    drop(events);
+    drop(producer);
+
+    // The API: given, or in this process.
+    let url = match url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => start_api(args, &kafka, &topics, shutdown.clone()).await?,
+    };
+    let exp = (chrono::Utc::now().timestamp() + 24 * 3600) as u64;
+    let claims = api::Claims { sub: "loadtest".into(), tenant: args.tenant.clone(), scope: "events:write".into(), exp };
+    let auth = format!("Bearer {}", api::auth::sign_hs256(args.jwt_secret.as_bytes(), &claims));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).tcp_nodelay(true).build()?;
+    wait_ready(&client, &url).await?;
+    println!("API {url}{label}");
+
+    // Phase 2: batches.
+    let bodies: Vec<Bytes> = (0..args.events.div_ceil(args.batch_size))
+        .map(|b| {
+            let items: Vec<Value> = (b * args.batch_size..((b + 1) * args.batch_size).min(args.events)).map(|i| client_json(i, "batch")).collect();
+            Bytes::from(serde_json::to_vec(&items).unwrap_or_default())
+        })
+        .collect();
+    let batch = drive(&url, &auth, bodies, args.batch_size, args.concurrency, None, "batch").await?;
+    report(&format!("API batch{label}"), &batch, raw, args.batch_size);
+    Ok(BusPhases { raw, batch, url, auth })
 }
 
 fn verdict(ok: bool) -> &'static str {

@@ -123,3 +123,58 @@ async fn tls_kafka_a_client_trusting_another_ca_fails_clearly() {
     let md = tokio::task::block_in_place(|| good.client().fetch_metadata(None, Duration::from_secs(20)));
     assert!(md.is_ok_and(|m| !m.brokers().is_empty()), "metadata over TLS");
 }
+
+/// An operator's wrong CA file: `lms api` and `lms processor run` stay up (no crash loop),
+/// `/readyz` answers unready with librdkafka's cause naming the endpoint, and the log says
+/// it once, not on every reconnection attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_kafka_a_wrong_ca_shows_in_readiness_and_once_in_the_log() {
+    init_logs();
+    let ca = TestCa::new("kafka");
+    let (_broker, tls) = broker_behind_tls(&ca).await;
+    let other = TestCa::new("other");
+    let prefix = unique_prefix("tls-wrong-ca");
+    let store = fresh_postgres_db("tls_wrong_ca").await;
+    let (api_port, processor_port) = (free_port(), free_port());
+    let mut env = lms_env(&format!("127.0.0.1:{}", tls.port()), &prefix, &store, api_port, SECRET);
+    env.push(("LMS_KAFKA__SECURITY__PROTOCOL", "ssl".to_owned()));
+    env.push(("LMS_KAFKA__SECURITY__CA_FILE", other.ca_file.display().to_string()));
+    let (api_log, processor_log) = (format!("{prefix}api.log"), format!("{prefix}processor.log"));
+    let mut api = spawn_lms(&["api"], &env, &api_log);
+    let listen = format!("127.0.0.1:{processor_port}");
+    let mut processor = spawn_lms(&["processor", "run", "progress", "--listen", &listen], &env, &processor_log);
+
+    let endpoint = format!("127.0.0.1:{}", tls.port());
+    let http = reqwest::Client::new();
+    let api_reason = eventually("the API's /readyz to name the failed handshake", Duration::from_secs(60), || async {
+        let r = http.get(format!("http://127.0.0.1:{api_port}/readyz")).send().await.ok()?;
+        let (status, _, body) = answer(r).await;
+        let broker = body["checks"]["broker"].as_str().unwrap_or_default().to_owned();
+        (status == 503 && broker.contains("certificate verify failed")).then_some(broker)
+    })
+    .await;
+    assert!(api_reason.contains(&endpoint), "the endpoint in {api_reason}");
+    let processor_reason = eventually("the processor's /readyz to name the failed handshake", Duration::from_secs(60), || async {
+        let r = http.get(format!("http://{listen}/readyz")).send().await.ok()?;
+        let status = r.status();
+        let body = r.text().await.ok()?;
+        (status == 503 && body.contains("certificate verify failed") && body.contains(&endpoint)).then_some(body)
+    })
+    .await;
+    assert!(processor_reason.starts_with("broker: "), "{processor_reason}");
+
+    // Both keep running and keep retrying: still unready a few checks later, never exited.
+    for _ in 0..3 {
+        let r = http.get(format!("http://127.0.0.1:{api_port}/readyz")).send().await.expect("the API answers");
+        assert_eq!(r.status(), 503);
+        let r = http.get(format!("http://127.0.0.1:{api_port}/livez")).send().await.expect("the API answers");
+        assert_eq!(r.status(), 200);
+    }
+    assert!(api.0.try_wait().expect("api").is_none(), "lms api exited");
+    assert!(processor.0.try_wait().expect("processor").is_none(), "lms processor run exited");
+    for log in [&api_log, &processor_log] {
+        let text = std::fs::read_to_string(std::env::temp_dir().join(log)).expect("log");
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("certificate verify failed")).collect();
+        assert_eq!(lines.len(), 1, "{log}: the failure logged once per process, not on every retry of every client: {lines:#?}");
+    }
+}

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::producer::ClientErrors;
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -64,7 +66,7 @@ pub enum AdminError {
 /// fetches and commits on behalf of a group (without joining it).
 pub struct Admin {
     kafka: KafkaConfig,
-    client: BaseConsumer,
+    client: BaseConsumer<ClientErrors>,
     timeout: Duration,
 }
 
@@ -80,7 +82,8 @@ pub struct Watermarks {
 impl Admin {
     /// An admin client for the cluster of `kafka`.
     pub fn new(kafka: &KafkaConfig) -> Result<Self, AdminError> {
-        let client: BaseConsumer = kafka.finish(kafka.base("lms-ops")).set("group.id", "lms-ops").create()?;
+        let client: BaseConsumer<ClientErrors> =
+            kafka.finish(kafka.base("lms-ops")).set("group.id", "lms-ops").create_with_context(ClientErrors::default())?;
         Ok(Self { kafka: kafka.clone(), client, timeout: Duration::from_secs(15) })
     }
 
@@ -113,13 +116,13 @@ impl Admin {
 
     /// A consumer carrying `group`'s id that never subscribes: it fetches and commits the
     /// group's offsets without joining the group.
-    fn group_client(&self, group: &str) -> Result<BaseConsumer, AdminError> {
+    fn group_client(&self, group: &str) -> Result<BaseConsumer<ClientErrors>, AdminError> {
         Ok(self
             .kafka
             .finish(self.kafka.base("lms-ops"))
             .set("group.id", group)
             .set("enable.auto.commit", "false")
-            .create()?)
+            .create_with_context(ClientErrors::default())?)
     }
 
     /// The offsets `group` has committed to Kafka (next offset to read) for `partitions`;
@@ -215,7 +218,11 @@ impl Admin {
     /// The timestamp (ms) of the record at `offset`.
     fn record_timestamp(&self, tp: &TopicPartition, offset: i64) -> Result<Option<i64>, AdminError> {
         use rdkafka::Message as _;
-        let c: BaseConsumer = self.client_config("lms-ops").set("group.id", "lms-ops").set("enable.auto.commit", "false").create()?;
+        let c: BaseConsumer<ClientErrors> = self
+            .client_config("lms-ops")
+            .set("group.id", "lms-ops")
+            .set("enable.auto.commit", "false")
+            .create_with_context(ClientErrors::default())?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset))?;
         c.assign(&tpl)?;
@@ -242,7 +249,7 @@ impl Admin {
     }
 
     /// The underlying client (group listings).
-    pub(crate) fn client(&self) -> &BaseConsumer {
+    pub(crate) fn client(&self) -> &BaseConsumer<ClientErrors> {
         &self.client
     }
 }

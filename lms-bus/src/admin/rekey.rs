@@ -225,12 +225,12 @@ impl Admin {
         if remaining.is_empty() {
             return Ok(out);
         }
-        let c: BaseConsumer = self
+        let c: BaseConsumer<crate::producer::ClientErrors> = self
             .client_config("lms-ops-read")
             .set("group.id", "lms-ops-read")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .create()?;
+            .create_with_context(crate::producer::ClientErrors::default())?;
         c.assign(&tpl)?;
         // No progress for this long means the broker does not deliver what it announced.
         let stall = self.timeout() * 4;

@@ -67,10 +67,12 @@ async fn livez() -> &'static str {
 
 async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
     let producer = Arc::clone(&h.producer);
-    let broker = tokio::task::spawn_blocking(move || producer.broker_reachable(Duration::from_secs(2))).await.unwrap_or(false);
+    let broker = tokio::task::spawn_blocking(move || producer.broker_check(Duration::from_secs(2)))
+        .await
+        .unwrap_or_else(|e| Err(format!("the check failed: {e}")));
     let store = within(async { h.store.ping().await.map_err(|e| e.to_string()) }).await;
-    let mut ok = broker && store.is_ok();
-    let mut body = format!("broker: {}\nstore: {}\n", if broker { "ok" } else { "unreachable" }, store.err().unwrap_or_else(|| "ok".to_owned()));
+    let mut ok = broker.is_ok() && store.is_ok();
+    let mut body = format!("broker: {}\nstore: {}\n", broker.err().unwrap_or_else(|| "ok".to_owned()), store.err().unwrap_or_else(|| "ok".to_owned()));
     for check in &h.checks {
         let result = within((check.probe)()).await;
         ok &= result.is_ok();
