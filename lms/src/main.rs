@@ -4,6 +4,7 @@
 mod config;
 mod demo;
 mod generate;
+mod import;
 mod ops;
 mod processor;
 mod serve;
@@ -87,6 +88,12 @@ enum Command {
     /// Generates a synthetic cohort (courses, learners, videos, quizzes, payments) and sends
     /// it to the API, to Kafka or to a file. Deterministic with --seed.
     Generate(generate::GenerateArgs),
+    /// Imports history from files: NDJSON events or xAPI statements (JSON array or NDJSON),
+    /// plain or gzip, validated as the API validates them and sent to the same topics.
+    /// Idempotent and resumable; rejected lines go to a report.
+    ///
+    /// Example: `lms import --tenant acme moodle-export.json.gz`
+    Import(import::ImportArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -116,6 +123,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Replay(args) => ops::replay::run(args, &config).await,
             Command::Dlq(cmd) => ops::dlq::run(cmd, &config).await,
             Command::Generate(args) => generate::run(args, &config).await,
+            Command::Import(args) => import::run(args, &config).await,
         };
         done.map(|()| ExitCode::SUCCESS)
     });

@@ -34,6 +34,7 @@ mod notify_support;
 mod dashboard_page;
 mod fuzz_corpus;
 mod generate_cli;
+mod import_cli;
 mod otlp_trace;
 mod pipeline_e2e;
 mod sasl_kafka;
