@@ -371,7 +371,7 @@ async fn wait_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
 
 /// A realistic client event: lesson starts and completions, video progress and graded
 /// assessments over 10 000 learners and 50 courses.
-fn client_json(i: usize, tag: &str) -> Value {
+pub(crate) fn client_json(i: usize, tag: &str) -> Value {
     let learner = format!("learner-{}", i % 10_000);
     let course = format!("course-{}", i % 50);
     let lesson = format!("lesson-{}", i % 40);
@@ -398,7 +398,7 @@ fn client_json(i: usize, tag: &str) -> Value {
 }
 
 /// The raw producer's events: the same shapes as [`client_json`], completed.
-fn event(i: usize, tag: &str, tenant: &str) -> Event {
+pub(crate) fn event(i: usize, tag: &str, tenant: &str) -> Event {
     lms_events::parse_client_event(&client_json(i, tag), tenant).expect("the load generator's events are valid")
 }
 

@@ -21,6 +21,7 @@
 //! consumer on the same topic, and the dispatcher's in-app and e-mail rates (see `notify`).
 
 mod http;
+mod import;
 mod notify;
 mod procbench;
 
@@ -66,6 +67,8 @@ enum Command {
     },
     /// The write API's batch and single-event rates and latencies, next to the raw producer.
     Http(http::HttpArgs),
+    /// `lms import` of an NDJSON file against the raw producer, same broker, same run.
+    Import(import::ImportArgs),
     /// Notifications decided per second versus a no-op consumer, and the dispatcher's rates.
     Notify(notify::NotifyArgs),
     /// The whole pipeline as `lms` processes while processor instances are SIGKILLed at
@@ -224,6 +227,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bus { brokers, events, partitions, members } => bus(&brokers, events, partitions, members).await,
         Command::Http(args) => http::run(args).await,
+        Command::Import(args) => import::run(args).await,
         Command::Notify(args) => notify::run(args).await,
         Command::Chaos(args) => chaos(args).await,
         Command::Processors(args) => procbench::run(args).await,
