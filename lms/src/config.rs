@@ -55,8 +55,8 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `postgres://user:password@host/db` (production) or `sqlite://<path>` (one process).
-    /// `lms api` and `lms processor run` need it set ([`Config::require_stores`]); the other
-    /// commands default to `sqlite://lms-data/state.db`.
+    /// `lms api`, `processor run`, `migrate`, `groups` and `replay` need it set
+    /// ([`Config::require_stores`]); `lms demo` sets its own.
     pub url: String,
     /// Connections per process (PostgreSQL; SQLite always uses one).
     pub max_connections: u32,

@@ -136,6 +136,7 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
 
 /// `lms migrate`: applies the migrations of the state store and the analytics store.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    config.require_stores("migrate", true)?;
     let store = Store::open(&config.store.url, 2)
         .await
         .with_context(|| format!("cannot migrate the state store {}", lms_store::redact_url(&config.store.url)))?;

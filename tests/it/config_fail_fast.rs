@@ -1,5 +1,6 @@
-//! `lms api` and `lms processor run` refuse to start without an explicitly configured state
-//! store and analytics store, naming the key to set, before they open or create anything.
+//! `lms api`, `lms processor run`, `lms migrate`, `lms groups` and `lms replay` refuse to
+//! start without an explicitly configured state store (and analytics store, where they use
+//! one), naming the key to set, before they open or create anything.
 //! (`lms demo` keeps its embedded stores: `demo_commands.rs`, `demo_browser.rs`.)
 
 use std::process::{Command, Stdio};
@@ -48,12 +49,17 @@ async fn server_commands_name_the_store_they_miss() {
     let state = ["`store.url`", "LMS_STORE__URL"];
     let analytics = ["`analytics.store`", "LMS_ANALYTICS__STORE"];
     let sqlite = ("LMS_STORE__URL", "sqlite://state.db");
-    let cases: [(&[&str], Vec<(&str, &str)>, [&str; 2]); 5] = [
+    let cases: [(&[&str], Vec<(&str, &str)>, [&str; 2]); 9] = [
         (&["api"], vec![("LMS_JWT_SECRET", "s")], state),
         (&["api"], vec![("LMS_JWT_SECRET", "s"), sqlite], analytics),
         (&["processor", "run", "progress"], vec![], state),
         (&["processor", "run", "progress", "analytics"], vec![sqlite], analytics),
         (&["processor", "run", "all"], vec![("LMS_STORE__URL", "")], state),
+        // The operator tools that read or change a deployment's state.
+        (&["migrate"], vec![], state),
+        (&["migrate"], vec![sqlite], analytics),
+        (&["groups"], vec![], state),
+        (&["replay", "--group", "progress", "--to-earliest", "--yes"], vec![], state),
     ];
     for (args, env, keys) in cases {
         let (ok, stderr, created) = run(args, &env).await;

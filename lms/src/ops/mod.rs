@@ -67,8 +67,11 @@ pub fn select(specs: Vec<GroupSpec>, wanted: &[String]) -> anyhow::Result<Vec<Gr
     Ok(out)
 }
 
-/// Opens the state store of the configuration.
-pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+/// Opens the state store of the configuration, which `lms <command>` needs set explicitly:
+/// reading or resetting the offsets of a default SQLite file nobody else uses would report
+/// or change nothing of the deployment's.
+pub async fn open_store(config: &Config, command: &str) -> anyhow::Result<Store> {
+    config.require_stores(command, false)?;
     Store::open(&config.store.url, 2)
         .await
         .with_context(|| format!("cannot open the state store {}", lms_store::redact_url(&config.store.url)))
