@@ -29,6 +29,9 @@ pub struct ApiConfig {
     /// call the API cross-origin (CORS, preflight included); empty: no CORS headers at all,
     /// and browsers refuse cross-origin calls.
     pub cors_allowed_origins: Vec<String>,
+    /// Achievements as Open Badges 3.0 credentials: the public base URL, and each issuing
+    /// tenant's name and signing key file (`crate::credentials`).
+    pub credentials: crate::credentials::CredentialsConfig,
     /// Largest request body accepted, in bytes; a larger body is answered 413.
     pub max_body_bytes: usize,
     /// Most events (or xAPI statements) in one request; more is answered 413.
@@ -148,6 +151,7 @@ impl Default for ApiConfig {
             jwt_leeway_s: 30,
             jwt_issuers: Vec::new(),
             cors_allowed_origins: Vec::new(),
+            credentials: crate::credentials::CredentialsConfig::default(),
             max_body_bytes: 4 * 1024 * 1024,
             max_batch_events: 1_000,
             max_event_bytes: 64 * 1024,

@@ -44,6 +44,7 @@ pub mod auth;
 mod body;
 mod config;
 mod cors;
+pub mod credentials;
 pub mod dashboard;
 mod enrollments;
 mod events;

@@ -97,6 +97,7 @@ pub fn document() -> Value {
     crate::openapi_reads::add(&mut doc);
     crate::notifications::add_openapi(&mut doc);
     crate::xapi::add_openapi(&mut doc);
+    crate::credentials::add_openapi(&mut doc);
     doc
 }
 

@@ -62,9 +62,11 @@ pub fn router(
     let factory_metrics = Arc::clone(&metrics);
     let store = backends.store.clone();
     let analytics = Arc::clone(&backends.analytics);
+    let credentials = Arc::new(api::credentials::Credentials::load(&config.api.credentials)?);
     let api = api::Api::new(&config.api, producer, registry)?
         .producer_factory(Box::new(move || Producer::new(&kafka, topics.clone(), Arc::clone(&factory_metrics), "lms-api")))
         .merge(api::learners::router(backends.store.clone()))
+        .merge(api::credentials::router(backends.store.clone(), credentials))
         .merge(api::notifications::router(backends.store.clone()))
         .merge(api::analytics::router(Arc::clone(&backends.analytics)))
         .merge(api::dashboard::router_with(hints))

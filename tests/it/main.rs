@@ -24,6 +24,7 @@ mod catalog_compaction;
 mod bus_takeover;
 mod compose;
 mod config_fail_fast;
+mod credentials;
 mod dashboards;
 mod demo_browser;
 mod demo_commands;

@@ -89,6 +89,13 @@ pub const REQUIREMENTS: &[Requirement] = &[
         note: None,
     },
     Requirement {
+        // An independent JOSE implementation: verifies the Open Badges credentials' signatures.
+        name: "joserfc",
+        check: Check::Succeeds(&["python3", "-c", "import joserfc"]),
+        install: Install::Pip(&["joserfc"]),
+        note: None,
+    },
+    Requirement {
         name: "schemathesis",
         check: Check::Succeeds(&["python3", "-c", "import schemathesis"]),
         install: Install::Pip(&["schemathesis"]),

@@ -27,6 +27,13 @@ pub struct Achievement {
     pub id: String,
     /// Title shown to learners.
     pub title: String,
+    /// What it stands for, in the learner's words (the Open Badges credential's achievement
+    /// description; the title when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// How it is earned (the credential's criteria narrative; said from the rule when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub criteria: Option<String>,
     /// When it unlocks.
     #[serde(flatten)]
     pub rule: Rule,
@@ -59,6 +66,23 @@ pub enum Rule {
         /// Days.
         days: u32,
     },
+}
+
+impl Achievement {
+    /// How it is earned, in words: `criteria` or what the rule says.
+    pub fn criteria_narrative(&self) -> String {
+        if let Some(c) = &self.criteria {
+            return c.clone();
+        }
+        match &self.rule {
+            Rule::FirstLessonCompleted => "Complete a first lesson in any course.".to_owned(),
+            Rule::CourseCompleted => "Complete every lesson of a course.".to_owned(),
+            Rule::CoursesCompleted { count } => format!("Complete {count} different courses."),
+            Rule::LearningStreak { days } => format!("Learn on {days} consecutive days."),
+            Rule::PerfectAssessment => "Get the full score in an assessment.".to_owned(),
+            Rule::CompletedWithinDaysOfEnrollment { days } => format!("Complete a course within {days} days of enrolling in it."),
+        }
+    }
 }
 
 impl Rule {

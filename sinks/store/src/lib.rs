@@ -24,6 +24,7 @@
 pub mod offsets;
 pub mod outbox;
 pub mod sql;
+pub mod credentials;
 pub mod webhooks;
 
 use std::str::FromStr;
