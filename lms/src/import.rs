@@ -18,12 +18,13 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
-use lms_bus::{BusMetrics, OnQueueFull, Producer, TopicsFile};
+use lms_bus::{BusMetrics, Delivered, OnQueueFull, ProduceError, Producer, TopicsFile};
 use lms_events::{Event, FieldError, Rejection, TraceContext, parse_client_event_owned};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -131,7 +132,7 @@ pub async fn run(args: ImportArgs, config: &Config) -> anyhow::Result<()> {
         }
         std::fs::create_dir_all(&args.checkpoint_dir)
             .with_context(|| format!("creating the checkpoint directory {}", args.checkpoint_dir.display()))?;
-        Some(producer)
+        Some(Arc::new(producer))
     };
     let mut report = std::fs::OpenOptions::new()
         .create(true)
@@ -196,7 +197,7 @@ fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 async fn import_file(
     file: &Path,
     args: &ImportArgs,
-    producer: Option<&Producer>,
+    producer: Option<&Arc<Producer>>,
     report: &mut File,
     progress: &Progress,
     total: &mut Counts,
@@ -214,7 +215,7 @@ async fn import_file(
         done: false,
     };
     let checkpoint_path = args.checkpoint_dir.join(format!("{}.json", checkpoint_name(file)));
-    let mut checkpoint = match (producer.is_some() && !args.restart).then(|| read_checkpoint(&checkpoint_path)).flatten() {
+    let checkpoint = match (producer.is_some() && !args.restart).then(|| read_checkpoint(&checkpoint_path)).flatten() {
         Some(c) if c.size == fresh.size && c.modified_ns == fresh.modified_ns => c,
         Some(_) => {
             progress.line(&format!("{}: changed since its checkpoint; importing it from the start", file.display()));
@@ -234,8 +235,10 @@ async fn import_file(
     let mut line_of_chunk_end = checkpoint.next_line;
     let rate_started = Instant::now();
     let mut sent_in_run = 0u64;
+    let start_line = checkpoint.next_line;
+    let mut committer = Committer { producer: producer.cloned(), checkpoint, path: checkpoint_path, report, in_flight: None };
     while let Some((line, item)) = items.next_item()? {
-        if line < checkpoint.next_line {
+        if line < start_line {
             continue;
         }
         if *budget == Some(0) {
@@ -249,65 +252,95 @@ async fn import_file(
             Ok(event) => chunk.push((event, None)),
             Err(errors) => {
                 total.rejected += 1;
-                checkpoint.rejected += 1;
-                rejected_lines.push(serde_json::to_string(&RejectedLine { file: &checkpoint.file, line, errors: &errors })?);
+                rejected_lines.push(serde_json::to_string(&RejectedLine { file: &committer.checkpoint.file, line, errors: &errors })?);
             }
         }
         line_of_chunk_end = line + 1;
         if chunk.len() >= args.chunk {
-            flush(&mut chunk, producer, &mut checkpoint, line_of_chunk_end, &checkpoint_path, report, &mut rejected_lines, total).await?;
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(args.chunk));
+            committer.send(full, std::mem::take(&mut rejected_lines), line_of_chunk_end, total).await?;
             sent_in_run += u64::try_from(args.chunk).unwrap_or(u64::MAX);
             pace(args.rate, rate_started, sent_in_run).await;
             progress.update(total);
         }
     }
     let finished = *budget != Some(0) || items.next_item()?.is_none();
-    checkpoint.done = finished;
-    flush(&mut chunk, producer, &mut checkpoint, line_of_chunk_end, &checkpoint_path, report, &mut rejected_lines, total).await?;
+    committer.send(chunk, rejected_lines, line_of_chunk_end, total).await?;
+    committer.finish(finished, total).await?;
     progress.update(total);
+    let checkpoint = &committer.checkpoint;
     let resumed = if resumed_at > 1 { format!(", resumed at line {resumed_at}") } else { String::new() };
     Ok(format!("{} events, {} rejected{resumed}{}", checkpoint.accepted, checkpoint.rejected, if finished { "" } else { " (not finished)" }))
 }
 
-/// Sends the chunk, waits for every acknowledgement, then appends the chunk's rejected lines
-/// to the report and writes the checkpoint: a crash before the checkpoint only repeats the
-/// chunk, which changes nothing (stable ids).
-#[allow(clippy::too_many_arguments)]
-async fn flush(
-    chunk: &mut Vec<(Event, Option<TraceContext>)>,
-    producer: Option<&Producer>,
-    checkpoint: &mut Checkpoint,
+/// A chunk handed to the producer and not yet committed.
+struct InFlight {
+    send: Option<tokio::task::JoinHandle<Vec<Result<Delivered, ProduceError>>>>,
+    events: u64,
+    rejected_lines: Vec<String>,
     next_line: u64,
-    checkpoint_path: &Path,
-    report: &mut File,
-    rejected_lines: &mut Vec<String>,
-    total: &mut Counts,
-) -> anyhow::Result<()> {
-    if let Some(producer) = producer {
-        let results = producer.send_events(chunk, OnQueueFull::Wait(Duration::from_secs(60))).await;
-        if let Some(e) = results.iter().find_map(|r| r.as_ref().err()) {
-            bail!(
-                "the broker did not acknowledge every event of lines {}..{} of {} ({e}); nothing after line {} is checkpointed, run again to continue",
-                checkpoint.next_line,
-                next_line,
-                checkpoint.file,
-                checkpoint.next_line.saturating_sub(1)
-            );
+}
+
+/// Sends chunks and commits them in order: a chunk's rejected lines go to the report and the
+/// checkpoint moves past it only once the broker acknowledged all its events, so a crash
+/// before the checkpoint only repeats chunks, which changes nothing (stable ids). One chunk
+/// is in flight while the next is read and validated.
+struct Committer<'a> {
+    producer: Option<Arc<Producer>>,
+    checkpoint: Checkpoint,
+    path: PathBuf,
+    report: &'a mut File,
+    in_flight: Option<InFlight>,
+}
+
+impl Committer<'_> {
+    /// Sends `chunk` (ending before `next_line`), then commits the chunk sent before it.
+    async fn send(&mut self, chunk: Vec<(Event, Option<TraceContext>)>, rejected_lines: Vec<String>, next_line: u64, total: &mut Counts) -> anyhow::Result<()> {
+        let events = chunk.len() as u64;
+        let send = self.producer.clone().filter(|_| events > 0).map(|producer| {
+            tokio::spawn(async move { producer.send_events(&chunk, OnQueueFull::Wait(Duration::from_secs(60))).await })
+        });
+        if let Some(previous) = self.in_flight.replace(InFlight { send, events, rejected_lines, next_line }) {
+            self.commit(previous, total).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits the last chunk; `done` marks the file imported.
+    async fn finish(&mut self, done: bool, total: &mut Counts) -> anyhow::Result<()> {
+        self.checkpoint.done = done;
+        match self.in_flight.take() {
+            Some(last) => self.commit(last, total).await,
+            None => Ok(()),
         }
     }
-    let n = chunk.len() as u64;
-    total.accepted += n;
-    checkpoint.accepted += n;
-    chunk.clear();
-    for line in rejected_lines.drain(..) {
-        writeln!(report, "{line}").context("writing the report")?;
+
+    async fn commit(&mut self, chunk: InFlight, total: &mut Counts) -> anyhow::Result<()> {
+        if let Some(send) = chunk.send {
+            let results = send.await.context("the producing task failed")?;
+            if let Some(e) = results.iter().find_map(|r| r.as_ref().err()) {
+                bail!(
+                    "the broker did not acknowledge every event of lines {}..{} of {} ({e}); nothing after line {} is checkpointed, run again to continue",
+                    self.checkpoint.next_line,
+                    chunk.next_line,
+                    self.checkpoint.file,
+                    self.checkpoint.next_line.saturating_sub(1)
+                );
+            }
+        }
+        total.accepted += chunk.events;
+        self.checkpoint.accepted += chunk.events;
+        self.checkpoint.rejected += chunk.rejected_lines.len() as u64;
+        for line in &chunk.rejected_lines {
+            writeln!(self.report, "{line}").context("writing the report")?;
+        }
+        self.report.flush().context("writing the report")?;
+        self.checkpoint.next_line = chunk.next_line;
+        if self.producer.is_some() {
+            write_checkpoint(&self.path, &self.checkpoint)?;
+        }
+        Ok(())
     }
-    report.flush().context("writing the report")?;
-    checkpoint.next_line = next_line;
-    if producer.is_some() {
-        write_checkpoint(checkpoint_path, checkpoint)?;
-    }
-    Ok(())
 }
 
 /// Waits until `sent` events fit `rate` events/s since `started`.
