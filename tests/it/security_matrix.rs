@@ -167,6 +167,7 @@ fn read_endpoints() -> Vec<Read> {
             "learner_id" => "ada",
             "course_id" => "rust",
             "assessment_id" => "quiz",
+            "achievement_id" => "first-lesson",
             "from" => "2026-11-01",
             "to" => "2026-11-30",
             "currency" => "EUR",
@@ -337,7 +338,17 @@ async fn no_caller_reads_what_its_token_does_not_allow() {
     let _stop = stop.clone().drop_guard();
     let jwks_url = jwks.serve(stop).await;
     let issuers = format!(r#"[{{issuer="{ISSUER}", audience="{AUDIENCE}", jwks_url="{jwks_url}"}}]"#);
-    let p = Pipeline::start("security_matrix", &["catalog", "progress", "achievements", "analytics"], &[("LMS_API__JWT_ISSUERS", issuers)]).await;
+    // Tenant acme issues Open Badges credentials, so the credential route holds data too.
+    let badge_key = dir.join("acme-issuer.pem");
+    let made = std::process::Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&badge_key).output().expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let badge_issuers = format!(r#"{{{TENANT}={{name="Acme Academy", key_file="{}"}}}}"#, badge_key.display());
+    let env = [
+        ("LMS_API__JWT_ISSUERS", issuers),
+        ("LMS_API__CREDENTIALS__BASE_URL", "https://lms.example.org".to_owned()),
+        ("LMS_API__CREDENTIALS__ISSUERS", badge_issuers),
+    ];
+    let p = Pipeline::start("security_matrix", &["catalog", "progress", "achievements", "analytics"], &env).await;
     p.seed().await;
     let reads = read_endpoints();
     let documented: Vec<&str> = reads.iter().map(|r| r.route.as_str()).collect();
@@ -390,6 +401,11 @@ async fn no_caller_reads_what_its_token_does_not_allow() {
                     if code == 401 {
                         assert!(body.get("tenant").is_none(), "{case}: {body}");
                     }
+                }
+                // Another tenant's token asks its own tenant, where ada unlocked nothing.
+                None if read.route.ends_with("/credential") => {
+                    assert_eq!(status, 404, "{case}: {body}");
+                    assert!(body.get("credential").is_none() && body.get("jwt").is_none(), "{case}: {body}");
                 }
                 None => {
                     assert_eq!(status, 200, "{case}: {body}");
