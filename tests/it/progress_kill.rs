@@ -56,6 +56,10 @@ async fn progress_survives_sigkill_of_instances() {
     // point on a batch boundary, so this test checks the processors, not tansu.
     let mut k = kafka(&brokers, &prefix);
     k.properties.insert("batch.num.messages".into(), "1".into());
+    // One record per produce request is slow on a loaded machine (the whole suite runs beside
+    // it): the tail of a 10 000-record chunk waited more than the default 30 s delivery
+    // timeout in a CI run. This test is about the processors, so the producer may wait.
+    k.delivery_timeout_ms = 300_000;
     let producer = Arc::new(Producer::new(&k, topics.clone(), BusMetrics::standalone(), "kill-producer").expect("producer"));
 
     let world = world(11, 4100);
