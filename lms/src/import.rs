@@ -229,7 +229,10 @@ async fn import_file(
     let resumed_at = checkpoint.next_line;
 
     let mut items = Items::open(file, args.format)?;
-    let mut chunk: Vec<(Event, Option<TraceContext>)> = Vec::with_capacity(args.chunk);
+    // With --rate, chunks of at most a second's worth, so the pace is even rather than a
+    // burst of a whole chunk followed by a pause.
+    let chunk_size = args.rate.map_or(args.chunk, |r| args.chunk.min((r as usize).max(1)));
+    let mut chunk: Vec<(Event, Option<TraceContext>)> = Vec::with_capacity(chunk_size);
     let mut rejected_lines: Vec<String> = Vec::new();
     let now = Utc::now();
     let mut line_of_chunk_end = checkpoint.next_line;
@@ -256,10 +259,10 @@ async fn import_file(
             }
         }
         line_of_chunk_end = line + 1;
-        if chunk.len() >= args.chunk {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(args.chunk));
+        if chunk.len() >= chunk_size {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_size));
             committer.send(full, std::mem::take(&mut rejected_lines), line_of_chunk_end, total).await?;
-            sent_in_run += u64::try_from(args.chunk).unwrap_or(u64::MAX);
+            sent_in_run += u64::try_from(chunk_size).unwrap_or(u64::MAX);
             pace(args.rate, rate_started, sent_in_run).await;
             progress.update(total);
         }
