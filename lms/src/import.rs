@@ -215,7 +215,12 @@ async fn import_file(
         done: false,
     };
     let checkpoint_path = args.checkpoint_dir.join(format!("{}.json", checkpoint_name(file)));
-    let checkpoint = match (producer.is_some() && !args.restart).then(|| read_checkpoint(&checkpoint_path)).flatten() {
+    let stored = if producer.is_some() && !args.restart { read_checkpoint(&checkpoint_path) } else { Ok(None) };
+    let stored = stored.unwrap_or_else(|why| {
+        progress.line(&format!("{}: {why}; importing it from the start", file.display()));
+        None
+    });
+    let checkpoint = match stored {
         Some(c) if c.size == fresh.size && c.modified_ns == fresh.modified_ns => c,
         Some(_) => {
             progress.line(&format!("{}: changed since its checkpoint; importing it from the start", file.display()));
@@ -480,8 +485,14 @@ fn checkpoint_name(file: &Path) -> String {
     Uuid::new_v5(&IMPORT_NAMESPACE, absolute.to_string_lossy().as_bytes()).simple().to_string()
 }
 
-fn read_checkpoint(path: &Path) -> Option<Checkpoint> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+/// The stored checkpoint: None when there is none, an error naming the file when it cannot
+/// be read or parsed (the caller says so and starts the file over: its ids are stable).
+fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>, String> {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read the checkpoint {}: {e}", path.display())),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("the checkpoint {} is unreadable: {e}", path.display())),
+    }
 }
 
 /// Writes the checkpoint atomically (a temporary file renamed over it).
