@@ -49,6 +49,7 @@ pub mod dashboard;
 mod enrollments;
 mod events;
 mod ingest;
+pub mod erasure;
 pub mod learners;
 pub mod notifications;
 mod openapi;
@@ -107,6 +108,8 @@ pub(crate) struct AppState {
     pub webhooks: webhook::Seen,
     /// The state store's record of accepted webhooks, shared by every instance.
     pub webhook_store: Option<lms_store::Store>,
+    /// The stores `DELETE /v1/learners/{id}` erases from.
+    pub erasure: Option<erasure::ErasureStores>,
     pub registry: Registry,
     pub openapi: Bytes,
 }
@@ -124,6 +127,7 @@ pub struct Api {
     extra: Vec<Router>,
     checks: Vec<Box<dyn ReadinessCheck>>,
     webhook_store: Option<lms_store::Store>,
+    erasure: Option<erasure::ErasureStores>,
 }
 
 impl Api {
@@ -164,6 +168,7 @@ impl Api {
             factory: None,
             extra: Vec::new(),
             webhook_store: None,
+            erasure: None,
         })
     }
 
@@ -194,6 +199,14 @@ impl Api {
         self
     }
 
+    /// Offers `DELETE /v1/learners/{learner_id}` over these stores (without them the route
+    /// answers 404).
+    #[must_use]
+    pub fn erasure(mut self, stores: erasure::ErasureStores) -> Api {
+        self.erasure = Some(stores);
+        self
+    }
+
     /// Adds a dependency `/readyz` checks in the background.
     #[must_use]
     pub fn readiness_check(mut self, check: Box<dyn ReadinessCheck>) -> Api {
@@ -215,6 +228,7 @@ impl Api {
             limiter: rate_limit::RateLimiter::new(&self.config.rate_limit),
             webhooks: webhook::Seen::new(self.config.webhook_dedupe_capacity),
             webhook_store: self.webhook_store,
+            erasure: self.erasure,
             producer: Arc::new(producer::ProducerSlot::new(self.producer, self.factory)),
             metrics: self.metrics.clone(),
             readiness: readiness.clone(),
@@ -241,6 +255,7 @@ impl Api {
             .route("/v1/enrollments", post(enrollments::post_enrollment))
             .route("/v1/enrollments/{learner_id}/{course_id}", delete(enrollments::delete_enrollment))
             .route("/v1/payments/webhook", post(webhook::post_webhook))
+            .route("/v1/learners/{learner_id}", delete(erasure::delete_learner))
             .route("/livez", get(ops::livez))
             .route("/healthz", get(ops::livez))
             .route("/readyz", get(ops::readyz))

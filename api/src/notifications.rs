@@ -108,7 +108,14 @@ async fn put_preferences(
         let errors = errors.into_iter().map(|(path, message)| FieldError { path, message }).collect();
         return Err(Problem::unprocessable("invalid notification preferences", errors));
     }
-    preferences::write(&store, &claims.tenant, &learner_id, &prefs).await.map_err(store_problem)?;
+    if !preferences::write(&store, &claims.tenant, &learner_id, &prefs).await.map_err(store_problem)? {
+        return Err(Problem::new(
+            axum::http::StatusCode::GONE,
+            "erased",
+            "Learner erased",
+            "the learner was erased (DELETE /v1/learners/{learner_id}); nothing of them is stored again",
+        ));
+    }
     Ok(Json(prefs))
 }
 
@@ -189,6 +196,7 @@ pub(crate) fn add_openapi(doc: &mut serde_json::Value) {
             "responses": errors(json!({
                 "200": {"description": "Stored", "content": prefs},
                 "400": {"description": "Malformed JSON, or learner_id is not a well-formed id", "content": problem},
+                "410": {"description": "The learner was erased: nothing of them is stored again", "content": problem},
                 "422": {"description": "Invalid preferences; `errors` names each field", "content": problem}
             }))
         }

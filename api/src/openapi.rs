@@ -25,6 +25,7 @@ use utoipa::{Modify, OpenApi};
         crate::enrollments::post_enrollment,
         crate::enrollments::delete_enrollment,
         crate::webhook::post_webhook,
+        crate::erasure::delete_learner,
         crate::ops::livez,
         crate::ops::readyz,
         crate::ops::metrics,

@@ -476,3 +476,12 @@ mod tests {
         assert_eq!(graded.percent(), 75.0);
     }
 }
+
+/// A learner's data was erased at the tenant's request (`DELETE /v1/learners/{learner_id}`
+/// or `lms learners erase`). The event time is when the erasure was requested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LearnerErased {
+    /// The erased learner.
+    #[schemars(length(min = 1, max = 128))]
+    pub learner_id: String,
+}

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::data::{
     AchievementUnlocked, AssessmentGraded, CourseCompleted, CoursePublished, CourseRetired,
-    EnrollmentCreated, EnrollmentDropped, LessonRef, NotificationOutcome, PaymentFailed,
+    EnrollmentCreated, EnrollmentDropped, LearnerErased, LessonRef, NotificationOutcome, PaymentFailed,
     PaymentRefunded, PaymentSucceeded, ProgressUpdated, VideoProgressed,
 };
 
@@ -101,6 +101,11 @@ pub enum EventData {
     /// `notification.failed` (derived): a notification delivery attempt failed.
     #[serde(rename = "notification.failed")]
     NotificationFailed(NotificationOutcome),
+    /// `learner.erased` (written by the erasure endpoint and `lms learners erase`, never by
+    /// clients as an event): the learner's data was erased; every processor drops the
+    /// learner's events from then on and removes what it holds of them.
+    #[serde(rename = "learner.erased")]
+    LearnerErased(LearnerErased),
 }
 
 impl EventData {
@@ -123,6 +128,7 @@ impl EventData {
             EventData::AchievementUnlocked(_) => EventType::AchievementUnlocked,
             EventData::NotificationSent(_) => EventType::NotificationSent,
             EventData::NotificationFailed(_) => EventType::NotificationFailed,
+            EventData::LearnerErased(_) => EventType::LearnerErased,
         }
     }
 
@@ -145,6 +151,7 @@ impl EventData {
             EventData::NotificationSent(d) | EventData::NotificationFailed(d) => {
                 Some(&d.learner_id)
             }
+            EventData::LearnerErased(d) => Some(&d.learner_id),
         }
     }
 
@@ -166,7 +173,9 @@ impl EventData {
             EventData::ProgressUpdated(d) => Some(&d.course_id),
             EventData::CourseCompleted(d) => Some(&d.course_id),
             EventData::AchievementUnlocked(d) => d.course_id.as_deref(),
-            EventData::NotificationSent(_) | EventData::NotificationFailed(_) => None,
+            EventData::NotificationSent(_)
+            | EventData::NotificationFailed(_)
+            | EventData::LearnerErased(_) => None,
         }
     }
 }
@@ -236,6 +245,7 @@ impl Event {
             EventData::NotificationSent(d) | EventData::NotificationFailed(d) => {
                 Cow::Borrowed(d.learner_id.as_str())
             }
+            EventData::LearnerErased(d) => Cow::Owned(erasure_key(&self.tenant, &d.learner_id)),
         }
     }
 
@@ -278,6 +288,12 @@ pub fn catalog_retirement_key(tenant: &str, course_id: &str) -> String {
         escape_key_part(tenant),
         escape_key_part(course_id)
     )
+}
+
+/// The key of a `learner.erased` record on the compacted erasure topic:
+/// `{tenant}/{learner_id}`, so compaction keeps one record per erased learner of every tenant.
+pub fn erasure_key(tenant: &str, learner_id: &str) -> String {
+    format!("{}/{}", escape_key_part(tenant), escape_key_part(learner_id))
 }
 
 /// Escapes one part of a catalog key: `%` as `%25` and `/` as `%2F`, so that parts never
@@ -367,11 +383,14 @@ pub enum EventType {
     NotificationSent,
     /// `notification.failed` (derived)
     NotificationFailed,
+    /// `learner.erased` (written by the erasure endpoint)
+    LearnerErased,
 }
 
 impl EventType {
-    /// Every event type: first the eleven client-writable ones, then the five derived ones.
-    pub const ALL: [EventType; 16] = [
+    /// Every event type: first the eleven client-writable ones, then the five derived ones,
+    /// then the erasure.
+    pub const ALL: [EventType; 17] = [
         EventType::CoursePublished,
         EventType::CourseRetired,
         EventType::EnrollmentCreated,
@@ -388,6 +407,7 @@ impl EventType {
         EventType::AchievementUnlocked,
         EventType::NotificationSent,
         EventType::NotificationFailed,
+        EventType::LearnerErased,
     ];
 
     /// Returns the wire name, such as `"lesson.completed"`.
@@ -409,6 +429,7 @@ impl EventType {
             EventType::AchievementUnlocked => "achievement.unlocked",
             EventType::NotificationSent => "notification.sent",
             EventType::NotificationFailed => "notification.failed",
+            EventType::LearnerErased => "learner.erased",
         }
     }
 
@@ -429,13 +450,14 @@ impl EventType {
             | EventType::AchievementUnlocked
             | EventType::NotificationSent
             | EventType::NotificationFailed => Domain::Derived,
+            EventType::LearnerErased => Domain::Erasure,
         }
     }
 
-    /// Tells whether clients may send events of this type; `false` for the five derived types,
-    /// which only the pipeline writes.
+    /// Tells whether clients may send events of this type; `false` for the five derived types
+    /// and the erasure, which only the pipeline writes.
     pub fn is_client_writable(self) -> bool {
-        self.domain() != Domain::Derived
+        !matches!(self.domain(), Domain::Derived | Domain::Erasure | Domain::DeadLetter)
     }
 
     /// Returns the client-writable types, in the order of [`EventType::ALL`].
@@ -499,17 +521,21 @@ pub enum Domain {
     Derived,
     /// Records a consumer could not process; it has no event types of its own.
     DeadLetter,
+    /// Learner erasures (`learner.erased`), kept for ever on a compacted topic so that a
+    /// replay from the beginning, on any store, learns every erasure.
+    Erasure,
 }
 
 impl Domain {
     /// Every domain.
-    pub const ALL: [Domain; 6] = [
+    pub const ALL: [Domain; 7] = [
         Domain::Learning,
         Domain::Enrollment,
         Domain::Payment,
         Domain::Catalog,
         Domain::Derived,
         Domain::DeadLetter,
+        Domain::Erasure,
     ];
 
     /// Returns the name used in `topics.yaml`, such as `"learning"` or `"dead_letter"`.
@@ -521,6 +547,7 @@ impl Domain {
             Domain::Catalog => "catalog",
             Domain::Derived => "derived",
             Domain::DeadLetter => "dead_letter",
+            Domain::Erasure => "erasure",
         }
     }
 
@@ -567,7 +594,7 @@ mod tests {
     }
 
     #[test]
-    fn exactly_five_types_are_derived() {
+    fn only_the_five_derived_types_and_the_erasure_are_not_client_writable() {
         let derived: Vec<_> = EventType::ALL
             .into_iter()
             .filter(|t| !t.is_client_writable())
@@ -580,7 +607,8 @@ mod tests {
                 "course.completed",
                 "achievement.unlocked",
                 "notification.sent",
-                "notification.failed"
+                "notification.failed",
+                "learner.erased"
             ]
         );
         assert_eq!(EventType::client_writable().count(), 11);

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::data::{
     AchievementUnlocked, AssessmentGraded, Channel, CourseCompleted, CoursePublished,
-    CourseRetired, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LessonRef, Module,
+    CourseRetired, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LearnerErased, LessonRef, Module,
     NotificationOutcome, PaymentFailed, PaymentRefunded, PaymentSucceeded, ProgressStatus,
     ProgressUpdated, VideoProgressed,
 };
@@ -143,6 +143,7 @@ pub fn data(event_type: EventType) -> EventData {
         EventType::NotificationFailed => {
             EventData::NotificationFailed(notification(Some("SMTP 451: try again later")))
         }
+        EventType::LearnerErased => EventData::LearnerErased(LearnerErased { learner_id: LEARNER.into() }),
     }
 }
 

@@ -75,11 +75,11 @@ pub mod trace;
 pub use codec::{CONTENT_TYPE, DecodeError, decode, encode, headers};
 pub use data::{
     AchievementUnlocked, AssessmentGraded, Channel, CourseCompleted, CoursePublished,
-    CourseRetired, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LessonRef,
+    CourseRetired, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LearnerErased, LessonRef,
     MAX_AMOUNT_MINOR, Module, NotificationOutcome, PaymentFailed, PaymentRefunded,
     PaymentSucceeded, ProgressStatus, ProgressUpdated, VideoProgressed,
 };
-pub use event::{Domain, Event, EventData, EventType, SPEC_VERSION, UnknownEventType};
+pub use event::{Domain, Event, EventData, EventType, SPEC_VERSION, UnknownEventType, erasure_key};
 pub use input::{FieldError, Rejection, parse_client_event, parse_client_event_owned};
 pub use schema::{event_schema, input_event_schema};
 pub use trace::TraceContext;

@@ -131,7 +131,9 @@ pub async fn run(args: DemoArgs, base: &Config) -> anyhow::Result<()> {
         if stop.is_cancelled() {
             return Ok(());
         }
-        let groups: Vec<(&str, String)> = names.iter().map(|n| (*n, config.kafka.group_id(n))).collect();
+        // The groups the backfill feeds: the erasure topic stays empty until someone erases.
+        let fed = |n: &str| processors::lookup(n).is_ok_and(|r| r.domains.iter().any(|d| *d != lms_events::Domain::Erasure));
+        let groups: Vec<(&str, String)> = names.iter().filter(|n| fed(n)).map(|n| (*n, config.kafka.group_id(n))).collect();
         wait_caught_up(&groups, &metrics, produced, &stop).await;
         if args.exit_when_caught_up || stop.is_cancelled() {
             return Ok(());

@@ -5,6 +5,7 @@ mod config;
 mod demo;
 mod generate;
 mod import;
+mod learners;
 mod ops;
 mod processor;
 mod serve;
@@ -94,6 +95,10 @@ enum Command {
     ///
     /// Example: `lms import --tenant acme moodle-export.json.gz`
     Import(import::ImportArgs),
+    /// Learner data lifecycle: `lms learners erase` erases learners everywhere, as
+    /// `DELETE /v1/learners/{learner_id}` does.
+    #[command(subcommand)]
+    Learners(learners::LearnersCommand),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -124,6 +129,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Dlq(cmd) => ops::dlq::run(cmd, &config).await,
             Command::Generate(args) => generate::run(args, &config).await,
             Command::Import(args) => import::run(args, &config).await,
+            Command::Learners(cmd) => learners::run(cmd, &config).await,
         };
         done.map(|()| ExitCode::SUCCESS)
     });

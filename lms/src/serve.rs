@@ -71,6 +71,7 @@ pub fn router(
         .merge(api::analytics::router(Arc::clone(&backends.analytics)))
         .merge(api::dashboard::router_with(hints))
         .webhook_store(backends.store.clone())
+        .erasure(api::erasure::ErasureStores { store: backends.store.clone(), analytics: Arc::clone(&backends.analytics) })
         .readiness_check(api::readiness_fn("state_store", move || {
             let store = store.clone();
             Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })

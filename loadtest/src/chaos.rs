@@ -67,7 +67,7 @@ use crate::oracle::progress::LearnerKey;
 use crate::oracle::{analytics, notifications, progress};
 
 /// The processors every process runs.
-pub const PROCESSORS: &[&str] = &["catalog", "progress", "achievements", "notifications", "analytics"];
+pub const PROCESSORS: &[&str] = &["catalog", "progress", "achievements", "notifications", "analytics", "erasure"];
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -110,6 +110,13 @@ pub struct ChaosConfig {
     pub log_dir: PathBuf,
     /// Every process produces one record per batch (for tansu's memory engine).
     pub one_record_per_batch: bool,
+    /// Learners erased through `DELETE /v1/learners/{id}` after the first half of the
+    /// activity (their later events are still sent: they must be dropped). The oracles then
+    /// leave them out, but for their payments, which revenue keeps.
+    pub erase: usize,
+    /// After everything caught up: stop every processor, `lms replay --to-earliest` every
+    /// group, start them again and compare after that (erased learners must stay erased).
+    pub replay: bool,
     /// Print what happens.
     pub verbose: bool,
 }
@@ -138,6 +145,8 @@ impl ChaosConfig {
             catch_up_timeout: Duration::from_secs(300),
             log_dir: std::env::temp_dir(),
             one_record_per_batch: true,
+            erase: 0,
+            replay: false,
             verbose: false,
         }
     }
@@ -287,6 +296,28 @@ impl Fleet {
         args.extend_from_slice(&["--rules", &rules]);
         let log = format!("{}processor-{n}.log", self.prefix);
         self.spawn(&args, &log)
+    }
+}
+
+impl Fleet {
+    /// Stops every processor process with SIGTERM (it drains and commits) and waits for it.
+    pub(crate) fn stop_processors(&mut self) {
+        for c in &mut self.processors {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs an `lms` command with the deployment's environment to its end; fails unless it
+    /// succeeds.
+    pub(crate) fn run_to_end(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let out = Command::new(&self.lms_bin)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .with_context(|| format!("running lms {args:?}"))?;
+        ensure!(out.status.success(), "lms {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(out)
     }
 }
 
@@ -533,6 +564,21 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     };
     post_all(&http, &base, &tokens, first_half, cfg.batch_size, cfg.concurrency, &retries).await?;
     quiet("the first half of the activity").await?;
+    let erased = pick_learners(first_half, cfg.erase);
+    let mut erasure_tally = Tally::new("DELETE /v1/learners/{id}");
+    for (tenant, learner) in &erased {
+        let admin = token(tenant, scope::ADMIN);
+        let report = delete_json(&http, &format!("{base}/v1/learners/{learner}"), &admin).await?;
+        erasure_tally.checked += 1;
+        // Each had activity in the first half, all processed: the erasure must remove some.
+        if report["learner_id"] != learner.as_str() || report["already_erased"] != false || report["state"]["progress"].as_u64().unwrap_or(0) == 0 {
+            erasure_tally.wrong += 1;
+            erasure_tally.example(format!("{tenant}/{learner}: {report}"));
+        }
+    }
+    if !erased.is_empty() {
+        say(format!("erased {} learners after the first half; their later events are still sent", erased.len()));
+    }
     post_all(&http, &base, &tokens, &late_versions, cfg.batch_size, cfg.concurrency, &retries).await?;
     quiet("the versions that add a lesson").await?;
     say(format!("{} later versions arrived after the first half of the activity", late_versions.len()));
@@ -548,19 +594,42 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
 
     wait_caught_up(&cfg.brokers, &groups, Some(&store), cfg.catch_up_timeout).await?;
     let catch_up = last_kill.elapsed();
+    say(format!("every group caught up {:.1} s after the last kill", catch_up.as_secs_f64()));
+    if cfg.replay {
+        let mut f = fleet.lock().await;
+        f.stop_processors();
+        for name in PROCESSORS {
+            f.run_to_end(&["replay", "--group", name, "--to-earliest", "--yes", "--skip-member-check"])?;
+        }
+        for i in 0..cfg.instances {
+            let c = f.spawn_processor()?;
+            if i < f.processors.len() {
+                f.processors[i] = c;
+            } else {
+                f.processors.push(c);
+            }
+        }
+        drop(f);
+        let replayed = Instant::now();
+        wait_caught_up(&cfg.brokers, &groups, Some(&store), cfg.catch_up_timeout).await.context("caught up after the replay")?;
+        say(format!("every group replayed from the beginning and caught up in {:.1} s", replayed.elapsed().as_secs_f64()));
+    }
     let elapsed = started.elapsed();
-    say(format!("every group caught up {:.1} s after the last kill; comparing", catch_up.as_secs_f64()));
 
+    // Erased learners are in no oracle; revenue keeps their payments, without them.
+    let kept = |e: &&Event| !is_erased(&erased, e);
     let mut phase_one = first_versions.clone();
-    phase_one.extend(first_half);
-    let mut phase_three = second_half.to_vec();
+    phase_one.extend(first_half.iter().copied().filter(kept));
+    let mut phase_three: Vec<&Event> = second_half.iter().copied().filter(kept).collect();
     phase_three.extend(removal_refs.iter().copied());
     let progress_oracle = progress::Oracle::phased(&[phase_one, late_versions.clone(), phase_three]);
     let lowered = progress_oracle.lowered.len();
     say(format!("{lowered} learner-courses were lowered by a late version, {} completed once", progress_oracle.completed_once.len()));
-    let mut all_events: Vec<Event> = events.clone();
+    let mut all_events: Vec<Event> = events.iter().filter(|e| !is_erased(&erased, e)).cloned().collect();
     all_events.extend(removals.iter().cloned());
-    let analytics_oracle = analytics::Oracle::new(&all_events);
+    let anonymous_payments: Vec<Event> =
+        events.iter().filter(|e| is_erased(&erased, e)).filter_map(anonymized_payment).collect();
+    let analytics_oracle = analytics::Oracle::new(all_events.iter().chain(&anonymous_payments));
     let mut tallies = Vec::new();
     let readers: BTreeMap<String, String> = tenants.iter().map(|t| (t.name.clone(), token(&t.name, scope::ANALYTICS_READ))).collect();
     let reader = |tenant: &str| readers.get(tenant).cloned().unwrap_or_default();
@@ -569,6 +638,10 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     tallies.extend(compare_analytics(&http, &base, &reader, &analytics_oracle, &tenants, cfg).await?);
     let inbox_oracle = notifications::Oracle::new(&all_events, &progress_oracle);
     tallies.push(compare_notifications(&http, &base, &reader, &inbox_oracle, NOTIFICATIONS_DELIVERED).await?);
+    if !erased.is_empty() {
+        tallies.push(erasure_tally);
+        tallies.push(check_erased(&http, &base, &reader, &erased).await?);
+    }
 
     drop(fleet);
     store.close().await;
@@ -800,6 +873,74 @@ pub(crate) async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> 
 
 pub(crate) fn time(v: &Value) -> Option<DateTime<Utc>> {
     v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.to_utc())
+}
+
+/// `n` learners with learning activity in `events`, spread over the learners of every tenant
+/// (deterministic).
+fn pick_learners(events: &[&Event], n: usize) -> Vec<(String, String)> {
+    let all: BTreeSet<(String, String)> = events
+        .iter()
+        .filter(|e| e.event_type().is_learning_activity())
+        .filter_map(|e| e.learner_id().map(|l| (e.tenant.clone(), l.to_owned())))
+        .collect();
+    let all: Vec<(String, String)> = all.into_iter().collect();
+    if n == 0 || all.is_empty() {
+        return Vec::new();
+    }
+    let step = (all.len() / n).max(1);
+    all.into_iter().step_by(step).take(n).collect()
+}
+
+fn is_erased(erased: &[(String, String)], e: &Event) -> bool {
+    e.learner_id().is_some_and(|l| erased.iter().any(|(t, x)| *t == e.tenant && x == l))
+}
+
+/// A payment of an erased learner as the analytics keep it: without the learner.
+fn anonymized_payment(e: &Event) -> Option<Event> {
+    let mut e = e.clone();
+    match &mut e.data {
+        EventData::PaymentSucceeded(d) => d.learner_id.clear(),
+        EventData::PaymentFailed(d) => d.learner_id.clear(),
+        _ => return None,
+    }
+    e.subject = None;
+    Some(e)
+}
+
+async fn delete_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
+    let r = http.delete(url).bearer_auth(token).send().await.with_context(|| format!("DELETE {url}"))?;
+    let status = r.status();
+    let body: Value = r.json().await.with_context(|| format!("DELETE {url}: reading the answer"))?;
+    ensure!(status == StatusCode::OK, "DELETE {url} answered {status}: {body}");
+    Ok(body)
+}
+
+/// Every learner endpoint of each erased learner must be empty (preferences: the defaults,
+/// without an address).
+async fn check_erased(
+    http: &reqwest::Client,
+    base: &str,
+    reader: &impl Fn(&str) -> String,
+    erased: &[(String, String)],
+) -> anyhow::Result<Tally> {
+    let mut t = Tally::new("erased learners: every learner endpoint");
+    for (tenant, learner) in erased {
+        for what in ["progress", "achievements", "notifications"] {
+            let body = get_json(http, &format!("{base}/v1/learners/{learner}/{what}"), &reader(tenant)).await?;
+            t.checked += 1;
+            if body.as_array().is_none_or(|a| !a.is_empty()) {
+                t.doubled += 1;
+                t.example(format!("{tenant}/{learner} {what}: {body}"));
+            }
+        }
+        let prefs = get_json(http, &format!("{base}/v1/learners/{learner}/notification-preferences"), &reader(tenant)).await?;
+        t.checked += 1;
+        if !prefs["email"].is_null() {
+            t.doubled += 1;
+            t.example(format!("{tenant}/{learner} preferences: {prefs}"));
+        }
+    }
+    Ok(t)
 }
 
 pub(crate) async fn compare_progress(

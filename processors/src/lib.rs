@@ -6,6 +6,7 @@
 
 pub mod achievements;
 pub mod catalog;
+pub mod erasure;
 pub mod noop;
 pub mod notifications;
 pub mod progress;
@@ -75,6 +76,12 @@ pub const REGISTRY: &[Registered] = &[
         about: "Decides notifications (templates, preferences, throttle, digests) and delivers them in-app, by e-mail and webhook; emits notification.sent/failed.",
         domains: &[Domain::Enrollment, Domain::Payment, Domain::Derived],
         build: |c| Ok(Arc::new(notifications::Notifications::new(c.store.clone(), Arc::clone(&c.notifications)))),
+    },
+    Registered {
+        name: "erasure",
+        about: "Applies learner erasures (the erasure topic) to the state store, so a store rebuilt by replay forgets them again.",
+        domains: &[Domain::Erasure],
+        build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), erasure::Erasure))),
     },
     Registered {
         name: "noop",

@@ -1,13 +1,15 @@
 //! What every store-backed processor does per batch, in one transaction: advance the
-//! stored offsets first (fencing a member that lost the partitions), apply the batch's
-//! effects, put the derived events in the outbox, commit, wake the relay.
+//! stored offsets first (fencing a member that lost the partitions), drop the events of
+//! erased learners, apply the batch's effects, put the derived events in the outbox, commit,
+//! wake the relay.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use lms_bus::{Batch, OffsetStore, ProcessError, Processor, Record};
-use lms_events::{Event, TraceContext};
-use lms_store::{Store, StoreError, Tx, offsets, outbox};
+use lms_events::{Event, EventData, TraceContext};
+use lms_store::{Store, StoreError, Tx, erasure, offsets, outbox};
 use tokio::sync::Notify;
 
 /// Derived events with the trace context they continue.
@@ -44,7 +46,8 @@ impl<S: Stage> Stateful<S> {
     async fn run(&self, batch: &Batch) -> Result<usize, StoreError> {
         let mut tx = self.store.begin().await?;
         offsets::advance(&mut tx, &batch.group, &batch.offsets).await?;
-        let events = self.stage.apply(&self.store, &mut tx, &batch.records).await?;
+        let records = admitted(&self.store, &mut tx, &batch.records).await?;
+        let events = self.stage.apply(&self.store, &mut tx, &records).await?;
         outbox::enqueue(&mut tx, &events).await?;
         // The offsets may pass poison records: their dead letters first.
         if !batch.dead_letters.acknowledged().await {
@@ -80,4 +83,33 @@ impl<S: Stage> Processor for Stateful<S> {
     fn offset_store(&self) -> Option<Arc<dyn OffsetStore>> {
         Some(Arc::new(self.store.clone()))
     }
+}
+
+/// The records whose learner is not erased (CONTRACT.md, "Learner data lifecycle"): where
+/// events enter processing, in the batch's transaction and under the erasure lock, so an
+/// erasure is either seen here or removes what this transaction writes. `learner.erased`
+/// records themselves always pass. Borrows `records` when nothing is dropped (the usual case).
+///
+/// A batch of nothing but erasures (the `erasure` processor's) takes no lock: [`erasure::erase`]
+/// takes it exclusively, and two such batches each holding it shared would deadlock.
+pub async fn admitted<'r>(store: &Store, tx: &mut Tx, records: &'r [Record]) -> Result<Cow<'r, [Record]>, StoreError> {
+    if records.iter().all(|r| matches!(r.event.data, EventData::LearnerErased(_))) {
+        return Ok(Cow::Borrowed(records));
+    }
+    erasure::guard(tx, store.backend()).await?;
+    let learners = records
+        .iter()
+        .filter(|r| !matches!(r.event.data, EventData::LearnerErased(_)))
+        .filter_map(|r| r.event.learner_id().map(|l| (r.event.tenant.as_str(), l)));
+    let erased = erasure::erased(tx, learners).await?;
+    if erased.is_empty() {
+        return Ok(Cow::Borrowed(records));
+    }
+    let is_erased = |r: &Record| {
+        !matches!(r.event.data, EventData::LearnerErased(_))
+            && r.event.learner_id().is_some_and(|l| erased.contains(&(r.event.tenant.clone(), l.to_owned())))
+    };
+    let kept: Vec<Record> = records.iter().filter(|r| !is_erased(r)).cloned().collect();
+    tracing::debug!(dropped = records.len() - kept.len(), "events of erased learners dropped");
+    Ok(Cow::Owned(kept))
 }

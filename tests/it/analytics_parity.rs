@@ -87,4 +87,48 @@ async fn analytics_parquet_twin_answers_as_clickhouse_and_the_oracle() {
     let reopened = ParquetStore::open(cfg).await.expect("reopen the twin");
     reopened.ping().await.expect("ping");
     assert_same("twin reopened", &answers(&reopened, &q).await, &expected);
+
+    // Erasure: one learner of each tenant leaves both stores; every answer then equals the
+    // oracle of the stream without them, but for their payments, which revenue keeps.
+    let mut erased: Vec<(String, String)> = Vec::new();
+    for e in &stream.distinct {
+        if let (true, Some(l)) = (e.event_type().is_learning_activity(), e.learner_id()) {
+            if !erased.iter().any(|(t, _)| *t == e.tenant) {
+                erased.push((e.tenant.clone(), l.to_owned()));
+            }
+        }
+    }
+    assert_eq!(erased.len(), TENANTS);
+    for (tenant, learner) in &erased {
+        let removed = reopened.erase(tenant, learner).await.expect("twin erase");
+        assert!(removed.values().sum::<u64>() > 0, "the twin held rows of {tenant}/{learner}: {removed:?}");
+        let removed = ch.erase(tenant, learner).await.expect("clickhouse erase");
+        assert!(removed.values().sum::<u64>() > 0, "ClickHouse held rows of {tenant}/{learner}: {removed:?}");
+    }
+    let pairs: Vec<(&str, &str)> = erased.iter().map(|(t, l)| (t.as_str(), l.as_str())).chain([("tenant-0", "nobody")]).collect();
+    for store in [&reopened as &dyn AnalyticsStore, &ch] {
+        let found = store.erased(&pairs).await.expect("erased");
+        assert_eq!(found.len(), TENANTS, "{}: the erased learners and no other: {found:?}", store.kind());
+    }
+    let is_erased = |e: &Event| e.learner_id().is_some_and(|l| erased.iter().any(|(t, x)| *t == e.tenant && x == l));
+    let remaining: Vec<Event> = stream
+        .distinct
+        .iter()
+        .filter_map(|e| match (&e.data, is_erased(e)) {
+            (_, false) => Some(e.clone()),
+            (lms_events::EventData::PaymentSucceeded(_) | lms_events::EventData::PaymentFailed(_), true) => {
+                let mut anonymous = e.clone();
+                match &mut anonymous.data {
+                    lms_events::EventData::PaymentSucceeded(d) => d.learner_id.clear(),
+                    lms_events::EventData::PaymentFailed(d) => d.learner_id.clear(),
+                    _ => {}
+                }
+                Some(anonymous)
+            }
+            _ => None,
+        })
+        .collect();
+    let expected = oracle_answers(&Oracle::new(&remaining), &q);
+    assert_same("clickhouse after the erasure", &answers(&ch, &q).await, &expected);
+    assert_same("twin after the erasure", &answers(&reopened, &q).await, &expected);
 }

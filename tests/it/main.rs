@@ -26,6 +26,7 @@ mod compose;
 mod config_fail_fast;
 mod credentials;
 mod dashboards;
+mod erasure;
 mod demo_browser;
 mod demo_commands;
 mod notify_api;

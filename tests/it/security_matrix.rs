@@ -417,6 +417,36 @@ async fn no_caller_reads_what_its_token_does_not_allow() {
     }
     assert_eq!(checked, reads.len() * callers.len());
     eprintln!("security matrix: {} read endpoints × {} callers = {checked} requests refused or empty", reads.len(), callers.len());
+
+    // Erasure (`admin` only): every hostile caller is refused, but another tenant's admin,
+    // whose erasure names its own tenant's `ada` and leaves acme's untouched.
+    let erase = |authorization: Option<&str>| {
+        let mut r = p.http.delete(format!("{}/v1/learners/ada", p.base));
+        if let Some(a) = authorization {
+            r = r.header("authorization", a);
+        }
+        async move { answer(r.send().await.expect("delete")).await }
+    };
+    for caller in &callers {
+        let expected = caller.learner.unwrap_or(if caller.what.contains("admin") { 200 } else { 403 });
+        let (status, _, body) = erase(caller.authorization.as_deref()).await;
+        assert_eq!(status, expected, "DELETE /v1/learners/ada × {}: {body}", caller.what);
+    }
+    let (_, _, still) = get("/v1/learners/ada/progress", Some(&analyst)).await;
+    assert!(has_data(&still), "no hostile caller erased acme's ada: {still}");
+    let acme_admin = format!("Bearer {}", token("admin"));
+    let (status, _, report) = erase(Some(&acme_admin)).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!((report["already_erased"].as_bool(), report["analytics"]["status"].as_str()), (Some(false), Some("erased")), "{report}");
+    assert!(report["state"]["progress"].as_u64() > Some(0), "ada's progress rows were erased: {report}");
+    for read in reads.iter().filter(|r| r.is_learner()) {
+        let (status, _, body) = get(&read.path, Some(&analyst)).await;
+        // Lists are empty; the credential of an achievement no longer there is not found.
+        let gone = if read.route.ends_with("/credential") { status == 404 } else { status == 200 && !has_data(&body) };
+        assert!(gone, "{}: nothing of ada after her erasure ({status}): {body}", read.path);
+    }
+    let (_, _, again) = erase(Some(&acme_admin)).await;
+    assert_eq!(again["already_erased"], true, "{again}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

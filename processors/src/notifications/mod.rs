@@ -180,7 +180,8 @@ impl Notifications {
     async fn run(&self, batch: &Batch) -> Result<usize, NotifyError> {
         let mut tx = self.store.begin().await?;
         offsets::advance(&mut tx, &batch.group, &batch.offsets).await?;
-        let decided = apply(&self.settings, &self.store, &mut tx, &batch.records).await?;
+        let records = crate::stateful::admitted(&self.store, &mut tx, &batch.records).await?;
+        let decided = apply(&self.settings, &self.store, &mut tx, &records).await?;
         // The offsets may pass poison records: their dead letters first.
         if !batch.dead_letters.acknowledged().await {
             return Err(StoreError::DeadLettersPending.into());

@@ -221,8 +221,16 @@ pub async fn read(store: &Store, tenant: &str, learner: &str) -> Result<Preferen
 
 /// `PUT …/notification-preferences`: stores validated preferences (and the time zone the
 /// achievements processor reads).
-pub async fn write(store: &Store, tenant: &str, learner: &str, prefs: &Preferences) -> Result<(), StoreError> {
+/// Writes a learner's preferences, unless the learner is erased (`Ok(false)`, nothing
+/// written): under the erasure lock, so an erasure at the same moment either removes these
+/// rows or is seen here.
+pub async fn write(store: &Store, tenant: &str, learner: &str, prefs: &Preferences) -> Result<bool, StoreError> {
     let json = serde_json::to_string(prefs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut tx = store.begin().await?;
+    lms_store::erasure::guard(&mut tx, store.backend()).await?;
+    if !lms_store::erasure::erased(&mut tx, [(tenant, learner)]).await?.is_empty() {
+        return Ok(false);
+    }
     sqlx::query(
         "INSERT INTO learner_preferences (tenant, learner_id, timezone, preferences, updated_at_us) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (tenant, learner_id) DO UPDATE SET timezone = excluded.timezone, preferences = excluded.preferences, \
@@ -233,9 +241,10 @@ pub async fn write(store: &Store, tenant: &str, learner: &str, prefs: &Preferenc
     .bind(prefs.timezone.as_str())
     .bind(json)
     .bind(now_us())
-    .execute(store.pool())
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await?;
+    Ok(true)
 }
 
 #[cfg(test)]

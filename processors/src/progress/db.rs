@@ -49,17 +49,19 @@ pub fn course_lock(tenant: &str, course: &str) -> i64 {
     lock_key("course", &[tenant, course])
 }
 
-/// Records which of `ids` (tenant, event id) are seen for the first time, and returns them.
-pub async fn first_seen(conn: &mut AnyConnection, ids: &[(String, String)]) -> Result<HashSet<(String, String)>, StoreError> {
+/// Records which of `ids` (tenant, event id, learner) are seen for the first time, and
+/// returns them as (tenant, event id). The learner is kept so that an erasure removes the
+/// learner's rows here too.
+pub async fn first_seen(conn: &mut AnyConnection, ids: &[(String, String, String)]) -> Result<HashSet<(String, String)>, StoreError> {
     let mut fresh = HashSet::new();
     for chunk in ids.chunks(CHUNK_ROWS) {
         let sql = format!(
-            "INSERT INTO progress_seen (tenant, event_id) VALUES {} ON CONFLICT (tenant, event_id) DO NOTHING RETURNING tenant, event_id",
-            values(chunk.len(), 2, 1)
+            "INSERT INTO progress_seen (tenant, event_id, learner_id) VALUES {} ON CONFLICT (tenant, event_id) DO NOTHING RETURNING tenant, event_id",
+            values(chunk.len(), 3, 1)
         );
         let mut q = sqlx::query(&sql);
-        for (t, id) in chunk {
-            q = q.bind(t.as_str()).bind(id.as_str());
+        for (t, id, learner) in chunk {
+            q = q.bind(t.as_str()).bind(id.as_str()).bind(learner.as_str());
         }
         for row in q.fetch_all(&mut *conn).await? {
             fresh.insert((row.try_get(0)?, row.try_get(1)?));

@@ -119,7 +119,8 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
     db::lock_courses(tx, store.backend(), changes.courses.keys().map(|k| (k.tenant.as_str(), k.course.as_str())), false)
         .await?;
     if !changes.videos.is_empty() {
-        let ids: Vec<(String, String)> = changes.videos.keys().cloned().collect();
+        let ids: Vec<(String, String, String)> =
+            changes.videos.iter().map(|((t, id), (key, _))| (t.clone(), id.clone(), key.learner.clone())).collect();
         let fresh = db::first_seen(tx, &ids).await?;
         for (id, (key, ms)) in &changes.videos {
             if fresh.contains(id) {

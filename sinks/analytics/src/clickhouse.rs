@@ -15,6 +15,7 @@
 //! (`uniqExact` of ids, `max`/`min` or `argMax(…, revision)` per key, or `GROUP BY id` before
 //! summing), so `FINAL` is never needed.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,10 +209,29 @@ const MIGRATIONS: &[Migration] = &[Migration {
             day Int32, week Int32, month Int32
         ) ENGINE = ReplacingMergeTree(revision) ORDER BY (tenant, course_id, learner_id)",
     ],
+}, Migration {
+    version: 3,
+    name: "erased learners",
+    statements: &[
+        // Learners erased per tenant (`DELETE /v1/learners/{id}`): the sink drops their
+        // events; their rows elsewhere are removed by mutations (`erase`).
+        "CREATE TABLE IF NOT EXISTS erased_learners (
+            tenant String, learner_id String, erased_us Int64
+        ) ENGINE = ReplacingMergeTree ORDER BY (tenant, learner_id)",
+    ],
 }];
 
 /// The schema version this build expects.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// The tables whose rows name a learner, which an erasure empties of the learner: every
+/// table but `payments` (revenue keeps its totals) and the list itself. `progress` and
+/// `completions` are no longer written but may hold rows of an older version.
+const LEARNER_TABLES: [&str; 8] =
+    ["events", "activity_daily", "course_activity", "enrollments", "completions", "progress", "learner_progress", "attempts"];
+
+/// How long an erasure waits for its mutations to finish.
+const MUTATION_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The analytics store on ClickHouse.
 #[derive(Clone)]
@@ -451,6 +471,79 @@ impl AnalyticsStore for ClickHouseStore {
         ];
         try_join_all(inserts).await?;
         Ok(())
+    }
+
+    async fn erase(&self, tenant: &str, learner: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        self.limit(
+            self.db
+                .query("INSERT INTO erased_learners (tenant, learner_id, erased_us) VALUES (?, ?, ?)")
+                .bind(tenant)
+                .bind(learner)
+                .bind(now)
+                .execute(),
+        )
+        .await?;
+        let mut removed = BTreeMap::new();
+        for table in LEARNER_TABLES {
+            let count = format!("SELECT count() FROM {table} WHERE tenant = ? AND learner_id = ?");
+            let n: u64 = self.limit(self.db.query(&count).bind(tenant).bind(learner).fetch_one::<u64>()).await?;
+            if n > 0 {
+                // A mutation: ClickHouse 18.16 has no DELETE statement; 22.8 and newer could
+                // use a lightweight `DELETE FROM`, and 20.x `mutations_sync = 2` instead of
+                // the wait below.
+                let delete = format!("ALTER TABLE {table} DELETE WHERE tenant = ? AND learner_id = ?");
+                self.limit(self.db.query(&delete).bind(tenant).bind(learner).execute()).await?;
+            }
+            removed.insert(table.to_owned(), n);
+        }
+        // Mutations run in the background: the erasure is done when none is left.
+        let deadline = std::time::Instant::now() + MUTATION_DEADLINE;
+        loop {
+            let pending: u64 = self
+                .limit(
+                    self.db
+                        .query("SELECT count() FROM system.mutations WHERE database = currentDatabase() AND is_done = 0")
+                        .fetch_one::<u64>(),
+                )
+                .await?;
+            if pending == 0 {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(StoreError::Internal(format!(
+                    "{pending} ClickHouse mutations still running after {} s; they finish in the background",
+                    MUTATION_DEADLINE.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        info!(tables = removed.len(), rows = removed.values().sum::<u64>(), "learner erased in ClickHouse");
+        Ok(removed)
+    }
+
+    async fn erased(&self, learners: &[(&str, &str)]) -> Result<HashSet<(String, String)>, StoreError> {
+        let mut by_tenant: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (tenant, learner) in learners {
+            by_tenant.entry(tenant).or_default().push(learner);
+        }
+        let mut found = HashSet::new();
+        for (tenant, mut ids) in by_tenant {
+            ids.sort_unstable();
+            ids.dedup();
+            let q = self
+                .db
+                .query("SELECT DISTINCT learner_id FROM erased_learners WHERE tenant = ? AND has(?, learner_id)")
+                .bind(tenant)
+                .bind(&ids);
+            #[derive(Row, Deserialize)]
+            struct R {
+                learner_id: String,
+            }
+            let rows: Vec<R> = self.fetch(q).await?;
+            found.extend(rows.into_iter().map(|r| (tenant.to_owned(), r.learner_id)));
+        }
+        Ok(found)
     }
 
     async fn active_learners(&self, p: &SeriesParams) -> Result<Vec<ActiveLearnersPoint>, StoreError> {

@@ -12,6 +12,7 @@
 //!
 //! All Arrow, Parquet and DataFusion work runs on the store's own runtime, off the caller's.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -167,9 +168,25 @@ const TABLES: &[Table] = &[
         ],
         compact_sql: "SELECT DISTINCT tenant, assessment_id, learner_id, id, course_id, day, pct FROM t",
     },
+    // Learners erased per tenant: the sink drops their events; `erase` rewrote the other
+    // tables without them.
+    Table {
+        name: ERASED,
+        columns: &[("tenant", DataType::Utf8), ("learner_id", DataType::Utf8), ("erased_us", DataType::Int64)],
+        compact_sql: "SELECT tenant, learner_id, MIN(erased_us) AS erased_us FROM t GROUP BY tenant, learner_id",
+    },
 ];
 
+/// The table of erased learners.
+const ERASED: &str = "erased_learners";
+
 impl Table {
+    /// Whether an erasure rewrites this table: it names learners and is not the list of
+    /// erased learners (`payments` names none: revenue keeps its totals).
+    fn names_learners(&self) -> bool {
+        self.name != ERASED && self.columns.iter().any(|(n, _)| *n == "learner_id")
+    }
+
     fn schema(&self) -> SchemaRef {
         // Nullable throughout: aggregates in compaction produce nullable columns, and the
         // files of one table must share one schema.
@@ -356,12 +373,22 @@ impl Inner {
         if files.len() <= above {
             return Ok(());
         }
+        let rows = self.rewrite(t, &files, t.compact_sql, Vec::new()).await?;
+        debug!(table = t.name, files = files.len(), rows, "twin table compacted");
+        Ok(())
+    }
+
+    /// Replaces `files` of `t` by one file holding what `sql` (over the files as table `t`)
+    /// selects; returns its rows. The caller holds the writer lock.
+    async fn rewrite(&self, t: &'static Table, files: &[PathBuf], sql: &str, params: Vec<ScalarValue>) -> Result<usize, StoreError> {
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         let schema = t.schema();
         let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
         let df = ctx.read_parquet(paths, ParquetReadOptions::default().schema(&schema)).await?;
         ctx.register_table("t", df.into_view())?;
-        let batches = ctx.sql(t.compact_sql).await?.collect().await?;
+        let df = ctx.sql(sql).await?;
+        let df = if params.is_empty() { df } else { df.with_param_values(params)? };
+        let batches = df.collect().await?;
         let columns: Vec<ArrayRef> = if batches.is_empty() {
             schema.fields().iter().map(|f| datafusion::arrow::array::new_empty_array(f.data_type())).collect()
         } else {
@@ -372,11 +399,36 @@ impl Inner {
         let rows = merged.num_rows();
         self.write_file(t, &merged)?;
         let _w = self.files.write().await;
-        for f in &files {
+        for f in files {
             std::fs::remove_file(f)?;
         }
-        debug!(table = t.name, files = files.len(), rows, "twin table compacted");
-        Ok(())
+        Ok(rows)
+    }
+
+    /// Rewrites `t` without the rows of `learner` of `tenant`; returns how many there were.
+    async fn remove_learner(&self, t: &'static Table, tenant: &str, learner: &str) -> Result<u64, StoreError> {
+        let files = self.files(t)?;
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        let df = ctx.read_parquet(paths, ParquetReadOptions::default().schema(&t.schema())).await?;
+        ctx.register_table("t", df.into_view())?;
+        let params = vec![text(tenant), text(learner)];
+        let counted = ctx
+            .sql("SELECT CAST(COUNT(*) AS BIGINT) FROM t WHERE tenant = $1 AND learner_id = $2")
+            .await?
+            .with_param_values(params.clone())?
+            .collect()
+            .await?;
+        let n = ints(&counted, 0)?.first().copied().unwrap_or(0);
+        if n > 0 {
+            let columns = t.columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");
+            let keep = format!("SELECT {columns} FROM t WHERE NOT (tenant = $1 AND learner_id = $2)");
+            self.rewrite(t, &files, &keep, params).await?;
+        }
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 }
 
@@ -657,6 +709,46 @@ impl AnalyticsStore for ParquetStore {
             Ok(())
         })
         .await
+    }
+
+    async fn erase(&self, tenant: &str, learner: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        let (tenant, learner) = (tenant.to_owned(), learner.to_owned());
+        self.run(move |inner| async move {
+            let _w = inner.writer.lock().await;
+            let list = table(ERASED);
+            let now = chrono::Utc::now().timestamp_micros();
+            let row = RecordBatch::try_new(list.schema(), vec![
+                strings(std::iter::once(tenant.as_str())),
+                strings(std::iter::once(learner.as_str())),
+                i64s(std::iter::once(now)),
+            ])?;
+            inner.write_file(list, &row)?;
+            let mut removed = BTreeMap::new();
+            for t in TABLES.iter().filter(|t| t.names_learners()) {
+                removed.insert(t.name.to_owned(), inner.remove_learner(t, &tenant, &learner).await?);
+            }
+            info!(rows = removed.values().sum::<u64>(), "learner erased in the analytics twin");
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn erased(&self, learners: &[(&str, &str)]) -> Result<HashSet<(String, String)>, StoreError> {
+        if learners.is_empty() || self.inner.files(table(ERASED))?.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let tenants: BTreeSet<&str> = learners.iter().map(|(t, _)| *t).collect();
+        let mut all = HashSet::new();
+        for tenant in tenants {
+            let sql = "SELECT DISTINCT learner_id FROM erased_learners WHERE tenant = $1";
+            let found = self.run({
+                let tenant = tenant.to_owned();
+                move |inner| async move { inner.query(sql, vec![text(&tenant)]).await }
+            })
+            .await?;
+            all.extend(texts(&found, 0)?.into_iter().map(|l| (tenant.to_owned(), l)));
+        }
+        Ok(learners.iter().map(|(t, l)| ((*t).to_owned(), (*l).to_owned())).filter(|k| all.contains(k)).collect())
     }
 
     async fn active_learners(&self, p: &SeriesParams) -> Result<Vec<ActiveLearnersPoint>, StoreError> {

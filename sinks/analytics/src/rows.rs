@@ -322,7 +322,8 @@ impl Facts {
                 | EventData::PaymentFailed(_)
                 | EventData::AchievementUnlocked(_)
                 | EventData::NotificationSent(_)
-                | EventData::NotificationFailed(_) => {}
+                | EventData::NotificationFailed(_)
+                | EventData::LearnerErased(_) => {}
             }
         }
         f.activity_daily = active
@@ -375,6 +376,7 @@ fn data_json(d: &EventData) -> String {
         EventData::CourseCompleted(x) => serde_json::to_string(x),
         EventData::AchievementUnlocked(x) => serde_json::to_string(x),
         EventData::NotificationSent(x) | EventData::NotificationFailed(x) => serde_json::to_string(x),
+        EventData::LearnerErased(x) => serde_json::to_string(x),
     };
     // Serialising plain data structs cannot fail; an empty object would only hide a bug.
     json.unwrap_or_else(|_| "{}".to_owned())
@@ -429,7 +431,7 @@ mod tests {
     fn every_type_maps_to_its_tables() {
         let events: Vec<Event> = EventType::ALL.iter().map(|t| examples::event(*t)).collect();
         let f = Facts::from_events(&events);
-        assert_eq!(f.events.len(), 16);
+        assert_eq!(f.events.len(), 17);
         assert_eq!(f.enrollments.len(), 2);
         assert_eq!(f.payments.len(), 2);
         assert_eq!(f.attempts.len(), 1);

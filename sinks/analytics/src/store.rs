@@ -1,5 +1,7 @@
 //! The interface both analytics stores implement.
 
+use std::collections::{BTreeMap, HashSet};
+
 use async_trait::async_trait;
 use lms_events::Event;
 
@@ -69,6 +71,17 @@ pub trait AnalyticsStore: Send + Sync + 'static {
     /// Writes the rows of `events` to every table. Returns once they are durable and visible
     /// to queries.
     async fn insert(&self, events: &[&Event]) -> Result<(), StoreError>;
+
+    /// Records `learner` of `tenant` as erased, then removes the learner's rows from every
+    /// table that names learners, and returns how many rows each table held. Payments are
+    /// kept: they carry no learner in the analytics store, and revenue keeps its totals
+    /// (CONTRACT.md, "Learner data lifecycle"). Idempotent. The record comes first, so a
+    /// writer that checks [`AnalyticsStore::erased`] after writing (the sink does) either
+    /// sees the erasure or wrote before the removal began.
+    async fn erase(&self, tenant: &str, learner: &str) -> Result<BTreeMap<String, u64>, StoreError>;
+
+    /// Which of `learners` (tenant, learner id) are erased.
+    async fn erased(&self, learners: &[(&str, &str)]) -> Result<HashSet<(String, String)>, StoreError>;
 
     /// `GET /v1/analytics/active-learners`.
     async fn active_learners(&self, p: &SeriesParams) -> Result<Vec<ActiveLearnersPoint>, StoreError>;

@@ -9,6 +9,8 @@
 //! - [`outbox`]: events a processor emits are written to the outbox in that same
 //!   transaction; the [`outbox::Relay`] produces them to Kafka and deletes them once
 //!   acknowledged (at least once; consumers dedupe by event id).
+//! - [`erasure`]: erased learners (checked by every batch transaction) and the removal of
+//!   everything the store holds of a learner.
 //! - [`webhooks`]: the payment webhooks the API accepted, so that any instance answers a
 //!   redelivery without producing it again.
 //! - [`sql`]: the few helpers that keep statements portable (placeholders, multi-row
@@ -25,6 +27,7 @@ pub mod offsets;
 pub mod outbox;
 pub mod sql;
 pub mod credentials;
+pub mod erasure;
 pub mod webhooks;
 
 use std::str::FromStr;
