@@ -21,8 +21,9 @@ use lms_events::{Domain, Event, EventData};
 use lms_store::Store;
 use processors::noop::Noop;
 use processors::notifications::dispatcher::Dispatcher;
+use processors::notifications;
 use processors::notifications::preferences::{self, Preferences};
-use processors::notifications::{Notifications, NotifyConfig, Settings};
+use processors::notifications::{NotifyConfig, Settings};
 use tokio_util::sync::CancellationToken;
 
 /// Arguments of `loadtest notify`.
@@ -163,7 +164,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
 
     // The notifications processor (decisions only: the dispatcher is not running).
     let settings = Arc::new(Settings::new(NotifyConfig::default(), processors::notifications::templates::Templates::from_sets([])));
-    let processor = Arc::new(Notifications::new(store.clone(), Arc::clone(&settings)));
+    let processor = Arc::new(notifications::processor(store.clone(), Arc::clone(&settings)));
     let stop = CancellationToken::new();
     let started = Instant::now();
     let mut ms = Vec::new();
@@ -230,7 +231,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
             let d = r?;
             ends[d.partition as usize] = ends[d.partition as usize].max(d.offset + 1);
         }
-        let processor = Arc::new(Notifications::new(store.clone(), Arc::clone(&settings)));
+        let processor = Arc::new(notifications::processor(store.clone(), Arc::clone(&settings)));
         let stop = CancellationToken::new();
         let m = Member::spawn(member("notifications", 99), processor, producer.clone(), metrics.clone(), stop.clone())?;
         wait_offsets(&store, &kafka.group_id("notifications"), &topic, args.partitions, &ends).await?;

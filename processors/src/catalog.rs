@@ -24,7 +24,7 @@ use lms_store::{Backend, Store, StoreError, Tx};
 use sqlx::Row as _;
 
 use crate::progress::{SOURCE, db};
-use crate::stateful::{Emitted, Stage};
+use crate::stateful::{Applied, Emitted, Stage, StageError};
 
 /// The catalog processor's effects; run it as `Stateful::new(store, relay, Catalog)`.
 pub struct Catalog;
@@ -149,7 +149,7 @@ impl Stage for Catalog {
         "catalog"
     }
 
-    async fn apply(&self, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted, StoreError> {
-        apply(store, tx, records).await
+    async fn apply(&self, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Applied, StageError> {
+        Ok(apply(store, tx, records).await?.into())
     }
 }

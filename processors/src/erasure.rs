@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use lms_bus::Record;
 use lms_events::EventData;
 use lms_store::sql::to_us;
-use lms_store::{Store, StoreError, Tx, erasure};
+use lms_store::{Store, Tx, erasure};
 
-use crate::stateful::{Emitted, Stage};
+use crate::stateful::{Applied, Stage, StageError};
 
 /// The erasure stage.
 pub struct Erasure;
@@ -26,13 +26,13 @@ impl Stage for Erasure {
         "erasure"
     }
 
-    async fn apply(&self, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted, StoreError> {
+    async fn apply(&self, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Applied, StageError> {
         for r in records {
             if let EventData::LearnerErased(d) = &r.event.data {
                 let erased = erasure::erase(tx, store.backend(), &r.event.tenant, &d.learner_id, to_us(r.event.time)).await?;
                 tracing::info!(tenant = %r.event.tenant, event_id = %r.event.id, already = erased.already_erased, "learner erased in the state store");
             }
         }
-        Ok(Vec::new())
+        Ok(Applied::default())
     }
 }

@@ -47,7 +47,14 @@ pub struct Registered {
     pub domains: &'static [Domain],
     /// Builds an instance; fails when the context lacks what it needs.
     pub build: fn(&Context) -> Result<Arc<dyn Processor>, String>,
+    /// A background service the processor needs beside its members, started once per
+    /// process that runs the processor and stopped after its members (the notification
+    /// dispatcher); `None` for most.
+    pub service: Option<StartService>,
 }
+
+/// Starts a processor's background service; it runs until the token is cancelled.
+pub type StartService = fn(&Context, &runtime::Plumbing, tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()>;
 
 /// Every processor, by name.
 pub const REGISTRY: &[Registered] = &[
@@ -56,12 +63,14 @@ pub const REGISTRY: &[Registered] = &[
         about: "Keeps the course catalog (highest version wins) and recomputes the progress of a course's learners when it changes.",
         domains: &[Domain::Catalog],
         build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), catalog::Catalog))),
+        service: None,
     },
     Registered {
         name: "progress",
         about: "Learner progress per course from learning and enrollment events; emits progress.updated and course.completed.",
         domains: &[Domain::Learning, Domain::Enrollment],
         build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), progress::Progress))),
+        service: None,
     },
     Registered {
         name: "achievements",
@@ -70,24 +79,37 @@ pub const REGISTRY: &[Registered] = &[
         build: |c| {
             Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), achievements::Achievements::new(Arc::clone(&c.rules)))))
         },
+        service: None,
     },
     Registered {
         name: "notifications",
         about: "Decides notifications (templates, preferences, throttle, digests) and delivers them in-app, by e-mail and webhook; emits notification.sent/failed.",
         domains: &[Domain::Enrollment, Domain::Payment, Domain::Derived],
-        build: |c| Ok(Arc::new(notifications::Notifications::new(c.store.clone(), Arc::clone(&c.notifications)))),
+        build: |c| Ok(Arc::new(notifications::processor(c.store.clone(), Arc::clone(&c.notifications)))),
+        service: Some(|c, plumbing, stop| {
+            let dispatcher = notifications::dispatcher::Dispatcher::new(
+                c.store.clone(),
+                Arc::clone(&c.notifications),
+                Arc::clone(&plumbing.producer),
+                Arc::clone(&c.relay),
+                plumbing.kafka.group_id("notifications"),
+            );
+            tokio::spawn(dispatcher.run(stop))
+        }),
     },
     Registered {
         name: "erasure",
         about: "Applies learner erasures (the erasure topic) to the state store, so a store rebuilt by replay forgets them again.",
         domains: &[Domain::Erasure],
         build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), erasure::Erasure))),
+        service: None,
     },
     Registered {
         name: "noop",
         about: "Consumes every client event and only counts it: the baseline rate for benchmarks.",
         domains: &[Domain::Learning, Domain::Enrollment, Domain::Payment, Domain::Catalog],
         build: |_| Ok(Arc::new(noop::Noop::default())),
+        service: None,
     },
     Registered {
         name: "analytics",
@@ -97,6 +119,7 @@ pub const REGISTRY: &[Registered] = &[
             Some(store) => Ok(Arc::new(lms_analytics::AnalyticsSink::new(Arc::clone(store)))),
             None => Err("the analytics processor needs the analytics store (the `analytics` configuration section)".to_owned()),
         },
+        service: None,
     },
 ];
 

@@ -3,7 +3,7 @@
 //! `lms processor run`, `lms demo` and the tests.
 //!
 //! Shutdown order: members first (each finishes its batch and commits), then the
-//! notification dispatcher (finishes its round), then the relay
+//! processors' services (the notification dispatcher finishes its round), then the relay
 //! (a last round, so what the members committed leaves too), then the producer flushes.
 
 use std::sync::Arc;
@@ -23,8 +23,8 @@ pub struct Running {
     relay: JoinHandle<()>,
     relay_stop: CancellationToken,
     members_stop: CancellationToken,
-    /// The notification dispatcher, when the notifications processor runs.
-    dispatcher: Option<(JoinHandle<()>, CancellationToken)>,
+    /// The processors' background services (the notification dispatcher), by processor.
+    services: Vec<(&'static str, JoinHandle<()>, CancellationToken)>,
 }
 
 /// What `start` needs besides the processors.
@@ -107,18 +107,15 @@ pub fn start(
             Member::spawn(config, processor, Arc::clone(&dead_letters), Arc::clone(&plumbing.metrics), members_stop.clone())?;
         members.push((reg.name, member));
     }
-    let dispatcher = processors.iter().any(|r| r.name == "notifications").then(|| {
-        let stop = CancellationToken::new();
-        let dispatcher = crate::notifications::dispatcher::Dispatcher::new(
-            ctx.store.clone(),
-            Arc::clone(&ctx.notifications),
-            Arc::clone(&plumbing.producer),
-            Arc::clone(&ctx.relay),
-            plumbing.kafka.group_id("notifications"),
-        );
-        (tokio::spawn(dispatcher.run(stop.clone())), stop)
-    });
-    Ok(Running { members, relay, relay_stop, members_stop, dispatcher })
+    let services = processors
+        .iter()
+        .filter_map(|r| r.service.map(|start| (r.name, start)))
+        .map(|(name, start)| {
+            let stop = CancellationToken::new();
+            (name, start(ctx, plumbing, stop.clone()), stop)
+        })
+        .collect();
+    Ok(Running { members, relay, relay_stop, members_stop, services })
 }
 
 impl Running {
@@ -141,10 +138,10 @@ impl Running {
                 }
             }
         }
-        if let Some((task, stop)) = self.dispatcher {
+        for (name, task, stop) in self.services {
             stop.cancel();
             if task.await.is_err() {
-                tracing::error!("notification dispatcher task panicked");
+                tracing::error!(processor = name, "a processor's service task panicked");
             }
         }
         self.relay_stop.cancel();

@@ -15,6 +15,40 @@ use tokio::sync::Notify;
 /// Derived events with the trace context they continue.
 pub type Emitted = Vec<(Event, Option<TraceContext>)>;
 
+/// What a stage did in a batch's transaction.
+#[derive(Default)]
+pub struct Applied {
+    /// Derived events for the outbox, in the same transaction.
+    pub emitted: Emitted,
+    /// Runs once the transaction committed, never when it failed: counting what was
+    /// decided, waking a service that acts on the committed rows.
+    pub after_commit: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl From<Emitted> for Applied {
+    fn from(emitted: Emitted) -> Self {
+        Applied { emitted, after_commit: None }
+    }
+}
+
+/// Why a stage could not apply a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The store failed (retried when transient, see [`StoreError::is_transient`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// One event cannot be handled (a template that does not render): the batch fails
+    /// permanently, and the runner narrows it down to that record and dead-letters it with
+    /// this reason.
+    #[error("event {event_id}: {reason}")]
+    Reject {
+        /// The event.
+        event_id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// The effects of one processor on the store.
 #[async_trait]
 pub trait Stage: Send + Sync + 'static {
@@ -26,8 +60,9 @@ pub trait Stage: Send + Sync + 'static {
         crate::check_ids(&record.event)
     }
 
-    /// Applies the records' effects in `tx` and returns the events to emit.
-    async fn apply(&self, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted, StoreError>;
+    /// Applies the records' effects in `tx` and returns the events to emit (and what to do
+    /// once committed).
+    async fn apply(&self, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Applied, StageError>;
 }
 
 /// A [`Stage`] run as an exactly-once processor.
@@ -43,18 +78,23 @@ impl<S: Stage> Stateful<S> {
         Self { store, relay, stage }
     }
 
-    async fn run(&self, batch: &Batch) -> Result<usize, StoreError> {
+    /// The one place a batch's transaction happens: advance the offsets, admit, apply,
+    /// outbox, the dead-letter gate, commit, then the stage's after-commit work.
+    async fn run(&self, batch: &Batch) -> Result<usize, StageError> {
         let mut tx = self.store.begin().await?;
         offsets::advance(&mut tx, &batch.group, &batch.offsets).await?;
         let records = admitted(&self.store, &mut tx, &batch.records).await?;
-        let events = self.stage.apply(&self.store, &mut tx, &records).await?;
-        outbox::enqueue(&mut tx, &events).await?;
+        let applied = self.stage.apply(&self.store, &mut tx, &records).await?;
+        outbox::enqueue(&mut tx, &applied.emitted).await?;
         // The offsets may pass poison records: their dead letters first.
         if !batch.dead_letters.acknowledged().await {
-            return Err(StoreError::DeadLettersPending);
+            return Err(StoreError::DeadLettersPending.into());
         }
-        tx.commit().await?;
-        Ok(events.len())
+        tx.commit().await.map_err(StoreError::from)?;
+        if let Some(after_commit) = applied.after_commit {
+            after_commit();
+        }
+        Ok(applied.emitted.len())
     }
 }
 
@@ -76,7 +116,11 @@ impl<S: Stage> Processor for Stateful<S> {
                 }
                 Ok(())
             }
-            Err(e) => Err(e.into_process_error()),
+            Err(StageError::Store(e)) => Err(e.into_process_error()),
+            Err(e @ StageError::Reject { .. }) => {
+                tracing::warn!(processor = self.stage.name(), error = %e, "an event of the batch cannot be handled");
+                Err(ProcessError::permanent(e))
+            }
         }
     }
 

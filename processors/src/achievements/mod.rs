@@ -30,7 +30,7 @@ use sqlx::{AnyConnection, Row as _};
 
 use self::rules::{LearnerFacts, Rules};
 use crate::derived_id;
-use crate::stateful::{Emitted, Stage};
+use crate::stateful::{Applied, Emitted, Stage, StageError};
 
 /// The `source` of the events this processor emits.
 pub const SOURCE: &str = "lms-achievements";
@@ -310,8 +310,8 @@ impl Stage for Achievements {
         "achievements"
     }
 
-    async fn apply(&self, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted, StoreError> {
-        apply(&self.rules, store, tx, records).await
+    async fn apply(&self, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Applied, StageError> {
+        Ok(apply(&self.rules, store, tx, records).await?.into())
     }
 }
 

@@ -49,7 +49,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Days, TimeZone as _, Utc};
-use lms_bus::{Batch, OffsetStore, ProcessError, Processor, Record};
+use lms_bus::Record;
 use lms_events::data::ProgressStatus;
 use lms_events::{EventData, TraceContext};
 use lms_store::sql::{CHUNK_ROWS, lock_key, lock_keys, to_us, values};
@@ -57,7 +57,9 @@ use lms_store::sql::{CHUNK_ROWS, lock_key, lock_keys, to_us, values};
 /// Rows per statement of the wide inserts of a batch (up to 12 columns: 24 000 bind
 /// parameters, below both databases' limits): fewer round trips than `CHUNK_ROWS`.
 const WIDE_CHUNK_ROWS: usize = 2000;
-use lms_store::{Store, StoreError, Tx, offsets};
+use lms_store::{Store, StoreError, Tx};
+
+use crate::stateful::{Applied, Stage, StageError, Stateful};
 use serde_json::{Value, json};
 use sqlx::Row as _;
 use tokio::sync::Notify;
@@ -165,61 +167,38 @@ impl From<sqlx::Error> for NotifyError {
     }
 }
 
-/// The notifications processor: run it as a member of its consumer group.
+/// The notifications stage: decisions in the batch's transaction, which [`Stateful`] owns
+/// as for every processor; after the commit it counts them and wakes the dispatcher.
 pub struct Notifications {
-    store: Store,
     settings: Arc<Settings>,
 }
 
-impl Notifications {
-    /// On `store` with `settings`.
-    pub fn new(store: Store, settings: Arc<Settings>) -> Self {
-        Self { store, settings }
-    }
-
-    async fn run(&self, batch: &Batch) -> Result<usize, NotifyError> {
-        let mut tx = self.store.begin().await?;
-        offsets::advance(&mut tx, &batch.group, &batch.offsets).await?;
-        let records = crate::stateful::admitted(&self.store, &mut tx, &batch.records).await?;
-        let decided = apply(&self.settings, &self.store, &mut tx, &records).await?;
-        // The offsets may pass poison records: their dead letters first.
-        if !batch.dead_letters.acknowledged().await {
-            return Err(StoreError::DeadLettersPending.into());
-        }
-        tx.commit().await.map_err(StoreError::from)?;
-        decided.count(&self.settings.metrics);
-        Ok(decided.deliveries)
-    }
+/// The notifications processor on `store` with `settings`: run it as a member of its
+/// consumer group (`lms-notifications`).
+pub fn processor(store: Store, settings: Arc<Settings>) -> Stateful<Notifications> {
+    // Decisions emit no derived events (the dispatcher does), so no relay needs waking.
+    Stateful::new(store, Arc::new(tokio::sync::Notify::new()), Notifications { settings })
 }
 
 #[async_trait]
-impl Processor for Notifications {
-    fn name(&self) -> &str {
+impl Stage for Notifications {
+    fn name(&self) -> &'static str {
         "notifications"
     }
 
-    fn check(&self, record: &Record) -> Result<(), String> {
-        crate::check_ids(&record.event)
-    }
-
-    async fn process(&self, batch: &Batch) -> Result<(), ProcessError> {
-        match self.run(batch).await {
-            Ok(planned) => {
-                if planned > 0 {
-                    self.settings.dispatcher.notify_one();
-                }
-                Ok(())
+    async fn apply(&self, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Applied, StageError> {
+        let decided = apply(&self.settings, store, tx, records).await.map_err(|e| match e {
+            NotifyError::Store(e) => StageError::Store(e),
+            NotifyError::Template { event_id, source } => StageError::Reject { event_id, reason: source.to_string() },
+        })?;
+        let settings = Arc::clone(&self.settings);
+        let after_commit = move || {
+            decided.count(&settings.metrics);
+            if decided.deliveries > 0 {
+                settings.dispatcher.notify_one();
             }
-            Err(NotifyError::Store(e)) => Err(e.into_process_error()),
-            Err(e @ NotifyError::Template { .. }) => {
-                tracing::warn!(error = %e, "notification template failed");
-                Err(ProcessError::permanent(e))
-            }
-        }
-    }
-
-    fn offset_store(&self) -> Option<Arc<dyn OffsetStore>> {
-        Some(Arc::new(self.store.clone()))
+        };
+        Ok(Applied { emitted: Vec::new(), after_commit: Some(Box::new(after_commit)) })
     }
 }
 
@@ -828,7 +807,7 @@ impl Decided {
 
 #[cfg(test)]
 mod tests {
-    use lms_bus::{BusMetrics, KafkaConfig, PartitionOffsets, Producer, RawRecord, TopicPartition, TopicsFile};
+    use lms_bus::{Batch, BusMetrics, KafkaConfig, PartitionOffsets, Processor as _, Producer, RawRecord, TopicPartition, TopicsFile};
     use lms_events::Event;
     use lms_events::data::AchievementUnlocked;
 
@@ -866,7 +845,7 @@ mod tests {
         let settings = Arc::new(Settings::new(config, Templates::from_sets([])));
         let into_window = settings.clock.now().timestamp().rem_euclid(3600);
         settings.clock.advance(std::time::Duration::from_secs(u64::try_from(3601 - into_window).unwrap_or(1)));
-        let processor = Notifications::new(store.clone(), Arc::clone(&settings));
+        let processor = processor(store.clone(), Arc::clone(&settings));
         let events: Vec<Event> = (0..5).map(|n| unlock("ada", n)).collect();
         let batch = |records: Vec<Record>, expected: Option<i64>, next: i64| Batch {
             group: Arc::from("lms-notifications"),
@@ -914,7 +893,7 @@ mod tests {
         let settings = Arc::new(Settings::new(config, Templates::from_sets([])));
         let into_window = settings.clock.now().timestamp().rem_euclid(3600);
         settings.clock.advance(std::time::Duration::from_secs(u64::try_from(3601 - into_window).unwrap_or(1)));
-        let processor = Notifications::new(store.clone(), Arc::clone(&settings));
+        let processor = processor(store.clone(), Arc::clone(&settings));
         let events: Vec<Event> = (0..3).map(|n| unlock("ada", n)).collect();
         let batch = |records: Vec<Record>, expected: Option<i64>, next: i64| Batch {
             group: Arc::from("lms-notifications"),
@@ -967,7 +946,7 @@ mod tests {
         let settings = Arc::new(Settings::new(config, Templates::from_sets([])));
         let into_window = settings.clock.now().timestamp().rem_euclid(3600);
         settings.clock.advance(std::time::Duration::from_secs(u64::try_from(3601 - into_window).unwrap_or(1)));
-        let processor = Notifications::new(store.clone(), Arc::clone(&settings));
+        let processor = processor(store.clone(), Arc::clone(&settings));
         let mut events: Vec<Event> = (0..5).map(|n| unlock("ada", n)).collect();
         events.push(milestone("ada", 30.0));
         let records: Vec<Record> = events.iter().enumerate().map(|(i, e)| record(e.clone(), i as i64)).collect();

@@ -22,7 +22,7 @@ use lms_store::sql::to_us;
 use lms_store::{Store, StoreError, Tx};
 
 use self::db::{CourseDelta, Key};
-use crate::stateful::{Emitted, Stage};
+use crate::stateful::{Applied, Emitted, Stage, StageError};
 
 /// The `source` of the events this processor emits.
 pub const SOURCE: &str = "lms-progress";
@@ -156,8 +156,8 @@ impl Stage for Progress {
         "progress"
     }
 
-    async fn apply(&self, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted, StoreError> {
-        apply(store, tx, records).await
+    async fn apply(&self, store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Applied, StageError> {
+        Ok(apply(store, tx, records).await?.into())
     }
 }
 

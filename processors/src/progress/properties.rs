@@ -189,7 +189,7 @@ pub(crate) async fn apply_batch<'a>(store: &Store, stage: &dyn Stage, events: im
         })
         .collect();
     let mut tx = store.begin().await.expect("begin");
-    let emitted = stage.apply(store, &mut tx, &records).await.expect("apply");
+    let emitted = stage.apply(store, &mut tx, &records).await.expect("apply").emitted;
     tx.commit().await.expect("commit");
     emitted
 }
