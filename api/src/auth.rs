@@ -85,11 +85,7 @@ impl Claims {
 
     /// Ok when the token has `scope` (or `admin`), else 403.
     pub fn require(&self, scope: &str) -> Result<(), Problem> {
-        if self.has_scope(scope) {
-            Ok(())
-        } else {
-            Err(Problem::forbidden(format!("the token lacks the scope `{scope}`")))
-        }
+        if self.has_scope(scope) { Ok(()) } else { Err(Problem::forbidden(format!("the token lacks the scope `{scope}`"))) }
     }
 
     /// Ok when the token may read the resources of `learner_id` in its tenant: with

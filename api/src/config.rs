@@ -259,7 +259,10 @@ mod tests {
             Ok(())
         });
         figment::Jail::expect_with(|jail| {
-            jail.create_file("lms.yaml", "default:\n  jwt_issuers:\n    - issuer: x\n      audience: y\n      jwks_url: z\n      scope_claim: scopes\n")?;
+            jail.create_file(
+                "lms.yaml",
+                "default:\n  jwt_issuers:\n    - issuer: x\n      audience: y\n      jwks_url: z\n      scope_claim: scopes\n",
+            )?;
             assert!(load().is_err(), "an unknown scope_claim is refused");
             Ok(())
         });

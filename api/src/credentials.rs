@@ -118,7 +118,8 @@ impl Credentials {
         let mut issuers = BTreeMap::new();
         for (tenant, issuer) in &config.issuers {
             let fail = |reason: String| CredentialsError::Key { tenant: tenant.clone(), reason };
-            let pem = std::fs::read_to_string(&issuer.key_file).map_err(|e| fail(format!("cannot read {}: {e}", issuer.key_file.display())))?;
+            let pem =
+                std::fs::read_to_string(&issuer.key_file).map_err(|e| fail(format!("cannot read {}: {e}", issuer.key_file.display())))?;
             let der = pem_body(&pem).ok_or_else(|| fail(format!("{} is not a PEM private key", issuer.key_file.display())))?;
             let (key, public, jwk_base) = if let Ok(k) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der) {
                 let x = URL_SAFE_NO_PAD.encode(k.public_key().as_ref());
@@ -202,10 +203,7 @@ const STATUS_LIST_MIN_BITS: usize = 131_072;
 /// The routes, to [`crate::Api::merge`].
 pub fn router(store: Store, credentials: Arc<Credentials>) -> Router {
     Router::new()
-        .route(
-            "/v1/learners/{learner_id}/achievements/{achievement_id}/credential",
-            get(get_credential).delete(revoke_credential),
-        )
+        .route("/v1/learners/{learner_id}/achievements/{achievement_id}/credential", get(get_credential).delete(revoke_credential))
         .route("/v1/issuers/{tenant}", get(get_profile))
         .route("/v1/issuers/{tenant}/jwks", get(get_jwks))
         .route("/v1/issuers/{tenant}/status/revocation", get(get_status_list))
@@ -240,7 +238,8 @@ async fn get_credential(
     let subject_id = format!("urn:lms:{}:learner:{}", urlencode(tenant), urlencode(&learner_id));
     let rule = creds.achievement(&achievement_id);
     let description = rule.and_then(|a| a.description.clone()).unwrap_or_else(|| view.title.clone());
-    let criteria = rule.map_or_else(|| format!("Earned on the learning platform as \u{201c}{}\u{201d}.", view.title), Achievement::criteria_narrative);
+    let criteria =
+        rule.map_or_else(|| format!("Earned on the learning platform as \u{201c}{}\u{201d}.", view.title), Achievement::criteria_narrative);
     let status_url = creds.status_list_url(tenant);
     let mut achievement = json!({
         "id": format!("{issuer_id}/achievements/{}", urlencode(&achievement_id)),
@@ -284,10 +283,8 @@ fn pick<'a>(
     achievement: &str,
     course: Option<&str>,
 ) -> Result<&'a processors::achievements::AchievementView, Problem> {
-    let matching: Vec<_> = unlocked
-        .iter()
-        .filter(|a| a.achievement_id == achievement && course.is_none_or(|c| a.course_id.as_deref() == Some(c)))
-        .collect();
+    let matching: Vec<_> =
+        unlocked.iter().filter(|a| a.achievement_id == achievement && course.is_none_or(|c| a.course_id.as_deref() == Some(c))).collect();
     match matching.as_slice() {
         [] => Err(Problem::not_found(format!(
             "learner {learner:?} has not unlocked {achievement:?}{}",
@@ -316,7 +313,10 @@ async fn revoke_credential(
     if revoked {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(Problem::not_found(format!("no credential of {achievement:?} was issued to learner {learner_id:?}", achievement = achievement_id)))
+        Err(Problem::not_found(format!(
+            "no credential of {achievement:?} was issued to learner {learner_id:?}",
+            achievement = achievement_id
+        )))
     }
 }
 
@@ -376,7 +376,8 @@ pub(crate) fn add_openapi(doc: &mut Value) {
             "jwt": {"type": "string", "description": "The credential as a compact JWT (typ vc+jwt)"}}}},
         "application/vc+jwt": {"schema": {"type": "string"}}
     });
-    let path_param = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128}});
+    let path_param =
+        |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128}});
     let params = json!([crate::openapi_reads::learner_path(), path_param("achievement_id"),
         {"name": "course_id", "in": "query", "required": false, "schema": {"type": "string", "minLength": 1, "maxLength": 128},
          "description": "The course of a per-course achievement unlocked in several courses"}]);
@@ -402,14 +403,17 @@ pub(crate) fn add_openapi(doc: &mut Value) {
                    "responses": errors(json!({"204": {"description": "Revoked"},
                                               "400": {"description": "A path parameter is invalid", "content": problem}}))}
     });
-    let public = |summary: &str, content: Value| json!({"get": {"tags": ["credentials"], "summary": summary, "security": [],
+    let public = |summary: &str, content: Value| {
+        json!({"get": {"tags": ["credentials"], "summary": summary, "security": [],
         "parameters": [path_param("tenant")],
         "responses": {"200": {"description": "OK", "content": content},
-                      "404": {"description": "The tenant issues no credentials", "content": problem}}}});
+                      "404": {"description": "The tenant issues no credentials", "content": problem}}}})
+    };
     let object = json!({"application/json": {"schema": {"type": "object"}}});
     doc["paths"]["/v1/issuers/{tenant}"] = public("The issuer profile of a tenant", object.clone());
     doc["paths"]["/v1/issuers/{tenant}/jwks"] = public("The issuer's public keys (JWK set)", object);
-    doc["paths"]["/v1/issuers/{tenant}/status/revocation"] = public("The issuer's revocation status list (BitstringStatusListCredential)", signed);
+    doc["paths"]["/v1/issuers/{tenant}/status/revocation"] =
+        public("The issuer's revocation status list (BitstringStatusListCredential)", signed);
     if let Some(tags) = doc["tags"].as_array_mut() {
         tags.push(json!({"name": "credentials", "description": "Achievements as Open Badges 3.0 credentials"}));
     }

@@ -116,7 +116,9 @@ pub(crate) async fn post_enrollment(
     let unknown: Vec<FieldError> = fields
         .keys()
         .filter(|k| !["learner_id", "course_id", "source", "id", "time"].contains(&k.as_str()))
-        .map(|k| FieldError::new(format!("/{k}"), format!("unknown field `{k}`; the allowed fields are learner_id, course_id, source, id, time")))
+        .map(|k| {
+            FieldError::new(format!("/{k}"), format!("unknown field `{k}`; the allowed fields are learner_id, course_id, source, id, time"))
+        })
         .collect();
     if !unknown.is_empty() {
         state.metrics.count_events(0, 1, 0);

@@ -98,7 +98,10 @@ async fn put_preferences(
     check_owner(&claims, &learner_id)?;
     let prefs: Preferences = serde_json::from_slice(&body).map_err(|e| {
         if e.is_data() {
-            Problem::unprocessable("the preferences do not match their schema", vec![FieldError { path: String::new(), message: e.to_string() }])
+            Problem::unprocessable(
+                "the preferences do not match their schema",
+                vec![FieldError { path: String::new(), message: e.to_string() }],
+            )
         } else {
             Problem::bad_request(format!("malformed JSON: {e}"))
         }
@@ -168,7 +171,8 @@ pub(crate) fn add_openapi(doc: &mut serde_json::Value) {
     let prefs = json!({"application/json": {"schema": {"$ref": "#/components/schemas/NotificationPreferences"}}});
     let mut list = errors(json!({"200": {"description": "The inbox, newest first", "content": {"application/json": {"schema":
         {"type": "array", "items": {"$ref": "#/components/schemas/Notification"}}}}}}));
-    list["400"] = json!({"description": "A parameter is invalid: `unread_only`, or learner_id is not a well-formed id", "content": problem});
+    list["400"] =
+        json!({"description": "A parameter is invalid: `unread_only`, or learner_id is not a well-formed id", "content": problem});
     doc["paths"]["/v1/learners/{learner_id}/notifications"] = json!({"get": {
         "tags": ["read"], "summary": "A learner's in-app notifications (learner:read (own) or analytics:read)",
         "security": [{"bearer": []}],

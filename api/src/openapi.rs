@@ -59,7 +59,9 @@ impl Modify for Security {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Basic)
-                    .description(Some("xAPI only: any user name, the bearer token as password (for LRS clients configured with key and secret)"))
+                    .description(Some(
+                        "xAPI only: any user name, the bearer token as password (for LRS clients configured with key and secret)",
+                    ))
                     .build(),
             ),
         );
@@ -182,7 +184,19 @@ mod tests {
     fn every_route_and_reference_is_there() {
         let doc = document();
         assert_eq!(doc["openapi"], "3.1.0");
-        for path in ["/v1/learners/{learner_id}/progress", "/v1/analytics/courses/{course_id}/funnel", "/v1/events", "/v1/xapi/statements", "/v1/enrollments", "/v1/enrollments/{learner_id}/{course_id}", "/v1/payments/webhook", "/livez", "/readyz", "/metrics", "/openapi.json"] {
+        for path in [
+            "/v1/learners/{learner_id}/progress",
+            "/v1/analytics/courses/{course_id}/funnel",
+            "/v1/events",
+            "/v1/xapi/statements",
+            "/v1/enrollments",
+            "/v1/enrollments/{learner_id}/{course_id}",
+            "/v1/payments/webhook",
+            "/livez",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+        ] {
             assert!(doc["paths"].get(path).is_some(), "{path} is documented");
         }
         let text = doc.to_string();

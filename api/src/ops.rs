@@ -49,8 +49,7 @@ pub(crate) async fn livez() -> Json<Status> {
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let results = state.readiness.results();
     let failed: Vec<String> = results.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n} ({e})"))).collect();
-    let checks: BTreeMap<String, String> =
-        results.into_iter().map(|(n, r)| (n, r.map_or_else(|e| e, |()| "ok".to_owned()))).collect();
+    let checks: BTreeMap<String, String> = results.into_iter().map(|(n, r)| (n, r.map_or_else(|e| e, |()| "ok".to_owned()))).collect();
     if failed.is_empty() {
         Json(Status { status: "ready".into(), checks }).into_response()
     } else {

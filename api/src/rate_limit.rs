@@ -25,11 +25,7 @@ struct Bucket {
 
 impl RateLimiter {
     pub(crate) fn new(config: &RateLimitConfig) -> RateLimiter {
-        RateLimiter {
-            per_second: config.per_second.max(0.0),
-            burst: f64::from(config.burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
-        }
+        RateLimiter { per_second: config.per_second.max(0.0), burst: f64::from(config.burst.max(1)), buckets: Mutex::new(HashMap::new()) }
     }
 
     /// Takes a token of `tenant`'s bucket, or returns how long until one is available.

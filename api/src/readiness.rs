@@ -64,10 +64,7 @@ pub(crate) struct Readiness {
 
 impl Readiness {
     pub(crate) fn new() -> Readiness {
-        Readiness {
-            broker: AtomicU8::new(UNKNOWN),
-            results: Mutex::new(vec![("broker".to_owned(), Err("not checked yet".to_owned()))]),
-        }
+        Readiness { broker: AtomicU8::new(UNKNOWN), results: Mutex::new(vec![("broker".to_owned(), Err("not checked yet".to_owned()))]) }
     }
 
     /// True when the last check found the broker reachable.

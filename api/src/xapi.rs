@@ -27,9 +27,9 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Body;
-use axum::Extension;
 use axum::extract::State;
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -225,7 +225,10 @@ pub fn statement_to_event(statement: &Value, tenant: &str, now: DateTime<Utc>) -
             if !is_course {
                 errors.push(FieldError::new(
                     "/object/definition/type",
-                    format!("{verb} maps to an enrollment only when its object is a course activity ({})", activity_types::COURSE.join(" or ")),
+                    format!(
+                        "{verb} maps to an enrollment only when its object is a course activity ({})",
+                        activity_types::COURSE.join(" or ")
+                    ),
                 ));
             }
             src.course = "/object/id".into();
@@ -300,7 +303,8 @@ pub fn statement_to_event(statement: &Value, tenant: &str, now: DateTime<Utc>) -
     event.insert("specversion".into(), json!("1.0"));
     event.insert("id".into(), json!(id));
     event.insert("type".into(), json!(event_type));
-    let source = st.get("actor").and_then(|a| a.pointer("/account/homePage")).and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= 256);
+    let source =
+        st.get("actor").and_then(|a| a.pointer("/account/homePage")).and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= 256);
     event.insert("source".into(), json!(source.unwrap_or("xapi")));
     let time = match st.get("timestamp") {
         Some(t) => t.clone(),
@@ -350,7 +354,11 @@ fn context_course(st: &Map<String, Value>) -> Option<(String, &str)> {
         for (i, a) in items.into_iter().enumerate() {
             let typ = a.pointer("/definition/type").and_then(Value::as_str).unwrap_or("");
             if let (true, Some(id)) = (activity_types::COURSE.contains(&typ), a.get("id").and_then(Value::as_str)) {
-                let pointer = if list.is_array() { format!("/context/contextActivities/{group}/{i}/id") } else { format!("/context/contextActivities/{group}/id") };
+                let pointer = if list.is_array() {
+                    format!("/context/contextActivities/{group}/{i}/id")
+                } else {
+                    format!("/context/contextActivities/{group}/id")
+                };
                 return Some((pointer, id));
             }
         }
@@ -390,9 +398,11 @@ fn graded(st: &Map<String, Value>, score: Option<&Value>, src: &mut Sources, dat
         }
         (None, _, None) => errors.push(FieldError::new("/result/score", "result.score needs raw (with max) or scaled")),
     }
-    let places = [("/object/definition/extensions", st.get("object").and_then(|o| o.pointer("/definition/extensions"))),
+    let places = [
+        ("/object/definition/extensions", st.get("object").and_then(|o| o.pointer("/definition/extensions"))),
         ("/context/extensions", st.get("context").and_then(|c| c.get("extensions"))),
-        ("/result/extensions", st.get("result").and_then(|r| r.get("extensions")))];
+        ("/result/extensions", st.get("result").and_then(|r| r.get("extensions"))),
+    ];
     let mut attempt = json!(1);
     for (at, ext) in places {
         if let Some(v) = ext.and_then(|e| e.get(extensions::ATTEMPT)) {
@@ -573,7 +583,11 @@ async fn statements(
         }
         (events, rejected)
     };
-    let (events, rejected) = if single { map() } else { tokio::task::spawn_blocking(map).await.map_err(|_| Problem::internal("mapping failed unexpectedly"))? };
+    let (events, rejected) = if single {
+        map()
+    } else {
+        tokio::task::spawn_blocking(map).await.map_err(|_| Problem::internal("mapping failed unexpectedly"))?
+    };
     state.metrics.count_events(0, rejected.len(), 0);
     if events.is_empty() {
         return Err(if single {
@@ -630,7 +644,9 @@ mod tests {
         let a = statement_to_event(&st, "acme", now).unwrap();
         assert_eq!(a, statement_to_event(&st, "acme", now).unwrap(), "the same content gets the same id");
         assert_ne!(a.id, statement_to_event(&st, "globex", now).unwrap().id);
-        assert!(matches!(a.data, EventData::LessonStarted(ref l) if l.lesson_id == "https://lms.example.org/lesson/1" && l.course_id == "https://lms.example.org/c/1" && l.learner_id == "42"));
+        assert!(
+            matches!(a.data, EventData::LessonStarted(ref l) if l.lesson_id == "https://lms.example.org/lesson/1" && l.course_id == "https://lms.example.org/c/1" && l.learner_id == "42")
+        );
         let mut with_id = st.clone();
         with_id["id"] = json!("6D1F033B-3F70-458C-B53A-E6BB63CBAEF9");
         assert_eq!(statement_to_event(&with_id, "acme", now).unwrap().id, "6d1f033b-3f70-458c-b53a-e6bb63cbaef9");

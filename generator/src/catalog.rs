@@ -97,12 +97,7 @@ impl Course {
     /// The number of lessons of the version current at `time` (the first version before it
     /// was published).
     pub fn lessons_at(&self, time: DateTime<Utc>) -> usize {
-        self.versions
-            .iter()
-            .rev()
-            .find(|v| v.published_at <= time)
-            .or(self.versions.first())
-            .map_or(0, |v| v.lessons)
+        self.versions.iter().rev().find(|v| v.published_at <= time).or(self.versions.first()).map_or(0, |v| v.lessons)
     }
 
     /// The id of the quiz that ends module `module` (0-based).
@@ -158,11 +153,8 @@ pub(crate) fn tenant(seed: u64, index: usize, name: String, courses: usize, star
                     lessons.push(Lesson { lesson_id: format!("{course_id}-m{}-l{}", m + 1, l + 1), module: m, video_s });
                 }
             }
-            let first = CourseVersion {
-                version: 1,
-                published_at: millis(start + Duration::minutes(7 + 13 * c as i64)),
-                lessons: lessons.len(),
-            };
+            let first =
+                CourseVersion { version: 1, published_at: millis(start + Duration::minutes(7 + 13 * c as i64)), lessons: lessons.len() };
             let mut versions = vec![first];
             // About a third of the courses get a second version half-way: one more lesson
             // at the end of the last module.

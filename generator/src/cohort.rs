@@ -92,11 +92,8 @@ impl Cohort {
         } else {
             config.tenant_names.clone()
         };
-        let tenants: Vec<Tenant> = names
-            .into_iter()
-            .enumerate()
-            .map(|(i, name)| catalog::tenant(config.seed, i, name, config.courses, start, now))
-            .collect();
+        let tenants: Vec<Tenant> =
+            names.into_iter().enumerate().map(|(i, name)| catalog::tenant(config.seed, i, name, config.courses, start, now)).collect();
         let mut sources = Vec::new();
         let mut buffers = Vec::new();
         for t in &tenants {
@@ -146,7 +143,8 @@ impl Cohort {
             }
         }
         let journeys = sources.len() - tenants.len();
-        let mut cohort = Cohort { config, tenants, sources, buffers, heap: BinaryHeap::new(), summary: Summary::default(), learners, journeys };
+        let mut cohort =
+            Cohort { config, tenants, sources, buffers, heap: BinaryHeap::new(), summary: Summary::default(), learners, journeys };
         for i in 0..cohort.sources.len() {
             cohort.schedule(i);
         }

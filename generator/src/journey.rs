@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 
 use chrono::{DateTime, Duration, Utc};
 use lms_events::{
-    AssessmentGraded, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, Event, EventData, LessonRef,
-    PaymentFailed, PaymentRefunded, PaymentSucceeded, SPEC_VERSION, VideoProgressed,
+    AssessmentGraded, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, Event, EventData, LessonRef, PaymentFailed, PaymentRefunded,
+    PaymentSucceeded, SPEC_VERSION, VideoProgressed,
 };
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -180,11 +180,8 @@ impl Journey {
                 return;
             }
             let info = &course.lessons[lesson];
-            let lesson_ref = LessonRef {
-                learner_id: self.learner_id.clone(),
-                course_id: course.course_id.clone(),
-                lesson_id: info.lesson_id.clone(),
-            };
+            let lesson_ref =
+                LessonRef { learner_id: self.learner_id.clone(), course_id: course.course_id.clone(), lesson_id: info.lesson_id.clone() };
             if video_pos == 0.0 {
                 self.emit(tenant, t, app, EventData::LessonStarted(lesson_ref.clone()), out);
                 t += secs(f64::from(self.rng.random_range(3..25u32)));

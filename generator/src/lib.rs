@@ -87,11 +87,7 @@ impl CohortConfig {
 
     /// The tenant names the cohort uses.
     pub fn tenant_names(&self) -> Vec<String> {
-        if self.tenant_names.is_empty() {
-            (0..self.tenants).map(tenant_name).collect()
-        } else {
-            self.tenant_names.clone()
-        }
+        if self.tenant_names.is_empty() { (0..self.tenants).map(tenant_name).collect() } else { self.tenant_names.clone() }
     }
 
     /// Checks the bounds of every option.

@@ -32,8 +32,8 @@ pub(crate) fn day_weight(day: Weekday) -> f64 {
 
 /// Relative activity by UTC hour: quiet nights, a morning and lunch bump, an evening peak.
 const HOUR_WEIGHTS: [f64; 24] = [
-    0.25, 0.12, 0.06, 0.04, 0.04, 0.08, 0.25, 0.55, 0.85, 1.0, 1.0, 1.05, 1.3, 1.2, 1.0, 0.95, 0.95, 1.05,
-    1.35, 1.75, 1.95, 1.65, 1.05, 0.55,
+    0.25, 0.12, 0.06, 0.04, 0.04, 0.08, 0.25, 0.55, 0.85, 1.0, 1.0, 1.05, 1.3, 1.2, 1.0, 0.95, 0.95, 1.05, 1.35, 1.75, 1.95, 1.65, 1.05,
+    0.55,
 ];
 
 /// A uniform number in `[0, 1)`.

@@ -47,11 +47,8 @@ pub struct KafkaConfig {
 /// Property values whose key names a secret are not printed.
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let properties: BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { REDACTED } else { v.as_str() }))
-            .collect();
+        let properties: BTreeMap<&str, &str> =
+            self.properties.iter().map(|(k, v)| (k.as_str(), if is_secret_property(k) { REDACTED } else { v.as_str() })).collect();
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)
             .field("topic_prefix", &self.topic_prefix)
@@ -211,11 +208,9 @@ impl KafkaSecurity {
         let p = self.protocol;
         c.set("security.protocol", p.as_str());
         if p.tls() {
-            for (key, file) in [
-                ("ssl.ca.location", &self.ca_file),
-                ("ssl.certificate.location", &self.cert_file),
-                ("ssl.key.location", &self.key_file),
-            ] {
+            for (key, file) in
+                [("ssl.ca.location", &self.ca_file), ("ssl.certificate.location", &self.cert_file), ("ssl.key.location", &self.key_file)]
+            {
                 if let Some(f) = file {
                     c.set(key, f.to_string_lossy());
                 }
@@ -400,12 +395,7 @@ impl Default for ConsumerConfig {
 
 impl ConsumerConfig {
     /// The librdkafka configuration of one group member.
-    pub(crate) fn client_config(
-        &self,
-        kafka: &KafkaConfig,
-        group_id: &str,
-        client_id: &str,
-    ) -> ClientConfig {
+    pub(crate) fn client_config(&self, kafka: &KafkaConfig, group_id: &str, client_id: &str) -> ClientConfig {
         let mut c = kafka.base(client_id);
         c.set("group.id", group_id)
             .set("partition.assignment.strategy", "cooperative-sticky")
@@ -433,11 +423,7 @@ mod tests {
         let mut k = KafkaConfig::new("b1:9093,b2:9093");
         k.security = KafkaSecurity {
             protocol: SecurityProtocol::SaslSsl,
-            sasl: Some(SaslConfig {
-                mechanism: SaslMechanism::ScramSha512,
-                username: "lms".into(),
-                password: Secret::new("hunter2"),
-            }),
+            sasl: Some(SaslConfig { mechanism: SaslMechanism::ScramSha512, username: "lms".into(), password: Secret::new("hunter2") }),
             ca_file: Some("/etc/lms/ca.pem".into()),
             cert_file: None,
             key_file: None,
@@ -507,10 +493,7 @@ mod tests {
             (KafkaSecurity { protocol: SecurityProtocol::SaslSsl, ..Default::default() }, "needs a kafka.security.sasl"),
             (KafkaSecurity { protocol: SecurityProtocol::Ssl, sasl: sasl.clone(), ..Default::default() }, "does not use SASL"),
             (KafkaSecurity { ca_file: Some("ca.pem".into()), ..Default::default() }, "ca_file is set"),
-            (
-                KafkaSecurity { protocol: SecurityProtocol::Ssl, cert_file: Some("c.pem".into()), ..Default::default() },
-                "go together",
-            ),
+            (KafkaSecurity { protocol: SecurityProtocol::Ssl, cert_file: Some("c.pem".into()), ..Default::default() }, "go together"),
         ];
         for (s, expected) in cases {
             let err = s.validate().expect_err("inconsistent").to_string();

@@ -28,13 +28,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::ClientContext;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -105,10 +105,8 @@ impl Member {
             backoff: backoff_of(&cfg.consumer),
             errors: crate::producer::ClientErrors::default(),
         };
-        let consumer: BaseConsumer<MemberContext> = cfg
-            .consumer
-            .client_config(&cfg.kafka, &cfg.group_id, &cfg.client_id)
-            .create_with_context(ctx)?;
+        let consumer: BaseConsumer<MemberContext> =
+            cfg.consumer.client_config(&cfg.kafka, &cfg.group_id, &cfg.client_id).create_with_context(ctx)?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let env = Arc::new(BatchEnv {
@@ -199,10 +197,7 @@ impl ClientContext for MemberContext {
             for (p, part) in &t.partitions {
                 // Partition -1 is librdkafka's internal "unassigned" partition.
                 if *p >= 0 && part.consumer_lag >= 0 {
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[&*self.group, topic, &p.to_string()])
-                        .set(part.consumer_lag);
+                    self.metrics.consumer_lag.with_label_values(&[&*self.group, topic, &p.to_string()]).set(part.consumer_lag);
                 }
             }
         }
@@ -222,8 +217,7 @@ impl ClientContext for MemberContext {
 impl ConsumerContext for MemberContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
-        let tps: Vec<TopicPartition> =
-            tpl.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect();
+        let tps: Vec<TopicPartition> = tpl.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Some(store) = &self.store {
@@ -267,11 +261,7 @@ impl ConsumerContext for MemberContext {
                     for tp in &tps {
                         shared.assignment.remove(tp);
                         shared.expected.remove(tp);
-                        let _ = self.metrics.consumer_lag.remove_label_values(&[
-                            &*self.group,
-                            &tp.topic,
-                            &tp.partition.to_string(),
-                        ]);
+                        let _ = self.metrics.consumer_lag.remove_label_values(&[&*self.group, &tp.topic, &tp.partition.to_string()]);
                     }
                     shared.revoked.extend(tps.iter().cloned());
                 }
@@ -294,11 +284,7 @@ impl ConsumerContext for MemberContext {
 impl MemberContext {
     /// Loads stored offsets from the async store on this (non-runtime) thread, retrying
     /// with back-off until it answers or the member stops.
-    fn load_offsets_blocking(
-        &self,
-        store: &Arc<dyn OffsetStore>,
-        tps: &[TopicPartition],
-    ) -> Option<HashMap<TopicPartition, i64>> {
+    fn load_offsets_blocking(&self, store: &Arc<dyn OffsetStore>, tps: &[TopicPartition]) -> Option<HashMap<TopicPartition, i64>> {
         load_offsets_blocking(&self.handle, store, &self.group, tps, &self.stop, self.backoff)
     }
 }
@@ -464,11 +450,7 @@ impl Loop {
         match self.consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => {
                 for (tp, o) in next {
-                    self.env
-                        .metrics
-                        .committed_offset
-                        .with_label_values(&[&*self.env.group, &tp.topic, &tp.partition.to_string()])
-                        .set(*o);
+                    self.env.metrics.committed_offset.with_label_values(&[&*self.env.group, &tp.topic, &tp.partition.to_string()]).set(*o);
                 }
             }
             // The effects are durable; the next owner of these partitions redelivers the
@@ -525,8 +507,7 @@ impl Loop {
     /// After being fenced: seek the partitions to the stored offsets.
     fn reseek(&self, partitions: &[TopicPartition]) {
         let Some(store) = self.env.processor.offset_store() else { return };
-        let Some(stored) =
-            load_offsets_blocking(&self.handle, &store, &self.env.group, partitions, &self.env.stop, self.env.backoff)
+        let Some(stored) = load_offsets_blocking(&self.handle, &store, &self.env.group, partitions, &self.env.stop, self.env.backoff)
         else {
             return;
         };
@@ -618,7 +599,8 @@ impl BatchEnv {
             let processed = good.len() as u64;
             let mut isolated = 0;
             let mut expected = expected;
-            let batch = Batch { group: self.group.clone(), records: good, offsets: offsets(&next, &expected), dead_letters: dead_letters.clone() };
+            let batch =
+                Batch { group: self.group.clone(), records: good, offsets: offsets(&next, &expected), dead_letters: dead_letters.clone() };
             let write_start = std::time::SystemTime::now();
             match self.process_with_retry(&batch).await {
                 Ok(()) => {
@@ -643,10 +625,18 @@ impl BatchEnv {
                         Err(_) => return Outcome::Stopped,
                     }
                     // Advance the stored offsets over the dead-lettered tail, if any.
-                    let rest: BTreeMap<_, _> =
-                        next.iter().filter(|(tp, o)| expected.get(*tp).copied().flatten() != Some(**o)).map(|(k, v)| (k.clone(), *v)).collect();
+                    let rest: BTreeMap<_, _> = next
+                        .iter()
+                        .filter(|(tp, o)| expected.get(*tp).copied().flatten() != Some(**o))
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect();
                     if !rest.is_empty() && self.processor.offset_store().is_some() {
-                        let b = Batch { group: self.group.clone(), records: Vec::new(), offsets: offsets(&rest, &expected), dead_letters: DeadLetters::none() };
+                        let b = Batch {
+                            group: self.group.clone(),
+                            records: Vec::new(),
+                            offsets: offsets(&rest, &expected),
+                            dead_letters: DeadLetters::none(),
+                        };
                         match self.process_with_retry(&b).await {
                             Ok(()) => {}
                             Err(Fail::Fenced) => return Outcome::Fenced { partitions: next.keys().cloned().collect() },
@@ -726,7 +716,12 @@ impl BatchEnv {
                     for r in &slice {
                         next.insert(r.raw.tp.clone(), r.raw.offset + 1);
                     }
-                    let b = Batch { group: self.group.clone(), records: slice, offsets: offsets(&next, expected), dead_letters: DeadLetters::none() };
+                    let b = Batch {
+                        group: self.group.clone(),
+                        records: slice,
+                        offsets: offsets(&next, expected),
+                        dead_letters: DeadLetters::none(),
+                    };
                     match self.process_with_retry(&b).await {
                         Ok(()) => {
                             for (tp, o) in next {
@@ -801,7 +796,5 @@ impl BatchEnv {
 }
 
 fn offsets(next: &BTreeMap<TopicPartition, i64>, expected: &HashMap<TopicPartition, Option<i64>>) -> Vec<PartitionOffsets> {
-    next.iter()
-        .map(|(tp, n)| PartitionOffsets { tp: tp.clone(), expected: expected.get(tp).copied().flatten(), next: *n })
-        .collect()
+    next.iter().map(|(tp, n)| PartitionOffsets { tp: tp.clone(), expected: expected.get(tp).copied().flatten(), next: *n }).collect()
 }

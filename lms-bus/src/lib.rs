@@ -21,14 +21,12 @@ mod record;
 mod secret;
 pub mod topics;
 
-pub use config::{
-    ConsumerConfig, KafkaConfig, KafkaSecurity, SaslConfig, SaslMechanism, SecurityConfigError, SecurityProtocol,
-};
-pub use secret::{REDACTED, Secret, SecretFileError, trim_line_break};
+pub use config::{ConsumerConfig, KafkaConfig, KafkaSecurity, SaslConfig, SaslMechanism, SecurityConfigError, SecurityProtocol};
 pub use consumer::{Member, MemberConfig, MemberReport};
 pub use error::{BoxError, BusError, ProcessError, ProduceError};
 pub use metrics::BusMetrics;
 pub use processor::{OffsetStore, Processor};
 pub use producer::{Delivered, OnQueueFull, OutRecord, Producer};
 pub use record::{Batch, DeadLetters, PartitionOffsets, RawRecord, Record, TopicPartition};
+pub use secret::{REDACTED, Secret, SecretFileError, trim_line_break};
 pub use topics::{TopicMap, TopicsFile};

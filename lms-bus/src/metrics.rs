@@ -36,10 +36,7 @@ impl BusMetrics {
     /// Registers the metrics in `registry`. Call once per registry and share the result.
     pub fn register(registry: &Registry) -> Result<Arc<Self>, BusError> {
         let m = Self {
-            produced: IntCounterVec::new(
-                Opts::new("lms_bus_produced_records_total", "Records acknowledged by the broker."),
-                &["topic"],
-            )?,
+            produced: IntCounterVec::new(Opts::new("lms_bus_produced_records_total", "Records acknowledged by the broker."), &["topic"])?,
             produce_errors: IntCounterVec::new(
                 Opts::new("lms_bus_produce_errors_total", "Records that could not be produced."),
                 &["topic", "kind"],

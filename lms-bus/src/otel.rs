@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use lms_events::TraceContext;
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState, Tracer as _,
-};
+use opentelemetry::trace::{Span as _, SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState, Tracer as _};
 use opentelemetry::{Context, KeyValue, global};
 
 use crate::Record;

@@ -46,9 +46,5 @@ pub trait Processor: Send + Sync + 'static {
 #[async_trait]
 pub trait OffsetStore: Send + Sync + 'static {
     /// Next offsets to read of `partitions` for `group`; absent partitions have none stored.
-    async fn load_offsets(
-        &self,
-        group: &str,
-        partitions: &[TopicPartition],
-    ) -> Result<HashMap<TopicPartition, i64>, BoxError>;
+    async fn load_offsets(&self, group: &str, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, i64>, BoxError>;
 }

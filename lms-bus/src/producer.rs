@@ -176,12 +176,7 @@ pub struct Producer {
 
 impl Producer {
     /// Creates the producer (it connects lazily).
-    pub fn new(
-        kafka: &KafkaConfig,
-        topics: TopicMap,
-        metrics: Arc<BusMetrics>,
-        client_id: &str,
-    ) -> Result<Self, BusError> {
+    pub fn new(kafka: &KafkaConfig, topics: TopicMap, metrics: Arc<BusMetrics>, client_id: &str) -> Result<Self, BusError> {
         let errors = ClientErrors::default();
         let inner: FutureProducer<ClientErrors> = kafka.producer_config(client_id).create_with_context(errors.clone())?;
         Ok(Self { inner, errors, topics, metrics, delivery_timeout: kafka.delivery_timeout() })
@@ -211,8 +206,7 @@ impl Producer {
     /// value and headers, plus the reason and the origin in `lms_dlq_*` headers.
     pub fn dead_letter_record(&self, raw: &RawRecord, group: &str, reason: &str) -> OutRecord {
         use codec::headers as h;
-        let mut headers: Vec<(String, Vec<u8>)> =
-            raw.headers.iter().filter(|(k, _)| !k.starts_with("lms_dlq_")).cloned().collect();
+        let mut headers: Vec<(String, Vec<u8>)> = raw.headers.iter().filter(|(k, _)| !k.starts_with("lms_dlq_")).cloned().collect();
         headers.push((h::DLQ_REASON.to_owned(), reason.as_bytes().to_vec()));
         headers.push((h::DLQ_SOURCE_TOPIC.to_owned(), raw.tp.topic.as_bytes().to_vec()));
         headers.push((h::DLQ_SOURCE_PARTITION.to_owned(), raw.tp.partition.to_string().into_bytes()));

@@ -52,11 +52,7 @@ impl RawRecord {
     pub fn from_message(m: &BorrowedMessage<'_>, topic: Arc<str>) -> Self {
         let headers = m
             .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
-                    .collect()
-            })
+            .map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
             .unwrap_or_default();
         Self {
             tp: TopicPartition { topic, partition: m.partition() },
@@ -75,9 +71,7 @@ impl RawRecord {
 
     /// The W3C trace context of the `traceparent` header, if any.
     pub fn trace(&self) -> Option<TraceContext> {
-        self.header(codec::headers::TRACEPARENT)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(TraceContext::parse_traceparent)
+        self.header(codec::headers::TRACEPARENT).and_then(|v| std::str::from_utf8(v).ok()).and_then(TraceContext::parse_traceparent)
     }
 
     /// The `id` of the event in the value, when the value is a JSON object that has one,

@@ -13,10 +13,7 @@ use std::fmt;
 use std::time::Duration;
 
 use lms_events::Domain;
-use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
-    TopicReplication,
-};
+use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
 use serde::{Deserialize, Serialize};
 
 use crate::config::KafkaConfig;
@@ -59,8 +56,7 @@ pub struct TopicSpec {
 impl TopicsFile {
     /// Parses and checks a topics file: one topic per domain, positive counts.
     pub fn parse(yaml: &str) -> Result<Self, BusError> {
-        let file: TopicsFile =
-            serde_yaml::from_str(yaml).map_err(|e| BusError::Topics(format!("topics.yaml: {e}")))?;
+        let file: TopicsFile = serde_yaml::from_str(yaml).map_err(|e| BusError::Topics(format!("topics.yaml: {e}")))?;
         let mut seen = HashMap::new();
         for t in &file.topics {
             if t.partitions < 1 {
@@ -74,10 +70,7 @@ impl TopicsFile {
                 )));
             }
             if !t.name.starts_with(&file.managed_prefix) {
-                return Err(BusError::Topics(format!(
-                    "topic {} does not start with managed_prefix {:?}",
-                    t.name, file.managed_prefix
-                )));
+                return Err(BusError::Topics(format!("topic {} does not start with managed_prefix {:?}", t.name, file.managed_prefix)));
             }
         }
         for d in Domain::ALL {
@@ -95,13 +88,7 @@ impl TopicsFile {
 
     /// The domain → topic-name map with the run-time prefix applied.
     pub fn topic_map(&self, prefix: &str) -> TopicMap {
-        TopicMap {
-            names: self
-                .topics
-                .iter()
-                .map(|t| (t.domain, format!("{prefix}{}", t.name)))
-                .collect(),
-        }
+        TopicMap { names: self.topics.iter().map(|t| (t.domain, format!("{prefix}{}", t.name))).collect() }
     }
 }
 
@@ -196,24 +183,12 @@ impl Plan {
                 }),
                 Some(o) => {
                     if o.partitions < spec.partitions {
-                        plan.actions.push(Action::AddPartitions {
-                            topic: topic.clone(),
-                            from: o.partitions,
-                            to: spec.partitions,
-                        });
+                        plan.actions.push(Action::AddPartitions { topic: topic.clone(), from: o.partitions, to: spec.partitions });
                     } else if o.partitions > spec.partitions {
-                        plan.drift.push(Drift::MorePartitions {
-                            topic: topic.clone(),
-                            have: o.partitions,
-                            want: spec.partitions,
-                        });
+                        plan.drift.push(Drift::MorePartitions { topic: topic.clone(), have: o.partitions, want: spec.partitions });
                     }
                     if o.replication_factor != rf {
-                        plan.drift.push(Drift::ReplicationFactor {
-                            topic: topic.clone(),
-                            have: o.replication_factor,
-                            want: rf,
-                        });
+                        plan.drift.push(Drift::ReplicationFactor { topic: topic.clone(), have: o.replication_factor, want: rf });
                     }
                     match &o.config {
                         None if !spec.config.is_empty() => plan.unverified.push(format!(
@@ -229,11 +204,7 @@ impl Plan {
                                 .map(|(k, v)| (k.clone(), have.get(k).cloned(), v.clone()))
                                 .collect();
                             if !changes.is_empty() {
-                                plan.actions.push(Action::SetConfig {
-                                    topic: topic.clone(),
-                                    changes,
-                                    config: spec.config.clone(),
-                                });
+                                plan.actions.push(Action::SetConfig { topic: topic.clone(), changes, config: spec.config.clone() });
                             }
                         }
                     }
@@ -275,9 +246,7 @@ impl fmt::Display for Plan {
                         if cfg.is_empty() { "no configs".to_owned() } else { cfg.join(" ") }
                     )?
                 }
-                Action::AddPartitions { topic, from, to } => {
-                    writeln!(f, "~ partitions of {topic}: {from} -> {to}")?
-                }
+                Action::AddPartitions { topic, from, to } => writeln!(f, "~ partitions of {topic}: {from} -> {to}")?,
                 Action::SetConfig { topic, changes, .. } => {
                     for (k, from, to) in changes {
                         writeln!(f, "~ config of {topic}: {k} {} -> {to}", from.as_deref().unwrap_or("(unset)"))?
@@ -288,18 +257,16 @@ impl fmt::Display for Plan {
         }
         for d in &self.drift {
             match d {
-                Drift::MorePartitions { topic, have, want } => writeln!(
-                    f,
-                    "! drift, not fixed: {topic} has {have} partitions, the file wants {want}; Kafka cannot remove partitions"
-                )?,
+                Drift::MorePartitions { topic, have, want } => {
+                    writeln!(f, "! drift, not fixed: {topic} has {have} partitions, the file wants {want}; Kafka cannot remove partitions")?
+                }
                 Drift::ReplicationFactor { topic, have, want } => writeln!(
                     f,
                     "! drift, not fixed: {topic} has replication factor {have}, the file wants {want}; it needs a partition reassignment"
                 )?,
-                Drift::Unmanaged { topic } => writeln!(
-                    f,
-                    "! drift, not fixed: {topic} is not in the file (delete it with --delete-unmanaged)"
-                )?,
+                Drift::Unmanaged { topic } => {
+                    writeln!(f, "! drift, not fixed: {topic} is not in the file (delete it with --delete-unmanaged)")?
+                }
             }
         }
         for u in &self.unverified {
@@ -345,12 +312,7 @@ impl TopicAdmin {
                     for (name, r) in names.iter().zip(results) {
                         if let (Ok(res), Some(o)) = (r, out.get_mut(name)) {
                             if !res.entries.is_empty() {
-                                o.config = Some(
-                                    res.entries
-                                        .iter()
-                                        .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
-                                        .collect(),
-                                );
+                                o.config = Some(res.entries.iter().filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v))).collect());
                             }
                         }
                     }
@@ -407,9 +369,7 @@ impl TopicAdmin {
                         ac = ac.set(k, v);
                     }
                     let r = self.admin.alter_configs([&ac], &opts).await?;
-                    r.into_iter()
-                        .map(|r| r.map(|_| topic.clone()).map_err(|(_, code)| (topic.clone(), code)))
-                        .collect()
+                    r.into_iter().map(|r| r.map(|_| topic.clone()).map_err(|(_, code)| (topic.clone(), code))).collect()
                 }
                 Action::Delete { topic } => self.admin.delete_topics(&[topic.as_str()], &opts).await?,
             };
@@ -442,11 +402,7 @@ mod tests {
             .map(|t| {
                 (
                     format!("{prefix}{}", t.name),
-                    ObservedTopic {
-                        partitions: t.partitions,
-                        replication_factor: file.replication_factor,
-                        config: Some(t.config.clone()),
-                    },
+                    ObservedTopic { partitions: t.partitions, replication_factor: file.replication_factor, config: Some(t.config.clone()) },
                 )
             })
             .collect()
@@ -517,9 +473,10 @@ mod tests {
 
     #[test]
     fn a_file_without_some_domain_is_refused() {
-        let err = TopicsFile::parse("managed_prefix: lms.\nreplication_factor: 1\ntopics:\n  - {name: lms.a, domain: learning, partitions: 1}\n")
-            .unwrap_err()
-            .to_string();
+        let err =
+            TopicsFile::parse("managed_prefix: lms.\nreplication_factor: 1\ntopics:\n  - {name: lms.a, domain: learning, partitions: 1}\n")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("no topic carries domain"), "{err}");
     }
 }

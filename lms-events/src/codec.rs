@@ -108,9 +108,7 @@ fn classify(text: &str, error: serde_json::Error) -> DecodeError {
     match error.classify() {
         Category::Syntax | Category::Eof | Category::Io => DecodeError::NotJson(error),
         Category::Data => match serde_json::from_str::<TypeOnly>(text) {
-            Ok(TypeOnly {
-                event_type: Some(name),
-            }) if name.parse::<EventType>().is_err() => DecodeError::UnknownType(name),
+            Ok(TypeOnly { event_type: Some(name) }) if name.parse::<EventType>().is_err() => DecodeError::UnknownType(name),
             _ => DecodeError::BadField(error),
         },
     }
@@ -163,10 +161,7 @@ mod tests {
     #[test]
     fn decode_errors_say_what_is_wrong() {
         assert!(matches!(decode(b"\xff\xfe"), Err(DecodeError::NotUtf8(_))));
-        assert!(matches!(
-            decode(b"{\"specversion\":"),
-            Err(DecodeError::NotJson(_))
-        ));
+        assert!(matches!(decode(b"{\"specversion\":"), Err(DecodeError::NotJson(_))));
 
         let mut value = serde_json::to_value(examples::event(EventType::LessonStarted)).unwrap();
         value["type"] = json!("lesson.paused");
@@ -178,18 +173,12 @@ mod tests {
         value["data"]["attempt"] = json!("first");
         let error = decode(value.to_string().as_bytes()).unwrap_err();
         assert!(matches!(error, DecodeError::BadField(_)), "{error}");
-        assert!(
-            error.to_string().contains("invalid type: string \"first\""),
-            "{error}"
-        );
+        assert!(error.to_string().contains("invalid type: string \"first\""), "{error}");
 
         let mut value = serde_json::to_value(examples::event(EventType::LessonStarted)).unwrap();
         value.as_object_mut().unwrap().remove("tenant");
         let error = decode(value.to_string().as_bytes()).unwrap_err();
-        assert!(
-            error.to_string().contains("missing field `tenant`"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("missing field `tenant`"), "{error}");
 
         assert!(matches!(decode(b"[1]"), Err(DecodeError::BadField(_))));
     }
@@ -210,14 +199,9 @@ mod tests {
             value[key] = v;
             decode(value.to_string().as_bytes())
         };
-        assert!(
-            matches!(with("specversion", json!("0.3")), Err(DecodeError::BadSpecVersion(v)) if v == "0.3")
-        );
+        assert!(matches!(with("specversion", json!("0.3")), Err(DecodeError::BadSpecVersion(v)) if v == "0.3"));
         assert!(matches!(with("id", json!("")), Err(DecodeError::EmptyId)));
-        assert!(matches!(
-            with("tenant", json!("")),
-            Err(DecodeError::EmptyTenant)
-        ));
+        assert!(matches!(with("tenant", json!("")), Err(DecodeError::EmptyTenant)));
     }
 
     #[test]

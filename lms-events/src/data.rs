@@ -34,9 +34,7 @@ impl CoursePublished {
     ///
     /// Events accepted through [`crate::parse_client_event`] never repeat a lesson id.
     pub fn lesson_ids(&self) -> impl Iterator<Item = &str> {
-        self.modules
-            .iter()
-            .flat_map(|module| module.lessons.iter().map(String::as_str))
+        self.modules.iter().flat_map(|module| module.lessons.iter().map(String::as_str))
     }
 
     /// Returns the number of distinct lessons in the course, the `lessons_total` of progress.
@@ -404,10 +402,7 @@ mod tests {
     #[test]
     fn lesson_helpers() {
         let mut course = course();
-        assert_eq!(
-            course.lesson_ids().collect::<Vec<_>>(),
-            ["lesson-1", "lesson-2", "lesson-3"]
-        );
+        assert_eq!(course.lesson_ids().collect::<Vec<_>>(), ["lesson-1", "lesson-2", "lesson-3"]);
         assert_eq!(course.lessons_total(), 3);
         // A repeated id (only possible in events that bypassed input validation) counts once.
         course.modules[1].lessons.push("lesson-1".into());
@@ -416,31 +411,14 @@ mod tests {
 
     #[test]
     fn wire_names_of_the_enums() {
-        for source in [
-            EnrollmentSource::SelfService,
-            EnrollmentSource::Admin,
-            EnrollmentSource::Purchase,
-        ] {
-            assert_eq!(
-                serde_json::to_value(source).unwrap(),
-                json!(source.as_str())
-            );
+        for source in [EnrollmentSource::SelfService, EnrollmentSource::Admin, EnrollmentSource::Purchase] {
+            assert_eq!(serde_json::to_value(source).unwrap(), json!(source.as_str()));
         }
-        for status in [
-            ProgressStatus::NotStarted,
-            ProgressStatus::InProgress,
-            ProgressStatus::Completed,
-        ] {
-            assert_eq!(
-                serde_json::to_value(status).unwrap(),
-                json!(status.as_str())
-            );
+        for status in [ProgressStatus::NotStarted, ProgressStatus::InProgress, ProgressStatus::Completed] {
+            assert_eq!(serde_json::to_value(status).unwrap(), json!(status.as_str()));
         }
         for channel in [Channel::InApp, Channel::Email, Channel::Webhook] {
-            assert_eq!(
-                serde_json::to_value(channel).unwrap(),
-                json!(channel.as_str())
-            );
+            assert_eq!(serde_json::to_value(channel).unwrap(), json!(channel.as_str()));
         }
         assert_eq!(EnrollmentSource::SelfService.as_str(), "self");
         assert_eq!(ProgressStatus::NotStarted.as_str(), "not_started");
@@ -452,11 +430,7 @@ mod tests {
         let sent = serde_json::to_value(examples::data(EventType::NotificationSent)).unwrap();
         assert_eq!(sent["data"].get("error"), None, "absent, not null");
         let progress = serde_json::to_value(examples::data(EventType::ProgressUpdated)).unwrap();
-        assert_eq!(
-            progress["data"]["completed_at"],
-            json!(null),
-            "explicit null"
-        );
+        assert_eq!(progress["data"]["completed_at"], json!(null), "explicit null");
         let decoded: ProgressUpdated = serde_json::from_value(json!({
             "learner_id": "l", "course_id": "c", "course_version": 1, "lessons_completed": 0,
             "lessons_total": 3, "percent_complete": 0, "status": "not_started", "time_spent_s": 0
@@ -469,8 +443,7 @@ mod tests {
 
     #[test]
     fn assessment_percent() {
-        let EventData::AssessmentGraded(graded) = examples::data(EventType::AssessmentGraded)
-        else {
+        let EventData::AssessmentGraded(graded) = examples::data(EventType::AssessmentGraded) else {
             panic!("wrong type");
         };
         assert_eq!(graded.percent(), 75.0);

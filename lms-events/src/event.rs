@@ -10,9 +10,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::data::{
-    AchievementUnlocked, AssessmentGraded, CourseCompleted, CoursePublished, CourseRetired,
-    EnrollmentCreated, EnrollmentDropped, LearnerErased, LessonRef, NotificationOutcome, PaymentFailed,
-    PaymentRefunded, PaymentSucceeded, ProgressUpdated, VideoProgressed,
+    AchievementUnlocked, AssessmentGraded, CourseCompleted, CoursePublished, CourseRetired, EnrollmentCreated, EnrollmentDropped,
+    LearnerErased, LessonRef, NotificationOutcome, PaymentFailed, PaymentRefunded, PaymentSucceeded, ProgressUpdated, VideoProgressed,
 };
 
 /// The CloudEvents specification version of every event: `"1.0"`.
@@ -135,9 +134,7 @@ impl EventData {
     /// Returns the learner the data is about, if any (catalog events and refunds have none).
     pub fn learner_id(&self) -> Option<&str> {
         match self {
-            EventData::CoursePublished(_)
-            | EventData::CourseRetired(_)
-            | EventData::PaymentRefunded(_) => None,
+            EventData::CoursePublished(_) | EventData::CourseRetired(_) | EventData::PaymentRefunded(_) => None,
             EventData::EnrollmentCreated(d) => Some(&d.learner_id),
             EventData::EnrollmentDropped(d) => Some(&d.learner_id),
             EventData::LessonStarted(d) | EventData::LessonCompleted(d) => Some(&d.learner_id),
@@ -148,9 +145,7 @@ impl EventData {
             EventData::ProgressUpdated(d) => Some(&d.learner_id),
             EventData::CourseCompleted(d) => Some(&d.learner_id),
             EventData::AchievementUnlocked(d) => Some(&d.learner_id),
-            EventData::NotificationSent(d) | EventData::NotificationFailed(d) => {
-                Some(&d.learner_id)
-            }
+            EventData::NotificationSent(d) | EventData::NotificationFailed(d) => Some(&d.learner_id),
             EventData::LearnerErased(d) => Some(&d.learner_id),
         }
     }
@@ -173,9 +168,7 @@ impl EventData {
             EventData::ProgressUpdated(d) => Some(&d.course_id),
             EventData::CourseCompleted(d) => Some(&d.course_id),
             EventData::AchievementUnlocked(d) => d.course_id.as_deref(),
-            EventData::NotificationSent(_)
-            | EventData::NotificationFailed(_)
-            | EventData::LearnerErased(_) => None,
+            EventData::NotificationSent(_) | EventData::NotificationFailed(_) | EventData::LearnerErased(_) => None,
         }
     }
 }
@@ -226,25 +219,19 @@ impl Event {
     pub fn partition_key(&self) -> Cow<'_, str> {
         match &self.data {
             EventData::CoursePublished(d) => Cow::Owned(catalog_publication_key(&self.tenant, d)),
-            EventData::CourseRetired(d) => {
-                Cow::Owned(catalog_retirement_key(&self.tenant, &d.course_id))
-            }
+            EventData::CourseRetired(d) => Cow::Owned(catalog_retirement_key(&self.tenant, &d.course_id)),
             EventData::PaymentSucceeded(d) => Cow::Borrowed(d.payment_id.as_str()),
             EventData::PaymentRefunded(d) => Cow::Borrowed(d.payment_id.as_str()),
             EventData::PaymentFailed(d) => Cow::Borrowed(d.payment_id.as_str()),
             EventData::EnrollmentCreated(d) => Cow::Borrowed(d.learner_id.as_str()),
             EventData::EnrollmentDropped(d) => Cow::Borrowed(d.learner_id.as_str()),
-            EventData::LessonStarted(d) | EventData::LessonCompleted(d) => {
-                Cow::Borrowed(d.learner_id.as_str())
-            }
+            EventData::LessonStarted(d) | EventData::LessonCompleted(d) => Cow::Borrowed(d.learner_id.as_str()),
             EventData::VideoProgressed(d) => Cow::Borrowed(d.learner_id.as_str()),
             EventData::AssessmentGraded(d) => Cow::Borrowed(d.learner_id.as_str()),
             EventData::ProgressUpdated(d) => Cow::Borrowed(d.learner_id.as_str()),
             EventData::CourseCompleted(d) => Cow::Borrowed(d.learner_id.as_str()),
             EventData::AchievementUnlocked(d) => Cow::Borrowed(d.learner_id.as_str()),
-            EventData::NotificationSent(d) | EventData::NotificationFailed(d) => {
-                Cow::Borrowed(d.learner_id.as_str())
-            }
+            EventData::NotificationSent(d) | EventData::NotificationFailed(d) => Cow::Borrowed(d.learner_id.as_str()),
             EventData::LearnerErased(d) => Cow::Owned(erasure_key(&self.tenant, &d.learner_id)),
         }
     }
@@ -270,24 +257,14 @@ impl Event {
 /// on different partitions; the catalog does not depend on their order.
 /// Tenant and course id are escaped ([`escape_key_part`]), so the key is unambiguous.
 pub fn catalog_publication_key(tenant: &str, course: &CoursePublished) -> String {
-    format!(
-        "{}/{}/v{}/{}",
-        escape_key_part(tenant),
-        escape_key_part(&course.course_id),
-        course.version,
-        course_content_hash(course)
-    )
+    format!("{}/{}/v{}/{}", escape_key_part(tenant), escape_key_part(&course.course_id), course.version, course_content_hash(course))
 }
 
 /// The key of a `course.retired` record on the compacted catalog topic:
 /// `{tenant}/{course_id}/retired`, a key of its own so that a retirement never compacts
 /// away a publication (and the other way round).
 pub fn catalog_retirement_key(tenant: &str, course_id: &str) -> String {
-    format!(
-        "{}/{}/retired",
-        escape_key_part(tenant),
-        escape_key_part(course_id)
-    )
+    format!("{}/{}/retired", escape_key_part(tenant), escape_key_part(course_id))
 }
 
 /// The key of a `learner.erased` record on the compacted erasure topic:
@@ -436,14 +413,11 @@ impl EventType {
     /// Returns the domain (topic family) the type belongs to.
     pub fn domain(self) -> Domain {
         match self {
-            EventType::LessonStarted
-            | EventType::LessonCompleted
-            | EventType::VideoProgressed
-            | EventType::AssessmentGraded => Domain::Learning,
-            EventType::EnrollmentCreated | EventType::EnrollmentDropped => Domain::Enrollment,
-            EventType::PaymentSucceeded | EventType::PaymentRefunded | EventType::PaymentFailed => {
-                Domain::Payment
+            EventType::LessonStarted | EventType::LessonCompleted | EventType::VideoProgressed | EventType::AssessmentGraded => {
+                Domain::Learning
             }
+            EventType::EnrollmentCreated | EventType::EnrollmentDropped => Domain::Enrollment,
+            EventType::PaymentSucceeded | EventType::PaymentRefunded | EventType::PaymentFailed => Domain::Payment,
             EventType::CoursePublished | EventType::CourseRetired => Domain::Catalog,
             EventType::ProgressUpdated
             | EventType::CourseCompleted
@@ -462,9 +436,7 @@ impl EventType {
 
     /// Returns the client-writable types, in the order of [`EventType::ALL`].
     pub fn client_writable() -> impl Iterator<Item = EventType> {
-        EventType::ALL
-            .into_iter()
-            .filter(|t| t.is_client_writable())
+        EventType::ALL.into_iter().filter(|t| t.is_client_writable())
     }
 
     /// Tells whether events of this type are about one learner's learning activity
@@ -498,10 +470,7 @@ impl FromStr for EventType {
     type Err = UnknownEventType;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        EventType::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| UnknownEventType { name: s.to_owned() })
+        EventType::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| UnknownEventType { name: s.to_owned() })
     }
 }
 
@@ -528,15 +497,8 @@ pub enum Domain {
 
 impl Domain {
     /// Every domain.
-    pub const ALL: [Domain; 7] = [
-        Domain::Learning,
-        Domain::Enrollment,
-        Domain::Payment,
-        Domain::Catalog,
-        Domain::Derived,
-        Domain::DeadLetter,
-        Domain::Erasure,
-    ];
+    pub const ALL: [Domain; 7] =
+        [Domain::Learning, Domain::Enrollment, Domain::Payment, Domain::Catalog, Domain::Derived, Domain::DeadLetter, Domain::Erasure];
 
     /// Returns the name used in `topics.yaml`, such as `"learning"` or `"dead_letter"`.
     pub fn as_str(self) -> &'static str {
@@ -553,9 +515,7 @@ impl Domain {
 
     /// Returns the event types of the domain (none for [`Domain::DeadLetter`]).
     pub fn event_types(self) -> impl Iterator<Item = EventType> {
-        EventType::ALL
-            .into_iter()
-            .filter(move |t| t.domain() == self)
+        EventType::ALL.into_iter().filter(move |t| t.domain() == self)
     }
 }
 
@@ -595,21 +555,10 @@ mod tests {
 
     #[test]
     fn only_the_five_derived_types_and_the_erasure_are_not_client_writable() {
-        let derived: Vec<_> = EventType::ALL
-            .into_iter()
-            .filter(|t| !t.is_client_writable())
-            .map(EventType::as_str)
-            .collect();
+        let derived: Vec<_> = EventType::ALL.into_iter().filter(|t| !t.is_client_writable()).map(EventType::as_str).collect();
         assert_eq!(
             derived,
-            [
-                "progress.updated",
-                "course.completed",
-                "achievement.unlocked",
-                "notification.sent",
-                "notification.failed",
-                "learner.erased"
-            ]
+            ["progress.updated", "course.completed", "achievement.unlocked", "notification.sent", "notification.failed", "learner.erased"]
         );
         assert_eq!(EventType::client_writable().count(), 11);
     }
@@ -642,14 +591,8 @@ mod tests {
         assert_eq!(key(EventType::PaymentFailed), "pay-8");
         // The catalog: tenant, course, version and content, so that compaction only
         // removes exact duplicates; a retirement has a key of its own.
-        assert_eq!(
-            key(EventType::CoursePublished),
-            "acme/course-rust-101/v2/7a5af783be972809"
-        );
-        assert_eq!(
-            key(EventType::CourseRetired),
-            "acme/course-rust-101/retired"
-        );
+        assert_eq!(key(EventType::CoursePublished), "acme/course-rust-101/v2/7a5af783be972809");
+        assert_eq!(key(EventType::CourseRetired), "acme/course-rust-101/retired");
     }
 
     #[test]
@@ -663,19 +606,12 @@ mod tests {
             e.partition_key().into_owned()
         };
         let base = published("acme", &|_| {});
-        assert_eq!(
-            base,
-            published("acme", &|_| {}),
-            "stable: duplicates share a key"
-        );
+        assert_eq!(base, published("acme", &|_| {}), "stable: duplicates share a key");
         // Tenants do not collide, nor do versions or contents of one version.
         assert_ne!(base, published("globex", &|_| {}));
         assert_ne!(base, published("acme", &|d| d.version = 1));
         assert_ne!(base, published("acme", &|d| d.title.push('!')));
-        assert_ne!(
-            base,
-            published("acme", &|d| d.modules[1].lessons.push("lesson-4".into()))
-        );
+        assert_ne!(base, published("acme", &|d| d.modules[1].lessons.push("lesson-4".into())));
         // Moving a lesson across modules changes the content, and so the key.
         assert_ne!(
             base,

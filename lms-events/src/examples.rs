@@ -7,10 +7,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Value, json};
 
 use crate::data::{
-    AchievementUnlocked, AssessmentGraded, Channel, CourseCompleted, CoursePublished,
-    CourseRetired, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LearnerErased, LessonRef, Module,
-    NotificationOutcome, PaymentFailed, PaymentRefunded, PaymentSucceeded, ProgressStatus,
-    ProgressUpdated, VideoProgressed,
+    AchievementUnlocked, AssessmentGraded, Channel, CourseCompleted, CoursePublished, CourseRetired, EnrollmentCreated, EnrollmentDropped,
+    EnrollmentSource, LearnerErased, LessonRef, Module, NotificationOutcome, PaymentFailed, PaymentRefunded, PaymentSucceeded,
+    ProgressStatus, ProgressUpdated, VideoProgressed,
 };
 use crate::event::{Event, EventData, EventType, SPEC_VERSION};
 
@@ -23,17 +22,11 @@ pub const COURSE: &str = "course-rust-101";
 
 /// Returns the event time of the examples, 2026-11-20T10:15:00Z.
 pub fn time() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 20, 10, 15, 0)
-        .single()
-        .unwrap_or_default()
+    Utc.with_ymd_and_hms(2026, 11, 20, 10, 15, 0).single().unwrap_or_default()
 }
 
 fn lesson() -> LessonRef {
-    LessonRef {
-        learner_id: LEARNER.into(),
-        course_id: COURSE.into(),
-        lesson_id: "lesson-1".into(),
-    }
+    LessonRef { learner_id: LEARNER.into(), course_id: COURSE.into(), lesson_id: "lesson-1".into() }
 }
 
 fn notification(error: Option<&str>) -> NotificationOutcome {
@@ -56,28 +49,19 @@ pub fn data(event_type: EventType) -> EventData {
             title: "Rust from scratch".into(),
             version: 2,
             modules: vec![
-                Module {
-                    module_id: "module-1".into(),
-                    lessons: vec!["lesson-1".into(), "lesson-2".into()],
-                },
-                Module {
-                    module_id: "module-2".into(),
-                    lessons: vec!["lesson-3".into()],
-                },
+                Module { module_id: "module-1".into(), lessons: vec!["lesson-1".into(), "lesson-2".into()] },
+                Module { module_id: "module-2".into(), lessons: vec!["lesson-3".into()] },
             ],
         }),
-        EventType::CourseRetired => EventData::CourseRetired(CourseRetired {
-            course_id: COURSE.into(),
-        }),
+        EventType::CourseRetired => EventData::CourseRetired(CourseRetired { course_id: COURSE.into() }),
         EventType::EnrollmentCreated => EventData::EnrollmentCreated(EnrollmentCreated {
             learner_id: LEARNER.into(),
             course_id: COURSE.into(),
             source: EnrollmentSource::SelfService,
         }),
-        EventType::EnrollmentDropped => EventData::EnrollmentDropped(EnrollmentDropped {
-            learner_id: LEARNER.into(),
-            course_id: COURSE.into(),
-        }),
+        EventType::EnrollmentDropped => {
+            EventData::EnrollmentDropped(EnrollmentDropped { learner_id: LEARNER.into(), course_id: COURSE.into() })
+        }
         EventType::LessonStarted => EventData::LessonStarted(lesson()),
         EventType::LessonCompleted => EventData::LessonCompleted(lesson()),
         EventType::VideoProgressed => EventData::VideoProgressed(VideoProgressed {
@@ -103,11 +87,9 @@ pub fn data(event_type: EventType) -> EventData {
             amount_minor: 4900,
             currency: "EUR".into(),
         }),
-        EventType::PaymentRefunded => EventData::PaymentRefunded(PaymentRefunded {
-            payment_id: "pay-7".into(),
-            amount_minor: 4900,
-            currency: "EUR".into(),
-        }),
+        EventType::PaymentRefunded => {
+            EventData::PaymentRefunded(PaymentRefunded { payment_id: "pay-7".into(), amount_minor: 4900, currency: "EUR".into() })
+        }
         EventType::PaymentFailed => EventData::PaymentFailed(PaymentFailed {
             payment_id: "pay-8".into(),
             learner_id: LEARNER.into(),
@@ -140,9 +122,7 @@ pub fn data(event_type: EventType) -> EventData {
             unlocked_at: time(),
         }),
         EventType::NotificationSent => EventData::NotificationSent(notification(None)),
-        EventType::NotificationFailed => {
-            EventData::NotificationFailed(notification(Some("SMTP 451: try again later")))
-        }
+        EventType::NotificationFailed => EventData::NotificationFailed(notification(Some("SMTP 451: try again later"))),
         EventType::LearnerErased => EventData::LearnerErased(LearnerErased { learner_id: LEARNER.into() }),
     }
 }
@@ -153,11 +133,7 @@ pub fn event(event_type: EventType) -> Event {
     Event {
         specversion: SPEC_VERSION.to_owned(),
         id: format!("example-{event_type}"),
-        source: if event_type.is_client_writable() {
-            "web-app".to_owned()
-        } else {
-            "progress-processor".to_owned()
-        },
+        source: if event_type.is_client_writable() { "web-app".to_owned() } else { "progress-processor".to_owned() },
         time: time(),
         subject: data.learner_id().map(str::to_owned),
         tenant: TENANT.to_owned(),

@@ -47,20 +47,13 @@ pub struct FieldError {
 impl FieldError {
     /// Creates a field error.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> FieldError {
-        FieldError {
-            path: path.into(),
-            message: message.into(),
-        }
+        FieldError { path: path.into(), message: message.into() }
     }
 }
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
@@ -94,8 +87,7 @@ static VALIDATOR: LazyLock<Validator> = LazyLock::new(|| {
 });
 
 /// The message for a `time` that is not an RFC 3339 date-time.
-const TIME_MESSAGE: &str =
-    "must be an RFC 3339 date-time with offset, such as \"2026-11-20T10:15:00Z\"";
+const TIME_MESSAGE: &str = "must be an RFC 3339 date-time with offset, such as \"2026-11-20T10:15:00Z\"";
 
 /// Validates one client-sent event (already parsed as JSON) and completes it: assigns a UUIDv7
 /// `id` when absent, sets `tenant` to the caller's tenant, sets `subject` to `data.learner_id`
@@ -119,10 +111,7 @@ pub fn parse_client_event_owned(value: Value, caller_tenant: &str) -> Result<Eve
 fn check(value: &Value, caller_tenant: &str) -> Result<(), Rejection> {
     if let Some(named) = value.get("tenant").and_then(Value::as_str) {
         if named != caller_tenant {
-            return Err(Rejection::ForeignTenant {
-                named: named.to_owned(),
-                caller: caller_tenant.to_owned(),
-            });
+            return Err(Rejection::ForeignTenant { named: named.to_owned(), caller: caller_tenant.to_owned() });
         }
     }
 
@@ -139,30 +128,19 @@ fn check(value: &Value, caller_tenant: &str) -> Result<(), Rejection> {
     for field_error in semantic_errors(value) {
         push_unique(&mut errors, field_error);
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(Rejection::Invalid(errors))
-    }
+    if errors.is_empty() { Ok(()) } else { Err(Rejection::Invalid(errors)) }
 }
 
 /// Step 4: completes a checked event and decodes it.
 fn finish(value: Value, caller_tenant: &str) -> Result<Event, Rejection> {
     let Value::Object(object) = value else {
         // Not reached: the schema requires an object.
-        return Err(Rejection::Invalid(vec![FieldError::new(
-            "",
-            "the event must be an object",
-        )]));
+        return Err(Rejection::Invalid(vec![FieldError::new("", "the event must be an object")]));
     };
     let mut event = complete(object, caller_tenant);
     integral_floats_to_integers(&mut event);
-    serde_json::from_value(event).map_err(|error| {
-        Rejection::Invalid(vec![FieldError::new(
-            "",
-            format!("the event could not be read: {error}"),
-        )])
-    })
+    serde_json::from_value(event)
+        .map_err(|error| Rejection::Invalid(vec![FieldError::new("", format!("the event could not be read: {error}"))]))
 }
 
 /// Adds the attributes the pipeline fills in and drops the ignored extension attributes.
@@ -227,26 +205,15 @@ fn describe(error: &ValidationError<'_>) -> Vec<FieldError> {
     match error.kind() {
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
-            let what = if path.is_empty() {
-                "attribute"
-            } else {
-                "field"
-            };
-            vec![FieldError::new(
-                child_path(path, name),
-                format!("the required {what} `{name}` is missing"),
-            )]
+            let what = if path.is_empty() { "attribute" } else { "field" };
+            vec![FieldError::new(child_path(path, name), format!("the required {what} `{name}` is missing"))]
         }
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             let allowed = allowed_properties(error);
             unexpected
                 .iter()
                 .map(|name| {
-                    let what = if path.is_empty() {
-                        "attribute"
-                    } else {
-                        "field"
-                    };
+                    let what = if path.is_empty() { "attribute" } else { "field" };
                     let mut message = format!("unknown {what} `{name}`");
                     if let Some(allowed) = &allowed {
                         message.push_str(&format!("; the allowed {what}s are {allowed}"));
@@ -258,111 +225,60 @@ fn describe(error: &ValidationError<'_>) -> Vec<FieldError> {
         ValidationErrorKind::Type { kind } => {
             let expected = match kind {
                 TypeKind::Single(kind) => article(&kind.to_string()),
-                TypeKind::Multiple(kinds) => kinds
-                    .iter()
-                    .map(|kind| article(&kind.to_string()))
-                    .collect::<Vec<_>>()
-                    .join(" or "),
+                TypeKind::Multiple(kinds) => kinds.iter().map(|kind| article(&kind.to_string())).collect::<Vec<_>>().join(" or "),
             };
             if path.is_empty() {
-                one(format!(
-                    "the event must be {expected}, not {}",
-                    show(instance)
-                ))
+                one(format!("the event must be {expected}, not {}", show(instance)))
             } else {
                 one(format!("must be {expected}, not {}", show(instance)))
             }
         }
-        ValidationErrorKind::Minimum { limit } => {
-            one(format!("must be at least {limit}, not {}", show(instance)))
-        }
-        ValidationErrorKind::ExclusiveMinimum { limit } => one(format!(
-            "must be greater than {limit}, not {}",
-            show(instance)
-        )),
-        ValidationErrorKind::Maximum { limit } => {
-            one(format!("must be at most {limit}, not {}", show(instance)))
-        }
-        ValidationErrorKind::ExclusiveMaximum { limit } => {
-            one(format!("must be less than {limit}, not {}", show(instance)))
-        }
+        ValidationErrorKind::Minimum { limit } => one(format!("must be at least {limit}, not {}", show(instance))),
+        ValidationErrorKind::ExclusiveMinimum { limit } => one(format!("must be greater than {limit}, not {}", show(instance))),
+        ValidationErrorKind::Maximum { limit } => one(format!("must be at most {limit}, not {}", show(instance))),
+        ValidationErrorKind::ExclusiveMaximum { limit } => one(format!("must be less than {limit}, not {}", show(instance))),
         ValidationErrorKind::MinLength { limit: 1 } => one("must not be empty".to_owned()),
-        ValidationErrorKind::MinLength { limit } => {
-            one(format!("must be at least {limit} characters long"))
-        }
+        ValidationErrorKind::MinLength { limit } => one(format!("must be at least {limit} characters long")),
         ValidationErrorKind::MaxLength { limit } => {
             let length = instance.as_str().map_or(0, |s| s.chars().count());
-            one(format!(
-                "must be at most {limit} characters long (it has {length})"
-            ))
+            one(format!("must be at most {limit} characters long (it has {length})"))
         }
-        ValidationErrorKind::MinItems { limit: 1 } => {
-            one("must contain at least one item".to_owned())
-        }
-        ValidationErrorKind::MinItems { limit } => {
-            one(format!("must contain at least {limit} items"))
-        }
-        ValidationErrorKind::MaxItems { limit } => {
-            one(format!("must contain at most {limit} items"))
-        }
+        ValidationErrorKind::MinItems { limit: 1 } => one("must contain at least one item".to_owned()),
+        ValidationErrorKind::MinItems { limit } => one(format!("must contain at least {limit} items")),
+        ValidationErrorKind::MaxItems { limit } => one(format!("must contain at most {limit} items")),
         ValidationErrorKind::Pattern { pattern } => {
             if path.ends_with("/currency") {
-                one(format!(
-                    "must be an ISO 4217 currency code of three uppercase letters, such as \"EUR\", not {}",
-                    show(instance)
-                ))
+                one(format!("must be an ISO 4217 currency code of three uppercase letters, such as \"EUR\", not {}", show(instance)))
             } else {
                 one(format!("must match the pattern {pattern}"))
             }
         }
-        ValidationErrorKind::Format { format } if format == "date-time" => {
-            one(TIME_MESSAGE.to_owned())
-        }
+        ValidationErrorKind::Format { format } if format == "date-time" => one(TIME_MESSAGE.to_owned()),
         ValidationErrorKind::Format { format } => one(format!("must be a valid {format}")),
         ValidationErrorKind::Enum { .. } if path == "/type" => one(type_message(instance)),
         ValidationErrorKind::Enum { options } => {
-            let options = options
-                .as_array()
-                .map(|options| {
-                    options
-                        .iter()
-                        .map(Value::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_default();
+            let options =
+                options.as_array().map(|options| options.iter().map(Value::to_string).collect::<Vec<_>>().join(", ")).unwrap_or_default();
             one(format!("must be one of {options}, not {}", show(instance)))
         }
-        ValidationErrorKind::Constant { expected_value } if path == "/specversion" => one(format!(
-            "must be {expected_value} (CloudEvents 1.0), not {}",
-            show(instance)
-        )),
-        ValidationErrorKind::Constant { expected_value } => {
-            one(format!("must be {expected_value}, not {}", show(instance)))
+        ValidationErrorKind::Constant { expected_value } if path == "/specversion" => {
+            one(format!("must be {expected_value} (CloudEvents 1.0), not {}", show(instance)))
         }
+        ValidationErrorKind::Constant { expected_value } => one(format!("must be {expected_value}, not {}", show(instance))),
         _ => one(error.masked().to_string()),
     }
 }
 
 /// Returns the message for a `type` that is not a client-writable event type.
 fn type_message(instance: &Value) -> String {
-    let accepted = EventType::client_writable()
-        .map(EventType::as_str)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let accepted = EventType::client_writable().map(EventType::as_str).collect::<Vec<_>>().join(", ");
     match instance.as_str().map(str::parse::<EventType>) {
         Some(Ok(derived)) => format!(
             "`{derived}` is written by the pipeline and cannot be sent by clients; the accepted \
              types are {accepted}"
         ),
-        Some(Err(_)) => format!(
-            "unknown event type {}; the accepted types are {accepted}",
-            show(instance)
-        ),
-        None => format!(
-            "must be a string naming the event type, not {}; the accepted types are {accepted}",
-            show(instance)
-        ),
+        Some(Err(_)) => format!("unknown event type {}; the accepted types are {accepted}", show(instance)),
+        None => format!("must be a string naming the event type, not {}; the accepted types are {accepted}", show(instance)),
     }
 }
 
@@ -411,12 +327,7 @@ fn allowed_properties(error: &ValidationError<'_>) -> Option<String> {
     if let Some(target) = current.get("$ref").and_then(Value::as_str) {
         current = root.pointer(target.strip_prefix('#')?)?;
     }
-    let names: Vec<&str> = current
-        .get("properties")?
-        .as_object()?
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let names: Vec<&str> = current.get("properties")?.as_object()?.keys().map(String::as_str).collect();
     Some(names.join(", "))
 }
 
@@ -431,11 +342,9 @@ fn semantic_errors(value: &Value) -> Vec<FieldError> {
         }
     }
 
-    if let (Some(subject), Some(learner)) = (
-        value.get("subject").and_then(Value::as_str),
-        data.and_then(|d| d.get("learner_id"))
-            .and_then(Value::as_str),
-    ) {
+    if let (Some(subject), Some(learner)) =
+        (value.get("subject").and_then(Value::as_str), data.and_then(|d| d.get("learner_id")).and_then(Value::as_str))
+    {
         if subject != learner {
             errors.push(FieldError::new(
                 "/subject",
@@ -448,20 +357,14 @@ fn semantic_errors(value: &Value) -> Vec<FieldError> {
         }
     }
 
-    let event_type = value
-        .get("type")
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse::<EventType>().ok());
+    let event_type = value.get("type").and_then(Value::as_str).and_then(|t| t.parse::<EventType>().ok());
     match (event_type, data) {
         (Some(EventType::AssessmentGraded), Some(data)) => {
             let score = data.get("score").and_then(Value::as_f64);
             let max_score = data.get("max_score").and_then(Value::as_f64);
             if let (Some(score), Some(max_score)) = (score, max_score) {
                 if score > max_score {
-                    errors.push(FieldError::new(
-                        "/data/score",
-                        format!("must not be greater than max_score ({max_score}), not {score}"),
-                    ));
+                    errors.push(FieldError::new("/data/score", format!("must not be greater than max_score ({max_score}), not {score}")));
                 }
             }
         }
@@ -492,10 +395,7 @@ fn duplicate_lessons(data: &Value, errors: &mut Vec<FieldError>) {
             match seen.get(id) {
                 Some(first) => errors.push(FieldError::new(
                     path,
-                    format!(
-                        "lesson ids must be unique across the course; {} is already at {first}",
-                        show(lesson)
-                    ),
+                    format!("lesson ids must be unique across the course; {} is already at {first}", show(lesson)),
                 )),
                 None => {
                     seen.insert(id, path);
@@ -532,8 +432,7 @@ mod tests {
     fn every_client_type_is_accepted_and_completed() {
         for t in EventType::client_writable() {
             let input = examples::client_json(t);
-            let event = parse_client_event(&input, examples::TENANT)
-                .unwrap_or_else(|e| panic!("{t}: {e:?}"));
+            let event = parse_client_event(&input, examples::TENANT).unwrap_or_else(|e| panic!("{t}: {e:?}"));
             let expected = examples::event(t);
             assert_eq!(event.data, expected.data, "{t}");
             assert_eq!(event.tenant, examples::TENANT);
@@ -564,16 +463,10 @@ mod tests {
 
     #[test]
     fn derived_types_are_refused() {
-        for t in EventType::ALL
-            .into_iter()
-            .filter(|t| !t.is_client_writable())
-        {
+        for t in EventType::ALL.into_iter().filter(|t| !t.is_client_writable()) {
             let errors = invalid(&examples::client_json(t));
             assert_eq!(paths(&errors), ["/type"], "{t}: {errors:?}");
-            assert!(
-                errors[0].message.contains("written by the pipeline"),
-                "{errors:?}"
-            );
+            assert!(errors[0].message.contains("written by the pipeline"), "{errors:?}");
         }
     }
 
@@ -584,10 +477,7 @@ mod tests {
         let errors = invalid(&input);
         assert_eq!(paths(&errors), ["/type"]);
         let message = &errors[0].message;
-        assert!(
-            message.contains("unknown event type \"lesson.finished\""),
-            "{message}"
-        );
+        assert!(message.contains("unknown event type \"lesson.finished\""), "{message}");
         assert!(message.contains("lesson.completed"), "{message}");
         assert!(message.contains("payment.failed"), "{message}");
         assert!(!message.contains("progress.updated"), "{message}");
@@ -608,13 +498,7 @@ mod tests {
 
         input["data"]["attempt"] = json!(0);
         let errors = invalid(&input);
-        assert_eq!(
-            errors,
-            [FieldError::new(
-                "/data/attempt",
-                "must be at least 1, not 0"
-            )]
-        );
+        assert_eq!(errors, [FieldError::new("/data/attempt", "must be at least 1, not 0")]);
 
         input["data"]["attempt"] = json!(4_294_967_296u64);
         assert_eq!(paths(&invalid(&input)), ["/data/attempt"]);
@@ -622,9 +506,7 @@ mod tests {
         // JSON Schema counts 2.0 as an integer; so does the decoding.
         input["data"]["attempt"] = json!(2.0);
         let event = parse_client_event(&input, "acme").unwrap();
-        let crate::EventData::AssessmentGraded(data) = event.data else {
-            panic!("wrong type")
-        };
+        let crate::EventData::AssessmentGraded(data) = event.data else { panic!("wrong type") };
         assert_eq!(data.attempt, 2);
 
         let mut course = examples::client_json(EventType::CoursePublished);
@@ -670,41 +552,18 @@ mod tests {
             ],
             "{errors:#?}"
         );
-        let message = |path: &str| {
-            errors
-                .iter()
-                .filter(|e| e.path == path)
-                .map(|e| e.message.as_str())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            message("/source"),
-            ["the required attribute `source` is missing"]
-        );
-        assert_eq!(
-            message("/data/assessment_id"),
-            ["the required field `assessment_id` is missing"]
-        );
+        let message = |path: &str| errors.iter().filter(|e| e.path == path).map(|e| e.message.as_str()).collect::<Vec<_>>();
+        assert_eq!(message("/source"), ["the required attribute `source` is missing"]);
+        assert_eq!(message("/data/assessment_id"), ["the required field `assessment_id` is missing"]);
         assert_eq!(message("/data/learner_id"), ["must not be empty"]);
-        assert_eq!(
-            message("/data/max_score"),
-            ["must be greater than 0, not 0"]
-        );
-        assert_eq!(
-            message("/specversion"),
-            ["must be \"1.0\" (CloudEvents 1.0), not \"0.3\""]
-        );
+        assert_eq!(message("/data/max_score"), ["must be greater than 0, not 0"]);
+        assert_eq!(message("/specversion"), ["must be \"1.0\" (CloudEvents 1.0), not \"0.3\""]);
         assert_eq!(message("/time"), [TIME_MESSAGE]);
-        assert!(
-            message("/colour")[0]
-                .starts_with("unknown attribute `colour`; the allowed attributes are")
-        );
+        assert!(message("/colour")[0].starts_with("unknown attribute `colour`; the allowed attributes are"));
         assert!(message("/colour")[0].contains("traceparent"));
         assert_eq!(
             message("/data/extra"),
-            [
-                "unknown field `extra`; the allowed fields are assessment_id, attempt, course_id, learner_id, max_score, score"
-            ]
+            ["unknown field `extra`; the allowed fields are assessment_id, attempt, course_id, learner_id, max_score, score"]
         );
     }
 
@@ -713,28 +572,16 @@ mod tests {
         let errors = invalid(&json!({}));
         let mut found = paths(&errors);
         found.sort_unstable();
-        assert_eq!(
-            found,
-            ["/data", "/source", "/specversion", "/time", "/type"]
-        );
+        assert_eq!(found, ["/data", "/source", "/specversion", "/time", "/type"]);
     }
 
     #[test]
     fn the_event_must_be_an_object() {
         let errors = invalid(&json!([1, 2]));
-        assert_eq!(
-            errors,
-            [FieldError::new(
-                "",
-                "the event must be an object, not an array"
-            )]
-        );
+        assert_eq!(errors, [FieldError::new("", "the event must be an object, not an array")]);
         let mut input = graded();
         input["data"] = json!("x");
-        assert_eq!(
-            invalid(&input),
-            [FieldError::new("/data", "must be an object, not \"x\"")]
-        );
+        assert_eq!(invalid(&input), [FieldError::new("/data", "must be an object, not \"x\"")]);
     }
 
     #[test]
@@ -760,10 +607,7 @@ mod tests {
         }
         // The tenant is checked before the schema.
         input["data"] = json!({});
-        assert!(matches!(
-            parse_client_event(&input, "acme"),
-            Err(Rejection::ForeignTenant { .. })
-        ));
+        assert!(matches!(parse_client_event(&input, "acme"), Err(Rejection::ForeignTenant { .. })));
 
         let mut input = graded();
         input["tenant"] = json!("acme");
@@ -779,10 +623,7 @@ mod tests {
         let errors = invalid(&input);
         assert_eq!(
             errors,
-            [FieldError::new(
-                "/subject",
-                "must equal data.learner_id (\"learner-42\") when both are given, not \"learner-7\""
-            )]
+            [FieldError::new("/subject", "must equal data.learner_id (\"learner-42\") when both are given, not \"learner-7\"")]
         );
     }
 
@@ -790,13 +631,7 @@ mod tests {
     fn score_may_not_exceed_max_score() {
         let mut input = graded();
         input["data"]["score"] = json!(11);
-        assert_eq!(
-            invalid(&input),
-            [FieldError::new(
-                "/data/score",
-                "must not be greater than max_score (10), not 11"
-            )]
-        );
+        assert_eq!(invalid(&input), [FieldError::new("/data/score", "must not be greater than max_score (10), not 11")]);
         input["data"]["score"] = json!(10);
         assert!(parse_client_event(&input, "acme").is_ok());
     }
@@ -806,36 +641,21 @@ mod tests {
         let mut input = examples::client_json(EventType::CoursePublished);
         input["data"]["modules"][1]["lessons"] = json!(["lesson-2", "lesson-3", "lesson-1"]);
         let errors = invalid(&input);
-        assert_eq!(
-            paths(&errors),
-            ["/data/modules/1/lessons/0", "/data/modules/1/lessons/2"]
-        );
-        assert_eq!(
-            errors[0].message,
-            "lesson ids must be unique across the course; \"lesson-2\" is already at /data/modules/0/lessons/1"
-        );
+        assert_eq!(paths(&errors), ["/data/modules/1/lessons/0", "/data/modules/1/lessons/2"]);
+        assert_eq!(errors[0].message, "lesson ids must be unique across the course; \"lesson-2\" is already at /data/modules/0/lessons/1");
     }
 
     #[test]
     fn courses_need_modules_and_lessons() {
         let mut input = examples::client_json(EventType::CoursePublished);
         input["data"]["modules"][1]["lessons"] = json!([]);
-        assert_eq!(
-            invalid(&input),
-            [FieldError::new(
-                "/data/modules/1/lessons",
-                "must contain at least one item"
-            )]
-        );
+        assert_eq!(invalid(&input), [FieldError::new("/data/modules/1/lessons", "must contain at least one item")]);
         input["data"]["modules"] = json!([]);
         assert_eq!(paths(&invalid(&input)), ["/data/modules"]);
         input["data"]["modules"] = json!([{"module_id": "m", "lessons": ["a"], "x": 1}]);
         let errors = invalid(&input);
         assert_eq!(paths(&errors), ["/data/modules/0/x"]);
-        assert_eq!(
-            errors[0].message,
-            "unknown field `x`; the allowed fields are lessons, module_id"
-        );
+        assert_eq!(errors[0].message, "unknown field `x`; the allowed fields are lessons, module_id");
     }
 
     #[test]
@@ -851,24 +671,14 @@ mod tests {
             "2016-12-31T23:59:60Z",
         ] {
             input["time"] = json!(accepted);
-            let event =
-                parse_client_event(&input, "acme").unwrap_or_else(|e| panic!("{accepted}: {e:?}"));
+            let event = parse_client_event(&input, "acme").unwrap_or_else(|e| panic!("{accepted}: {e:?}"));
             assert_eq!(decode(&encode(&event)).unwrap(), event, "{accepted}");
         }
-        for refused in [
-            "2026-11-20T10:15:00",
-            "2026-11-20 10:15:00Z",
-            "2026-11-20",
-            "2026-13-20T10:15:00Z",
-            "2026-02-30T10:15:00Z",
-            "20 Nov 2026",
-        ] {
+        for refused in
+            ["2026-11-20T10:15:00", "2026-11-20 10:15:00Z", "2026-11-20", "2026-13-20T10:15:00Z", "2026-02-30T10:15:00Z", "20 Nov 2026"]
+        {
             input["time"] = json!(refused);
-            assert_eq!(
-                invalid(&input),
-                [FieldError::new("/time", TIME_MESSAGE)],
-                "{refused}"
-            );
+            assert_eq!(invalid(&input), [FieldError::new("/time", TIME_MESSAGE)], "{refused}");
         }
     }
 
@@ -895,10 +705,7 @@ mod tests {
         let event = parse_client_event(&input, "acme").unwrap();
         assert_eq!(event.course_id(), None);
         input["data"]["course_id"] = Value::Null;
-        assert_eq!(
-            parse_client_event(&input, "acme").unwrap().course_id(),
-            None
-        );
+        assert_eq!(parse_client_event(&input, "acme").unwrap().course_id(), None);
     }
 
     #[test]
@@ -909,31 +716,16 @@ mod tests {
             assert!(parse_client_event(&input, "acme").is_ok(), "{source}");
         }
         input["data"]["source"] = json!("gift");
-        assert_eq!(
-            invalid(&input),
-            [FieldError::new(
-                "/data/source",
-                "must be one of \"self\", \"admin\", \"purchase\", not \"gift\""
-            )]
-        );
+        assert_eq!(invalid(&input), [FieldError::new("/data/source", "must be one of \"self\", \"admin\", \"purchase\", not \"gift\"")]);
     }
 
     #[test]
     fn ids_and_lengths() {
         let mut input = graded();
         input["id"] = json!("");
-        assert_eq!(
-            invalid(&input),
-            [FieldError::new("/id", "must not be empty")]
-        );
+        assert_eq!(invalid(&input), [FieldError::new("/id", "must not be empty")]);
         input["id"] = json!("x".repeat(129));
-        assert_eq!(
-            invalid(&input),
-            [FieldError::new(
-                "/id",
-                "must be at most 128 characters long (it has 129)"
-            )]
-        );
+        assert_eq!(invalid(&input), [FieldError::new("/id", "must be at most 128 characters long (it has 129)")]);
         // Characters, not bytes.
         input["id"] = json!("é".repeat(128));
         assert!(parse_client_event(&input, "acme").is_ok());
@@ -976,19 +768,8 @@ mod tests {
         let mut accepted = 0;
         for t in EventType::client_writable() {
             let base = examples::client_json(t);
-            let mut targets: Vec<(Option<&str>, String)> = base
-                .as_object()
-                .unwrap()
-                .keys()
-                .map(|k| (None, k.clone()))
-                .collect();
-            targets.extend(
-                base["data"]
-                    .as_object()
-                    .unwrap()
-                    .keys()
-                    .map(|k| (Some("data"), k.clone())),
-            );
+            let mut targets: Vec<(Option<&str>, String)> = base.as_object().unwrap().keys().map(|k| (None, k.clone())).collect();
+            targets.extend(base["data"].as_object().unwrap().keys().map(|k| (Some("data"), k.clone())));
             targets.extend(["id", "subject", "tenant"].map(|k| (None, k.to_owned())));
             for (parent, key) in targets {
                 for value in &awkward {
@@ -1003,10 +784,7 @@ mod tests {
                             assert_eq!(decode(&encode(&event)).unwrap(), event);
                         }
                         Err(Rejection::Invalid(errors)) => {
-                            assert!(
-                                errors.iter().all(|e| !e.path.is_empty()),
-                                "{t} {key}={value}: {errors:?}"
-                            );
+                            assert!(errors.iter().all(|e| !e.path.is_empty()), "{t} {key}={value}: {errors:?}");
                         }
                         Err(Rejection::ForeignTenant { .. }) => {}
                     }
@@ -1019,10 +797,7 @@ mod tests {
     #[test]
     fn field_errors_serialise_as_the_contract_shows() {
         let error = FieldError::new("/data/score", "must be at least 0, not -1");
-        assert_eq!(
-            serde_json::to_value(&error).unwrap(),
-            json!({"path": "/data/score", "message": "must be at least 0, not -1"})
-        );
+        assert_eq!(serde_json::to_value(&error).unwrap(), json!({"path": "/data/score", "message": "must be at least 0, not -1"}));
         assert_eq!(error.to_string(), "/data/score: must be at least 0, not -1");
     }
 }

@@ -8,11 +8,7 @@ use crate::{Event, EventData};
 /// versions from 1; `Err` says which field is wrong.
 pub fn check(event: &Event) -> Result<(), String> {
     let id = |what: &str, v: &str| {
-        if v.is_empty() || v.chars().count() > 128 {
-            Err(format!("{what} must have 1 to 128 characters"))
-        } else {
-            Ok(())
-        }
+        if v.is_empty() || v.chars().count() > 128 { Err(format!("{what} must have 1 to 128 characters")) } else { Ok(()) }
     };
     let finite = |what: &str, v: f64| if v.is_finite() && v >= 0.0 { Ok(()) } else { Err(format!("{what} must be a finite number >= 0")) };
     id("tenant", &event.tenant)?;

@@ -74,9 +74,8 @@ pub mod trace;
 
 pub use codec::{CONTENT_TYPE, DecodeError, decode, encode, headers};
 pub use data::{
-    AchievementUnlocked, AssessmentGraded, Channel, CourseCompleted, CoursePublished,
-    CourseRetired, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LearnerErased, LessonRef,
-    MAX_AMOUNT_MINOR, Module, NotificationOutcome, PaymentFailed, PaymentRefunded,
+    AchievementUnlocked, AssessmentGraded, Channel, CourseCompleted, CoursePublished, CourseRetired, EnrollmentCreated, EnrollmentDropped,
+    EnrollmentSource, LearnerErased, LessonRef, MAX_AMOUNT_MINOR, Module, NotificationOutcome, PaymentFailed, PaymentRefunded,
     PaymentSucceeded, ProgressStatus, ProgressUpdated, VideoProgressed,
 };
 pub use event::{Domain, Event, EventData, EventType, SPEC_VERSION, UnknownEventType, erasure_key};

@@ -53,9 +53,7 @@ fn tidy(value: &mut Value) {
     match value {
         Value::Object(object) => {
             constant_one_of_to_enum(object);
-            if object.get("format").and_then(Value::as_str) == Some("uint32")
-                && !object.contains_key("maximum")
-            {
+            if object.get("format").and_then(Value::as_str) == Some("uint32") && !object.contains_key("maximum") {
                 object.insert("maximum".to_owned(), json!(u32::MAX));
             }
             object.values_mut().for_each(tidy);
@@ -86,11 +84,7 @@ fn constant_one_of_to_enum(object: &mut Map<String, Value>) {
     object.insert("type".to_owned(), json!("string"));
     object.insert("enum".to_owned(), Value::Array(values));
     if !notes.is_empty() {
-        let mut description = object
-            .get("description")
-            .and_then(Value::as_str)
-            .map(|d| format!("{d}\n\n"))
-            .unwrap_or_default();
+        let mut description = object.get("description").and_then(Value::as_str).map(|d| format!("{d}\n\n")).unwrap_or_default();
         description.push_str(&notes.join("\n"));
         object.insert("description".to_owned(), json!(description));
     }
@@ -111,39 +105,25 @@ fn make_input(schema: &mut Value) {
     };
     let mut pairs = Vec::new();
     for branch in branches {
-        let Some(name) = branch
-            .pointer("/properties/type/const")
-            .and_then(Value::as_str)
-        else {
+        let Some(name) = branch.pointer("/properties/type/const").and_then(Value::as_str) else {
             continue;
         };
-        if !name
-            .parse::<EventType>()
-            .is_ok_and(EventType::is_client_writable)
-        {
+        if !name.parse::<EventType>().is_ok_and(EventType::is_client_writable) {
             continue;
         }
-        let data = branch
-            .pointer("/properties/data")
-            .cloned()
-            .unwrap_or_else(|| json!({}));
+        let data = branch.pointer("/properties/data").cloned().unwrap_or_else(|| json!({}));
         let mut pair = Map::new();
         if let Some(description) = branch.get("description") {
             pair.insert("description".to_owned(), description.clone());
         }
-        pair.insert(
-            "if".to_owned(),
-            json!({"properties": {"type": {"const": name}}, "required": ["type"]}),
-        );
+        pair.insert("if".to_owned(), json!({"properties": {"type": {"const": name}}, "required": ["type"]}));
         pair.insert("then".to_owned(), json!({"properties": {"data": data}}));
         pairs.push(Value::Object(pair));
     }
     root.insert("allOf".to_owned(), Value::Array(pairs));
 
     if let Some(Value::Object(properties)) = root.get_mut("properties") {
-        let writable: Vec<&str> = EventType::client_writable()
-            .map(EventType::as_str)
-            .collect();
+        let writable: Vec<&str> = EventType::client_writable().map(EventType::as_str).collect();
         properties.insert(
             "type".to_owned(),
             json!({
@@ -151,10 +131,8 @@ fn make_input(schema: &mut Value) {
                 "enum": writable,
             }),
         );
-        properties.insert(
-            "data".to_owned(),
-            json!({"description": "The data of the event; its shape depends on `type`.", "type": "object"}),
-        );
+        properties
+            .insert("data".to_owned(), json!({"description": "The data of the event; its shape depends on `type`.", "type": "object"}));
         properties.insert(
             "traceparent".to_owned(),
             json!({"description": "W3C trace context (CloudEvents distributed tracing extension); allowed and ignored.", "type": "string"}),
@@ -183,10 +161,7 @@ fn make_input(schema: &mut Value) {
         }
     }
     let mut required: Vec<Value> = match root.remove("required") {
-        Some(Value::Array(required)) => required
-            .into_iter()
-            .filter(|name| name != "id" && name != "tenant")
-            .collect(),
+        Some(Value::Array(required)) => required.into_iter().filter(|name| name != "id" && name != "tenant").collect(),
         _ => Vec::new(),
     };
     for name in ["type", "data"] {
@@ -204,9 +179,7 @@ fn make_input(schema: &mut Value) {
 fn close_objects(value: &mut Value) {
     match value {
         Value::Object(object) => {
-            if object.contains_key("properties")
-                && object.get("type").and_then(Value::as_str) == Some("object")
-            {
+            if object.contains_key("properties") && object.get("type").and_then(Value::as_str) == Some("object") {
                 object.insert("additionalProperties".to_owned(), json!(false));
             }
             object.values_mut().for_each(close_objects);
@@ -231,10 +204,7 @@ fn drop_unreferenced_definitions(root: &mut Map<String, Value>) {
             }
         }
     }
-    let kept: Map<String, Value> = definitions
-        .into_iter()
-        .filter(|(name, _)| reachable.contains(name))
-        .collect();
+    let kept: Map<String, Value> = definitions.into_iter().filter(|(name, _)| reachable.contains(name)).collect();
     root.insert("$defs".to_owned(), Value::Object(kept));
 }
 
@@ -267,10 +237,7 @@ mod tests {
 
     /// The checked-in schema files and the functions that generate them.
     fn schema_files() -> [(&'static str, Value); 2] {
-        [
-            ("event.schema.json", event_schema()),
-            ("event-input.schema.json", input_event_schema()),
-        ]
+        [("event.schema.json", event_schema()), ("event-input.schema.json", input_event_schema())]
     }
 
     fn schemas_dir() -> PathBuf {
@@ -291,9 +258,7 @@ mod tests {
                 continue;
             }
             // Compared as JSON values, so that key order does not matter.
-            let on_disk: Option<Value> = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|text| serde_json::from_str(&text).ok());
+            let on_disk: Option<Value> = std::fs::read_to_string(&path).ok().and_then(|text| serde_json::from_str(&text).ok());
             if on_disk.as_ref() != Some(&generated) {
                 stale.push(path.display().to_string());
             }
@@ -308,12 +273,8 @@ mod tests {
     #[test]
     fn topic_schema_has_a_branch_per_type() {
         let schema = event_schema();
-        let names: Vec<&str> = schema["oneOf"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["properties"]["type"]["const"].as_str().unwrap())
-            .collect();
+        let names: Vec<&str> =
+            schema["oneOf"].as_array().unwrap().iter().map(|b| b["properties"]["type"]["const"].as_str().unwrap()).collect();
         let all: Vec<&str> = EventType::ALL.map(EventType::as_str).to_vec();
         assert_eq!(names, all);
         let required = schema["required"].as_array().unwrap();
@@ -327,13 +288,7 @@ mod tests {
         let schema = input_event_schema();
         assert_eq!(schema["additionalProperties"], json!(false));
         assert_eq!(schema["allOf"].as_array().unwrap().len(), 11);
-        assert_eq!(
-            schema["properties"]["type"]["enum"]
-                .as_array()
-                .unwrap()
-                .len(),
-            11
-        );
+        assert_eq!(schema["properties"]["type"]["enum"].as_array().unwrap().len(), 11);
         let required = schema["required"].as_array().unwrap();
         assert!(!required.contains(&json!("id")));
         assert!(!required.contains(&json!("tenant")));
@@ -346,28 +301,16 @@ mod tests {
                 assert_eq!(definition["additionalProperties"], json!(false), "{name}");
             }
         }
-        assert_eq!(
-            schema.pointer("/$defs/EnrollmentSource/enum"),
-            Some(&json!(["self", "admin", "purchase"]))
-        );
-        assert_eq!(
-            schema.pointer("/$defs/AssessmentGraded/properties/attempt/maximum"),
-            Some(&json!(u32::MAX))
-        );
+        assert_eq!(schema.pointer("/$defs/EnrollmentSource/enum"), Some(&json!(["self", "admin", "purchase"])));
+        assert_eq!(schema.pointer("/$defs/AssessmentGraded/properties/attempt/maximum"), Some(&json!(u32::MAX)));
     }
 
     #[test]
     fn topic_schema_accepts_every_example() {
-        let validator = jsonschema::options()
-            .should_validate_formats(true)
-            .build(&event_schema())
-            .unwrap();
+        let validator = jsonschema::options().should_validate_formats(true).build(&event_schema()).unwrap();
         for t in EventType::ALL {
             let event = serde_json::to_value(examples::event(t)).unwrap();
-            let errors: Vec<String> = validator
-                .iter_errors(&event)
-                .map(|e| e.to_string())
-                .collect();
+            let errors: Vec<String> = validator.iter_errors(&event).map(|e| e.to_string()).collect();
             assert!(errors.is_empty(), "{t}: {errors:?}");
         }
     }

@@ -55,21 +55,12 @@ impl TraceContext {
         if trace_id == [0; 16] || span_id == [0; 8] {
             return None;
         }
-        Some(TraceContext {
-            trace_id,
-            span_id,
-            sampled: flags & 0x01 == 0x01,
-        })
+        Some(TraceContext { trace_id, span_id, sampled: flags & 0x01 == 0x01 })
     }
 
     /// Formats the context as a version-00 `traceparent` header value.
     pub fn to_traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            u8::from(self.sampled)
-        )
+        format!("00-{}-{}-{:02x}", hex(&self.trace_id), hex(&self.span_id), u8::from(self.sampled))
     }
 
     /// Starts a new trace with random trace and span ids.
@@ -80,22 +71,13 @@ impl TraceContext {
         let extra = Uuid::new_v4().into_bytes();
         trace_id[6] = extra[0];
         trace_id[8] = extra[1];
-        let span_id = [
-            extra[2], extra[3], extra[4], extra[5], extra[7], extra[9], extra[10], extra[11],
-        ];
-        TraceContext {
-            trace_id: non_zero(trace_id),
-            span_id: non_zero(span_id),
-            sampled,
-        }
+        let span_id = [extra[2], extra[3], extra[4], extra[5], extra[7], extra[9], extra[10], extra[11]];
+        TraceContext { trace_id: non_zero(trace_id), span_id: non_zero(span_id), sampled }
     }
 
     /// Returns the context of a child span: the same trace and flags, a new random span id.
     pub fn child(&self) -> TraceContext {
-        TraceContext {
-            span_id: random_span_id(),
-            ..*self
-        }
+        TraceContext { span_id: random_span_id(), ..*self }
     }
 
     /// Returns the trace id as 32 lowercase hex digits.
@@ -146,12 +128,10 @@ fn hex_byte(pair: &[u8]) -> Option<u8> {
 /// Formats bytes as lowercase hex.
 fn hex(bytes: &[u8]) -> String {
     use fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 #[cfg(test)]
@@ -193,12 +173,7 @@ mod tests {
         let context = TraceContext::parse_traceparent(value).unwrap();
         assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(TraceContext::parse_traceparent(&value[..55]).is_some());
-        assert!(
-            TraceContext::parse_traceparent(
-                "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x"
-            )
-            .is_none()
-        );
+        assert!(TraceContext::parse_traceparent("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x").is_none());
     }
 
     #[test]

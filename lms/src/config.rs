@@ -122,20 +122,15 @@ impl Config {
             anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
             user = user.merge(Yaml::file(path));
         }
-        user = user.merge(
-            Env::prefixed("LMS_")
-                .split("__")
-                .filter(|k| {
-                    let k = k.as_str().to_ascii_lowercase();
-                    SECTIONS.iter().any(|s| k.starts_with(&format!("{s}.")))
-                }),
-        );
+        user = user.merge(Env::prefixed("LMS_").split("__").filter(|k| {
+            let k = k.as_str().to_ascii_lowercase();
+            SECTIONS.iter().any(|s| k.starts_with(&format!("{s}.")))
+        }));
         let store_url_set = user.find_value("store.url").is_ok_and(|v| v.as_str().is_none_or(|s| !s.is_empty()));
         let f = Figment::from(Serialized::defaults(Config::default())).merge(user);
         let mut tree: Value = f.extract().context("invalid configuration")?;
         resolve_secret_files(&mut tree, "")?;
-        let mut config: Config =
-            Figment::from(Serialized::defaults(tree)).extract().context("invalid configuration")?;
+        let mut config: Config = Figment::from(Serialized::defaults(tree)).extract().context("invalid configuration")?;
         config.store_url_set = store_url_set;
         if config.api.jwt_secret.is_none() {
             config.api.jwt_secret = std::env::var("LMS_JWT_SECRET").ok().filter(|s| !s.is_empty()).map(Secret::from);
@@ -319,7 +314,10 @@ mod tests {
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert!(c.require_stores("processor run", false).is_ok());
             let err = c.require_stores("processor run", true).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(err.contains("`lms processor run`") && err.contains("`analytics.store`") && err.contains("LMS_ANALYTICS__STORE"), "{err}");
+            assert!(
+                err.contains("`lms processor run`") && err.contains("`analytics.store`") && err.contains("LMS_ANALYTICS__STORE"),
+                "{err}"
+            );
             jail.clear_env();
             jail.create_file("lms.yaml", "store:\n  url: sqlite://state.db\nanalytics:\n  store: parquet\n  dir: analytics\n")?;
             let c = Config::load(Some(Path::new("lms.yaml"))).map_err(|e| e.to_string())?;

@@ -66,8 +66,7 @@ fn processor_names() -> Vec<&'static str> {
 
 pub async fn run(args: DemoArgs, base: &Config) -> anyhow::Result<()> {
     anyhow::ensure!(args.rate.is_finite() && args.rate >= 0.0, "--rate must be a number of events per second ≥ 0");
-    let cohort_config =
-        CohortConfig { tenants: args.tenants, learners: args.learners, weeks: args.weeks, ..CohortConfig::new(args.seed) };
+    let cohort_config = CohortConfig { tenants: args.tenants, learners: args.learners, weeks: args.weeks, ..CohortConfig::new(args.seed) };
     let cohort = Cohort::new(cohort_config.clone()).context("invalid cohort options")?;
     prepare_data_dir(&args.data_dir)?;
 
@@ -80,8 +79,7 @@ pub async fn run(args: DemoArgs, base: &Config) -> anyhow::Result<()> {
     let mut config = base.clone();
     config.kafka = KafkaConfig { brokers: mock.bootstrap_servers(), topic_prefix: String::new(), ..base.kafka.clone() };
     config.store = StoreConfig { url: format!("sqlite://{}", args.data_dir.join("state.db").display()), ..base.store.clone() };
-    config.analytics =
-        Some(lms_analytics::AnalyticsConfig::Parquet(lms_analytics::ParquetConfig::new(args.data_dir.join("analytics"))));
+    config.analytics = Some(lms_analytics::AnalyticsConfig::Parquet(lms_analytics::ParquetConfig::new(args.data_dir.join("analytics"))));
     config.api.listen = args.listen.clone();
     config.api.jwt_secret = Some(secret.clone().into());
     // The demo is the only client: no rate limit in its way.
@@ -95,8 +93,8 @@ pub async fn run(args: DemoArgs, base: &Config) -> anyhow::Result<()> {
     let backends = serve::Backends::open(&config).await?;
     let topics = file.topic_map("");
     let producer = Arc::new(Producer::new(&config.kafka, topics.clone(), Arc::clone(&metrics), "lms-demo")?);
-    let notifications = processors::notifications::Settings::load(config.notifications.clone())
-        .context("cannot load the notification templates")?;
+    let notifications =
+        processors::notifications::Settings::load(config.notifications.clone()).context("cannot load the notification templates")?;
     let (mut ctx, relay) =
         runtime::context(backends.store.clone(), Arc::clone(&producer), Arc::new(Rules::load(None)?), Arc::new(notifications));
     ctx.analytics = Some(Arc::clone(&backends.analytics));
@@ -190,7 +188,10 @@ fn print_plan(args: &DemoArgs, config: &Config, names: &[&str]) {
     println!("  analytics   Parquet + DataFusion twin in {}", args.data_dir.join("analytics").display());
     println!("  processors  {} (one member each, offsets kept with their state)", names.join(", "));
     println!("  API         write + read routes, dashboard, metrics on http://{}", config.api.listen);
-    println!("  generator   seed {}, {} tenant(s) × {} learners over {} weeks, then {} events/s live", args.seed, args.tenants, args.learners, args.weeks, args.rate);
+    println!(
+        "  generator   seed {}, {} tenant(s) × {} learners over {} weeks, then {} events/s live",
+        args.seed, args.tenants, args.learners, args.weeks, args.rate
+    );
     println!("  restart     nothing carries over: the broker is in memory, so the files above are replaced at start;");
     println!("              they stay after exit for inspection (sqlite3, any Parquet reader)");
     println!();
@@ -215,7 +216,9 @@ fn print_urls(config: &Config, secret: &str, tenant: &str, weeks: u32) {
     let today = chrono::Utc::now().date_naive();
     let from = today - chrono::Duration::weeks(i64::from(weeks));
     // `--fail-with-body`: a refused request exits non-zero and still shows the problem.
-    println!("  try         curl -sS --fail-with-body -H \"Authorization: Bearer $TOKEN\" '{base}/v1/analytics/enrollments?from={from}&to={today}&granularity=week'");
+    println!(
+        "  try         curl -sS --fail-with-body -H \"Authorization: Bearer $TOKEN\" '{base}/v1/analytics/enrollments?from={from}&to={today}&granularity=week'"
+    );
     println!("              curl -sS --fail-with-body -H \"Authorization: Bearer $TOKEN\" {base}/v1/learners/learner-00001/progress");
     println!();
 }
@@ -239,7 +242,10 @@ fn hints(tenants: &[Tenant]) -> DashboardHints {
 /// Produces the cohort's events (in time order, batch by batch) and returns how many.
 async fn backfill(mut cohort: Cohort, producer: &Producer, stop: &CancellationToken) -> anyhow::Result<u64> {
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("backfill {spinner} {pos} events produced ({per_sec}) {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_style(
+        ProgressStyle::with_template("backfill {spinner} {pos} events produced ({per_sec}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut produced = 0u64;
     loop {

@@ -128,11 +128,7 @@ pub async fn run(args: GenerateArgs, config: &Config) -> anyhow::Result<()> {
         }
         let topics = TopicsFile::bundled().topic_map(&kafka.topic_prefix);
         let producer = Producer::new(&kafka, topics, BusMetrics::standalone(), "lms-generate")?;
-        ensure!(
-            producer.broker_reachable(Duration::from_secs(10)),
-            "the Kafka cluster at {} is not reachable",
-            kafka.brokers
-        );
+        ensure!(producer.broker_reachable(Duration::from_secs(10)), "the Kafka cluster at {} is not reachable", kafka.brokers);
         Some(producer)
     } else {
         None
@@ -140,9 +136,7 @@ pub async fn run(args: GenerateArgs, config: &Config) -> anyhow::Result<()> {
     let mut ndjson: Option<Box<dyn Write>> = match &args.ndjson {
         None => None,
         Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::BufWriter::new(std::io::stdout().lock()))),
-        Some(p) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        ))),
+        Some(p) => Some(Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?))),
     };
     let to_stdout = args.ndjson.as_ref().is_some_and(|p| p.as_os_str() == "-");
 

@@ -205,15 +205,8 @@ async fn import_file(
 ) -> anyhow::Result<String> {
     let meta = std::fs::metadata(file).with_context(|| format!("{}", file.display()))?;
     let modified_ns = meta.modified().ok().and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    let fresh = Checkpoint {
-        file: file.display().to_string(),
-        size: meta.len(),
-        modified_ns,
-        next_line: 1,
-        accepted: 0,
-        rejected: 0,
-        done: false,
-    };
+    let fresh =
+        Checkpoint { file: file.display().to_string(), size: meta.len(), modified_ns, next_line: 1, accepted: 0, rejected: 0, done: false };
     let checkpoint_path = args.checkpoint_dir.join(format!("{}.json", checkpoint_name(file)));
     let stored = if producer.is_some() && !args.restart { read_checkpoint(&checkpoint_path) } else { Ok(None) };
     let stored = stored.unwrap_or_else(|why| {
@@ -229,7 +222,10 @@ async fn import_file(
         None => fresh,
     };
     if checkpoint.done {
-        return Ok(format!("already imported ({} events, {} rejected; --restart imports it again)", checkpoint.accepted, checkpoint.rejected));
+        return Ok(format!(
+            "already imported ({} events, {} rejected; --restart imports it again)",
+            checkpoint.accepted, checkpoint.rejected
+        ));
     }
     let resumed_at = checkpoint.next_line;
 
@@ -278,7 +274,12 @@ async fn import_file(
     progress.update(total);
     let checkpoint = &committer.checkpoint;
     let resumed = if resumed_at > 1 { format!(", resumed at line {resumed_at}") } else { String::new() };
-    Ok(format!("{} events, {} rejected{resumed}{}", checkpoint.accepted, checkpoint.rejected, if finished { "" } else { " (not finished)" }))
+    Ok(format!(
+        "{} events, {} rejected{resumed}{}",
+        checkpoint.accepted,
+        checkpoint.rejected,
+        if finished { "" } else { " (not finished)" }
+    ))
 }
 
 /// A chunk handed to the producer and not yet committed.
@@ -303,11 +304,18 @@ struct Committer<'a> {
 
 impl Committer<'_> {
     /// Sends `chunk` (ending before `next_line`), then commits the chunk sent before it.
-    async fn send(&mut self, chunk: Vec<(Event, Option<TraceContext>)>, rejected_lines: Vec<String>, next_line: u64, total: &mut Counts) -> anyhow::Result<()> {
+    async fn send(
+        &mut self,
+        chunk: Vec<(Event, Option<TraceContext>)>,
+        rejected_lines: Vec<String>,
+        next_line: u64,
+        total: &mut Counts,
+    ) -> anyhow::Result<()> {
         let events = chunk.len() as u64;
-        let send = self.producer.clone().filter(|_| events > 0).map(|producer| {
-            tokio::spawn(async move { producer.send_events(&chunk, OnQueueFull::Wait(Duration::from_secs(60))).await })
-        });
+        let send =
+            self.producer.clone().filter(|_| events > 0).map(|producer| {
+                tokio::spawn(async move { producer.send_events(&chunk, OnQueueFull::Wait(Duration::from_secs(60))).await })
+            });
         if let Some(previous) = self.in_flight.replace(InFlight { send, events, rejected_lines, next_line }) {
             self.commit(previous, total).await?;
         }
@@ -431,7 +439,11 @@ impl Items {
             }
         };
         let source = if first == Some(b'[') {
-            ensure!(format != Format::Events, "{} is a JSON array: events are imported from NDJSON (xAPI statements may come as an array)", file.display());
+            ensure!(
+                format != Format::Events,
+                "{} is a JSON array: events are imported from NDJSON (xAPI statements may come as an array)",
+                file.display()
+            );
             let mut text = Vec::new();
             reader.read_to_end(&mut text).with_context(|| format!("reading {}", file.display()))?;
             let items: Vec<Value> =
@@ -515,7 +527,9 @@ impl Progress {
     fn new() -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });

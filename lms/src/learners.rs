@@ -75,7 +75,9 @@ pub async fn run(cmd: LearnersCommand, config: &Config) -> anyhow::Result<()> {
         let event = api::erasure::erasure_event(&args.tenant, learner, chrono::Utc::now());
         let sent = producer.send_events(&[(event.clone(), None)], OnQueueFull::Wait(Duration::from_secs(60))).await;
         if let Some(Err(e)) = sent.into_iter().next() {
-            anyhow::bail!("learner {learner:?}: the erasure could not be put on the erasure topic ({e}); {i} of {total} erased, this one not");
+            anyhow::bail!(
+                "learner {learner:?}: the erasure could not be put on the erasure topic ({e}); {i} of {total} erased, this one not"
+            );
         }
         let report = api::erasure::erase_stores(&stores, &event)
             .await

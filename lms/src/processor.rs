@@ -105,13 +105,15 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
             name: "smtp",
             probe: Box::new(move || {
                 let smtp = smtp.clone();
-                Box::pin(async move { processors::notifications::dispatcher::smtp_ready(&smtp, std::time::Duration::from_millis(1900)).await })
+                Box::pin(
+                    async move { processors::notifications::dispatcher::smtp_ready(&smtp, std::time::Duration::from_millis(1900)).await },
+                )
             }),
         });
     }
-    let health = args.listen.map(|listen| {
-        tokio::spawn(crate::ops::health::serve(listen, store.clone(), Arc::clone(&producer), checks, health_stop.clone()))
-    });
+    let health = args
+        .listen
+        .map(|listen| tokio::spawn(crate::ops::health::serve(listen, store.clone(), Arc::clone(&producer), checks, health_stop.clone())));
     let plumbing = Plumbing { kafka: config.kafka.clone(), consumer: config.consumer.clone(), topics, producer, metrics };
     let running = runtime::start(&plumbing, &ctx, relay, &selected, args.instances)?;
     tracing::info!(

@@ -205,7 +205,11 @@ async fn rekey_catalog(args: RekeyArgs, config: &Config) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.dry_run {
-        println!("Dry run: would re-produce {} record(s) under new keys, then write {} tombstone(s). Nothing sent.", plan.rekey.len(), plan.tombstones.len());
+        println!(
+            "Dry run: would re-produce {} record(s) under new keys, then write {} tombstone(s). Nothing sent.",
+            plan.rekey.len(),
+            plan.tombstones.len()
+        );
         return Ok(());
     }
     let producer = Producer::new(&config.kafka, topics, BusMetrics::standalone(), "lms-rekey-catalog")?;

@@ -50,8 +50,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt as _;
 use lms_analytics::params::MAX_AT_RISK_LIMIT;
 use lms_analytics::{
-    ActiveLearnersPoint, AtRiskLearner, AtRiskParams, CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity,
-    RevenueParams, RevenuePoint, Scores, ScoresParams, SeriesParams,
+    ActiveLearnersPoint, AtRiskLearner, AtRiskParams, CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity, RevenueParams,
+    RevenuePoint, Scores, ScoresParams, SeriesParams,
 };
 use lms_bus::{TopicMap, TopicsFile};
 use lms_events::{Domain, Event, EventData};
@@ -252,8 +252,7 @@ impl fmt::Display for Report {
                 writeln!(f, "    {e}")?;
             }
         }
-        let (lost, doubled, wrong) =
-            self.tallies.iter().fold((0, 0, 0), |(l, d, w), t| (l + t.lost, d + t.doubled, w + t.wrong));
+        let (lost, doubled, wrong) = self.tallies.iter().fold((0, 0, 0), |(l, d, w), t| (l + t.lost, d + t.doubled, w + t.wrong));
         write!(f, "total: lost {lost}, double-counted {doubled}, other differences {wrong} (goal 0 / 0 / 0)")
     }
 }
@@ -393,7 +392,8 @@ impl Deployment {
         let yaml = if properties.is_empty() {
             "{}\n".to_owned()
         } else {
-            let lines: String = properties.iter().map(|(k, v)| format!("    {}: {}\n", Value::from(k.as_str()), Value::from(v.as_str()))).collect();
+            let lines: String =
+                properties.iter().map(|(k, v)| format!("    {}: {}\n", Value::from(k.as_str()), Value::from(v.as_str()))).collect();
             format!("kafka:\n  properties:\n{lines}")
         };
         std::fs::write(&config_file, yaml)?;
@@ -571,7 +571,10 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
         let report = delete_json(&http, &format!("{base}/v1/learners/{learner}"), &admin).await?;
         erasure_tally.checked += 1;
         // Each had activity in the first half, all processed: the erasure must remove some.
-        if report["learner_id"] != learner.as_str() || report["already_erased"] != false || report["state"]["progress"].as_u64().unwrap_or(0) == 0 {
+        if report["learner_id"] != learner.as_str()
+            || report["already_erased"] != false
+            || report["state"]["progress"].as_u64().unwrap_or(0) == 0
+        {
             erasure_tally.wrong += 1;
             erasure_tally.example(format!("{tenant}/{learner}: {report}"));
         }
@@ -627,8 +630,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     say(format!("{lowered} learner-courses were lowered by a late version, {} completed once", progress_oracle.completed_once.len()));
     let mut all_events: Vec<Event> = events.iter().filter(|e| !is_erased(&erased, e)).cloned().collect();
     all_events.extend(removals.iter().cloned());
-    let anonymous_payments: Vec<Event> =
-        events.iter().filter(|e| is_erased(&erased, e)).filter_map(anonymized_payment).collect();
+    let anonymous_payments: Vec<Event> = events.iter().filter(|e| is_erased(&erased, e)).filter_map(anonymized_payment).collect();
     let analytics_oracle = analytics::Oracle::new(all_events.iter().chain(&anonymous_payments));
     let mut tallies = Vec::new();
     let readers: BTreeMap<String, String> = tenants.iter().map(|t| (t.name.clone(), token(&t.name, scope::ANALYTICS_READ))).collect();
@@ -645,7 +647,15 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
 
     drop(fleet);
     store.close().await;
-    Ok(Report { events: events.len(), kills: kill_times.len(), kills_while_feeding, retries: retries.load(Ordering::Relaxed), elapsed, catch_up, tallies })
+    Ok(Report {
+        events: events.len(),
+        kills: kill_times.len(),
+        kills_while_feeding,
+        retries: retries.load(Ordering::Relaxed),
+        elapsed,
+        catch_up,
+        tallies,
+    })
 }
 
 pub(crate) fn group_of(prefix: &str, processor: &str) -> String {
@@ -747,11 +757,8 @@ pub(crate) async fn post(http: &reqwest::Client, url: &str, token: &str, body: V
 /// The partitions of `topics` where `group` is behind the end, as `(partition, committed,
 /// high watermark)` (committed offsets against high watermarks).
 pub fn group_lag(brokers: &str, group: &str, topics: &[String]) -> anyhow::Result<Vec<(String, i64, i64)>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).set("enable.auto.commit", "false").create()?;
     let timeout = Duration::from_secs(10);
     let mut behind = Vec::new();
     for topic in topics {
@@ -809,18 +816,16 @@ async fn wait_caught_up(
             for (group, partition, committed, high) in &behind {
                 // The stateful groups keep their offsets in the store; Kafka holds a mirror.
                 let stored = match store {
-                    Some(s) => lms_store::offsets::load(s, group).await.ok().and_then(|o| {
-                        o.into_iter().find(|(tp, _)| format!("{}/{}", tp.topic, tp.partition) == *partition).map(|(_, o)| o)
-                    }),
+                    Some(s) => lms_store::offsets::load(s, group)
+                        .await
+                        .ok()
+                        .and_then(|o| o.into_iter().find(|(tp, _)| format!("{}/{}", tp.topic, tp.partition) == *partition).map(|(_, o)| o)),
                     None => None,
                 };
                 let stored = stored.map(|o| format!(", stored {o}")).unwrap_or_default();
                 lines.push(format!("{group} {partition}: committed {committed}{stored}, end {high}"));
             }
-            bail!(
-                "not caught up after {timeout:?}: outbox {pending} rows; behind:\n  {}",
-                lines.join("\n  ")
-            );
+            bail!("not caught up after {timeout:?}: outbox {pending} rows; behind:\n  {}", lines.join("\n  "));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -853,12 +858,7 @@ fn lesson_removals(catalog: &[&Event], tenants: &[Tenant]) -> Vec<Event> {
             .map(|e| e.time)
             .min()
             .unwrap_or(e.time);
-        out.push(Event {
-            id: uuid::Uuid::new_v4().to_string(),
-            time,
-            data: EventData::CoursePublished(d),
-            ..(*e).clone()
-        });
+        out.push(Event { id: uuid::Uuid::new_v4().to_string(), time, data: EventData::CoursePublished(d), ..(*e).clone() });
     }
     out
 }
@@ -959,15 +959,18 @@ pub(crate) async fn compare_progress(
                 Some("in_progress") => "in_progress",
                 _ => "not_started",
             };
-            got.insert(v["course_id"].as_str().unwrap_or_default().to_owned(), progress::Expected {
-                status,
-                lessons_completed: v["lessons_completed"].as_u64().unwrap_or(0) as u32,
-                lessons_total: v["lessons_total"].as_u64().unwrap_or(0) as u32,
-                percent_complete: v["percent_complete"].as_f64().unwrap_or(0.0),
-                time_spent_ms: (v["time_spent_s"].as_f64().unwrap_or(0.0) * 1000.0).round() as i64,
-                last_activity_at: time(&v["last_activity_at"]),
-                completed_at: time(&v["completed_at"]),
-            });
+            got.insert(
+                v["course_id"].as_str().unwrap_or_default().to_owned(),
+                progress::Expected {
+                    status,
+                    lessons_completed: v["lessons_completed"].as_u64().unwrap_or(0) as u32,
+                    lessons_total: v["lessons_total"].as_u64().unwrap_or(0) as u32,
+                    percent_complete: v["percent_complete"].as_f64().unwrap_or(0.0),
+                    time_spent_ms: (v["time_spent_s"].as_f64().unwrap_or(0.0) * 1000.0).round() as i64,
+                    last_activity_at: time(&v["last_activity_at"]),
+                    completed_at: time(&v["completed_at"]),
+                },
+            );
         }
         for (course, w) in want {
             t.checked += 1;
@@ -1163,28 +1166,32 @@ async fn compare_analytics(
                     q += &format!("&course_id={c}");
                 }
                 let what = format!("{} {q}", tenant.name);
-                let got: Vec<ActiveLearnersPoint> = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/active-learners?{q}"), &token).await?)?;
+                let got: Vec<ActiveLearnersPoint> =
+                    serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/active-learners?{q}"), &token).await?)?;
                 series(
                     &mut active,
                     &what,
                     got.iter().filter(|x| x.active_learners > 0).map(|x| (x.bucket, vec![x.active_learners])).collect(),
                     o.active_learners(&p).iter().map(|x| (x.bucket, vec![x.active_learners])).collect(),
                 );
-                let got: Vec<EnrollmentsPoint> = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/enrollments?{q}"), &token).await?)?;
+                let got: Vec<EnrollmentsPoint> =
+                    serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/enrollments?{q}"), &token).await?)?;
                 series(
                     &mut enrollments,
                     &what,
                     got.iter().map(|x| (x.bucket, vec![x.enrollments, x.drops])).collect(),
                     o.enrollments(&p).iter().map(|x| (x.bucket, vec![x.enrollments, x.drops])).collect(),
                 );
-                let got: Vec<CompletionsPoint> = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/completions?{q}"), &token).await?)?;
+                let got: Vec<CompletionsPoint> =
+                    serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/completions?{q}"), &token).await?)?;
                 series(
                     &mut completions,
                     &what,
                     got.iter().map(|x| (x.bucket, vec![x.completions])).collect(),
                     o.completions(&p).iter().map(|x| (x.bucket, vec![x.completions])).collect(),
                 );
-                let got: Vec<RevenuePoint> = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/revenue?{q}"), &token).await?)?;
+                let got: Vec<RevenuePoint> =
+                    serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/revenue?{q}"), &token).await?)?;
                 let money = |v: &[RevenuePoint]| -> BTreeMap<(NaiveDate, String), Vec<u64>> {
                     v.iter()
                         .map(|x| ((x.bucket, x.currency.clone()), vec![x.gross_minor.max(0) as u64, x.refunds_minor.max(0) as u64]))
@@ -1195,10 +1202,16 @@ async fn compare_analytics(
             }
         }
         for course in &tenant.courses {
-            let got: Funnel = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/courses/{}/funnel", course.course_id), &token).await?)?;
+            let got: Funnel =
+                serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/courses/{}/funnel", course.course_id), &token).await?)?;
             let want = o.funnel(&FunnelParams { tenant: tenant.name.clone(), course_id: course.course_id.clone() });
             let v = |f: &Funnel| vec![f.enrolled, f.started, f.reached_25, f.reached_50, f.reached_75, f.completed];
-            series(&mut funnel, &tenant.name, BTreeMap::from([(course.course_id.clone(), v(&got))]), BTreeMap::from([(course.course_id.clone(), v(&want))]));
+            series(
+                &mut funnel,
+                &tenant.name,
+                BTreeMap::from([(course.course_id.clone(), v(&got))]),
+                BTreeMap::from([(course.course_id.clone(), v(&want))]),
+            );
             // At risk a week before the cohort's end, so that the list is not empty.
             let p = AtRiskParams {
                 tenant: tenant.name.clone(),
@@ -1217,14 +1230,25 @@ async fn compare_analytics(
             let got: Vec<AtRiskLearner> = serde_json::from_value(get_json(http, &url, &token).await?)?;
             compare_at_risk(&mut at_risk, &format!("{}/{}", tenant.name, course.course_id), &got, &o.at_risk(&p));
             for assessment in course.assessment_ids() {
-                let got: Scores = serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/assessments/{assessment}/scores"), &token).await?)?;
-                let want = o.scores(&ScoresParams { tenant: tenant.name.clone(), assessment_id: assessment.clone(), range: None, course_id: None });
+                let got: Scores =
+                    serde_json::from_value(get_json(http, &format!("{base}/v1/analytics/assessments/{assessment}/scores"), &token).await?)?;
+                let want = o.scores(&ScoresParams {
+                    tenant: tenant.name.clone(),
+                    assessment_id: assessment.clone(),
+                    range: None,
+                    course_id: None,
+                });
                 let v = |s: &Scores| {
                     let mut v = vec![s.attempts, s.learners];
                     v.extend(s.histogram.iter().map(|b| b.count));
                     v
                 };
-                series(&mut scores, &tenant.name, BTreeMap::from([(assessment.clone(), v(&got))]), BTreeMap::from([(assessment.clone(), v(&want))]));
+                series(
+                    &mut scores,
+                    &tenant.name,
+                    BTreeMap::from([(assessment.clone(), v(&got))]),
+                    BTreeMap::from([(assessment.clone(), v(&want))]),
+                );
                 if (got.mean_pct, got.p50_pct, got.p90_pct) != (want.mean_pct, want.p50_pct, want.p90_pct) {
                     scores.wrong += 1;
                     scores.example(format!("{assessment}: got {got:?}, want {want:?}"));

@@ -103,9 +103,8 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
     let (raw, batch, url, auth) = (plain.raw, &plain.batch, plain.url.clone(), plain.auth.clone());
 
     // Phase 3: single events at the maximum rate.
-    let singles = |tag: &'static str| -> Vec<Bytes> {
-        (0..args.single_events).map(|i| Bytes::from(client_json(i, tag).to_string())).collect()
-    };
+    let singles =
+        |tag: &'static str| -> Vec<Bytes> { (0..args.single_events).map(|i| Bytes::from(client_json(i, tag).to_string())).collect() };
     let single = drive(&url, &auth, singles("single"), 1, args.single_concurrency, None, "single, max rate").await?;
     report("API single (max)", &single, raw, 1);
 
@@ -121,8 +120,7 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
 
     if let Some(brokers) = &args.tls_brokers {
         let mut kafka = KafkaConfig::new(brokers);
-        kafka.security =
-            KafkaSecurity { protocol: SecurityProtocol::Ssl, ca_file: args.tls_ca_file.clone(), ..KafkaSecurity::default() };
+        kafka.security = KafkaSecurity { protocol: SecurityProtocol::Ssl, ca_file: args.tls_ca_file.clone(), ..KafkaSecurity::default() };
         println!();
         let tls = raw_and_batch(&args, kafka, None, &shutdown, " (TLS)").await?;
         println!();
@@ -194,7 +192,8 @@ async fn raw_and_batch(
     // Phase 2: batches.
     let bodies: Vec<Bytes> = (0..args.events.div_ceil(args.batch_size))
         .map(|b| {
-            let items: Vec<Value> = (b * args.batch_size..((b + 1) * args.batch_size).min(args.events)).map(|i| client_json(i, "batch")).collect();
+            let items: Vec<Value> =
+                (b * args.batch_size..((b + 1) * args.batch_size).min(args.events)).map(|i| client_json(i, "batch")).collect();
             Bytes::from(serde_json::to_vec(&items).unwrap_or_default())
         })
         .collect();
@@ -338,7 +337,12 @@ async fn post(conn: &mut Option<Connection>, authority: &str, auth: &str, body: 
 }
 
 /// Starts the API in this process on a free loopback port; returns its URL.
-async fn start_api(args: &HttpArgs, kafka: &KafkaConfig, topics: &lms_bus::TopicMap, shutdown: CancellationToken) -> anyhow::Result<String> {
+async fn start_api(
+    args: &HttpArgs,
+    kafka: &KafkaConfig,
+    topics: &lms_bus::TopicMap,
+    shutdown: CancellationToken,
+) -> anyhow::Result<String> {
     let config = api::ApiConfig {
         jwt_secret: Some(args.jwt_secret.clone().into()),
         rate_limit: api::RateLimitConfig { per_second: 0.0, burst: 1 },

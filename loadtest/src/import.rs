@@ -94,7 +94,8 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
 /// The pipeline's topics under `prefix`: 8 partitions for learning, 2 for the others.
 async fn topics(brokers: &str, prefix: &str) -> anyhow::Result<()> {
     let map = TopicsFile::bundled().topic_map(prefix);
-    let names: Vec<(String, i32)> = Domain::ALL.iter().map(|d| (map.topic(*d).to_owned(), if *d == Domain::Learning { 8 } else { 2 })).collect();
+    let names: Vec<(String, i32)> =
+        Domain::ALL.iter().map(|d| (map.topic(*d).to_owned(), if *d == Domain::Learning { 8 } else { 2 })).collect();
     let refs: Vec<(&str, i32)> = names.iter().map(|(n, p)| (n.as_str(), *p)).collect();
     loadtest::create_topics(brokers, &refs).await
 }

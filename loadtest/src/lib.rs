@@ -2,8 +2,8 @@
 //! (also an integration test), the soak run (`soak`) and the helpers their scenarios share.
 
 pub mod chaos;
-pub mod soak;
 pub mod oracle;
+pub mod soak;
 
 use std::time::Duration;
 
@@ -22,4 +22,3 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Res
     }
     Ok(())
 }
-

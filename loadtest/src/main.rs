@@ -32,8 +32,8 @@ use chrono::{TimeZone, Utc};
 use clap::{Parser, Subcommand};
 use lms_bus::{BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, OnQueueFull, Producer, TopicsFile};
 use lms_events::{Domain, Event, EventData, LessonRef};
-use processors::noop::Noop;
 use loadtest::create_topics;
+use processors::noop::Noop;
 use tokio_util::sync::CancellationToken;
 
 /// The allocator of `lms` (see there), so that the in-process API costs what it does in `lms api`.
@@ -245,7 +245,10 @@ async fn soak(args: SoakArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None => std::env::current_exe()?.with_file_name("lms"),
     };
-    anyhow::ensure!(args.minutes > 0.0 && args.step_secs > 0 && args.sample_secs > 0, "--minutes, --step-secs and --sample-secs must be positive");
+    anyhow::ensure!(
+        args.minutes > 0.0 && args.step_secs > 0 && args.sample_secs > 0,
+        "--minutes, --step-secs and --sample-secs must be positive"
+    );
     let mut cfg = loadtest::soak::SoakConfig::new(lms_bin, args.brokers, args.postgres_url, args.clickhouse_url);
     cfg.processors = args.processors;
     cfg.instances = args.instances;

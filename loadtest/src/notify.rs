@@ -20,8 +20,8 @@ use lms_events::data::{EnrollmentCreated, EnrollmentSource};
 use lms_events::{Domain, Event, EventData};
 use lms_store::Store;
 use processors::noop::Noop;
-use processors::notifications::dispatcher::Dispatcher;
 use processors::notifications;
+use processors::notifications::dispatcher::Dispatcher;
 use processors::notifications::preferences::{self, Preferences};
 use processors::notifications::{NotifyConfig, Settings};
 use tokio_util::sync::CancellationToken;
@@ -130,7 +130,10 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
             ends[d.partition as usize] = ends[d.partition as usize].max(d.offset + 1);
         }
     }
-    println!("broker {}, topic {topic} ({} partitions), {} enrollment.created of {} learners", args.brokers, args.partitions, args.events, args.learners);
+    println!(
+        "broker {}, topic {topic} ({} partitions), {} enrollment.created of {} learners",
+        args.brokers, args.partitions, args.events, args.learners
+    );
 
     // Baseline: the no-op processor on the same topic.
     let noop = Arc::new(Noop::default());
@@ -211,7 +214,8 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
     config.smtp.port = port;
     config.smtp.from = "LMS <bench@lms.test>".to_owned();
     let settings = Arc::new(Settings::new(config, processors::notifications::templates::Templates::from_sets([])));
-    let dispatcher = Dispatcher::new(store.clone(), Arc::clone(&settings), producer.clone(), relay.clone(), kafka.group_id("notifications"));
+    let dispatcher =
+        Dispatcher::new(store.clone(), Arc::clone(&settings), producer.clone(), relay.clone(), kafka.group_id("notifications"));
     let started = Instant::now();
     while dispatcher.round().await? > 0 {}
     let in_app_rate = args.events as f64 / started.elapsed().as_secs_f64();
@@ -252,14 +256,18 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
             if sent as usize >= args.emails {
                 break;
             }
-            let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notification_deliveries WHERE channel = 'email' AND state = 'failed'")
-                .fetch_one(store.pool())
-                .await?;
+            let failed: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM notification_deliveries WHERE channel = 'email' AND state = 'failed'")
+                    .fetch_one(store.pool())
+                    .await?;
             anyhow::ensure!(failed == 0, "{failed} e-mails failed");
             anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "only {sent} e-mails sent in 10 minutes");
         }
         let email_rate = args.emails as f64 / started.elapsed().as_secs_f64();
-        println!("dispatcher, e-mail:      {email_rate:>10.0} e-mails/s ({} e-mails, concurrency {}, SMTP on loopback)", args.emails, args.concurrency);
+        println!(
+            "dispatcher, e-mail:      {email_rate:>10.0} e-mails/s ({} e-mails, concurrency {}, SMTP on loopback)",
+            args.emails, args.concurrency
+        );
     }
     if let Some(child) = smtp.as_mut() {
         let _ = child.kill().await;

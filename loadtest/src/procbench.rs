@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Args;
-use lms_bus::{BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, OnQueueFull, OutRecord, Producer, TopicMap, TopicPartition, TopicsFile};
+use lms_bus::{
+    BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, OnQueueFull, OutRecord, Producer, TopicMap, TopicPartition, TopicsFile,
+};
 use lms_events::{Domain, Event};
 use lms_generator::{Cohort, CohortConfig};
 use lms_store::Store;
@@ -346,7 +348,14 @@ pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
     let poison_cols = if poisoned.is_some() { format!(" {:>12} {:>9}", "poisoned ev/s", "drop") } else { String::new() };
     println!(
         "{:>3} {:>12} {:>12} {:>8} {:>9} {:>11} {:>11} {:>11}{poison_cols}",
-        "k", "no-op ev/s", format!("{} ev/s", reg.name), "ratio", "scaling", "broker CPU", "member CPU", "no-op brk"
+        "k",
+        "no-op ev/s",
+        format!("{} ev/s", reg.name),
+        "ratio",
+        "scaling",
+        "broker CPU",
+        "member CPU",
+        "no-op brk"
     );
     let mut first: Option<f64> = None;
     for &k in &args.instances {
@@ -407,7 +416,11 @@ pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
             pct(m.broker_share),
             pct(Some(m.own)),
             pct(noop_broker),
-            if m.processed as i64 == records { String::new() } else { format!("  ({} records processed: rebalances re-read some)", m.processed) }
+            if m.processed as i64 == records {
+                String::new()
+            } else {
+                format!("  ({} records processed: rebalances re-read some)", m.processed)
+            }
         );
         if let Some(a) = &again {
             println!("    clean copy again after the poisoned one: {:.0} events/s; the drop is against their mean {clean_rate:.0}", a.rate);

@@ -348,7 +348,13 @@ impl fmt::Display for ReportDisplay<'_> {
             None if r.steps.is_empty() => writeln!(f, "max sustainable rate: not measured (rate given)")?,
             None => writeln!(f, "max sustainable rate: no step held")?,
         }
-        writeln!(f, "steady rate: {:.0} events/s offered, {:.0} accepted, {} samples", r.steady_rate, r.steady_accepted_rate, r.samples.len())?;
+        writeln!(
+            f,
+            "steady rate: {:.0} events/s offered, {:.0} accepted, {} samples",
+            r.steady_rate,
+            r.steady_accepted_rate,
+            r.samples.len()
+        )?;
         let (p50, p95, p99) = r.freshness(self.probe_timeout);
         writeln!(
             f,
@@ -494,7 +500,12 @@ impl Source {
                 None => self.next_probe = self.count,
                 Some(every) => {
                     if let (true, EventData::LessonCompleted(l)) = (self.count >= self.next_probe, &e.data) {
-                        probes.push(Probe { tenant: tenant.clone(), learner: l.learner_id.clone(), course: l.course_id.clone(), time: e.time });
+                        probes.push(Probe {
+                            tenant: tenant.clone(),
+                            learner: l.learner_id.clone(),
+                            course: l.course_id.clone(),
+                            time: e.time,
+                        });
                         self.next_probe = self.count + every.max(1);
                     }
                 }
@@ -587,7 +598,14 @@ struct Client {
 
 /// Offers batches at the shared rate until cancelled; returns the source (for the oracle)
 /// once every POST it started is answered.
-async fn feed(mut source: Source, client: Client, batch_size: usize, concurrency: usize, probe_every: u64, stop: CancellationToken) -> anyhow::Result<Source> {
+async fn feed(
+    mut source: Source,
+    client: Client,
+    batch_size: usize,
+    concurrency: usize,
+    probe_every: u64,
+    stop: CancellationToken,
+) -> anyhow::Result<Source> {
     let tick = Duration::from_millis(10);
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -701,12 +719,8 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// Records accepted on `domains` not yet covered by the offsets `group` stored.
 async fn lag(store: &lms_store::Store, shared: &Shared, group: &str, topics: &TopicMap, domains: &[Domain]) -> anyhow::Result<i64> {
     let names: Vec<&str> = domains.iter().map(|d| topics.topic(*d)).collect();
-    let stored: i64 = lms_store::offsets::load(store, group)
-        .await?
-        .iter()
-        .filter(|(tp, _)| names.contains(&&*tp.topic))
-        .map(|(_, o)| *o)
-        .sum();
+    let stored: i64 =
+        lms_store::offsets::load(store, group).await?.iter().filter(|(tp, _)| names.contains(&&*tp.topic)).map(|(_, o)| *o).sum();
     Ok((shared.accepted_on(domains) as i64 - stored).max(0))
 }
 
@@ -807,7 +821,9 @@ pub async fn run(cfg: &SoakConfig) -> anyhow::Result<Report> {
         }
     }
     let catalog_group = chaos::group_of(&deployment.prefix, "catalog");
-    wait_drained(store, &shared, &catalog_group, &topics, &[Domain::Catalog], false, cfg.catch_up_timeout).await.context("the catalog group did not catch up")?;
+    wait_drained(store, &shared, &catalog_group, &topics, &[Domain::Catalog], false, cfg.catch_up_timeout)
+        .await
+        .context("the catalog group did not catch up")?;
     say(format!("catalog of {} events processed; {} tenants × {} learners per round", catalog.len(), cfg.tenants, cfg.learners));
 
     let stop = CancellationToken::new();
@@ -884,7 +900,11 @@ pub async fn run(cfg: &SoakConfig) -> anyhow::Result<Report> {
     };
 
     // Steady.
-    say(format!("steady at {steady_rate:.0} events/s for {:.0} s, a sample every {:.0} s", cfg.steady.as_secs_f64(), cfg.sample.as_secs_f64()));
+    say(format!(
+        "steady at {steady_rate:.0} events/s for {:.0} s, a sample every {:.0} s",
+        cfg.steady.as_secs_f64(),
+        cfg.sample.as_secs_f64()
+    ));
     shared.probing.store(true, Ordering::Relaxed);
     shared.set_rate(steady_rate);
     let names: Vec<String> = processes(&mut deployment.fleet)?.into_iter().map(|(n, _)| n).collect();
@@ -917,7 +937,8 @@ pub async fn run(cfg: &SoakConfig) -> anyhow::Result<Report> {
             p95_ms: quantile(&window, 0.95),
             p99_ms: quantile(&window, 0.99),
         };
-        let rss: Vec<String> = procs.iter().zip(&sample.rss_kib).map(|((n, _), kib)| format!("{n} {:.1} MiB", *kib as f64 / 1024.0)).collect();
+        let rss: Vec<String> =
+            procs.iter().zip(&sample.rss_kib).map(|((n, _), kib)| format!("{n} {:.1} MiB", *kib as f64 / 1024.0)).collect();
         say(format!(
             "t={:>5.0} s  accepted {:>6.0} ev/s  progress lag {:>6}  freshness p50/p95/p99 {:.0}/{:.0}/{:.0} ms (n={})  RSS {}",
             sample.at.as_secs_f64(),

@@ -141,9 +141,10 @@ pub fn check_ids(event: &Event) -> Result<(), String> {
 
 /// Looks a processor up by name; the error lists the known names.
 pub fn lookup(name: &str) -> Result<&'static Registered, String> {
-    REGISTRY.iter().find(|r| r.name == name).ok_or_else(|| {
-        format!("unknown processor {name:?}; known: {}", REGISTRY.iter().map(|r| r.name).collect::<Vec<_>>().join(", "))
-    })
+    REGISTRY
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| format!("unknown processor {name:?}; known: {}", REGISTRY.iter().map(|r| r.name).collect::<Vec<_>>().join(", ")))
 }
 
 #[cfg(test)]

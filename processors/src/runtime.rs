@@ -103,8 +103,7 @@ pub fn start(
             topics: reg.domains.iter().map(|d| plumbing.topics.topic(*d).to_owned()).collect(),
             client_id: format!("lms-{}-{}-{i}", reg.name, std::process::id()),
         };
-        let member =
-            Member::spawn(config, processor, Arc::clone(&dead_letters), Arc::clone(&plumbing.metrics), members_stop.clone())?;
+        let member = Member::spawn(config, processor, Arc::clone(&dead_letters), Arc::clone(&plumbing.metrics), members_stop.clone())?;
         members.push((reg.name, member));
     }
     let services = processors

@@ -37,7 +37,18 @@ async fn analytics_migrations_are_versioned_and_idempotent() {
         .fetch_all()
         .await
         .expect("tables");
-    for t in ["activity_daily", "attempts", "completions", "course_activity", "enrollments", "events", "learner_progress", "payments", "progress", "schema_migrations"] {
+    for t in [
+        "activity_daily",
+        "attempts",
+        "completions",
+        "course_activity",
+        "enrollments",
+        "events",
+        "learner_progress",
+        "payments",
+        "progress",
+        "schema_migrations",
+    ] {
         assert!(tables.iter().any(|n| n == t), "table {t} missing from {tables:?}");
     }
     store.ping().await.expect("ping");

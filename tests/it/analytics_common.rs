@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Duration as Days, NaiveDate, TimeZone, Utc};
 use lms_analytics::{
-    ActiveLearnersPoint, AnalyticsSink, AnalyticsStore, AtRiskLearner, AtRiskParams, ClickHouseConfig, ClickHouseStore,
-    CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity, RevenueParams, RevenuePoint,
-    Scores, ScoresParams, SeriesParams,
+    ActiveLearnersPoint, AnalyticsSink, AnalyticsStore, AtRiskLearner, AtRiskParams, ClickHouseConfig, ClickHouseStore, CompletionsPoint,
+    EnrollmentsPoint, Funnel, FunnelParams, Granularity, RevenueParams, RevenuePoint, Scores, ScoresParams, SeriesParams,
 };
 use lms_bus::{BusMetrics, KafkaConfig, Member, MemberConfig, OnQueueFull, Producer, TopicsFile};
 use lms_events::data::{
-    AchievementUnlocked, AssessmentGraded, CoursePublished, EnrollmentCreated, EnrollmentDropped, EnrollmentSource,
-    LessonRef, Module, PaymentFailed, PaymentRefunded, PaymentSucceeded, VideoProgressed,
+    AchievementUnlocked, AssessmentGraded, CoursePublished, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LessonRef, Module,
+    PaymentFailed, PaymentRefunded, PaymentSucceeded, VideoProgressed,
 };
 use lms_events::{Event, EventData};
 use rand::rngs::StdRng;
@@ -98,12 +97,16 @@ pub fn generate(seed: u64, tenants: usize, learners: usize) -> Stream {
             let mut lessons: Vec<String> = (0..g.rng.random_range(3..=7)).map(|l| format!("lesson-{l}")).collect();
             let published = start() - Days::days(30);
             let publish = |g: &mut Gen, version: u32, lessons: &[String]| {
-                g.event(&tenant, published + Days::minutes(i64::from(version)), EventData::CoursePublished(CoursePublished {
-                    course_id: course_id.clone(),
-                    title: format!("Course {c}"),
-                    version,
-                    modules: vec![Module { module_id: "m1".to_owned(), lessons: lessons.to_vec() }],
-                }));
+                g.event(
+                    &tenant,
+                    published + Days::minutes(i64::from(version)),
+                    EventData::CoursePublished(CoursePublished {
+                        course_id: course_id.clone(),
+                        title: format!("Course {c}"),
+                        version,
+                        modules: vec![Module { module_id: "m1".to_owned(), lessons: lessons.to_vec() }],
+                    }),
+                );
             };
             publish(&mut g, 1, &lessons);
             match c {
@@ -129,25 +132,34 @@ pub fn generate(seed: u64, tenants: usize, learners: usize) -> Stream {
                 let mut t0 = start() + Days::minutes(g.rng.random_range(-20 * 24 * 60..80 * 24 * 60));
                 let enrolled_at = t0;
                 if enrolled {
-                    let source = [EnrollmentSource::SelfService, EnrollmentSource::Admin, EnrollmentSource::Purchase][g.rng.random_range(0..3)];
-                    g.event(&tenant, t0, EventData::EnrollmentCreated(EnrollmentCreated {
-                        learner_id: learner.clone(),
-                        course_id: course_id.clone(),
-                        source,
-                    }));
+                    let source =
+                        [EnrollmentSource::SelfService, EnrollmentSource::Admin, EnrollmentSource::Purchase][g.rng.random_range(0..3)];
+                    g.event(
+                        &tenant,
+                        t0,
+                        EventData::EnrollmentCreated(EnrollmentCreated {
+                            learner_id: learner.clone(),
+                            course_id: course_id.clone(),
+                            source,
+                        }),
+                    );
                     if source == EnrollmentSource::Purchase || g.rng.random_bool(0.2) {
                         let payment_id = format!("{tenant}-pay-{l}-{course_id}");
                         let currency = ["EUR", "USD"][g.rng.random_range(0..2)].to_owned();
                         let amount = g.rng.random_range(1_000..50_000);
                         let paid_at = g.at(t0, 60);
                         let with_course = g.rng.random_bool(0.85);
-                        g.event(&tenant, paid_at, EventData::PaymentSucceeded(PaymentSucceeded {
-                            payment_id: payment_id.clone(),
-                            learner_id: learner.clone(),
-                            course_id: with_course.then(|| course_id.clone()),
-                            amount_minor: amount,
-                            currency: currency.clone(),
-                        }));
+                        g.event(
+                            &tenant,
+                            paid_at,
+                            EventData::PaymentSucceeded(PaymentSucceeded {
+                                payment_id: payment_id.clone(),
+                                learner_id: learner.clone(),
+                                course_id: with_course.then(|| course_id.clone()),
+                                amount_minor: amount,
+                                currency: currency.clone(),
+                            }),
+                        );
                         payments.push((payment_id, amount, currency));
                     }
                 }
@@ -160,14 +172,18 @@ pub fn generate(seed: u64, tenants: usize, learners: usize) -> Stream {
                     g.event(&tenant, t0, EventData::LessonStarted(r.clone()));
                     if g.rng.random_bool(0.5) {
                         let at = g.at(t0, 30);
-                        g.event(&tenant, at, EventData::VideoProgressed(VideoProgressed {
-                            learner_id: learner.clone(),
-                            course_id: course_id.clone(),
-                            lesson_id: lesson.clone(),
-                            position_s: 100.0,
-                            duration_s: 600.0,
-                            watched_s: 100.0,
-                        }));
+                        g.event(
+                            &tenant,
+                            at,
+                            EventData::VideoProgressed(VideoProgressed {
+                                learner_id: learner.clone(),
+                                course_id: course_id.clone(),
+                                lesson_id: lesson.clone(),
+                                position_s: 100.0,
+                                duration_s: 600.0,
+                                watched_s: 100.0,
+                            }),
+                        );
                     }
                     t0 = g.at(t0, 60);
                     let repeats = if g.rng.random_bool(0.1) { 2 } else { 1 };
@@ -176,13 +192,17 @@ pub fn generate(seed: u64, tenants: usize, learners: usize) -> Stream {
                     }
                     // An achievement at the end (the analytics keep it as a raw event only).
                     if done.insert(lesson.clone()) && done.len() == lessons.len() {
-                        g.event(&tenant, t0, EventData::AchievementUnlocked(AchievementUnlocked {
-                            learner_id: learner.clone(),
-                            achievement_id: format!("finished-{course_id}"),
-                            title: "Finished".to_owned(),
-                            course_id: Some(course_id.clone()),
-                            unlocked_at: t0,
-                        }));
+                        g.event(
+                            &tenant,
+                            t0,
+                            EventData::AchievementUnlocked(AchievementUnlocked {
+                                learner_id: learner.clone(),
+                                achievement_id: format!("finished-{course_id}"),
+                                title: "Finished".to_owned(),
+                                course_id: Some(course_id.clone()),
+                                unlocked_at: t0,
+                            }),
+                        );
                     }
                 }
                 // Assessment attempts: 0–3, scores on 20 or 50 points.
@@ -190,30 +210,39 @@ pub fn generate(seed: u64, tenants: usize, learners: usize) -> Stream {
                 for attempt in 1..=g.rng.random_range(0..=3u32) {
                     t0 = g.at(t0, 24 * 60);
                     let score = f64::from(g.rng.random_range(0..=max_score as u32));
-                    g.event(&tenant, t0, EventData::AssessmentGraded(AssessmentGraded {
-                        learner_id: learner.clone(),
-                        course_id: course_id.clone(),
-                        assessment_id: format!("quiz-{course_id}"),
-                        score,
-                        max_score,
-                        attempt,
-                    }));
+                    g.event(
+                        &tenant,
+                        t0,
+                        EventData::AssessmentGraded(AssessmentGraded {
+                            learner_id: learner.clone(),
+                            course_id: course_id.clone(),
+                            assessment_id: format!("quiz-{course_id}"),
+                            score,
+                            max_score,
+                            attempt,
+                        }),
+                    );
                 }
                 // Drops (after the activity or not), and some re-enrollments.
                 if enrolled && g.rng.random_bool(0.25) {
                     let after = if g.rng.random_bool(0.5) { t0 } else { enrolled_at };
                     let dropped_at = g.at(after, 5 * 24 * 60);
-                    g.event(&tenant, dropped_at, EventData::EnrollmentDropped(EnrollmentDropped {
-                        learner_id: learner.clone(),
-                        course_id: course_id.clone(),
-                    }));
+                    g.event(
+                        &tenant,
+                        dropped_at,
+                        EventData::EnrollmentDropped(EnrollmentDropped { learner_id: learner.clone(), course_id: course_id.clone() }),
+                    );
                     if g.rng.random_bool(0.3) {
                         let again = g.at(dropped_at, 10 * 24 * 60);
-                        g.event(&tenant, again, EventData::EnrollmentCreated(EnrollmentCreated {
-                            learner_id: learner.clone(),
-                            course_id: course_id.clone(),
-                            source: EnrollmentSource::SelfService,
-                        }));
+                        g.event(
+                            &tenant,
+                            again,
+                            EventData::EnrollmentCreated(EnrollmentCreated {
+                                learner_id: learner.clone(),
+                                course_id: course_id.clone(),
+                                source: EnrollmentSource::SelfService,
+                            }),
+                        );
                     }
                 }
             }
@@ -229,19 +258,27 @@ pub fn generate(seed: u64, tenants: usize, learners: usize) -> Stream {
         }
         for i in 0..2 {
             let at = start() + Days::days(10 + i);
-            g.event(&tenant, at, EventData::PaymentRefunded(PaymentRefunded {
-                payment_id: format!("{tenant}-unknown-{i}"),
-                amount_minor: 999,
-                currency: "EUR".to_owned(),
-            }));
+            g.event(
+                &tenant,
+                at,
+                EventData::PaymentRefunded(PaymentRefunded {
+                    payment_id: format!("{tenant}-unknown-{i}"),
+                    amount_minor: 999,
+                    currency: "EUR".to_owned(),
+                }),
+            );
         }
         for i in 0..3 {
             let at = start() + Days::days(i);
-            g.event(&tenant, at, EventData::PaymentFailed(PaymentFailed {
-                payment_id: format!("{tenant}-failed-{i}"),
-                learner_id: format!("learner-{i}"),
-                reason: "card declined".to_owned(),
-            }));
+            g.event(
+                &tenant,
+                at,
+                EventData::PaymentFailed(PaymentFailed {
+                    payment_id: format!("{tenant}-failed-{i}"),
+                    learner_id: format!("learner-{i}"),
+                    reason: "card declined".to_owned(),
+                }),
+            );
         }
     }
     // The client events arrive shuffled, some twice; the derived events are what a progress
@@ -318,7 +355,12 @@ pub fn queries(tenants: usize) -> Queries {
         for c in 0..3 {
             let course_id = format!("course-{c}");
             q.funnels.push(FunnelParams { tenant: tenant.clone(), course_id: course_id.clone() });
-            q.scores.push(ScoresParams { tenant: tenant.clone(), assessment_id: format!("quiz-{course_id}"), range: None, course_id: None });
+            q.scores.push(ScoresParams {
+                tenant: tenant.clone(),
+                assessment_id: format!("quiz-{course_id}"),
+                range: None,
+                course_id: None,
+            });
             q.scores.push(ScoresParams {
                 tenant: tenant.clone(),
                 assessment_id: format!("quiz-{course_id}"),

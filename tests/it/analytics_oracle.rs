@@ -11,8 +11,8 @@ use tests::{eventually, init_logs, kafka_brokers, unique_prefix};
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics_common::{
-    Oracle, answers, assert_same, assert_substantial, committed_to_ends, create_sink_topics, fresh_clickhouse,
-    generate, oracle_answers, produce, queries, spawn_sink,
+    Oracle, answers, assert_same, assert_substantial, committed_to_ends, create_sink_topics, fresh_clickhouse, generate, oracle_answers,
+    produce, queries, spawn_sink,
 };
 use crate::support::{kafka, producer};
 
@@ -37,10 +37,7 @@ async fn analytics_clickhouse_through_the_broker_equals_the_oracle() {
     eventually("the analytics group to commit every partition to its end", Duration::from_secs(180), || {
         let (brokers, group, ends) = (brokers.clone(), group.clone(), ends.clone());
         async move {
-            tokio::task::spawn_blocking(move || committed_to_ends(&brokers, &group, &ends))
-                .await
-                .expect("check offsets")
-                .then_some(())
+            tokio::task::spawn_blocking(move || committed_to_ends(&brokers, &group, &ends)).await.expect("check offsets").then_some(())
         }
     })
     .await;

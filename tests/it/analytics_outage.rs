@@ -16,8 +16,8 @@ use tests::{eventually, init_logs, kafka_brokers, unique_prefix};
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics_common::{
-    Ends, Oracle, answers, assert_same, committed_to_ends, create_sink_topics, generate, merge_ends, oracle_answers,
-    produce, queries, spawn_sink,
+    Ends, Oracle, answers, assert_same, committed_to_ends, create_sink_topics, generate, merge_ends, oracle_answers, produce, queries,
+    spawn_sink,
 };
 use crate::support::{kafka, producer};
 
@@ -41,7 +41,9 @@ async fn analytics_clickhouse_outage_pauses_the_sink_and_loses_nothing() {
     let stream = generate(99, TENANTS, 30);
     let (before, during) = stream.delivered.split_at(stream.delivered.len() / 2);
     let mut ch = OwnClickHouse::start().await;
-    let store = Arc::new(ClickHouseStore::new(ClickHouseConfig { request_timeout_ms: 5_000, ..ClickHouseConfig::new(ch.url(), "outage") }).expect("a store"));
+    let store = Arc::new(
+        ClickHouseStore::new(ClickHouseConfig { request_timeout_ms: 5_000, ..ClickHouseConfig::new(ch.url(), "outage") }).expect("a store"),
+    );
     store.migrate().await.expect("migrate");
 
     let brokers = kafka_brokers();
@@ -71,10 +73,7 @@ async fn analytics_clickhouse_outage_pauses_the_sink_and_loses_nothing() {
     .await;
     let consumed = || -> u64 {
         let map = lms_bus::TopicsFile::bundled().topic_map(&kafka.topic_prefix);
-        lms_analytics::AnalyticsSink::topics(&map)
-            .iter()
-            .map(|t| metrics.consumed.with_label_values(&[&group, t]).get())
-            .sum()
+        lms_analytics::AnalyticsSink::topics(&map).iter().map(|t| metrics.consumed.with_label_values(&[&group, t]).get()).sum()
     };
     let consumed_at_first_failure = consumed();
     let failures_at_first_failure = transient();

@@ -11,9 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tests::init_logs;
 
-use crate::analytics_common::{
-    Oracle, answers, assert_same, assert_substantial, fresh_clickhouse, generate, oracle_answers, queries,
-};
+use crate::analytics_common::{Oracle, answers, assert_same, assert_substantial, fresh_clickhouse, generate, oracle_answers, queries};
 
 const TENANTS: usize = 3;
 

@@ -14,8 +14,8 @@ use tests::{eventually, init_logs, kafka_brokers, unique_prefix};
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics_common::{
-    Ends, Oracle, answers, assert_same, assert_substantial, committed_to_ends, create_sink_topics, fresh_clickhouse,
-    generate, oracle_answers, produce, queries, spawn_sink,
+    Ends, Oracle, answers, assert_same, assert_substantial, committed_to_ends, create_sink_topics, fresh_clickhouse, generate,
+    oracle_answers, produce, queries, spawn_sink,
 };
 use crate::support::{committed, kafka, producer};
 
@@ -42,10 +42,7 @@ async fn wait_committed(brokers: &str, group: &str, ends: &Ends) {
     eventually("the analytics group to commit every partition to its end", Duration::from_secs(180), || {
         let (brokers, group, ends) = (brokers.to_owned(), group.to_owned(), ends.clone());
         async move {
-            tokio::task::spawn_blocking(move || committed_to_ends(&brokers, &group, &ends))
-                .await
-                .expect("check offsets")
-                .then_some(())
+            tokio::task::spawn_blocking(move || committed_to_ends(&brokers, &group, &ends)).await.expect("check offsets").then_some(())
         }
     })
     .await;

@@ -59,10 +59,13 @@ async fn api_cors_a_page_of_a_configured_origin_posts_and_reads_in_chromium() {
     let p = Pipeline::start("api_cors_browser", &[], &[("LMS_API__CORS_ALLOWED_ORIGINS", format!("[{allowed}]"))]).await;
     let html = page(&p.base, &token("events:write"), &token_with(TENANT, "ada", "learner:read", 3600));
 
-    let app = axum::Router::new().route("/", axum::routing::get({
-        let html = html.clone();
-        move || async move { axum::response::Html(html) }
-    }));
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get({
+            let html = html.clone();
+            move || async move { axum::response::Html(html) }
+        }),
+    );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", allowed_port)).await.expect("bind the allowed origin's port");
     tokio::spawn(async move { axum::serve(listener, app).await });
     let other = serve_page(html).await;

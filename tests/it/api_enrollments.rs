@@ -17,15 +17,21 @@ async fn api_enrollments_become_enrollment_events() {
     let (status, _, assigned) = answer(api.post("/v1/enrollments", Some(&write), &no_id).send().await.unwrap()).await;
     assert_eq!(status, 202, "{assigned}");
 
-    let (status, _, p) = answer(api.post("/v1/enrollments", Some(&write), &json!({"learner_id": "l", "course_id": "c", "extra": 1})).send().await.unwrap()).await;
+    let (status, _, p) =
+        answer(api.post("/v1/enrollments", Some(&write), &json!({"learner_id": "l", "course_id": "c", "extra": 1})).send().await.unwrap())
+            .await;
     assert_eq!((status, p["errors"][0]["path"].as_str()), (422, Some("/extra")), "{p}");
-    let (status, _, p) = answer(api.post("/v1/enrollments", Some(&write), &json!({"learner_id": "l", "course_id": "c"})).send().await.unwrap()).await;
+    let (status, _, p) =
+        answer(api.post("/v1/enrollments", Some(&write), &json!({"learner_id": "l", "course_id": "c"})).send().await.unwrap()).await;
     assert_eq!((status, p["errors"][0]["path"].as_str()), (422, Some("/source")), "{p}");
     let r = api.post("/v1/enrollments", Some(&token("learner:read")), &body).send().await.unwrap();
     assert_eq!(r.status(), 403);
 
     let drop = || {
-        api.http.delete(format!("{}/v1/enrollments/learner-42/course-rust-101", api.url)).bearer_auth(&write).header("Idempotency-Key", "drop-1")
+        api.http
+            .delete(format!("{}/v1/enrollments/learner-42/course-rust-101", api.url))
+            .bearer_auth(&write)
+            .header("Idempotency-Key", "drop-1")
     };
     let (status, _, dropped) = answer(drop().send().await.unwrap()).await;
     assert_eq!((status, dropped["accepted"].clone()), (202, json!(["drop-1"])));

@@ -83,7 +83,15 @@ async fn api_batches_accept_the_valid_items_and_report_each_rejected_one() {
 
     // NDJSON: a malformed line is rejected at its index, the rest accepted.
     let ndjson = format!("{}\n{{oops\n\n{}\n", lesson("evt-n-0"), lesson("evt-n-2"));
-    let r = api.http.post(format!("{}/v1/events", api.url)).bearer_auth(&write).header("content-type", "application/x-ndjson").body(ndjson).send().await.unwrap();
+    let r = api
+        .http
+        .post(format!("{}/v1/events", api.url))
+        .bearer_auth(&write)
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson)
+        .send()
+        .await
+        .unwrap();
     let (status, _, body) = answer(r).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"], json!(["evt-n-0", "evt-n-2"]));
@@ -106,19 +114,24 @@ async fn api_every_error_class_is_a_problem_and_nothing_refused_is_produced() {
     let api = TestApi::start("api-errors", &kafka_brokers(), cfg).await;
     let write = token("events:write");
     let url = format!("{}/v1/events", api.url);
-    let check = |status: u16, what: &'static str| move |(s, ct, body): (u16, String, Value)| {
-        assert_eq!(s, status, "{what}: {body}");
-        assert_eq!(ct, PROBLEM, "{what}");
-        assert_eq!(body["status"], status, "{what}");
-        assert!(body["type"].as_str().unwrap().starts_with("urn:lms:problem:"), "{what}");
-        body
+    let check = |status: u16, what: &'static str| {
+        move |(s, ct, body): (u16, String, Value)| {
+            assert_eq!(s, status, "{what}: {body}");
+            assert_eq!(ct, PROBLEM, "{what}");
+            assert_eq!(body["status"], status, "{what}");
+            assert!(body["type"].as_str().unwrap().starts_with("urn:lms:problem:"), "{what}");
+            body
+        }
     };
 
-    let malformed = api.http.post(&url).bearer_auth(&write).header("content-type", "application/json").body("{\"type\": ").send().await.unwrap();
+    let malformed =
+        api.http.post(&url).bearer_auth(&write).header("content-type", "application/json").body("{\"type\": ").send().await.unwrap();
     check(400, "malformed JSON")(answer(malformed).await);
-    let text = api.http.post(&url).bearer_auth(&write).header("content-type", "text/plain").body(lesson("t").to_string()).send().await.unwrap();
+    let text =
+        api.http.post(&url).bearer_auth(&write).header("content-type", "text/plain").body(lesson("t").to_string()).send().await.unwrap();
     check(415, "wrong content type")(answer(text).await);
-    let huge = api.http.post(&url).bearer_auth(&write).header("content-type", "application/json").body(" ".repeat(20_001)).send().await.unwrap();
+    let huge =
+        api.http.post(&url).bearer_auth(&write).header("content-type", "application/json").body(" ".repeat(20_001)).send().await.unwrap();
     check(413, "body too large")(answer(huge).await);
     let many = json!((0..6).map(|i| lesson(&format!("m{i}"))).collect::<Vec<_>>());
     check(413, "too many events")(answer(api.post("/v1/events", Some(&write), &many).send().await.unwrap()).await);
@@ -176,7 +189,10 @@ async fn api_auth_matrix() {
     let (s, ct, body) = post(None, "a-none").await;
     assert_eq!((s, ct.as_str()), (401, PROBLEM), "no token: {body}");
     assert_eq!(post(Some(token_with(TENANT, "svc", "events:write", -120)), "a-expired").await.0, 401, "expired");
-    let forged = api::auth::sign_hs256(b"not-the-secret", &api::Claims { sub: "svc".into(), tenant: TENANT.into(), scope: "admin".into(), exp: u64::MAX / 4 });
+    let forged = api::auth::sign_hs256(
+        b"not-the-secret",
+        &api::Claims { sub: "svc".into(), tenant: TENANT.into(), scope: "admin".into(), exp: u64::MAX / 4 },
+    );
     assert_eq!(post(Some(forged), "a-forged").await.0, 401, "forged");
     let valid = token("admin");
     let payload = valid.split('.').nth(1).unwrap().to_owned();

@@ -204,7 +204,12 @@ async fn api_jwks_issuer_tokens_accepted_rotated_and_hostile_ones_refused() {
         ),
         (
             "HS256 with the RSA public key, no iss",
-            sign(Algorithm::HS256, "rsa-1", &EncodingKey::from_secret(rsa.public_pem.as_bytes()), &json!({"sub": "x", "tenant": TENANT, "scope": "admin", "exp": chrono::Utc::now().timestamp() + 300})),
+            sign(
+                Algorithm::HS256,
+                "rsa-1",
+                &EncodingKey::from_secret(rsa.public_pem.as_bytes()),
+                &json!({"sub": "x", "tenant": TENANT, "scope": "admin", "exp": chrono::Utc::now().timestamp() + 300}),
+            ),
         ),
         ("ES256 header on the RSA key", sign(Algorithm::ES256, "rsa-1", &ec.encoding, &good)),
         ("RS256 signed by another RSA key", sign(Algorithm::RS256, "rsa-1", &rotated.encoding, &good)),

@@ -67,7 +67,10 @@ async fn api_ops_routes_merged_routers_metrics_and_openapi() {
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = r.text().await.unwrap();
     let value = |parts: &[&str]| -> f64 {
-        let line = text.lines().find(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p))).unwrap_or_else(|| panic!("no line with {parts:?} in\n{text}"));
+        let line = text
+            .lines()
+            .find(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
+            .unwrap_or_else(|| panic!("no line with {parts:?} in\n{text}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     assert_eq!(value(&["lms_http_requests_total{", "route=\"/v1/events\"", "method=\"POST\"", "status=\"202\""]), 1.0);

@@ -13,20 +13,23 @@ use tests::{OwnBroker, eventually};
 use crate::api_support::{TestApi, answer, config, read_until, token};
 
 fn batch(round: usize) -> Value {
-    json!((0..5)
-        .map(|i| {
-            let mut e = examples::client_json(EventType::LessonCompleted);
-            e["id"] = json!(format!("out-{round:04}-{i}"));
-            e["data"]["learner_id"] = json!(format!("learner-{i}"));
-            e
-        })
-        .collect::<Vec<_>>())
+    json!(
+        (0..5)
+            .map(|i| {
+                let mut e = examples::client_json(EventType::LessonCompleted);
+                e["id"] = json!(format!("out-{round:04}-{i}"));
+                e["data"]["learner_id"] = json!(format!("learner-{i}"));
+                e
+            })
+            .collect::<Vec<_>>()
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_broker_outage_is_503_and_unready_then_accepted_again_with_nothing_lost() {
     let mut broker = OwnBroker::start(true).await;
-    let cfg = api::ApiConfig { delivery_timeout_ms: 3_000, readiness_interval_ms: 200, readiness_timeout_ms: 500, retry_after_s: 1, ..config() };
+    let cfg =
+        api::ApiConfig { delivery_timeout_ms: 3_000, readiness_interval_ms: 200, readiness_timeout_ms: 500, retry_after_s: 1, ..config() };
     let api = TestApi::start("api-outage", &broker.brokers(), cfg).await;
     let write = token("events:write");
     let mut acknowledged: BTreeSet<String> = BTreeSet::new();

@@ -164,7 +164,10 @@ async fn api_xapi_moodle_and_open_edx_statements_become_events() {
     let by_id = |id: &str| learning.iter().find(|r| r.event.id == id).unwrap_or_else(|| panic!("{id} on the learning topic")).event.clone();
     let moodle_course = format!("{MOODLE}/course/view.php?id=12");
     let EventData::LessonCompleted(l) = by_id(&moodle_ids[0]).data else { panic!("module completion is lesson.completed") };
-    assert_eq!((l.learner_id.as_str(), l.course_id.as_str(), l.lesson_id.as_str()), ("7", moodle_course.as_str(), &*format!("{MOODLE}/mod/book/view.php?id=34")));
+    assert_eq!(
+        (l.learner_id.as_str(), l.course_id.as_str(), l.lesson_id.as_str()),
+        ("7", moodle_course.as_str(), &*format!("{MOODLE}/mod/book/view.php?id=34"))
+    );
     let graded = by_id(&moodle_ids[1]);
     assert_eq!(graded.time.to_rfc3339(), "2026-11-20T10:40:00+00:00");
     let EventData::AssessmentGraded(g) = graded.data else { panic!("quiz completion with a score is assessment.graded") };
@@ -214,7 +217,11 @@ async fn api_xapi_refuses_what_an_lrs_refuses_and_lists_the_supported_verbs() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["errors"][0]["path"], "/verb/id");
     let message = body["errors"][0]["message"].as_str().unwrap();
-    for verb in ["http://adlnet.gov/expapi/verbs/registered", "http://id.tincanapi.com/verb/unregistered", "https://w3id.org/xapi/video/verbs/paused"] {
+    for verb in [
+        "http://adlnet.gov/expapi/verbs/registered",
+        "http://id.tincanapi.com/verb/unregistered",
+        "https://w3id.org/xapi/video/verbs/paused",
+    ] {
         assert!(message.contains(verb), "the supported verbs are listed: {message}");
     }
     let mut mbox = batch[0].clone();
@@ -226,6 +233,11 @@ async fn api_xapi_refuses_what_an_lrs_refuses_and_lists_the_supported_verbs() {
     assert_eq!(status, 422, "nothing valid: {body}");
     let paths: Vec<&str> = body["rejected"].as_array().unwrap().iter().map(|r| r["errors"][0]["path"].as_str().unwrap()).collect();
     assert_eq!(paths, ["/verb/id", "/actor/account/name", "/result/score"]);
-    let r = api.post("/v1/xapi/statements", Some(&token("events:write")), &batch[0]).header("X-Experience-API-Version", "2.0.0").send().await.unwrap();
+    let r = api
+        .post("/v1/xapi/statements", Some(&token("events:write")), &batch[0])
+        .header("X-Experience-API-Version", "2.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400, "only 1.0.x");
 }

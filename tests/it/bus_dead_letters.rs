@@ -9,9 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lms_bus::{Batch, BusMetrics, Member, OnQueueFull, OutRecord, ProcessError, Processor, Record, TopicsFile};
 use lms_events::{Domain, EventData, codec};
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::ClientConfig;
 use tests::{create_topic, eventually, init_logs, kafka_brokers, unique_prefix};
 use tokio_util::sync::CancellationToken;
 
@@ -118,8 +118,8 @@ async fn poison_records_are_dead_lettered_with_reason_and_origin_while_the_rest_
 
     let picky = Arc::new(Picky { seen: Mutex::new(HashSet::new()) });
     let shutdown = CancellationToken::new();
-    let m = Member::spawn(member(&k, "picky", "picky-1"), picky.clone(), producer.clone(), metrics.clone(), shutdown.clone())
-        .expect("member");
+    let m =
+        Member::spawn(member(&k, "picky", "picky-1"), picky.clone(), producer.clone(), metrics.clone(), shutdown.clone()).expect("member");
 
     // The dead-letter topic receives exactly the three poison records.
     let c: BaseConsumer = ClientConfig::new()

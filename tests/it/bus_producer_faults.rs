@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use lms_bus::{BusMetrics, KafkaConfig, OnQueueFull, Producer, TopicsFile};
 use lms_events::{Domain, codec};
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::types::RDKafkaApiKey;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaApiKey;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::ClientConfig;
 use tests::init_logs;
 
 use crate::support::lesson_events;

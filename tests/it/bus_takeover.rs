@@ -208,8 +208,8 @@ async fn exactly_once_takeover(point: CrashPoint) {
     let a = Member::spawn(member(&s.k, "exactly-once", "a"), pa.clone(), s.producer.clone(), s.metrics.clone(), shutdown.clone())
         .expect("member a");
     pa.crash.as_ref().map(|c| c.switch.set(a.kill_switch()));
-    let b = Member::spawn(member(&s.k, "exactly-once", "b"), pb, s.producer.clone(), s.metrics.clone(), shutdown.clone())
-        .expect("member b");
+    let b =
+        Member::spawn(member(&s.k, "exactly-once", "b"), pb, s.producer.clone(), s.metrics.clone(), shutdown.clone()).expect("member b");
 
     eventually("member a to crash", Duration::from_secs(60), || {
         let fired = pa.crash.as_ref().is_some_and(Crash::fired);
@@ -225,7 +225,10 @@ async fn exactly_once_takeover(point: CrashPoint) {
     .await;
     if applied_all.is_none() {
         let state = store.state.lock().expect("lock");
-        panic!("events never applied (crash {point:?} at batch {crash_at}): {}", s.produced.describe_missing(|id| state.applied.contains_key(id)));
+        panic!(
+            "events never applied (crash {point:?} at batch {crash_at}): {}",
+            s.produced.describe_missing(|id| state.applied.contains_key(id))
+        );
     }
     wait_committed(&s, "exactly-once").await;
     shutdown.cancel();
@@ -250,8 +253,8 @@ async fn at_least_once_takeover(point: CrashPoint) {
     let a = Member::spawn(member(&s.k, "at-least-once", "a"), pa.clone(), s.producer.clone(), s.metrics.clone(), shutdown.clone())
         .expect("member a");
     pa.crash.as_ref().map(|c| c.switch.set(a.kill_switch()));
-    let b = Member::spawn(member(&s.k, "at-least-once", "b"), pb, s.producer.clone(), s.metrics.clone(), shutdown.clone())
-        .expect("member b");
+    let b =
+        Member::spawn(member(&s.k, "at-least-once", "b"), pb, s.producer.clone(), s.metrics.clone(), shutdown.clone()).expect("member b");
 
     eventually("member a to crash", Duration::from_secs(60), || {
         let fired = pa.crash.as_ref().is_some_and(Crash::fired);

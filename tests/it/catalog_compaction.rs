@@ -110,7 +110,12 @@ fn activity() -> Vec<Event> {
                     let r = LessonRef { learner_id: learner.clone(), course_id: (*course).to_owned(), lesson_id: format!("l{l}") };
                     let at = start + Span::minutes(l as i64 * 20);
                     out.push(event(tenant, format!("{tenant}-{learner}-{course}-l{l}-started"), at, EventData::LessonStarted(r.clone())));
-                    out.push(event(tenant, format!("{tenant}-{learner}-{course}-l{l}-done"), at + Span::minutes(9), EventData::LessonCompleted(r)));
+                    out.push(event(
+                        tenant,
+                        format!("{tenant}-{learner}-{course}-l{l}-done"),
+                        at + Span::minutes(9),
+                        EventData::LessonCompleted(r),
+                    ));
                 }
             }
         }
@@ -165,13 +170,14 @@ async fn rebuild(test: &str, early: &[Event], activity: &[Event], late: &[Event]
     apply(&store, &Catalog, early, 3).await;
     apply(&store, &Progress, activity, 25).await;
     apply(&store, &Catalog, late, 1).await;
-    let catalog = sqlx::query("SELECT tenant, course_id, version, title, lessons, published_at_us FROM catalog_courses ORDER BY tenant, course_id")
-        .fetch_all(store.pool())
-        .await
-        .expect("catalog")
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
-        .collect();
+    let catalog =
+        sqlx::query("SELECT tenant, course_id, version, title, lessons, published_at_us FROM catalog_courses ORDER BY tenant, course_id")
+            .fetch_all(store.pool())
+            .await
+            .expect("catalog")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+            .collect();
     let retirements = sqlx::query("SELECT tenant, course_id, retired_at_us FROM catalog_retirements ORDER BY tenant, course_id")
         .fetch_all(store.pool())
         .await
@@ -321,7 +327,16 @@ async fn rekey_catalog_gives_an_old_topic_keys_that_survive_compaction() {
     let highest: Vec<(&str, &str, u32)> = highest.iter().map(|((t, c), v)| (t.as_str(), c.as_str(), *v)).collect();
     assert_eq!(
         highest,
-        [("acme", "c1", 2), ("acme", "c2", 1), ("acme", "c3", 1), ("acme", "c4", 1), ("globex", "c1", 2), ("globex", "c2", 2), ("globex", "c3", 3), ("globex", "c4", 1)]
+        [
+            ("acme", "c1", 2),
+            ("acme", "c2", 1),
+            ("acme", "c3", 1),
+            ("acme", "c4", 1),
+            ("globex", "c1", 2),
+            ("globex", "c2", 2),
+            ("globex", "c3", 3),
+            ("globex", "c4", 1)
+        ]
     );
     assert_eq!(retired, BTreeSet::from([("acme".to_owned(), "c2".to_owned()), ("globex".to_owned(), "c4".to_owned())]));
 

@@ -21,10 +21,8 @@ fn lms_help(args: &[&str]) -> (bool, String) {
 /// The `lms` argument lists a service runs: its `command`, or each `lms ...` of a
 /// `/bin/sh -c` command joined by `&&`.
 fn invocations(service: &Value) -> Vec<Vec<String>> {
-    let command: Vec<String> = service["command"]
-        .as_sequence()
-        .map(|s| s.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default();
+    let command: Vec<String> =
+        service["command"].as_sequence().map(|s| s.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default();
     let shell = service["entrypoint"].as_sequence().is_some_and(|e| e.first().and_then(Value::as_str) == Some("/bin/sh"));
     if shell {
         command
@@ -96,7 +94,9 @@ fn every_lms_service_runs_a_real_subcommand_with_known_settings() {
         for key in env.keys().filter_map(Value::as_str) {
             // Read outside the configuration sections: by clap (`--config`, `--log`,
             // `--log-format`), by `Config::load` (the secret) and by lms/src/telemetry.rs.
-            if ["LMS_JWT_SECRET", "RUST_LOG", "LMS_CONFIG", "LMS_LOG_FORMAT", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"].contains(&key) {
+            if ["LMS_JWT_SECRET", "RUST_LOG", "LMS_CONFIG", "LMS_LOG_FORMAT", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"]
+                .contains(&key)
+            {
                 let readers = ["lms/src/main.rs", "lms/src/config.rs", "lms/src/telemetry.rs"]
                     .iter()
                     .map(|p| std::fs::read_to_string(repo().join(p)).unwrap_or_default())
@@ -142,9 +142,12 @@ fn the_stack_keeps_its_data_checks_its_services_and_closes_grafana() {
     let services = &doc["services"];
     let kafka = &services["kafka"];
     let log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"].as_str().expect("KAFKA_LOG_DIRS set");
-    let mounted = kafka["volumes"].as_sequence().expect("kafka volumes").iter().filter_map(Value::as_str).any(|v| {
-        v.split(':').nth(1).is_some_and(|target| log_dirs.starts_with(target))
-    });
+    let mounted = kafka["volumes"]
+        .as_sequence()
+        .expect("kafka volumes")
+        .iter()
+        .filter_map(Value::as_str)
+        .any(|v| v.split(':').nth(1).is_some_and(|target| log_dirs.starts_with(target)));
     assert!(mounted, "KAFKA_LOG_DIRS ({log_dirs}) is on a mounted volume");
     // The Jaeger and collector images are distroless (no shell, no HTTP client), so they
     // cannot carry a healthcheck; nothing waits on them.
@@ -159,12 +162,23 @@ fn the_stack_keeps_its_data_checks_its_services_and_closes_grafana() {
     assert!(jaeger.starts_with("jaegertracing/jaeger:2."), "Jaeger v2: {jaeger}");
     let grafana = &services["grafana"]["environment"];
     assert_eq!(grafana["GF_AUTH_ANONYMOUS_ENABLED"].as_str(), Some("false"), "no anonymous Grafana");
-    assert!(grafana["GF_SECURITY_ADMIN_PASSWORD"].as_str().is_some_and(|p| p.contains("GRAFANA_ADMIN_PASSWORD")), "the admin password comes from the environment");
+    assert!(
+        grafana["GF_SECURITY_ADMIN_PASSWORD"].as_str().is_some_and(|p| p.contains("GRAFANA_ADMIN_PASSWORD")),
+        "the admin password comes from the environment"
+    );
     // Grafana reads ClickHouse as the read-only user clickhouse-init creates.
     let datasources = std::fs::read_to_string(repo().join("dashboards/grafana/provisioning/datasources/lms.yaml")).expect("datasources");
-    assert!(datasources.contains("username: grafana") && datasources.contains("password: $GRAFANA_CLICKHOUSE_PASSWORD"), "Grafana's ClickHouse user");
+    assert!(
+        datasources.contains("username: grafana") && datasources.contains("password: $GRAFANA_CLICKHOUSE_PASSWORD"),
+        "Grafana's ClickHouse user"
+    );
     let init = services["clickhouse-init"]["command"][0].as_str().expect("clickhouse-init command");
-    assert!(init.contains("CREATE USER IF NOT EXISTS grafana") && init.contains("readonly = 1") && init.contains("GRANT SELECT ON lms_analytics.* TO grafana"), "{init}");
+    assert!(
+        init.contains("CREATE USER IF NOT EXISTS grafana")
+            && init.contains("readonly = 1")
+            && init.contains("GRANT SELECT ON lms_analytics.* TO grafana"),
+        "{init}"
+    );
 }
 
 /// `docker-compose config` (Debian's `docker-compose`, which `cargo xtask install` adds)

@@ -34,21 +34,28 @@ fn verify(dir: &Path, jwks: &Value, credential_jwt: &str, status_jwt: &str, expe
         .arg(expected)
         .output()
         .expect("python3 (cargo xtask install installs joserfc)");
-    assert!(out.status.success(), "verify_ob3.py ({expected}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "verify_ob3.py ({expected}): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn unlock(store: &Store, tenant: &str, learner: &str, achievement: &str, course: &str, title: &str) {
-    sqlx::query("INSERT INTO achievements (tenant, learner_id, achievement_id, course_id, title, unlocked_at_us) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(tenant)
-        .bind(learner)
-        .bind(achievement)
-        .bind(course)
-        .bind(title)
-        .bind(1_767_225_600_000_000_i64)
-        .execute(store.pool())
-        .await
-        .expect("an achievement row");
+    sqlx::query(
+        "INSERT INTO achievements (tenant, learner_id, achievement_id, course_id, title, unlocked_at_us) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(tenant)
+    .bind(learner)
+    .bind(achievement)
+    .bind(course)
+    .bind(title)
+    .bind(1_767_225_600_000_000_i64)
+    .execute(store.pool())
+    .await
+    .expect("an achievement row");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,12 +90,17 @@ async fn credentials_verify_independently_and_revocation_shows() {
     assert_eq!(again["credential"], first["credential"], "the same achievement, the same credential and status index");
 
     // The compact form, the learner's other achievements, and who may not read them.
-    let compact = get("/v1/learners/ada/achievements/first-lesson/credential", &ada).header("accept", "application/vc+jwt").send().await.expect("get");
+    let compact = get("/v1/learners/ada/achievements/first-lesson/credential", &ada)
+        .header("accept", "application/vc+jwt")
+        .send()
+        .await
+        .expect("get");
     assert_eq!(compact.headers()["content-type"], "application/vc+jwt");
     assert_eq!(compact.text().await.expect("jwt").split('.').count(), 3);
     let (status, _, body) = answer(get("/v1/learners/ada/achievements/course-completed/credential", &ada).send().await.expect("get")).await;
     assert!(status == 400 && body["detail"].as_str().is_some_and(|d| d.contains("c1, c2")), "{status} {body}");
-    let (status, _, c1) = answer(get("/v1/learners/ada/achievements/course-completed/credential?course_id=c1", &ada).send().await.expect("get")).await;
+    let (status, _, c1) =
+        answer(get("/v1/learners/ada/achievements/course-completed/credential?course_id=c1", &ada).send().await.expect("get")).await;
     assert_eq!(status, 200, "{c1}");
     let (status, _, _) = answer(get("/v1/learners/ada/achievements/streak-7/credential", &ada).send().await.expect("get")).await;
     assert_eq!(status, 404, "not unlocked");
@@ -113,7 +125,8 @@ async fn credentials_verify_independently_and_revocation_shows() {
     verify(&dir, &jwks, c1["jwt"].as_str().expect("jwt"), &status_jwt(TENANT).await, "valid");
 
     // Revoked by an admin: the status list says so; the other credential stays valid.
-    let revoke = |token: String| api.http.delete(format!("{}/v1/learners/ada/achievements/first-lesson/credential", api.url)).bearer_auth(token);
+    let revoke =
+        |token: String| api.http.delete(format!("{}/v1/learners/ada/achievements/first-lesson/credential", api.url)).bearer_auth(token);
     let (status, _, _) = answer(revoke(ada.clone()).send().await.expect("revoke")).await;
     assert_eq!(status, 403, "a learner cannot revoke");
     let admin = token_with(TENANT, "registrar", "admin", 3600);

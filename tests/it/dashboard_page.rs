@@ -86,12 +86,15 @@ async fn the_hints_answer_the_tokens_tenant_only() {
     };
     let (status, _, body) = answer(get(None).await.expect("GET")).await;
     assert_eq!(status, 401, "no token: {body}");
-    let forged = api::auth::sign_hs256(b"another secret", &api::Claims {
-        sub: "x".into(),
-        tenant: "acme".into(),
-        scope: "analytics:read".into(),
-        exp: u64::try_from(Utc::now().timestamp() + 3600).unwrap_or(u64::MAX),
-    });
+    let forged = api::auth::sign_hs256(
+        b"another secret",
+        &api::Claims {
+            sub: "x".into(),
+            tenant: "acme".into(),
+            scope: "analytics:read".into(),
+            exp: u64::try_from(Utc::now().timestamp() + 3600).unwrap_or(u64::MAX),
+        },
+    );
     let (status, _, body) = answer(get(Some(forged)).await.expect("GET")).await;
     assert_eq!(status, 401, "a token of another secret: {body}");
     let (status, _, body) = answer(get(Some(api_support::token("events:write"))).await.expect("GET")).await;
@@ -259,10 +262,7 @@ async fn the_dashboard_shows_a_generated_cohort_in_chromium() {
     }
     assert!(dom.matches("<title>").count() > 50, "charts carry a <title> per bar or point");
     let accepted = events.len().to_string();
-    assert!(
-        dom.replace(',', "").contains(&format!(">{accepted}<")),
-        "the health table shows the {accepted} events accepted by the API"
-    );
+    assert!(dom.replace(',', "").contains(&format!(">{accepted}<")), "the health table shows the {accepted} events accepted by the API");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -273,8 +273,8 @@ async fn the_page_explains_a_missing_or_expired_token() {
     let url = serve(api::dashboard::router(), shutdown).await;
     let visit = Visit { virtual_time_budget_ms: 3000, ..Visit::default() };
     let expired = api_support::token_with(api_support::TENANT, "viewer", "analytics:read", -3600);
-    for (fragment, expect) in [("", "No token"), (format!("#token={expired}").as_str(), "The token expired")]
-        .map(|(f, e)| (f.to_owned(), e))
+    for (fragment, expect) in
+        [("", "No token"), (format!("#token={expired}").as_str(), "The token expired")].map(|(f, e)| (f.to_owned(), e))
     {
         let page = format!("{url}/dashboard{fragment}");
         let v = visit.clone();

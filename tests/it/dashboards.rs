@@ -269,10 +269,8 @@ async fn dashboards_completions_and_funnel_agree_with_the_api() {
         for (a, x) in all.iter_mut().zip(&api) {
             *a += x;
         }
-        let grafana: Vec<u64> = tsv(&store, &expand(&panel_sql("Course funnel"), &course)).await[0]
-            .iter()
-            .map(|v| v.parse().expect("a count"))
-            .collect();
+        let grafana: Vec<u64> =
+            tsv(&store, &expand(&panel_sql("Course funnel"), &course)).await[0].iter().map(|v| v.parse().expect("a count")).collect();
         assert_eq!(grafana, api, "Grafana's funnel of {course}");
     }
     let grafana: Vec<u64> =

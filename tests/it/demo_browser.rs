@@ -73,7 +73,11 @@ async fn the_demo_dashboard_shows_data_in_every_chart() {
     for chart in ["active-learners", "enrollments", "completions", "revenue", "funnel", "scores"] {
         let points = attribute_values(&dom, &format!("id=\"chart-{chart}\""), "data-points");
         let n: u32 = points.first().and_then(|p| p.parse().ok()).unwrap_or(0);
-        assert!(n > 0, "chart {chart} has data points ({points:?}); the page's message: {:?}", tests::browser::inner_text(&dom, "id=\"message\""));
+        assert!(
+            n > 0,
+            "chart {chart} has data points ({points:?}); the page's message: {:?}",
+            tests::browser::inner_text(&dom, "id=\"message\"")
+        );
     }
     let screenshot = artifacts_dir().join("demo-dashboard.png");
     tokio::task::spawn_blocking({

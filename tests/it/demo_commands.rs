@@ -104,7 +104,9 @@ async fn every_command_the_demo_prints_works_as_printed() {
         let ran = bash(&format!("curl -sS --fail-with-body -o /dev/null '{url}'"));
         assert!(ran.status.success(), "{url}: {}", String::from_utf8_lossy(&ran.stderr));
     }
-    let hints = bash(&format!("{export}\ncurl -sS --fail-with-body -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{port}/dashboard/hints.json"));
+    let hints = bash(&format!(
+        "{export}\ncurl -sS --fail-with-body -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{port}/dashboard/hints.json"
+    ));
     let hints: serde_json::Value = serde_json::from_slice(&hints.stdout).expect("hints JSON");
     let tenants = hints["tenants"].as_object().map(|t| t.len()).unwrap_or(0);
     assert_eq!(tenants, 1, "the token's tenant's hints: {hints}");

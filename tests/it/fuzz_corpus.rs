@@ -6,7 +6,6 @@
 #[path = "../../fuzz/src/lib.rs"]
 mod checks;
 
-
 /// Runs `check` over every file of `fuzz/corpus/<target>/`; returns how many there were.
 fn replay(target: &str, check: fn(&[u8])) -> usize {
     let dir = tests::repo_root().join("fuzz/corpus").join(target);

@@ -55,8 +55,7 @@ async fn check_topics(brokers: &str, topic: impl Fn(Domain) -> String, expected:
     for d in [Domain::Catalog, Domain::Enrollment, Domain::Learning, Domain::Payment] {
         let want = &expected[d.as_str()];
         assert!(!want.is_empty(), "the cohort has {d} events");
-        let mut got: Vec<Event> =
-            read_until(brokers, &topic(d), |rs| rs.len() >= want.len()).await.into_iter().map(|r| r.event).collect();
+        let mut got: Vec<Event> = read_until(brokers, &topic(d), |rs| rs.len() >= want.len()).await.into_iter().map(|r| r.event).collect();
         got.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(got.len(), want.len(), "{d}: record count");
         assert!(got == *want, "{d}: the events on the topic differ from the cohort's");

@@ -23,13 +23,39 @@ const MOODLE: &str = "https://moodle.example.org";
 /// line that is not JSON and one naming another tenant.
 fn events_file(dir: &Path) -> std::path::PathBuf {
     let modules = json!([{"module_id": "m1", "lessons": ["l1", "l2"]}]);
-    let mut no_id = event("x", "lesson.completed", "2024-03-02T10:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "c1", "lesson_id": "l1"}));
+    let mut no_id = event(
+        "x",
+        "lesson.completed",
+        "2024-03-02T10:00:00Z",
+        Some("ada"),
+        json!({"learner_id": "ada", "course_id": "c1", "lesson_id": "l1"}),
+    );
     no_id.as_object_mut().expect("object").remove("id");
-    let mut foreign = event("f1", "lesson.completed", "2024-03-02T11:00:00Z", Some("bob"), json!({"learner_id": "bob", "course_id": "c1", "lesson_id": "l1"}));
+    let mut foreign = event(
+        "f1",
+        "lesson.completed",
+        "2024-03-02T11:00:00Z",
+        Some("bob"),
+        json!({"learner_id": "bob", "course_id": "c1", "lesson_id": "l1"}),
+    );
     foreign["tenant"] = json!("globex");
     let lines = [
-        event("c1-v1", "course.published", "2024-03-01T08:00:00Z", None, json!({"course_id": "c1", "title": "C1", "version": 1, "modules": modules})).to_string(),
-        event("e1", "enrollment.created", "2024-03-01T09:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "c1", "source": "admin"})).to_string(),
+        event(
+            "c1-v1",
+            "course.published",
+            "2024-03-01T08:00:00Z",
+            None,
+            json!({"course_id": "c1", "title": "C1", "version": 1, "modules": modules}),
+        )
+        .to_string(),
+        event(
+            "e1",
+            "enrollment.created",
+            "2024-03-01T09:00:00Z",
+            Some("ada"),
+            json!({"learner_id": "ada", "course_id": "c1", "source": "admin"}),
+        )
+        .to_string(),
         event("bad-1", "lesson.completed", "2024-03-02T09:00:00Z", Some("ada"), json!({"learner_id": "ada"})).to_string(),
         no_id.to_string(),
         String::new(),
@@ -136,10 +162,17 @@ async fn import_validates_reports_is_idempotent_and_resumes() {
     assert!(ids(&once).iter().any(|id| id.len() == 36), "the Moodle statement's derived UUID: {:?}", ids(&once));
 
     // The report: file, line, pointers.
-    let rejected: Vec<Value> = std::fs::read_to_string(&report).expect("report").lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let rejected: Vec<Value> =
+        std::fs::read_to_string(&report).expect("report").lines().map(|l| serde_json::from_str(l).expect("json")).collect();
     let at = |file: &str, line: u64| rejected.iter().find(|r| r["file"].as_str().is_some_and(|f| f.ends_with(file)) && r["line"] == line);
-    assert!(at("events.ndjson", 3).is_some_and(|r| r["errors"].as_array().is_some_and(|e| e.iter().any(|e| e["path"] == "/data/course_id"))), "{rejected:#?}");
-    assert!(at("events.ndjson", 6).is_some_and(|r| r["errors"][0]["message"].as_str().is_some_and(|m| m.contains("not JSON"))), "{rejected:#?}");
+    assert!(
+        at("events.ndjson", 3).is_some_and(|r| r["errors"].as_array().is_some_and(|e| e.iter().any(|e| e["path"] == "/data/course_id"))),
+        "{rejected:#?}"
+    );
+    assert!(
+        at("events.ndjson", 6).is_some_and(|r| r["errors"][0]["message"].as_str().is_some_and(|m| m.contains("not JSON"))),
+        "{rejected:#?}"
+    );
     assert!(at("events.ndjson", 7).is_some_and(|r| r["errors"][0]["path"] == "/tenant"), "{rejected:#?}");
     assert!(at("moodle.json.gz", 2).is_some(), "the unsupported verb: {rejected:#?}");
     assert_eq!(rejected.len(), 4, "{rejected:#?}");

@@ -17,7 +17,8 @@ use crate::notify_support::{Pipeline, SmtpServer, TENANT, WebhookReceiver, achie
 const WAIT: Duration = Duration::from_secs(60);
 
 fn enrollment(learner: &str) -> Event {
-    let data = EnrollmentCreated { learner_id: learner.to_owned(), course_id: "rust-101".to_owned(), source: EnrollmentSource::SelfService };
+    let data =
+        EnrollmentCreated { learner_id: learner.to_owned(), course_id: "rust-101".to_owned(), source: EnrollmentSource::SelfService };
     Event::derived(TENANT, "notify-test", Utc::now(), EventData::EnrollmentCreated(data))
 }
 
@@ -67,7 +68,8 @@ async fn notify_email_is_rendered_from_the_template_and_redelivery_sends_nothing
 
     // Each attempt is announced with notification.sent.
     let topic = p.topics.topic(Domain::Derived).to_owned();
-    let recs = read_until(&p.brokers, &topic, |rs| rs.iter().filter(|r| r.event.event_type() == EventType::NotificationSent).count() >= 2).await;
+    let recs =
+        read_until(&p.brokers, &topic, |rs| rs.iter().filter(|r| r.event.event_type() == EventType::NotificationSent).count() >= 2).await;
     let sent: Vec<_> = recs.iter().filter(|r| r.event.event_type() == EventType::NotificationSent).collect();
     assert_eq!(sent.len(), 2);
     p.stop().await;
@@ -80,8 +82,7 @@ async fn notify_quiet_hours_defer_delivery_to_their_end() {
     let now = p.clock.now();
     let hhmm = |t: chrono::DateTime<Utc>| format!("{:02}:{:02}", t.hour(), t.minute());
     let mut prefs = email_prefs("bea");
-    prefs.quiet_hours =
-        Some(QuietHours { start: hhmm(now - chrono::Duration::hours(1)), end: hhmm(now + chrono::Duration::hours(1)) });
+    prefs.quiet_hours = Some(QuietHours { start: hhmm(now - chrono::Duration::hours(1)), end: hhmm(now + chrono::Duration::hours(1)) });
     p.set_preferences("bea", &prefs).await;
     let end = p.produce(&[achievement("bea", 1)]).await;
     p.wait_decided(Domain::Derived, end).await;
@@ -142,9 +143,8 @@ async fn notify_throttle_turns_a_burst_into_n_messages_and_one_digest_that_survi
     p.clock.advance(Duration::from_secs(u64::try_from(3600 - into_window).unwrap_or(0) + 1));
     p.set_preferences("dan", &email_prefs("dan")).await;
     let start = Utc::now();
-    let burst: Vec<Event> = (1..=20)
-        .map(|n| Event { time: start + chrono::Duration::milliseconds(n as i64), ..achievement("dan", n) })
-        .collect();
+    let burst: Vec<Event> =
+        (1..=20).map(|n| Event { time: start + chrono::Duration::milliseconds(n as i64), ..achievement("dan", n) }).collect();
     let end = p.produce(&burst).await;
     p.wait_decided(Domain::Derived, end).await;
 
@@ -211,11 +211,10 @@ async fn notify_webhook_retries_with_backoff_until_one_delivery_is_accepted() {
     assert_eq!(accepted[0]["category"], "enrollment");
     assert_eq!(accepted[0]["title"], "You are enrolled in rust-101");
     assert_eq!(accepted[0]["source_event_id"], e.id.as_str());
-    let outcomes: Vec<String> =
-        sqlx::query_scalar("SELECT outcome FROM notification_attempts WHERE channel = 'webhook' ORDER BY attempt")
-            .fetch_all(p.store.pool())
-            .await
-            .expect("attempts");
+    let outcomes: Vec<String> = sqlx::query_scalar("SELECT outcome FROM notification_attempts WHERE channel = 'webhook' ORDER BY attempt")
+        .fetch_all(p.store.pool())
+        .await
+        .expect("attempts");
     assert_eq!(outcomes, ["retry", "retry", "sent"]);
 
     // Every attempt's outcome is an event: two failed, then sent (plus the in-app one).

@@ -72,32 +72,33 @@ async fn notify_smtp_down_delays_emails_and_delivers_each_once_when_it_is_back()
     ] {
         env.push((k, v));
     }
-    let _processor =
-        spawn_lms(&["processor", "run", "notifications", "--listen", &format!("127.0.0.1:{health}")], &env, &format!("{prefix}processor.log"));
+    let _processor = spawn_lms(
+        &["processor", "run", "notifications", "--listen", &format!("127.0.0.1:{health}")],
+        &env,
+        &format!("{prefix}processor.log"),
+    );
     let http = reqwest::Client::new();
     let (ready, live, metrics) = (
         format!("http://127.0.0.1:{health}/readyz"),
         format!("http://127.0.0.1:{health}/livez"),
         format!("http://127.0.0.1:{health}/metrics"),
     );
-    let body = eventually("ready before the outage", WAIT, || async {
-        get(&http, &ready).await.filter(|(s, _)| *s == 200).map(|(_, b)| b)
-    })
-    .await;
+    let body =
+        eventually("ready before the outage", WAIT, || async { get(&http, &ready).await.filter(|(s, _)| *s == 200).map(|(_, b)| b) }).await;
     assert!(body.contains("smtp: ok"), "readiness checks the SMTP server: {body}");
 
     // The SMTP server goes away: not ready, still alive.
     proxy.cut();
-    let body = eventually("unready during the outage", WAIT, || async {
-        get(&http, &ready).await.filter(|(s, _)| *s == 503).map(|(_, b)| b)
-    })
-    .await;
+    let body =
+        eventually("unready during the outage", WAIT, || async { get(&http, &ready).await.filter(|(s, _)| *s == 503).map(|(_, b)| b) })
+            .await;
     assert!(body.contains("smtp: 127.0.0.1:") && body.contains("store: ok") && body.contains("broker: ok"), "{body}");
     assert_eq!(get(&http, &live).await.map(|(s, _)| s), Some(200), "alive during the outage");
 
     // Events keep being decided; in-app deliveries flow; e-mails wait, attempted more often
     // than max_attempts without failing.
-    let producer = Producer::new(&kafka(&brokers, &prefix), topics.clone(), BusMetrics::standalone(), "notify-smtp-down").expect("producer");
+    let producer =
+        Producer::new(&kafka(&brokers, &prefix), topics.clone(), BusMetrics::standalone(), "notify-smtp-down").expect("producer");
     let events: Vec<Event> = LEARNERS.iter().enumerate().map(|(i, l)| achievement(l, i + 1)).collect();
     let end = produce_all(&producer, &events).await.ends.values().copied().max().unwrap_or(0);
     let group = kafka(&brokers, &prefix).group_id("notifications");
@@ -128,7 +129,10 @@ async fn notify_smtp_down_delays_emails_and_delivers_each_once_when_it_is_back()
     assert_eq!(sample(&text, "lms_notifications_decided_total{category=\"achievement\",decision=\"direct\"}"), Some(4.0), "{text}");
     assert_eq!(sample(&text, "lms_notifications_deliveries_planned_total{category=\"achievement\",channel=\"email\"}"), Some(4.0));
     assert_eq!(sample(&text, "lms_notifications_delivery_attempts_total{channel=\"in_app\",outcome=\"sent\"}"), Some(4.0));
-    assert!(sample(&text, "lms_notifications_delivery_attempts_total{channel=\"email\",outcome=\"retry\"}").unwrap_or(0.0) >= 4.0, "{text}");
+    assert!(
+        sample(&text, "lms_notifications_delivery_attempts_total{channel=\"email\",outcome=\"retry\"}").unwrap_or(0.0) >= 4.0,
+        "{text}"
+    );
     assert_eq!(sample(&text, "lms_notifications_delivery_attempts_total{channel=\"email\",outcome=\"sent\"}"), None);
     assert_eq!(sample(&text, "lms_notifications_digest_windows_pending"), Some(0.0));
     assert_eq!(sample(&text, "lms_ready"), Some(0.0));
@@ -162,10 +166,16 @@ async fn notify_smtp_down_delays_emails_and_delivers_each_once_when_it_is_back()
     // Nothing dead-lettered, and no second e-mail once everything is recorded.
     let dlq = topics.topic(Domain::DeadLetter).to_owned();
     let consumer: Arc<BaseConsumer> = Arc::new(
-        rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", format!("{prefix}probe")).create().expect("consumer"),
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("{prefix}probe"))
+            .create()
+            .expect("consumer"),
     );
-    let (low, high) =
-        tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&dlq, 0, Duration::from_secs(10))).await.expect("join").expect("watermarks");
+    let (low, high) = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&dlq, 0, Duration::from_secs(10)))
+        .await
+        .expect("join")
+        .expect("watermarks");
     assert_eq!(high - low, 0, "nothing dead-lettered");
     assert_eq!(smtp.mails().len(), 4);
     store.close().await;

@@ -47,9 +47,30 @@ fn registered() -> BTreeSet<String> {
 /// matchers or `[…]` ranges, not keywords, not inside quotes.
 fn metrics_in(expr: &str) -> BTreeSet<String> {
     const KEYWORDS: &[&str] = &[
-        "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
+        "and",
+        "or",
+        "unless",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "offset",
+        "bool",
         // Aggregations may be followed by `by (…)` before their parenthesis.
-        "sum", "avg", "min", "max", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
     ];
     let mut out = BTreeSet::new();
     let chars: Vec<char> = expr.chars().collect();

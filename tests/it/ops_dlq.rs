@@ -81,11 +81,8 @@ async fn dead_letters_are_listed_shown_and_redriven_after_a_fix() {
     let mut origin: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     for (r, res) in records.iter().zip(producer.send(records.clone(), OnQueueFull::Wait(Duration::from_secs(30))).await) {
         let at = res.expect("delivered");
-        let name = if r.payload.starts_with(b"{not") {
-            "undecodable".to_owned()
-        } else {
-            lms_events::decode(&r.payload).expect("event").id
-        };
+        let name =
+            if r.payload.starts_with(b"{not") { "undecodable".to_owned() } else { lms_events::decode(&r.payload).expect("event").id };
         origin.insert(name, (i64::from(at.partition), at.offset));
     }
 
@@ -129,7 +126,8 @@ async fn dead_letters_are_listed_shown_and_redriven_after_a_fix() {
     let at = format!("{}:{}", first["partition"], first["offset"]);
     let shown: Value = serde_json::from_str(&d.ok(&["dlq", "show", &at, "--json"])).expect("JSON");
     let headers = shown[0]["headers"].as_array().expect("headers");
-    for h in ["lms_dlq_reason", "lms_dlq_source_topic", "lms_dlq_source_partition", "lms_dlq_source_offset", "lms_dlq_group", "lms_dlq_at"] {
+    for h in ["lms_dlq_reason", "lms_dlq_source_topic", "lms_dlq_source_partition", "lms_dlq_source_offset", "lms_dlq_group", "lms_dlq_at"]
+    {
         assert!(headers.iter().any(|kv| kv[0] == h), "{h} in {headers:?}");
     }
     assert!(!d.run(&["dlq", "show", "0:999999"]).status.success(), "an absent position is an error");

@@ -27,10 +27,8 @@ fn documents() -> BTreeMap<String, Vec<Value>> {
         let p = e.expect("entry").path();
         if p.extension().is_some_and(|x| x == "yaml") {
             let text = std::fs::read_to_string(&p).expect("manifest");
-            let docs: Vec<Value> = text
-                .split("\n---\n")
-                .map(|d| serde_yaml::from_str(d).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-                .collect();
+            let docs: Vec<Value> =
+                text.split("\n---\n").map(|d| serde_yaml::from_str(d).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).collect();
             out.insert(p.file_name().expect("name").to_string_lossy().into_owned(), docs);
         }
     }
@@ -72,8 +70,14 @@ async fn manifests_run_real_commands_and_probe_served_paths() {
         let mut help = cmd[1..].to_vec();
         help.push("--help");
         let out = Command::new(lms_bin()).args(&help).output().expect("lms --help");
-        assert!(out.status.success(), "{name}: `lms {}` is not a valid command line: {}", cmd[1..].join(" "), String::from_utf8_lossy(&out.stderr));
-        let ports: BTreeSet<i64> = c["ports"].as_sequence().expect("ports").iter().map(|p| p["containerPort"].as_i64().expect("port")).collect();
+        assert!(
+            out.status.success(),
+            "{name}: `lms {}` is not a valid command line: {}",
+            cmd[1..].join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ports: BTreeSet<i64> =
+            c["ports"].as_sequence().expect("ports").iter().map(|p| p["containerPort"].as_i64().expect("port")).collect();
         let (ready, ready_port) = probe(c, "readinessProbe");
         let (live, live_port) = probe(c, "livenessProbe");
         assert_eq!(ready, "/readyz", "{name}");
@@ -122,20 +126,22 @@ async fn manifests_run_real_commands_and_probe_served_paths() {
     let (api_port, ops_port) = (free_port(), free_port());
     // Each process its own SQLite file: one file shared by two processes would lock.
     let spawn = |args: &[&str], db: &str| -> Proc {
-        Proc(Command::new(lms_bin())
-            .args(args)
-            .current_dir(&work)
-            .env("LMS_KAFKA__BROKERS", kafka_brokers())
-            .env("LMS_KAFKA__TOPIC_PREFIX", unique_prefix("ops-k8s"))
-            .env("LMS_STORE__URL", format!("sqlite://{}", work.join(db).display()))
-            .env("LMS_ANALYTICS__STORE", "parquet")
-            .env("LMS_ANALYTICS__DIR", work.join(format!("{db}.analytics")).display().to_string())
-            .env("LMS_JWT_SECRET", "k8s-test-secret")
-            .env("LMS_API__LISTEN", format!("127.0.0.1:{api_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start lms"))
+        Proc(
+            Command::new(lms_bin())
+                .args(args)
+                .current_dir(&work)
+                .env("LMS_KAFKA__BROKERS", kafka_brokers())
+                .env("LMS_KAFKA__TOPIC_PREFIX", unique_prefix("ops-k8s"))
+                .env("LMS_STORE__URL", format!("sqlite://{}", work.join(db).display()))
+                .env("LMS_ANALYTICS__STORE", "parquet")
+                .env("LMS_ANALYTICS__DIR", work.join(format!("{db}.analytics")).display().to_string())
+                .env("LMS_JWT_SECRET", "k8s-test-secret")
+                .env("LMS_API__LISTEN", format!("127.0.0.1:{api_port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start lms"),
+        )
     };
     let children = vec![
         spawn(&["processor", "run", "catalog", "--listen", &format!("127.0.0.1:{ops_port}")], "processor.db"),
@@ -167,9 +173,11 @@ async fn manifests_are_restricted_scaled_by_keda_alone_and_initialised_by_a_job(
     let compose: Value = serde_yaml::from_str(&std::fs::read_to_string(tests::repo_root().join("docker-compose.yml")).expect("compose"))
         .expect("compose YAML");
     let image = s(&compose["x-lms"]["image"]).to_owned();
-    let compose_port = s(&compose["x-lms"]["healthcheck"]["test"][1]).split(':').nth(2).and_then(|p| p.split('/').next()).expect("port").to_owned();
+    let compose_port =
+        s(&compose["x-lms"]["healthcheck"]["test"][1]).split(':').nth(2).and_then(|p| p.split('/').next()).expect("port").to_owned();
     let scaled: BTreeSet<&str> = of_kind("ScaledObject").iter().map(|o| s(&o["spec"]["scaleTargetRef"]["name"])).collect();
-    let mut pods: Vec<(&str, &Value)> = of_kind("Deployment").iter().map(|d| (s(&d["metadata"]["name"]), &d["spec"]["template"]["spec"])).collect();
+    let mut pods: Vec<(&str, &Value)> =
+        of_kind("Deployment").iter().map(|d| (s(&d["metadata"]["name"]), &d["spec"]["template"]["spec"])).collect();
     for dep in of_kind("Deployment") {
         let name = s(&dep["metadata"]["name"]);
         if scaled.contains(name) {
@@ -185,10 +193,24 @@ async fn manifests_are_restricted_scaled_by_keda_alone_and_initialised_by_a_job(
         assert_eq!(s(&c["image"]), image, "{name}: compose's image");
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"].as_bool(), Some(true), "{name}");
         assert_eq!(c["securityContext"]["allowPrivilegeEscalation"].as_bool(), Some(false), "{name}");
-        assert!(c["securityContext"]["capabilities"]["drop"].as_sequence().is_some_and(|d| d.iter().any(|x| s(x) == "ALL")), "{name}: drop ALL");
-        assert!(c["envFrom"].as_sequence().into_iter().flatten().all(|e| e["secretRef"].is_null()), "{name}: secrets as files, not envFrom");
-        let secret_volume = pod["volumes"].as_sequence().into_iter().flatten().find(|v| s(&v["secret"]["secretName"]) == "lms-secrets").expect("the Secret as a volume");
-        assert!(c["volumeMounts"].as_sequence().into_iter().flatten().any(|m| m["name"] == secret_volume["name"]), "{name}: mounts the Secret");
+        assert!(
+            c["securityContext"]["capabilities"]["drop"].as_sequence().is_some_and(|d| d.iter().any(|x| s(x) == "ALL")),
+            "{name}: drop ALL"
+        );
+        assert!(
+            c["envFrom"].as_sequence().into_iter().flatten().all(|e| e["secretRef"].is_null()),
+            "{name}: secrets as files, not envFrom"
+        );
+        let secret_volume = pod["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|v| s(&v["secret"]["secretName"]) == "lms-secrets")
+            .expect("the Secret as a volume");
+        assert!(
+            c["volumeMounts"].as_sequence().into_iter().flatten().any(|m| m["name"] == secret_volume["name"]),
+            "{name}: mounts the Secret"
+        );
         let cmd: Vec<&str> = c["command"].as_sequence().expect("command").iter().map(s).collect();
         if cmd.get(1) == Some(&"processor") {
             assert!(cmd.last().is_some_and(|l| l.ends_with(&format!(":{compose_port}"))), "{name}: compose's metrics port {compose_port}");

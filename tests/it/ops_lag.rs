@@ -26,11 +26,7 @@ fn enrollments(from: usize, n: usize) -> Vec<Value> {
 /// The sum of `lms_group_lag_records` over the partitions of `group`, if it has series.
 fn group_lag(metrics: &str, group: &str) -> Option<i64> {
     let prefix = format!("lms_group_lag_records{{group=\"{group}\",");
-    let values: Vec<i64> = metrics
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
+    let values: Vec<i64> = metrics.lines().filter(|l| l.starts_with(&prefix)).filter_map(|l| l.rsplit(' ').next()?.parse().ok()).collect();
     (!values.is_empty()).then(|| values.iter().sum())
 }
 

@@ -31,11 +31,8 @@ async fn processor_readiness_follows_the_analytics_store() {
     env.push(("LMS_ANALYTICS__STORE", "clickhouse".to_owned()));
     env.push(("LMS_ANALYTICS__URL", format!("http://{}", proxy.addr())));
     env.push(("LMS_ANALYTICS__DATABASE", format!("readiness_{}", &uuid::Uuid::new_v4().simple().to_string()[..10])));
-    let mut processor = spawn_lms(
-        &["processor", "run", "analytics", "--listen", &format!("127.0.0.1:{health}")],
-        &env,
-        &format!("{prefix}processor.log"),
-    );
+    let mut processor =
+        spawn_lms(&["processor", "run", "analytics", "--listen", &format!("127.0.0.1:{health}")], &env, &format!("{prefix}processor.log"));
     let http = reqwest::Client::new();
     let ready = format!("http://127.0.0.1:{health}/readyz");
     let live = format!("http://127.0.0.1:{health}/livez");

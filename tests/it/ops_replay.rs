@@ -78,7 +78,6 @@ impl Deployment {
     }
 }
 
-
 /// Stops a process with SIGTERM (graceful drain) and waits for it.
 pub(crate) fn terminate(proc: &mut Proc) {
     let child = &mut proc.0;
@@ -93,7 +92,12 @@ pub(crate) fn members(group: &Value) -> Option<usize> {
     group["members"].as_array().map(Vec::len)
 }
 
-pub(crate) fn track(ends: &mut BTreeMap<String, BTreeMap<i32, i64>>, topics: &lms_bus::TopicMap, events: &[Event], got: &crate::support::Produced) {
+pub(crate) fn track(
+    ends: &mut BTreeMap<String, BTreeMap<i32, i64>>,
+    topics: &lms_bus::TopicMap,
+    events: &[Event],
+    got: &crate::support::Produced,
+) {
     for e in events {
         let (p, o) = got.at[&e.id];
         let end = ends.entry(topics.topic(e.domain()).to_owned()).or_default().entry(p).or_insert(0);
@@ -229,7 +233,10 @@ async fn replaying_the_analytics_group_changes_no_answer() {
     use lms_analytics::AnalyticsStore;
     use tokio_util::sync::CancellationToken;
 
-    use crate::analytics_common::{Oracle, answers, assert_same, committed_to_ends, create_sink_topics, fresh_clickhouse, generate, oracle_answers, produce, queries, spawn_sink};
+    use crate::analytics_common::{
+        Oracle, answers, assert_same, committed_to_ends, create_sink_topics, fresh_clickhouse, generate, oracle_answers, produce, queries,
+        spawn_sink,
+    };
 
     init_logs();
     let stream = generate(4321, 2, 20);

@@ -39,7 +39,10 @@ async fn replay_to_offsets_moves_store_and_kafka_and_a_broker_without_time_looku
         for i in 0..PER_PARTITION {
             let payload = format!("record {i}");
             producer
-                .send(FutureRecord::<(), _>::to(&learning).partition(p).payload(&payload).timestamp(T0_MS + i * 1000), Duration::from_secs(10))
+                .send(
+                    FutureRecord::<(), _>::to(&learning).partition(p).payload(&payload).timestamp(T0_MS + i * 1000),
+                    Duration::from_secs(10),
+                )
                 .await
                 .expect("produced");
         }
@@ -63,7 +66,17 @@ async fn replay_to_offsets_moves_store_and_kafka_and_a_broker_without_time_looku
     let ends = [(tp(0), PER_PARTITION), (tp(1), PER_PARTITION)];
     admin.commit(&group, &ends).expect("commit the ends");
     let to_offset = |o: &str| format!("{learning}:{o}");
-    let (ok, out, err) = lms(&["replay", "--group", "progress", "--to-offset", &to_offset("0:10"), "--to-offset", &to_offset("1:10"), "--skip-member-check", "--yes"]);
+    let (ok, out, err) = lms(&[
+        "replay",
+        "--group",
+        "progress",
+        "--to-offset",
+        &to_offset("0:10"),
+        "--to-offset",
+        &to_offset("1:10"),
+        "--skip-member-check",
+        "--yes",
+    ]);
     assert!(ok, "store offsets set to the ends: {out}{err}");
 
     // Dry run: a plan, nothing changed.
@@ -72,7 +85,11 @@ async fn replay_to_offsets_moves_store_and_kafka_and_a_broker_without_time_looku
     let plan: Value = serde_json::from_str(&out).expect("plan JSON");
     let rows = plan["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 1, "only the partition named moves: {plan}");
-    assert_eq!((rows[0]["partition"].as_i64(), rows[0]["from"].as_i64(), rows[0]["to"].as_i64(), rows[0]["replayed"].as_i64()), (Some(1), Some(10), Some(4), Some(6)), "{plan}");
+    assert_eq!(
+        (rows[0]["partition"].as_i64(), rows[0]["from"].as_i64(), rows[0]["to"].as_i64(), rows[0]["replayed"].as_i64()),
+        (Some(1), Some(10), Some(4), Some(6)),
+        "{plan}"
+    );
     let committed = |admin: &Admin| admin.committed(&group, &[tp(0), tp(1)]).expect("committed");
     assert_eq!(committed(&admin), HashMap::from(ends.clone()), "a dry run changes nothing");
 

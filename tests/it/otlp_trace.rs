@@ -11,10 +11,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
 use lms_bus::TopicsFile;
+use lms_events::Domain;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use lms_events::Domain;
 use serde_json::{Value, json};
 use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_env, spawn_lms, unique_prefix};
 
@@ -162,13 +162,17 @@ async fn an_event_has_one_trace_across_api_processors_and_sinks() {
             FutureRecord::to(topics.topic(Domain::Learning))
                 .key("ada")
                 .payload(r#"{"id": "poison-1", "type": "lesson.completed"}"#)
-                .headers(OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&format!("00-{poison_trace}-b7ad6b7169203331-01")) })),
+                .headers(
+                    OwnedHeaders::new()
+                        .insert(Header { key: "traceparent", value: Some(&format!("00-{poison_trace}-b7ad6b7169203331-01")) }),
+                ),
             Duration::from_secs(30),
         )
         .await
         .expect("the poison record is produced");
     let line = eventually("a processor log line about the poison record", Duration::from_secs(60), || {
-        let line = json_lines(&processors_log).into_iter().find(|l| l["message"] == "dead-lettering a record" && l["event_id"] == "poison-1");
+        let line =
+            json_lines(&processors_log).into_iter().find(|l| l["message"] == "dead-lettering a record" && l["event_id"] == "poison-1");
         async move { line }
     })
     .await;

@@ -59,17 +59,66 @@ async fn events_in_over_http_come_out_of_the_read_endpoints() {
 
     let modules = json!([{"module_id": "m1", "lessons": ["l1", "l2"]}]);
     let events = json!([
-        event("c1", "course.published", "2026-11-02T08:00:00Z", None, json!({"course_id": "rust", "title": "Rust", "version": 1, "modules": modules})),
-        event("e1", "enrollment.created", "2026-11-02T09:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "rust", "source": "self"})),
-        event("e2", "enrollment.created", "2026-11-02T09:30:00Z", Some("bob"), json!({"learner_id": "bob", "course_id": "rust", "source": "self"})),
-        event("l1", "lesson.completed", "2026-11-03T10:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "rust", "lesson_id": "l1"})),
-        event("l2", "lesson.completed", "2026-11-04T10:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "rust", "lesson_id": "l2"})),
-        event("l3", "lesson.completed", "2026-11-04T11:00:00Z", Some("bob"), json!({"learner_id": "bob", "course_id": "rust", "lesson_id": "l1"})),
-        event("a1", "assessment.graded", "2026-11-04T12:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "rust", "assessment_id": "quiz", "score": 8, "max_score": 10, "attempt": 1})),
-        event("p1", "payment.succeeded", "2026-11-02T08:30:00Z", Some("ada"), json!({"payment_id": "pay1", "learner_id": "ada", "course_id": "rust", "amount_minor": 4900, "currency": "EUR"})),
+        event(
+            "c1",
+            "course.published",
+            "2026-11-02T08:00:00Z",
+            None,
+            json!({"course_id": "rust", "title": "Rust", "version": 1, "modules": modules})
+        ),
+        event(
+            "e1",
+            "enrollment.created",
+            "2026-11-02T09:00:00Z",
+            Some("ada"),
+            json!({"learner_id": "ada", "course_id": "rust", "source": "self"})
+        ),
+        event(
+            "e2",
+            "enrollment.created",
+            "2026-11-02T09:30:00Z",
+            Some("bob"),
+            json!({"learner_id": "bob", "course_id": "rust", "source": "self"})
+        ),
+        event(
+            "l1",
+            "lesson.completed",
+            "2026-11-03T10:00:00Z",
+            Some("ada"),
+            json!({"learner_id": "ada", "course_id": "rust", "lesson_id": "l1"})
+        ),
+        event(
+            "l2",
+            "lesson.completed",
+            "2026-11-04T10:00:00Z",
+            Some("ada"),
+            json!({"learner_id": "ada", "course_id": "rust", "lesson_id": "l2"})
+        ),
+        event(
+            "l3",
+            "lesson.completed",
+            "2026-11-04T11:00:00Z",
+            Some("bob"),
+            json!({"learner_id": "bob", "course_id": "rust", "lesson_id": "l1"})
+        ),
+        event(
+            "a1",
+            "assessment.graded",
+            "2026-11-04T12:00:00Z",
+            Some("ada"),
+            json!({"learner_id": "ada", "course_id": "rust", "assessment_id": "quiz", "score": 8, "max_score": 10, "attempt": 1})
+        ),
+        event(
+            "p1",
+            "payment.succeeded",
+            "2026-11-02T08:30:00Z",
+            Some("ada"),
+            json!({"payment_id": "pay1", "learner_id": "ada", "course_id": "rust", "amount_minor": 4900, "currency": "EUR"})
+        ),
     ]);
     let writer = token("events:write");
-    let (status, _, body) = answer(http.post(format!("{base}/v1/events")).bearer_auth(&writer).json(&events).send().await.expect("post")).await;
+    let (status, _, body) =
+        answer(http.post(format!("{base}/v1/events")).bearer_auth(&writer).json(&events).send().await.expect("post")).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"].as_array().map(Vec::len), Some(8), "{body}");
 
@@ -129,7 +178,10 @@ async fn events_in_over_http_come_out_of_the_read_endpoints() {
         ("/v1/analytics/active-learners", format!("/v1/analytics/active-learners?{q}&granularity=week")),
         ("/v1/analytics/enrollments", format!("/v1/analytics/enrollments?{q}")),
         ("/v1/analytics/completions", format!("/v1/analytics/completions?{q}")),
-        ("/v1/analytics/courses/{course_id}/at-risk", "/v1/analytics/courses/rust/at-risk?inactive_days=1&as_of=2026-11-20T00:00:00Z".to_owned()),
+        (
+            "/v1/analytics/courses/{course_id}/at-risk",
+            "/v1/analytics/courses/rust/at-risk?inactive_days=1&as_of=2026-11-20T00:00:00Z".to_owned(),
+        ),
         ("/v1/analytics/assessments/{assessment_id}/scores", "/v1/analytics/assessments/quiz/scores".to_owned()),
     ] {
         let (status, _, body) = answer(http.get(format!("{base}{path}")).bearer_auth(&analyst).send().await.expect("get")).await;

@@ -98,9 +98,11 @@ async fn poison_is_dead_lettered_per_group_with_reasons_and_the_rest_is_exact() 
     let twin = std::env::temp_dir().join(format!("{prefix}analytics"));
     let analytics = lms_analytics::AnalyticsConfig::Parquet(lms_analytics::ParquetConfig::new(&twin)).open().await.expect("twin");
     analytics.migrate().await.expect("migrate twin");
-    let (mut ctx, relay) = runtime::context(store.clone(), Arc::clone(&producer), Arc::new(Rules::load(None).expect("rules")), Default::default());
+    let (mut ctx, relay) =
+        runtime::context(store.clone(), Arc::clone(&producer), Arc::new(Rules::load(None).expect("rules")), Default::default());
     ctx.analytics = Some(analytics);
-    let plumbing = Plumbing { kafka: k.clone(), consumer: fast_consumer(), topics: topics.clone(), producer: Arc::clone(&producer), metrics };
+    let plumbing =
+        Plumbing { kafka: k.clone(), consumer: fast_consumer(), topics: topics.clone(), producer: Arc::clone(&producer), metrics };
     let names = ["catalog", "progress", "analytics"].map(|n| processors::lookup(n).expect("registered"));
     let running = runtime::start(&plumbing, &ctx, relay, &names, 1).expect("start");
 
@@ -187,9 +189,7 @@ fn read_dead_letters(brokers: &str, topic: &str) -> Vec<BTreeMap<String, String>
                 let headers = m
                     .headers()
                     .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                            .collect()
+                        hs.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()
                     })
                     .unwrap_or_default();
                 out.push(headers);

@@ -13,8 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Duration as Days, TimeZone, Utc};
 use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_events::data::{
-    AssessmentGraded, CoursePublished, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LessonRef, Module,
-    VideoProgressed,
+    AssessmentGraded, CoursePublished, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LessonRef, Module, VideoProgressed,
 };
 use lms_events::{Domain, Event, EventData};
 use lms_store::{Store, offsets, outbox};
@@ -110,7 +109,8 @@ pub(crate) fn world(seed: u64, learners_per_tenant: usize) -> World {
                     });
                     activity.push(ev(tenant, id(tenant), start, data));
                     if rng.random_bool(0.1) {
-                        let data = EventData::EnrollmentDropped(EnrollmentDropped { learner_id: learner.clone(), course_id: course.into() });
+                        let data =
+                            EventData::EnrollmentDropped(EnrollmentDropped { learner_id: learner.clone(), course_id: course.into() });
                         activity.push(ev(tenant, id(tenant), start + Days::days(2), data));
                     }
                 }
@@ -170,7 +170,10 @@ pub(crate) fn oracle(world: &World) -> Oracle {
 /// The oracle of [`run_oracle`]: the catalog and the activity, then (once every processor
 /// caught up) the late versions.
 pub(crate) fn oracle_with_late_versions(world: &World) -> Oracle {
-    Oracle::phased(&[world.early_catalog.iter().chain(&world.activity).chain(&world.late_catalog).collect(), world.late_versions.iter().collect()])
+    Oracle::phased(&[
+        world.early_catalog.iter().chain(&world.activity).chain(&world.late_catalog).collect(),
+        world.late_versions.iter().collect(),
+    ])
 }
 
 /// Every learner's progress as read from the store equals the oracle's.
@@ -199,16 +202,21 @@ pub(crate) async fn check_progress(store: &Store, expected: &Oracle) {
 pub(crate) async fn wait_for_offsets(store: &Store, group: &str, topic_ends: &BTreeMap<String, BTreeMap<i32, i64>>, topics: &[String]) {
     eventually(&format!("group {group} to store the end offsets of {topics:?}"), Duration::from_secs(120), || async {
         let stored = offsets::load(store, group).await.ok()?;
-        let all = topics.iter().all(|t| {
-            topic_ends.get(t).into_iter().flatten().all(|(p, end)| stored.get(&lms_bus::TopicPartition::new(t, *p)) == Some(end))
-        });
+        let all = topics
+            .iter()
+            .all(|t| topic_ends.get(t).into_iter().flatten().all(|(p, end)| stored.get(&lms_bus::TopicPartition::new(t, *p)) == Some(end)));
         all.then_some(())
     })
     .await;
 }
 
 /// Distinct `course.completed` ids on the derived topic, and how many records carried them.
-pub(crate) fn completed_on_topic(brokers: &str, topic: &str, partitions: i32, expect: usize) -> (BTreeMap<(String, String, String), BTreeSet<String>>, usize) {
+pub(crate) fn completed_on_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    expect: usize,
+) -> (BTreeMap<(String, String, String), BTreeSet<String>>, usize) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "oracle-reader")
@@ -335,10 +343,7 @@ pub async fn run_oracle(store_url: &str, test: &str) {
     // course.completed: exactly once per learner-course completed at a quiet moment (also
     // when a late version took it back), none for others.
     let want: BTreeSet<(String, String, String)> = expected.completed_once.keys().cloned().collect();
-    let taken_back = want
-        .iter()
-        .filter(|(t, l, c)| expected.progress[&(t.clone(), l.clone())][c].completed_at.is_none())
-        .count();
+    let taken_back = want.iter().filter(|(t, l, c)| expected.progress[&(t.clone(), l.clone())][c].completed_at.is_none()).count();
     assert!(taken_back > 0, "some completions were taken back by a late version");
     let derived = topics.topic(Domain::Derived).to_owned();
     let (per_key, records) = completed_on_topic(&brokers, &derived, 4, want.len());

@@ -41,9 +41,10 @@ async fn generated_requests_get_no_server_error_and_documented_answers() {
             .args(["--request-timeout", "10", "--suppress-health-check", "all"])
             // Only the API's own operations: `/metrics` is Prometheus text, not JSON.
             .args(["--exclude-path", "/metrics"]);
-        let output = tokio::task::spawn_blocking(move || st.output()).await.expect("join").expect(
-            "run schemathesis (`st`): install it with `cargo xtask install` or `python3 -m pip install schemathesis`",
-        );
+        let output = tokio::task::spawn_blocking(move || st.output())
+            .await
+            .expect("join")
+            .expect("run schemathesis (`st`): install it with `cargo xtask install` or `python3 -m pip install schemathesis`");
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr);
         println!("{stdout}\n{stderr}\nschemathesis run {attempt} took {:?} (seed {seed})", started.elapsed());

@@ -82,7 +82,13 @@ impl Pipeline {
     /// endpoint shows them.
     pub(crate) async fn seed(&self) {
         let (status, _, body) = answer(
-            self.http.post(format!("{}/v1/events", self.base)).bearer_auth(token("events:write")).json(&seed_events()).send().await.expect("post"),
+            self.http
+                .post(format!("{}/v1/events", self.base))
+                .bearer_auth(token("events:write"))
+                .json(&seed_events())
+                .send()
+                .await
+                .expect("post"),
         )
         .await;
         assert_eq!(status, 202, "{body}");
@@ -116,14 +122,62 @@ impl Pipeline {
 pub(crate) fn seed_events() -> Value {
     let modules = json!([{"module_id": "m1", "lessons": ["l1", "l2"]}]);
     json!([
-        event("c1", "course.published", "2026-11-02T08:00:00Z", None, json!({"course_id": "rust", "title": "Rust", "version": 1, "modules": modules})),
-        event("e1", "enrollment.created", "2026-11-02T09:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "rust", "source": "self"})),
-        event("e2", "enrollment.created", "2026-11-02T09:30:00Z", Some("bob"), json!({"learner_id": "bob", "course_id": "rust", "source": "self"})),
-        event("l1", "lesson.completed", "2026-11-03T10:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "rust", "lesson_id": "l1"})),
-        event("l2", "lesson.completed", "2026-11-04T10:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "rust", "lesson_id": "l2"})),
-        event("l3", "lesson.completed", "2026-11-04T11:00:00Z", Some("bob"), json!({"learner_id": "bob", "course_id": "rust", "lesson_id": "l1"})),
-        event("a1", "assessment.graded", "2026-11-04T12:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": "rust", "assessment_id": "quiz", "score": 8, "max_score": 10, "attempt": 1})),
-        event("p1", "payment.succeeded", "2026-11-02T08:30:00Z", Some("ada"), json!({"payment_id": "pay1", "learner_id": "ada", "course_id": "rust", "amount_minor": 4900, "currency": "EUR"})),
+        event(
+            "c1",
+            "course.published",
+            "2026-11-02T08:00:00Z",
+            None,
+            json!({"course_id": "rust", "title": "Rust", "version": 1, "modules": modules})
+        ),
+        event(
+            "e1",
+            "enrollment.created",
+            "2026-11-02T09:00:00Z",
+            Some("ada"),
+            json!({"learner_id": "ada", "course_id": "rust", "source": "self"})
+        ),
+        event(
+            "e2",
+            "enrollment.created",
+            "2026-11-02T09:30:00Z",
+            Some("bob"),
+            json!({"learner_id": "bob", "course_id": "rust", "source": "self"})
+        ),
+        event(
+            "l1",
+            "lesson.completed",
+            "2026-11-03T10:00:00Z",
+            Some("ada"),
+            json!({"learner_id": "ada", "course_id": "rust", "lesson_id": "l1"})
+        ),
+        event(
+            "l2",
+            "lesson.completed",
+            "2026-11-04T10:00:00Z",
+            Some("ada"),
+            json!({"learner_id": "ada", "course_id": "rust", "lesson_id": "l2"})
+        ),
+        event(
+            "l3",
+            "lesson.completed",
+            "2026-11-04T11:00:00Z",
+            Some("bob"),
+            json!({"learner_id": "bob", "course_id": "rust", "lesson_id": "l1"})
+        ),
+        event(
+            "a1",
+            "assessment.graded",
+            "2026-11-04T12:00:00Z",
+            Some("ada"),
+            json!({"learner_id": "ada", "course_id": "rust", "assessment_id": "quiz", "score": 8, "max_score": 10, "attempt": 1})
+        ),
+        event(
+            "p1",
+            "payment.succeeded",
+            "2026-11-02T08:30:00Z",
+            Some("ada"),
+            json!({"payment_id": "pay1", "learner_id": "ada", "course_id": "rust", "amount_minor": 4900, "currency": "EUR"})
+        ),
     ])
 }
 
@@ -260,7 +314,8 @@ fn hostile_callers() -> Vec<Caller> {
     // The admin claims with a header that names another algorithm.
     let with_header = |header: &str, signature: &str| format!("{}.{payload}.{signature}", b64(header.as_bytes()));
     // A valid acme token whose payload is swapped for another tenant's admin claims.
-    let tampered = format!("{}.{}.{}", parts[0], b64(&serde_json::to_vec(&claims(OTHER_TENANT, "svc", "admin", 3600)).expect("claims")), parts[2]);
+    let tampered =
+        format!("{}.{}.{}", parts[0], b64(&serde_json::to_vec(&claims(OTHER_TENANT, "svc", "admin", 3600)).expect("claims")), parts[2]);
     let tampered_scope = {
         let learner = sign_hs256(SECRET.as_bytes(), &claims(TENANT, "bob", "learner:read", 3600));
         let p: Vec<&str> = learner.split('.').collect();
@@ -269,28 +324,113 @@ fn hostile_callers() -> Vec<Caller> {
     // HS256 with the right secret, but an empty `tenant`.
     let no_tenant = sign_hs256(SECRET.as_bytes(), &claims("", "svc", "admin", 3600));
     vec![
-        Caller { what: "an analyst of another tenant", authorization: bearer(token_with(OTHER_TENANT, "svc", "analytics:read", 3600)), learner: None, analytics: None },
-        Caller { what: "an admin of another tenant", authorization: bearer(token_with(OTHER_TENANT, "root", "admin", 3600)), learner: None, analytics: None },
-        Caller { what: "learner `ada` of another tenant", authorization: bearer(token_with(OTHER_TENANT, "ada", "learner:read", 3600)), learner: None, analytics: Some(403) },
-        Caller { what: "another learner (bob)", authorization: bearer(token_with(TENANT, "bob", "learner:read", 3600)), learner: Some(403), analytics: Some(403) },
-        Caller { what: "the wrong scope (events:write)", authorization: bearer(token("events:write")), learner: Some(403), analytics: Some(403) },
+        Caller {
+            what: "an analyst of another tenant",
+            authorization: bearer(token_with(OTHER_TENANT, "svc", "analytics:read", 3600)),
+            learner: None,
+            analytics: None,
+        },
+        Caller {
+            what: "an admin of another tenant",
+            authorization: bearer(token_with(OTHER_TENANT, "root", "admin", 3600)),
+            learner: None,
+            analytics: None,
+        },
+        Caller {
+            what: "learner `ada` of another tenant",
+            authorization: bearer(token_with(OTHER_TENANT, "ada", "learner:read", 3600)),
+            learner: None,
+            analytics: Some(403),
+        },
+        Caller {
+            what: "another learner (bob)",
+            authorization: bearer(token_with(TENANT, "bob", "learner:read", 3600)),
+            learner: Some(403),
+            analytics: Some(403),
+        },
+        Caller {
+            what: "the wrong scope (events:write)",
+            authorization: bearer(token("events:write")),
+            learner: Some(403),
+            analytics: Some(403),
+        },
         Caller { what: "no scope", authorization: bearer(token("")), learner: Some(403), analytics: Some(403) },
-        Caller { what: "an unknown scope", authorization: bearer(token("analytics:write learner:write root")), learner: Some(403), analytics: Some(403) },
-        Caller { what: "an expired admin token", authorization: bearer(sign_hs256(SECRET.as_bytes(), &claims(TENANT, "svc", "admin", -3600))), learner: Some(401), analytics: Some(401) },
-        Caller { what: "a token signed with another secret", authorization: bearer(sign_hs256(b"guessed-secret", &admin)), learner: Some(401), analytics: Some(401) },
-        Caller { what: "another tenant's payload under acme's signature", authorization: bearer(tampered), learner: Some(401), analytics: Some(401) },
-        Caller { what: "a learner token edited to analytics:read", authorization: bearer(tampered_scope), learner: Some(401), analytics: Some(401) },
-        Caller { what: "alg: none without signature", authorization: bearer(with_header(r#"{"alg":"none","typ":"JWT"}"#, "")), learner: Some(401), analytics: Some(401) },
-        Caller { what: "alg: none with the HS256 signature", authorization: bearer(with_header(r#"{"alg":"none","typ":"JWT"}"#, parts[2])), learner: Some(401), analytics: Some(401) },
-        Caller { what: "alg: None (case)", authorization: bearer(with_header(r#"{"alg":"None","typ":"JWT"}"#, "")), learner: Some(401), analytics: Some(401) },
-        Caller { what: "alg: HS512 header on an HS256 signature", authorization: bearer(with_header(r#"{"alg":"HS512","typ":"JWT"}"#, parts[2])), learner: Some(401), analytics: Some(401) },
+        Caller {
+            what: "an unknown scope",
+            authorization: bearer(token("analytics:write learner:write root")),
+            learner: Some(403),
+            analytics: Some(403),
+        },
+        Caller {
+            what: "an expired admin token",
+            authorization: bearer(sign_hs256(SECRET.as_bytes(), &claims(TENANT, "svc", "admin", -3600))),
+            learner: Some(401),
+            analytics: Some(401),
+        },
+        Caller {
+            what: "a token signed with another secret",
+            authorization: bearer(sign_hs256(b"guessed-secret", &admin)),
+            learner: Some(401),
+            analytics: Some(401),
+        },
+        Caller {
+            what: "another tenant's payload under acme's signature",
+            authorization: bearer(tampered),
+            learner: Some(401),
+            analytics: Some(401),
+        },
+        Caller {
+            what: "a learner token edited to analytics:read",
+            authorization: bearer(tampered_scope),
+            learner: Some(401),
+            analytics: Some(401),
+        },
+        Caller {
+            what: "alg: none without signature",
+            authorization: bearer(with_header(r#"{"alg":"none","typ":"JWT"}"#, "")),
+            learner: Some(401),
+            analytics: Some(401),
+        },
+        Caller {
+            what: "alg: none with the HS256 signature",
+            authorization: bearer(with_header(r#"{"alg":"none","typ":"JWT"}"#, parts[2])),
+            learner: Some(401),
+            analytics: Some(401),
+        },
+        Caller {
+            what: "alg: None (case)",
+            authorization: bearer(with_header(r#"{"alg":"None","typ":"JWT"}"#, "")),
+            learner: Some(401),
+            analytics: Some(401),
+        },
+        Caller {
+            what: "alg: HS512 header on an HS256 signature",
+            authorization: bearer(with_header(r#"{"alg":"HS512","typ":"JWT"}"#, parts[2])),
+            learner: Some(401),
+            analytics: Some(401),
+        },
         Caller { what: "an empty tenant", authorization: bearer(no_tenant), learner: Some(401), analytics: Some(401) },
-        Caller { what: "the signature stripped", authorization: bearer(format!("{}.{}.", parts[0], parts[1])), learner: Some(401), analytics: Some(401) },
+        Caller {
+            what: "the signature stripped",
+            authorization: bearer(format!("{}.{}.", parts[0], parts[1])),
+            learner: Some(401),
+            analytics: Some(401),
+        },
         Caller { what: "no Authorization header", authorization: None, learner: Some(401), analytics: Some(401) },
         Caller { what: "`Bearer` without a token", authorization: Some("Bearer".to_owned()), learner: Some(401), analytics: Some(401) },
-        Caller { what: "`Bearer` and garbage", authorization: Some("Bearer not.a.jwt".to_owned()), learner: Some(401), analytics: Some(401) },
+        Caller {
+            what: "`Bearer` and garbage",
+            authorization: Some("Bearer not.a.jwt".to_owned()),
+            learner: Some(401),
+            analytics: Some(401),
+        },
         Caller { what: "a token without a scheme", authorization: Some(good.clone()), learner: Some(401), analytics: Some(401) },
-        Caller { what: "a Basic header on a read route", authorization: Some(format!("Basic {}", b64(format!("svc:{good}").as_bytes()))), learner: Some(401), analytics: Some(401) },
+        Caller {
+            what: "a Basic header on a read route",
+            authorization: Some(format!("Basic {}", b64(format!("svc:{good}").as_bytes()))),
+            learner: Some(401),
+            analytics: Some(401),
+        },
         Caller { what: "two tokens", authorization: Some(format!("Bearer {good} {good}")), learner: Some(401), analytics: Some(401) },
     ]
 }
@@ -308,14 +448,54 @@ fn issuer_callers(key: &TestKey) -> Vec<Caller> {
     let admin = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "svc", "tenant": TENANT, "scope": "admin",
                        "exp": chrono::Utc::now().timestamp() + 3600});
     vec![
-        Caller { what: "RS256: an admin of another tenant", authorization: bearer(rs256(key, ISSUER, AUDIENCE, OTHER_TENANT, "root", "admin", 3600)), learner: None, analytics: None },
-        Caller { what: "RS256: another learner (bob)", authorization: bearer(rs256(key, ISSUER, AUDIENCE, TENANT, "bob", "learner:read", 3600)), learner: Some(403), analytics: Some(403) },
-        Caller { what: "RS256: the wrong scope", authorization: bearer(rs256(key, ISSUER, AUDIENCE, TENANT, "svc", "events:write", 3600)), learner: Some(403), analytics: Some(403) },
-        Caller { what: "RS256: an expired admin token", authorization: bearer(rs256(key, ISSUER, AUDIENCE, TENANT, "svc", "admin", -3600)), learner: Some(401), analytics: Some(401) },
-        Caller { what: "RS256: another audience", authorization: bearer(rs256(key, ISSUER, "another-api", TENANT, "svc", "admin", 3600)), learner: Some(401), analytics: Some(401) },
-        Caller { what: "RS256: an issuer not configured", authorization: bearer(rs256(key, "https://evil.example/", AUDIENCE, TENANT, "svc", "admin", 3600)), learner: Some(401), analytics: Some(401) },
-        Caller { what: "RS256: an unknown kid", authorization: bearer(sign(Algorithm::RS256, "matrix-rsa-9", &key.encoding, &admin)), learner: Some(401), analytics: Some(401) },
-        Caller { what: "RS256: alg none with the key's kid", authorization: bearer(raw_token(&json!({"alg": "none", "kid": "matrix-rsa"}), &admin, b"")), learner: Some(401), analytics: Some(401) },
+        Caller {
+            what: "RS256: an admin of another tenant",
+            authorization: bearer(rs256(key, ISSUER, AUDIENCE, OTHER_TENANT, "root", "admin", 3600)),
+            learner: None,
+            analytics: None,
+        },
+        Caller {
+            what: "RS256: another learner (bob)",
+            authorization: bearer(rs256(key, ISSUER, AUDIENCE, TENANT, "bob", "learner:read", 3600)),
+            learner: Some(403),
+            analytics: Some(403),
+        },
+        Caller {
+            what: "RS256: the wrong scope",
+            authorization: bearer(rs256(key, ISSUER, AUDIENCE, TENANT, "svc", "events:write", 3600)),
+            learner: Some(403),
+            analytics: Some(403),
+        },
+        Caller {
+            what: "RS256: an expired admin token",
+            authorization: bearer(rs256(key, ISSUER, AUDIENCE, TENANT, "svc", "admin", -3600)),
+            learner: Some(401),
+            analytics: Some(401),
+        },
+        Caller {
+            what: "RS256: another audience",
+            authorization: bearer(rs256(key, ISSUER, "another-api", TENANT, "svc", "admin", 3600)),
+            learner: Some(401),
+            analytics: Some(401),
+        },
+        Caller {
+            what: "RS256: an issuer not configured",
+            authorization: bearer(rs256(key, "https://evil.example/", AUDIENCE, TENANT, "svc", "admin", 3600)),
+            learner: Some(401),
+            analytics: Some(401),
+        },
+        Caller {
+            what: "RS256: an unknown kid",
+            authorization: bearer(sign(Algorithm::RS256, "matrix-rsa-9", &key.encoding, &admin)),
+            learner: Some(401),
+            analytics: Some(401),
+        },
+        Caller {
+            what: "RS256: alg none with the key's kid",
+            authorization: bearer(raw_token(&json!({"alg": "none", "kid": "matrix-rsa"}), &admin, b"")),
+            learner: Some(401),
+            analytics: Some(401),
+        },
         Caller {
             what: "RS256: HS256 signed with the RSA public key",
             authorization: bearer(sign(Algorithm::HS256, "matrix-rsa", &EncodingKey::from_secret(key.public_pem.as_bytes()), &admin)),
@@ -340,7 +520,8 @@ async fn no_caller_reads_what_its_token_does_not_allow() {
     let issuers = format!(r#"[{{issuer="{ISSUER}", audience="{AUDIENCE}", jwks_url="{jwks_url}"}}]"#);
     // Tenant acme issues Open Badges credentials, so the credential route holds data too.
     let badge_key = dir.join("acme-issuer.pem");
-    let made = std::process::Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&badge_key).output().expect("openssl");
+    let made =
+        std::process::Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&badge_key).output().expect("openssl");
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let badge_issuers = format!(r#"{{{TENANT}={{name="Acme Academy", key_file="{}"}}}}"#, badge_key.display());
     let env = [
@@ -512,7 +693,8 @@ async fn oversized_and_slow_bodies_are_refused() {
     let writes = write_endpoints();
     for w in &writes {
         let request = |body: reqwest::Body| {
-            let mut r = p.http.request(w.method.clone(), format!("{}{}", p.base, w.route)).header("content-type", "application/json").body(body);
+            let mut r =
+                p.http.request(w.method.clone(), format!("{}{}", p.base, w.route)).header("content-type", "application/json").body(body);
             for (k, v) in &w.headers {
                 r = r.header(*k, v);
             }
@@ -544,12 +726,14 @@ async fn oversized_and_slow_bodies_are_refused() {
     // A batch of more events than `max_batch_events` (1000), small enough in bytes.
     let writer = token("events:write");
     let many: Vec<Value> = (0..1001).map(|_| json!({})).collect();
-    let (status, _, body) = answer(p.http.post(format!("{}/v1/events", p.base)).bearer_auth(&writer).json(&many).send().await.expect("post")).await;
+    let (status, _, body) =
+        answer(p.http.post(format!("{}/v1/events", p.base)).bearer_auth(&writer).json(&many).send().await.expect("post")).await;
     assert_eq!(status, 413, "{body}");
     // One event over `max_event_bytes` (64 KiB by default; 10 kB here) inside a batch that
     // fits: rejected at its index, the batch answered.
     let big = json!({"specversion": "1.0", "type": "course.retired", "source": "x".repeat(MAX_EVENT_BYTES), "time": "2026-11-02T08:00:00Z", "data": {"course_id": "c"}});
-    let (status, _, body) = answer(p.http.post(format!("{}/v1/events", p.base)).bearer_auth(&writer).json(&json!([big])).send().await.expect("post")).await;
+    let (status, _, body) =
+        answer(p.http.post(format!("{}/v1/events", p.base)).bearer_auth(&writer).json(&json!([big])).send().await.expect("post")).await;
     assert!(status == 202 || status == 422, "{status} {body}");
     assert!(body.to_string().contains("limit"), "{body}");
 
@@ -564,7 +748,11 @@ async fn oversized_and_slow_bodies_are_refused() {
         assert_eq!(status, 408, "{} slow body: {response}", w.route);
         assert!(response.contains("application/problem+json"), "{response}");
         let timeout = Duration::from_millis(BODY_TIMEOUT_MS);
-        assert!(took >= timeout && took < timeout + Duration::from_millis(2500), "{}: answered after {took:?}, the limit is {timeout:?}", w.route);
+        assert!(
+            took >= timeout && took < timeout + Duration::from_millis(2500),
+            "{}: answered after {took:?}, the limit is {timeout:?}",
+            w.route
+        );
         // Chunked, dribbled chunk by chunk, likewise.
         let head = raw_head(&p, w, "Transfer-Encoding: chunked\r\n");
         let chunked: Vec<u8> = body.iter().flat_map(|b| format!("1\r\n{}\r\n", *b as char).into_bytes()).collect();
@@ -580,7 +768,8 @@ async fn oversized_and_slow_bodies_are_refused() {
 
 /// The request line and headers of a write to `w` (ending with the blank line).
 fn raw_head(p: &Pipeline, w: &Write, framing: &str) -> Vec<u8> {
-    let mut head = format!("{} {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n{framing}", w.method, w.route, p.port);
+    let mut head =
+        format!("{} {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n{framing}", w.method, w.route, p.port);
     for (k, v) in &w.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }

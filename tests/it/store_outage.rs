@@ -55,7 +55,10 @@ async fn postgres_down_for_30_s_loses_and_doubles_nothing() {
     let ready = |port: u16| format!("http://127.0.0.1:{port}/readyz");
     let live = |port: u16| format!("http://127.0.0.1:{port}/livez");
     for port in [health, api_port] {
-        eventually("ready before the outage", Duration::from_secs(60), || async { (status(&http, &ready(port)).await == Some(200)).then_some(()) }).await;
+        eventually("ready before the outage", Duration::from_secs(60), || async {
+            (status(&http, &ready(port)).await == Some(200)).then_some(())
+        })
+        .await;
     }
 
     // One record per producer batch: tansu's memory engine skips the rest of a stored batch
@@ -107,7 +110,8 @@ async fn postgres_down_for_30_s_loses_and_doubles_nothing() {
     wait_for_offsets(&store, &k.group_id("catalog"), &all, &catalog).await;
     wait_for_offsets(&store, &k.group_id("progress"), &all, &learning).await;
     for port in [health, api_port] {
-        eventually("ready again", Duration::from_secs(30), || async { (status(&http, &ready(port)).await == Some(200)).then_some(()) }).await;
+        eventually("ready again", Duration::from_secs(30), || async { (status(&http, &ready(port)).await == Some(200)).then_some(()) })
+            .await;
     }
     eventually("the outbox to drain", Duration::from_secs(60), || async {
         (lms_store::outbox::pending(&store).await.ok()? == 0).then_some(())

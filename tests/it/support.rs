@@ -7,9 +7,9 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use lms_bus::{BusMetrics, ConsumerConfig, KafkaConfig, MemberConfig, OnQueueFull, Producer, TopicsFile};
 use lms_events::{Domain, Event, EventData, LessonRef};
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientConfig;
 
 /// `n` lesson.completed events over `learners` learners, each with a unique id.
 pub fn lesson_events(tenant: &str, n: usize, learners: usize) -> Vec<Event> {

@@ -26,8 +26,7 @@ async fn the_durable_broker_resumes_inside_a_record_batch() {
     let offsets: Vec<i64> = futures::future::join_all(sends).await.into_iter().map(|r| r.expect("delivered")).collect();
     assert_eq!((offsets[0], offsets[99]), (0, 99));
     for start in [1i64, 50, 99] {
-        let c: BaseConsumer =
-            ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", "probe").create().expect("consumer");
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", "probe").create().expect("consumer");
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, 0, Offset::Offset(start)).expect("tpl");
         c.assign(&tpl).expect("assign");

@@ -8,9 +8,9 @@ use std::path::Path;
 
 use lms_analytics::{AnalyticsStore, ClickHouseConfig, ClickHouseStore};
 use lms_bus::Secret;
-use tests::tls::{TestCa, TlsTerminator};
 use tests::clickhouse::OwnClickHouse;
 use tests::init_logs;
+use tests::tls::{TestCa, TlsTerminator};
 
 use crate::analytics_common::{Oracle, answers, assert_same, generate, oracle_answers, queries};
 

@@ -63,9 +63,27 @@ pub(crate) async fn a_lesson_reaches_progress(port: u16, course: &str, how: &str
 
     let modules = json!([{"module_id": "m1", "lessons": ["l1"]}]);
     let events = json!([
-        event("c1", "course.published", "2026-11-02T08:00:00Z", None, json!({"course_id": course, "title": course, "version": 1, "modules": modules})),
-        event("e1", "enrollment.created", "2026-11-02T09:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": course, "source": "self"})),
-        event("l1", "lesson.completed", "2026-11-03T10:00:00Z", Some("ada"), json!({"learner_id": "ada", "course_id": course, "lesson_id": "l1"})),
+        event(
+            "c1",
+            "course.published",
+            "2026-11-02T08:00:00Z",
+            None,
+            json!({"course_id": course, "title": course, "version": 1, "modules": modules})
+        ),
+        event(
+            "e1",
+            "enrollment.created",
+            "2026-11-02T09:00:00Z",
+            Some("ada"),
+            json!({"learner_id": "ada", "course_id": course, "source": "self"})
+        ),
+        event(
+            "l1",
+            "lesson.completed",
+            "2026-11-03T10:00:00Z",
+            Some("ada"),
+            json!({"learner_id": "ada", "course_id": course, "lesson_id": "l1"})
+        ),
     ]);
     let r = http.post(format!("{base}/v1/events")).bearer_auth(token("events:write")).json(&events).send().await.expect("post");
     let (status, _, body) = answer(r).await;

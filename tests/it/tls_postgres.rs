@@ -83,8 +83,7 @@ impl Drop for TlsPostgres {
 
 async fn ssl_in_use(url: &str) -> Result<bool, lms_store::StoreError> {
     let store = lms_store::Store::connect(url, 2).await?;
-    let (ssl,): (bool,) =
-        sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(store.pool()).await?;
+    let (ssl,): (bool,) = sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(store.pool()).await?;
     store.close().await;
     Ok(ssl)
 }

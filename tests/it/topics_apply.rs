@@ -96,7 +96,8 @@ async fn the_lms_topics_commands_plan_apply_and_apply_again() {
     assert_eq!(code, Some(2), "{json}{err}");
     let json: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("plan --json is JSON ({e}): {json}"));
     assert_eq!(json["changes_pending"], true, "{json}");
-    let created: Vec<&str> = json["actions"].as_array().into_iter().flatten().filter(|a| a["action"] == "create").filter_map(|a| a["topic"].as_str()).collect();
+    let created: Vec<&str> =
+        json["actions"].as_array().into_iter().flatten().filter(|a| a["action"] == "create").filter_map(|a| a["topic"].as_str()).collect();
     let wanted: Vec<String> = file.topics.iter().map(|t| format!("{prefix}{}", t.name)).collect();
     assert_eq!(created, wanted, "{json}");
 

@@ -23,8 +23,7 @@ pub fn chromium_bin() -> PathBuf {
 /// Where tests leave files for people to look at (`LMS_TEST_ARTIFACTS_DIR`, set by
 /// `cargo xtask test`; a temporary directory otherwise). Created if missing.
 pub fn artifacts_dir() -> PathBuf {
-    let dir = std::env::var_os("LMS_TEST_ARTIFACTS_DIR")
-        .map_or_else(|| std::env::temp_dir().join("lms-test-artifacts"), PathBuf::from);
+    let dir = std::env::var_os("LMS_TEST_ARTIFACTS_DIR").map_or_else(|| std::env::temp_dir().join("lms-test-artifacts"), PathBuf::from);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
     dir
 }
@@ -114,12 +113,7 @@ impl Visit {
         };
         let out = Output { status, stdout: out_reader.join().unwrap_or_default(), stderr: err_reader.join().unwrap_or_default() };
         let _ = std::fs::remove_dir_all(&profile);
-        assert!(
-            out.status.success(),
-            "Chromium failed ({}) on {args:?}:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "Chromium failed ({}) on {args:?}:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
         out
     }
 }

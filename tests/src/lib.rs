@@ -16,9 +16,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
 
 /// Bootstrap servers of the shared test broker (tansu, memory engine): fast, but its
 /// watermarks are wrong and it cannot resume inside a record batch (see
@@ -94,8 +94,7 @@ where
 
 /// Creates a topic with `partitions` partitions (replication 1) on `brokers`.
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
     let nt = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let res = admin
         .create_topics([&nt], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
@@ -187,12 +186,7 @@ impl OwnBroker {
         if self.authentication {
             command.arg("--authentication");
         }
-        let child = command
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start tansu (LMS_TANSU_BIN)");
+        let child = command.current_dir(&self.dir).stdout(Stdio::null()).stderr(log).spawn().expect("start tansu (LMS_TANSU_BIN)");
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.port);
         eventually("the test broker to accept connections", Duration::from_secs(30), || {

@@ -60,22 +60,10 @@ pub const REQUIREMENTS: &[Requirement] = &[
     Requirement {
         name: "tansu 0.6.0",
         check: Check::Custom(tansu_present),
-        install: Install::Cargo(&[
-            "tansu",
-            "--locked",
-            "--version",
-            TANSU_VERSION,
-            "--features",
-            "dynostore,libsql",
-        ]),
+        install: Install::Cargo(&["tansu", "--locked", "--version", TANSU_VERSION, "--features", "dynostore,libsql"]),
         note: Some("this takes about 11 minutes on 2 cores"),
     },
-    Requirement {
-        name: "postgresql",
-        check: Check::Custom(postgres_present),
-        install: Install::Apt(&["postgresql"]),
-        note: None,
-    },
+    Requirement { name: "postgresql", check: Check::Custom(postgres_present), install: Install::Apt(&["postgresql"]), note: None },
     Requirement {
         name: "clickhouse",
         check: Check::OnPath("clickhouse-server"),
@@ -125,12 +113,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
         install: Install::Apt(&["stunnel4"]),
         note: Some("a TLS terminator in front of tansu and ClickHouse (tests/it/tls_*.rs)"),
     },
-    Requirement {
-        name: "chromium",
-        check: Check::FileExists("/usr/bin/chromium"),
-        install: Install::Apt(&["chromium"]),
-        note: None,
-    },
+    Requirement { name: "chromium", check: Check::FileExists("/usr/bin/chromium"), install: Install::Apt(&["chromium"]), note: None },
 ];
 
 /// What `cargo xtask fuzz` needs besides the nightly toolchain.
@@ -155,20 +138,11 @@ pub fn ensure(requirements: &[Requirement]) -> Result<()> {
             println!("{}: present", requirement.name);
             continue;
         }
-        let note = requirement
-            .note
-            .map_or_else(String::new, |note| format!("; {note}"));
-        println!(
-            "{}: installing with `{}`{note}",
-            requirement.name,
-            requirement.install.describe()
-        );
+        let note = requirement.note.map_or_else(String::new, |note| format!("; {note}"));
+        println!("{}: installing with `{}`{note}", requirement.name, requirement.install.describe());
         requirement.install.run(&mut apt)?;
         if !requirement.check.passes() {
-            return Err(format!(
-                "{} is still missing after installing it",
-                requirement.name
-            ));
+            return Err(format!("{} is still missing after installing it", requirement.name));
         }
         println!("{}: installed", requirement.name);
     }
@@ -206,8 +180,7 @@ impl Install {
             Self::Cargo(args) => util::run(Command::new(util::cargo()).arg("install").args(*args)),
             Self::Apt(packages) => apt.install(packages),
             Self::Pip(packages) => {
-                let pip_works =
-                    util::succeeds(Command::new("python3").args(["-m", "pip", "--version"]));
+                let pip_works = util::succeeds(Command::new("python3").args(["-m", "pip", "--version"]));
                 if !pip_works {
                     println!("pip: installing with `apt-get install -y python3-pip`");
                     apt.install(&["python3-pip"])?;
@@ -255,10 +228,7 @@ fn privileged(args: &[&str]) -> Result<Command> {
         sudo.arg("env");
         sudo
     } else {
-        return Err(format!(
-            "`{}` needs root, and xtask runs neither as root nor with sudo available",
-            args.join(" ")
-        ));
+        return Err(format!("`{}` needs root, and xtask runs neither as root nor with sudo available", args.join(" ")));
     };
     command.arg("DEBIAN_FRONTEND=noninteractive").args(args);
     Ok(command)
@@ -298,15 +268,10 @@ pub fn find_tansu() -> Option<PathBuf> {
 
 /// Whether `<tansu> --version` reports [`TANSU_VERSION`].
 fn tansu_version_matches(tansu: &Path) -> bool {
-    Command::new(tansu)
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| {
-            output.status.success()
-                && String::from_utf8_lossy(&output.stdout)
-                    .split_whitespace()
-                    .any(|word| word.trim_start_matches('v') == TANSU_VERSION)
-        })
+    Command::new(tansu).arg("--version").output().is_ok_and(|output| {
+        output.status.success()
+            && String::from_utf8_lossy(&output.stdout).split_whitespace().any(|word| word.trim_start_matches('v') == TANSU_VERSION)
+    })
 }
 
 /// The `bin` directory of the newest PostgreSQL server installed by Debian's

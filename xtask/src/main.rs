@@ -22,9 +22,11 @@ const USAGE: &str = "\
 Usage: cargo xtask <command> [options]
 
 Commands:
-  test [-- <args>]  Install what is missing, start the services, run
+  test [-- <args>]  Check formatting (`cargo fmt --all --check`), install what is
+                    missing, start the services, run
                     `cargo nextest run --workspace --no-fail-fast --profile ci <args>`
                     with the services' addresses in the environment, then stop them.
+                    Unformatted code fails the run after the tests.
                     The fuzz targets are not part of it (their build alone takes
                     longer than the suite): run `cargo xtask fuzz` as a step of its own.
   services          Install what is missing, start the services, print their
@@ -90,6 +92,16 @@ fn test(args: &[String]) -> Result<ExitCode> {
         _ => args,
     };
 
+    // Formatting first (seconds); a failure does not stop the suite, so one run shows both.
+    let formatted = Command::new(util::cargo())
+        .current_dir(util::workspace_root())
+        .args(["fmt", "--all", "--check"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !formatted {
+        eprintln!("xtask: `cargo fmt --all --check` found unformatted code (the diff above; `cargo fmt --all` fixes it)");
+    }
+
     install::ensure_all()?;
     util::prune_target();
     let services = Services::start(&Layout::new())?;
@@ -104,33 +116,16 @@ fn test(args: &[String]) -> Result<ExitCode> {
     // (`cargo test --workspace`, dev-dependencies included): `-p lms` alone resolves tokio
     // without `test-util`, getrandom without `std` (proptest's) and figment without `test`,
     // and every crate above them (tokio, uuid and DataFusion among them) was compiled twice.
-    util::run(
-        Command::new(util::cargo())
-            .current_dir(util::workspace_root())
-            .args(["build", "--workspace", "--tests", "--bin", "lms"]),
-    )?;
+    util::run(Command::new(util::cargo()).current_dir(util::workspace_root()).args(["build", "--workspace", "--tests", "--bin", "lms"]))?;
     let lms_bin = util::target_dir().join("debug").join("lms");
 
     let mut nextest = Command::new(util::cargo());
-    nextest.current_dir(util::workspace_root()).args([
-        "nextest",
-        "run",
-        "--workspace",
-        "--no-fail-fast",
-        "--profile",
-        "ci",
-    ]);
+    nextest.current_dir(util::workspace_root()).args(["nextest", "run", "--workspace", "--no-fail-fast", "--profile", "ci"]);
     // A run that executes no test at all must fail rather than pass silently.
-    if !extra
-        .iter()
-        .any(|arg| arg == "--no-tests" || arg.starts_with("--no-tests="))
-    {
+    if !extra.iter().any(|arg| arg == "--no-tests" || arg.starts_with("--no-tests=")) {
         nextest.arg("--no-tests=fail");
     }
-    nextest
-        .args(extra)
-        .envs(env.iter().map(|(name, value)| (*name, value)))
-        .env("LMS_BIN", &lms_bin);
+    nextest.args(extra).envs(env.iter().map(|(name, value)| (*name, value))).env("LMS_BIN", &lms_bin);
     println!("running {nextest:?}");
     let status = nextest.status();
 
@@ -140,11 +135,12 @@ fn test(args: &[String]) -> Result<ExitCode> {
     if !status.success() {
         eprintln!("xtask: cargo nextest failed ({status})");
     }
+    if !formatted {
+        eprintln!("xtask: the tests ran, but the code is not formatted (`cargo fmt --all`)");
+        return Ok(ExitCode::FAILURE);
+    }
     // A nextest killed by a signal has no exit code; report a plain failure then.
-    Ok(status
-        .code()
-        .and_then(|code| u8::try_from(code).ok())
-        .map_or(ExitCode::FAILURE, ExitCode::from))
+    Ok(status.code().and_then(|code| u8::try_from(code).ok()).map_or(ExitCode::FAILURE, ExitCode::from))
 }
 
 /// The cargo-fuzz targets of `fuzz/`.
@@ -215,10 +211,7 @@ fn services() -> Result<ExitCode> {
         println!("export {name}={}", util::shell_quote(&value));
     }
     println!();
-    println!(
-        "(also in {}: `source` it in another shell)",
-        env_file.display()
-    );
+    println!("(also in {}: `source` it in another shell)", env_file.display());
     println!("The services are running. Press Enter or close stdin to stop them.");
     // Any outcome of reading — a line, end of input or an error — means stop.
     let _ = io::stdin().lock().read_line(&mut String::new());

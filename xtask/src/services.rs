@@ -48,10 +48,7 @@ impl Layout {
     /// The layout under the current Cargo target directory.
     pub fn new() -> Self {
         let xtask = util::target_dir().join("xtask");
-        Self {
-            services: xtask.join("services"),
-            artifacts: xtask.join("artifacts"),
-        }
+        Self { services: xtask.join("services"), artifacts: xtask.join("artifacts") }
     }
 
     /// Stops processes left over by a previous run, removes that run's files
@@ -69,9 +66,7 @@ impl Layout {
         util::remove_dir_if_exists(&self.artifacts)?;
         util::create_dir(&self.services)?;
         util::create_dir(&self.artifacts)?;
-        Ok(PidFile {
-            path: self.services.join("pids"),
-        })
+        Ok(PidFile { path: self.services.join("pids") })
     }
 }
 
@@ -84,26 +79,14 @@ struct Tools {
 
 impl Tools {
     fn locate() -> Result<Self> {
-        let tansu = install::find_tansu().ok_or_else(|| {
-            format!(
-                "tansu {} was not found on the PATH or in ~/.cargo/bin",
-                install::TANSU_VERSION
-            )
-        })?;
-        let postgres_bin = install::postgres_bin_dir()
-            .ok_or("PostgreSQL was not found under /usr/lib/postgresql/*/bin")?;
-        let clickhouse_server = util::find_on_path("clickhouse-server")
-            .ok_or("clickhouse-server is not on the PATH")?;
+        let tansu = install::find_tansu()
+            .ok_or_else(|| format!("tansu {} was not found on the PATH or in ~/.cargo/bin", install::TANSU_VERSION))?;
+        let postgres_bin = install::postgres_bin_dir().ok_or("PostgreSQL was not found under /usr/lib/postgresql/*/bin")?;
+        let clickhouse_server = util::find_on_path("clickhouse-server").ok_or("clickhouse-server is not on the PATH")?;
         if !Path::new(CLICKHOUSE_CONFIG).is_file() {
-            return Err(format!(
-                "the ClickHouse configuration {CLICKHOUSE_CONFIG} is missing"
-            ));
+            return Err(format!("the ClickHouse configuration {CLICKHOUSE_CONFIG} is missing"));
         }
-        Ok(Self {
-            tansu,
-            postgres_bin,
-            clickhouse_server,
-        })
+        Ok(Self { tansu, postgres_bin, clickhouse_server })
     }
 }
 
@@ -133,40 +116,15 @@ impl Services {
     pub fn start(layout: &Layout) -> Result<Self> {
         let tools = Tools::locate()?;
         let pids = layout.reset()?;
-        let [
-            kafka_port,
-            durable_port,
-            postgres_port,
-            ch_http,
-            ch_tcp,
-            ch_interserver,
-        ] = util::free_ports::<6>()?;
+        let [kafka_port, durable_port, postgres_port, ch_http, ch_tcp, ch_interserver] = util::free_ports::<6>()?;
         let dir = &layout.services;
 
         // The processes that need no set-up are started first so that they come
         // up while PostgreSQL is being initialised.
-        let mut kafka = spawn_tansu(
-            "tansu (memory engine)",
-            &tools.tansu,
-            &dir.join("kafka"),
-            kafka_port,
-            "memory://tansu/",
-            &pids,
-        )?;
-        let mut kafka_durable = spawn_tansu(
-            "tansu (sqlite engine)",
-            &tools.tansu,
-            &dir.join("kafka-durable"),
-            durable_port,
-            "sqlite://tansu.db",
-            &pids,
-        )?;
-        let mut clickhouse = spawn_clickhouse(
-            &tools.clickhouse_server,
-            &dir.join("clickhouse"),
-            [ch_http, ch_tcp, ch_interserver],
-            &pids,
-        )?;
+        let mut kafka = spawn_tansu("tansu (memory engine)", &tools.tansu, &dir.join("kafka"), kafka_port, "memory://tansu/", &pids)?;
+        let mut kafka_durable =
+            spawn_tansu("tansu (sqlite engine)", &tools.tansu, &dir.join("kafka-durable"), durable_port, "sqlite://tansu.db", &pids)?;
+        let mut clickhouse = spawn_clickhouse(&tools.clickhouse_server, &dir.join("clickhouse"), [ch_http, ch_tcp, ch_interserver], &pids)?;
         let postgres = Postgres::start(&tools.postgres_bin, dir, postgres_port, &pids)?;
 
         wait_for_kafka(&mut kafka, kafka_port)?;
@@ -179,12 +137,7 @@ impl Services {
             _kafka_durable: kafka_durable,
             _clickhouse: clickhouse,
             _postgres: postgres,
-            ports: Ports {
-                kafka: kafka_port,
-                kafka_durable: durable_port,
-                postgres: postgres_port,
-                clickhouse_http: ch_http,
-            },
+            ports: Ports { kafka: kafka_port, kafka_durable: durable_port, postgres: postgres_port, clickhouse_http: ch_http },
             tansu: tools.tansu,
             services_dir: layout.services.clone(),
             artifacts_dir: layout.artifacts.clone(),
@@ -195,31 +148,13 @@ impl Services {
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let ports = &self.ports;
         vec![
-            (
-                "LMS_TEST_KAFKA_BROKERS",
-                format!("127.0.0.1:{}", ports.kafka),
-            ),
-            (
-                "LMS_TEST_KAFKA_DURABLE_BROKERS",
-                format!("127.0.0.1:{}", ports.kafka_durable),
-            ),
-            (
-                "LMS_TEST_POSTGRES_URL",
-                format!("postgres://postgres@127.0.0.1:{}/postgres", ports.postgres),
-            ),
-            (
-                "LMS_TEST_CLICKHOUSE_URL",
-                format!("http://127.0.0.1:{}", ports.clickhouse_http),
-            ),
+            ("LMS_TEST_KAFKA_BROKERS", format!("127.0.0.1:{}", ports.kafka)),
+            ("LMS_TEST_KAFKA_DURABLE_BROKERS", format!("127.0.0.1:{}", ports.kafka_durable)),
+            ("LMS_TEST_POSTGRES_URL", format!("postgres://postgres@127.0.0.1:{}/postgres", ports.postgres)),
+            ("LMS_TEST_CLICKHOUSE_URL", format!("http://127.0.0.1:{}", ports.clickhouse_http)),
             ("LMS_TANSU_BIN", self.tansu.to_string_lossy().into_owned()),
-            (
-                "LMS_TEST_SERVICES_DIR",
-                self.services_dir.to_string_lossy().into_owned(),
-            ),
-            (
-                "LMS_TEST_ARTIFACTS_DIR",
-                self.artifacts_dir.to_string_lossy().into_owned(),
-            ),
+            ("LMS_TEST_SERVICES_DIR", self.services_dir.to_string_lossy().into_owned()),
+            ("LMS_TEST_ARTIFACTS_DIR", self.artifacts_dir.to_string_lossy().into_owned()),
         ]
     }
 
@@ -227,13 +162,8 @@ impl Services {
     /// that another shell can `source` it, and returns the file's path.
     pub fn write_env_file(&self) -> Result<PathBuf> {
         let path = self.services_dir.join("env");
-        let text: String = self
-            .env()
-            .iter()
-            .map(|(name, value)| format!("export {name}={}\n", util::shell_quote(value)))
-            .collect();
-        fs::write(&path, text)
-            .map_err(|error| format!("could not write {}: {error}", path.display()))?;
+        let text: String = self.env().iter().map(|(name, value)| format!("export {name}={}\n", util::shell_quote(value))).collect();
+        fs::write(&path, text).map_err(|error| format!("could not write {}: {error}", path.display()))?;
         Ok(path)
     }
 }
@@ -266,8 +196,7 @@ fn stop_leftovers(services: &Path) -> Result<()> {
     let mut signalled = Vec::new();
     for line in text.lines() {
         let mut fields = line.splitn(3, '\t');
-        let (Some(pid), Some(signal), Some(cwd)) = (fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(pid), Some(signal), Some(cwd)) = (fields.next(), fields.next(), fields.next()) else {
             continue;
         };
         let Ok(pid) = pid.parse::<u32>() else {
@@ -292,20 +221,14 @@ fn stop_leftovers(services: &Path) -> Result<()> {
     for pid in &signalled {
         util::signal(*pid, "KILL");
     }
-    util::poll_until(
-        "the exit of killed leftover processes",
-        STOP_TIMEOUT,
-        all_exited,
-    )
+    util::poll_until("the exit of killed leftover processes", STOP_TIMEOUT, all_exited)
 }
 
 /// Whether the process's working directory is `dir` or inside it (possibly deleted).
 fn process_runs_in(pid: u32, dir: &str) -> bool {
     util::process_cwd(pid).is_some_and(|cwd| {
         let cwd = cwd.to_string_lossy();
-        cwd.strip_prefix(dir).is_some_and(|rest| {
-            rest.is_empty() || rest.starts_with('/') || rest.starts_with(" (deleted)")
-        })
+        cwd.strip_prefix(dir).is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with(" (deleted)"))
     })
 }
 
@@ -321,22 +244,10 @@ struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `command` in `dir` with its output going to `<dir>/<log>` and
     /// records it in the pid file.
-    fn spawn(
-        name: &'static str,
-        command: &mut Command,
-        dir: &Path,
-        log: &str,
-        pids: &PidFile,
-    ) -> Result<Self> {
+    fn spawn(name: &'static str, command: &mut Command, dir: &Path, log: &str, pids: &PidFile) -> Result<Self> {
         let log = dir.join(log);
-        let output = File::create(&log)
-            .map_err(|error| format!("could not create {}: {error}", log.display()))?;
-        let errors = output.try_clone().map_err(|error| {
-            format!(
-                "could not duplicate the handle of {}: {error}",
-                log.display()
-            )
-        })?;
+        let output = File::create(&log).map_err(|error| format!("could not create {}: {error}", log.display()))?;
+        let errors = output.try_clone().map_err(|error| format!("could not duplicate the handle of {}: {error}", log.display()))?;
         let child = command
             .current_dir(dir)
             .stdin(Stdio::null())
@@ -344,12 +255,7 @@ impl ServiceProcess {
             .stderr(errors)
             .spawn()
             .map_err(|error| format!("could not start {name} ({command:?}): {error}"))?;
-        let process = Self {
-            name,
-            child,
-            logs: vec![log],
-            stopped: false,
-        };
+        let process = Self { name, child, logs: vec![log], stopped: false };
         pids.record(process.child.id(), "KILL", dir)?;
         Ok(process)
     }
@@ -365,11 +271,7 @@ impl ServiceProcess {
 
     /// Polls `probe` until it succeeds, failing early if the process exits;
     /// on failure the message ends with the tails of the service's logs.
-    fn wait_ready(
-        &mut self,
-        timeout: Duration,
-        mut probe: impl FnMut() -> Result<()>,
-    ) -> Result<()> {
+    fn wait_ready(&mut self, timeout: Duration, mut probe: impl FnMut() -> Result<()>) -> Result<()> {
         let what = format!("{} becoming ready", self.name);
         let result = util::poll_until(&what, timeout, || {
             if let Err(error) = self.check_running() {
@@ -396,16 +298,11 @@ impl ServiceProcess {
             return;
         }
         util::signal(self.child.id(), "TERM");
-        let exited =
-            util::poll_until(
-                &format!("the exit of {}", self.name),
-                STOP_TIMEOUT,
-                || match self.child.try_wait() {
-                    Ok(Some(_)) => Attempt::Ready(()),
-                    Ok(None) => Attempt::NotYet("still running after SIGTERM".to_owned()),
-                    Err(error) => Attempt::Failed(error.to_string()),
-                },
-            );
+        let exited = util::poll_until(&format!("the exit of {}", self.name), STOP_TIMEOUT, || match self.child.try_wait() {
+            Ok(Some(_)) => Attempt::Ready(()),
+            Ok(None) => Attempt::NotYet("still running after SIGTERM".to_owned()),
+            Err(error) => Attempt::Failed(error.to_string()),
+        });
         if exited.is_err() {
             eprintln!("{} did not exit after SIGTERM; killing it", self.name);
             // Killing fails only if the process has already been reaped.
@@ -424,14 +321,7 @@ impl Drop for ServiceProcess {
 
 /// Starts a tansu broker listening on `port`, with `dir` as its working
 /// directory (relative storage paths such as `sqlite://tansu.db` resolve there).
-fn spawn_tansu(
-    name: &'static str,
-    tansu: &Path,
-    dir: &Path,
-    port: u16,
-    storage_engine: &str,
-    pids: &PidFile,
-) -> Result<ServiceProcess> {
+fn spawn_tansu(name: &'static str, tansu: &Path, dir: &Path, port: u16, storage_engine: &str, pids: &PidFile) -> Result<ServiceProcess> {
     util::create_dir(dir)?;
     let url = format!("tcp://127.0.0.1:{port}");
     let mut command = Command::new(tansu);
@@ -444,30 +334,20 @@ fn spawn_tansu(
         .env_remove("SCHEMA_REGISTRY")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
     let process = ServiceProcess::spawn(name, &mut command, dir, "tansu.log", pids)?;
-    println!(
-        "started {name} on 127.0.0.1:{port} (log: {})",
-        dir.join("tansu.log").display()
-    );
+    println!("started {name} on 127.0.0.1:{port} (log: {})", dir.join("tansu.log").display());
     Ok(process)
 }
 
 /// Waits until the tansu broker answers a Kafka `ApiVersions` request.
 fn wait_for_kafka(process: &mut ServiceProcess, port: u16) -> Result<()> {
-    process.wait_ready(TANSU_READY_TIMEOUT, || {
-        util::kafka_api_versions(util::loopback(port), PROBE_TIMEOUT)
-    })?;
+    process.wait_ready(TANSU_READY_TIMEOUT, || util::kafka_api_versions(util::loopback(port), PROBE_TIMEOUT))?;
     println!("{} is ready", process.name);
     Ok(())
 }
 
 /// Starts a private ClickHouse server in `dir`, using the packaged
 /// configuration with ports, paths and logs overridden on the command line.
-fn spawn_clickhouse(
-    server: &Path,
-    dir: &Path,
-    [http, tcp, interserver]: [u16; 3],
-    pids: &PidFile,
-) -> Result<ServiceProcess> {
+fn spawn_clickhouse(server: &Path, dir: &Path, [http, tcp, interserver]: [u16; 3], pids: &PidFile) -> Result<ServiceProcess> {
     for sub in ["data", "tmp", "user_files", "format_schemas"] {
         util::create_dir(&dir.join(sub))?;
     }
@@ -486,33 +366,19 @@ fn spawn_clickhouse(
         .arg(format!("--interserver_http_port={interserver}"))
         .arg("--listen_host=127.0.0.1")
         .arg(format!("--logger.log={}", dir.join("server.log").display()))
-        .arg(format!(
-            "--logger.errorlog={}",
-            dir.join("error.log").display()
-        ))
+        .arg(format!("--logger.errorlog={}", dir.join("error.log").display()))
         .arg("--logger.console=0");
     let mut process = ServiceProcess::spawn("clickhouse", &mut command, dir, "stdout.log", pids)?;
     process.logs.push(dir.join("error.log"));
-    println!(
-        "started clickhouse on 127.0.0.1:{http} (http), {tcp} (native), {interserver} (interserver) (logs: {})",
-        dir.display()
-    );
+    println!("started clickhouse on 127.0.0.1:{http} (http), {tcp} (native), {interserver} (interserver) (logs: {})", dir.display());
     Ok(process)
 }
 
 /// Waits until ClickHouse answers `SELECT 1` over HTTP.
 fn wait_for_clickhouse(process: &mut ServiceProcess, http_port: u16) -> Result<()> {
     process.wait_ready(DATABASE_READY_TIMEOUT, || {
-        let (status, body) = util::http_get(
-            util::loopback(http_port),
-            "/?query=SELECT%201",
-            PROBE_TIMEOUT,
-        )?;
-        if status == 200 && body.trim() == "1" {
-            Ok(())
-        } else {
-            Err(format!("SELECT 1 answered {status}: {}", body.trim()))
-        }
+        let (status, body) = util::http_get(util::loopback(http_port), "/?query=SELECT%201", PROBE_TIMEOUT)?;
+        if status == 200 && body.trim() == "1" { Ok(()) } else { Err(format!("SELECT 1 answered {status}: {}", body.trim())) }
     })?;
     println!("clickhouse is ready");
     Ok(())
@@ -554,14 +420,7 @@ impl Postgres {
                 .command("initdb")
                 .arg("-D")
                 .arg(&postgres.data)
-                .args([
-                    "-A",
-                    "trust",
-                    "-U",
-                    "postgres",
-                    "--encoding=UTF8",
-                    "--locale=C.UTF-8",
-                ])
+                .args(["-A", "trust", "-U", "postgres", "--encoding=UTF8", "--locale=C.UTF-8"])
                 // Skipping initdb's final flush to disk makes it much faster; the server itself keeps fsync on.
                 .arg("--no-sync"),
         )?;
@@ -574,19 +433,12 @@ impl Postgres {
         // if the server did not start.
         postgres.running = true;
         util::run_captured(
-            postgres
-                .command("pg_ctl")
-                .arg("-D")
-                .arg(&postgres.data)
-                .args(["-o", &options])
-                .arg("-l")
-                .arg(&postgres.log)
-                .args([
-                    "-w",
-                    "-t",
-                    &DATABASE_READY_TIMEOUT.as_secs().to_string(),
-                    "start",
-                ]),
+            postgres.command("pg_ctl").arg("-D").arg(&postgres.data).args(["-o", &options]).arg("-l").arg(&postgres.log).args([
+                "-w",
+                "-t",
+                &DATABASE_READY_TIMEOUT.as_secs().to_string(),
+                "start",
+            ]),
         )
         .map_err(|error| format!("{error}\n{}", util::tail(&postgres.log, 30)))?;
 
@@ -598,10 +450,7 @@ impl Postgres {
             .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
             .ok_or_else(|| format!("could not read the server pid from {}", pid_file.display()))?;
         pids.record(pid, "QUIT", &postgres.data)?;
-        println!(
-            "started postgresql on 127.0.0.1:{port} (log: {})",
-            postgres.log.display()
-        );
+        println!("started postgresql on 127.0.0.1:{port} (log: {})", postgres.log.display());
         Ok(postgres)
     }
 
@@ -624,22 +473,9 @@ impl Postgres {
     fn wait_ready(&self) -> Result<()> {
         let port = self.port.to_string();
         let mut pg_isready = Command::new(self.bin.join("pg_isready"));
-        pg_isready.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ]);
+        pg_isready.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "postgres"]);
         util::poll_until("postgresql becoming ready", DATABASE_READY_TIMEOUT, || {
-            if util::succeeds(&mut pg_isready) {
-                Attempt::Ready(())
-            } else {
-                Attempt::NotYet("pg_isready failed".to_owned())
-            }
+            if util::succeeds(&mut pg_isready) { Attempt::Ready(()) } else { Attempt::NotYet("pg_isready failed".to_owned()) }
         })
         .map_err(|error| format!("{error}\n{}", util::tail(&self.log, 30)))?;
         println!("postgresql is ready");
@@ -654,9 +490,7 @@ impl Drop for Postgres {
         }
         let timeout = STOP_TIMEOUT.as_secs().to_string();
         let mut stop = self.command("pg_ctl");
-        stop.arg("-D")
-            .arg(&self.data)
-            .args(["-m", "fast", "-w", "-t", &timeout, "stop"]);
+        stop.arg("-D").arg(&self.data).args(["-m", "fast", "-w", "-t", &timeout, "stop"]);
         match util::run_captured(&mut stop) {
             Ok(_) => println!("stopped postgresql"),
             Err(error) => eprintln!("could not stop postgresql: {error}"),
@@ -677,12 +511,7 @@ fn postgres_root(services: &Path, as_postgres_user: bool) -> Result<PathBuf> {
     }
     let socket_path_len = preferred.as_os_str().len() + "/.s.PGSQL.65535".len();
     let reachable = !as_postgres_user
-        || util::succeeds(
-            Command::new("runuser")
-                .args(["-u", "postgres", "--", "test", "-w"])
-                .arg(&preferred)
-                .current_dir("/"),
-        );
+        || util::succeeds(Command::new("runuser").args(["-u", "postgres", "--", "test", "-w"]).arg(&preferred).current_dir("/"));
     if reachable && socket_path_len <= MAX_SOCKET_PATH {
         return Ok(preferred);
     }
@@ -697,13 +526,7 @@ fn postgres_root(services: &Path, as_postgres_user: bool) -> Result<PathBuf> {
     }
     fs::remove_dir(&preferred)
         .and_then(|()| std::os::unix::fs::symlink(&outside, &preferred))
-        .map_err(|error| {
-            format!(
-                "could not link {} to {}: {error}",
-                preferred.display(),
-                outside.display()
-            )
-        })?;
+        .map_err(|error| format!("could not link {} to {}: {error}", preferred.display(), outside.display()))?;
     println!(
         "note: PostgreSQL cannot use {} (not reachable by the postgres user, or the socket path is too long), \
          so its files are in {} (linked from there)",

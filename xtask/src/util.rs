@@ -27,12 +27,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// each other's unchanged build of xtask, so the compiled-in path can name another clone
 /// (one that may be gone).
 pub fn workspace_root() -> PathBuf {
-    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    manifest_dir
-        .parent()
-        .map_or_else(|| manifest_dir.clone(), Path::to_path_buf)
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().map_or_else(|| manifest_dir.clone(), Path::to_path_buf)
 }
 
 /// The Cargo target directory: `$CARGO_TARGET_DIR` when it is set (relative
@@ -42,11 +38,7 @@ pub fn target_dir() -> PathBuf {
     match env::var_os("CARGO_TARGET_DIR").filter(|value| !value.is_empty()) {
         Some(dir) => {
             let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                dir
-            } else {
-                env::current_dir().map_or(dir.clone(), |cwd| cwd.join(&dir))
-            }
+            if dir.is_absolute() { dir } else { env::current_dir().map_or(dir.clone(), |cwd| cwd.join(&dir)) }
         }
         None => workspace_root().join("target"),
     }
@@ -66,68 +58,39 @@ pub fn is_executable(path: &Path) -> bool {
 /// Finds an executable called `name` in the directories of `$PATH`.
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
-    env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
+    env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| is_executable(candidate))
 }
 
 /// Whether this process runs as root, read from `/proc/self/status` because the
 /// standard library has no `getuid`.
 pub fn is_root() -> bool {
     fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("Uid:"))
-            .and_then(|uids| uids.split_whitespace().next())
-            == Some("0")
+        status.lines().find_map(|line| line.strip_prefix("Uid:")).and_then(|uids| uids.split_whitespace().next()) == Some("0")
     })
 }
 
 /// Runs a command with no stdin and reports whether it exited successfully.
 /// Its output is discarded; a command that cannot be started counts as failed.
 pub fn succeeds(command: &mut Command) -> bool {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|status| status.success())
 }
 
 /// Runs a command with no stdin and inherited stdout and stderr, and fails
 /// unless it exits successfully.
 pub fn run(command: &mut Command) -> Result<()> {
-    let status = command
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|error| format!("could not run {command:?}: {error}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{command:?} failed ({status})"))
-    }
+    let status = command.stdin(Stdio::null()).status().map_err(|error| format!("could not run {command:?}: {error}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{command:?} failed ({status})")) }
 }
 
 /// Runs a command with no stdin, capturing its output, and fails with that
 /// output unless the command exits successfully.
 pub fn run_captured(command: &mut Command) -> Result<String> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|error| format!("could not run {command:?}: {error}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = command.stdin(Stdio::null()).output().map_err(|error| format!("could not run {command:?}: {error}"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     if output.status.success() {
         Ok(text)
     } else {
-        Err(format!(
-            "{command:?} failed ({}); its output was:\n{}",
-            output.status,
-            text.trim_end()
-        ))
+        Err(format!("{command:?} failed ({}); its output was:\n{}", output.status, text.trim_end()))
     }
 }
 
@@ -143,9 +106,7 @@ pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
         .map(|listener| listener.local_addr().map(|addr| addr.port()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| format!("could not read the address of a bound port: {error}"))?;
-    ports
-        .try_into()
-        .map_err(|_| "the number of free ports found differs from the number requested".to_owned())
+    ports.try_into().map_err(|_| "the number of free ports found differs from the number requested".to_owned())
 }
 
 /// A loopback socket address.
@@ -165,11 +126,7 @@ pub enum Attempt<T> {
 
 /// Calls `attempt` until it reports readiness or failure, or until `timeout`
 /// has passed. This is the only place where xtask sleeps.
-pub fn poll_until<T>(
-    what: &str,
-    timeout: Duration,
-    mut attempt: impl FnMut() -> Attempt<T>,
-) -> Result<T> {
+pub fn poll_until<T>(what: &str, timeout: Duration, mut attempt: impl FnMut() -> Attempt<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         match attempt() {
@@ -177,10 +134,7 @@ pub fn poll_until<T>(
             Attempt::Failed(reason) => return Err(reason),
             Attempt::NotYet(reason) => {
                 if Instant::now() >= deadline {
-                    return Err(format!(
-                        "{what} did not happen within {} s (last attempt: {reason})",
-                        timeout.as_secs()
-                    ));
+                    return Err(format!("{what} did not happen within {} s (last attempt: {reason})", timeout.as_secs()));
                 }
             }
         }
@@ -191,24 +145,17 @@ pub fn poll_until<T>(
 /// Sends a plain HTTP/1.0 GET request for `path` to `addr` and returns the
 /// status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|error| format!("could not connect to {addr}: {error}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|error| format!("could not connect to {addr}: {error}"))?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|error| format!("could not set socket timeouts: {error}"))?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|error| format!("could not send a request to {addr}: {error}"))?;
+    stream.write_all(request.as_bytes()).map_err(|error| format!("could not send a request to {addr}: {error}"))?;
     let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|error| format!("could not read the response from {addr}: {error}"))?;
+    stream.read_to_end(&mut response).map_err(|error| format!("could not read the response from {addr}: {error}"))?;
     let response = String::from_utf8_lossy(&response);
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{addr} sent an incomplete HTTP response"))?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| format!("{addr} sent an incomplete HTTP response"))?;
     let status = head
         .split_whitespace()
         .nth(1)
@@ -226,8 +173,7 @@ pub fn kafka_api_versions(addr: SocketAddr, timeout: Duration) -> Result<()> {
     // The client id's length as the protocol's 16-bit string length.
     const CLIENT_ID_LEN: i16 = 5;
 
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|error| format!("could not connect to {addr}: {error}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|error| format!("could not connect to {addr}: {error}"))?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
@@ -240,39 +186,26 @@ pub fn kafka_api_versions(addr: SocketAddr, timeout: Duration) -> Result<()> {
     body.extend_from_slice(&CORRELATION_ID.to_be_bytes());
     body.extend_from_slice(&CLIENT_ID_LEN.to_be_bytes());
     body.extend_from_slice(CLIENT_ID);
-    let size =
-        i32::try_from(body.len()).map_err(|_| "the ApiVersions request is too long".to_owned())?;
+    let size = i32::try_from(body.len()).map_err(|_| "the ApiVersions request is too long".to_owned())?;
     let mut request = size.to_be_bytes().to_vec();
     request.extend_from_slice(&body);
-    stream
-        .write_all(&request)
-        .map_err(|error| format!("could not send ApiVersions to {addr}: {error}"))?;
+    stream.write_all(&request).map_err(|error| format!("could not send ApiVersions to {addr}: {error}"))?;
 
     // Response: size, correlation id, error code, then the list of versions.
     let mut size = [0; 4];
-    stream
-        .read_exact(&mut size)
-        .map_err(|error| format!("no ApiVersions response from {addr}: {error}"))?;
+    stream.read_exact(&mut size).map_err(|error| format!("no ApiVersions response from {addr}: {error}"))?;
     let size = usize::try_from(i32::from_be_bytes(size)).unwrap_or(0);
     if size < 6 {
-        return Err(format!(
-            "{addr} sent an ApiVersions response of {size} bytes"
-        ));
+        return Err(format!("{addr} sent an ApiVersions response of {size} bytes"));
     }
     let mut response = vec![0; size];
-    stream
-        .read_exact(&mut response)
-        .map_err(|error| format!("truncated ApiVersions response from {addr}: {error}"))?;
+    stream.read_exact(&mut response).map_err(|error| format!("truncated ApiVersions response from {addr}: {error}"))?;
     let correlation_id = i32::from_be_bytes([response[0], response[1], response[2], response[3]]);
     let error_code = i16::from_be_bytes([response[4], response[5]]);
     if correlation_id != CORRELATION_ID {
-        Err(format!(
-            "{addr} answered ApiVersions with correlation id {correlation_id}"
-        ))
+        Err(format!("{addr} answered ApiVersions with correlation id {correlation_id}"))
     } else if error_code != 0 {
-        Err(format!(
-            "{addr} answered ApiVersions with error code {error_code}"
-        ))
+        Err(format!("{addr} answered ApiVersions with error code {error_code}"))
     } else {
         Ok(())
     }
@@ -288,9 +221,7 @@ pub fn signal(pid: u32, name: &str) -> bool {
 pub fn process_alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         // The state follows the command name, which is in parentheses and may contain spaces.
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z")
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z")
     })
 }
 
@@ -334,8 +265,7 @@ pub fn remove_dir_if_exists(path: &Path) -> Result<()> {
 
 /// Creates a directory and its parents, with a message that names it on failure.
 pub fn create_dir(path: &Path) -> Result<()> {
-    fs::create_dir_all(path)
-        .map_err(|error| format!("could not create {}: {error}", path.display()))
+    fs::create_dir_all(path).map_err(|error| format!("could not create {}: {error}", path.display()))
 }
 
 /// Below this much free space on the target directory's file system, [`prune_target`]

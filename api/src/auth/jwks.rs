@@ -135,10 +135,7 @@ fn parse_set(body: &[u8]) -> Result<HashMap<String, Arc<Key>>, FetchError> {
 
 impl Issuer {
     pub(crate) fn new(config: JwtIssuerConfig, leeway_s: u64) -> Issuer {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_else(|_| reqwest::Client::new());
         Issuer { config, http, leeway_s, state: Mutex::new(State::default()), fetching: tokio::sync::Mutex::new(()) }
     }
 
@@ -225,10 +222,7 @@ impl Issuer {
             }
         };
         if header.alg != key.algorithm {
-            return Err(AuthError::Invalid(format!(
-                "the token names {:?}, its key is a {:?} key",
-                header.alg, key.algorithm
-            )));
+            return Err(AuthError::Invalid(format!("the token names {:?}, its key is a {:?} key", header.alg, key.algorithm)));
         }
         let mut validation = Validation::new(key.algorithm);
         validation.algorithms = vec![key.algorithm];
@@ -307,7 +301,8 @@ mod tests {
             refresh_min_interval_s: 60,
         };
         let issuer = Issuer::new(config, 0);
-        let c = issuer.claims(&serde_json::json!({"sub": "u", "org": "acme", "scp": ["events:write", "analytics:read"], "exp": 9})).unwrap();
+        let c =
+            issuer.claims(&serde_json::json!({"sub": "u", "org": "acme", "scp": ["events:write", "analytics:read"], "exp": 9})).unwrap();
         assert_eq!((c.tenant.as_str(), c.scope.as_str()), ("acme", "events:write analytics:read"));
         assert!(issuer.claims(&serde_json::json!({"sub": "u", "tenant": "acme", "exp": 9})).is_err(), "the tenant is `org` here");
         assert!(issuer.claims(&serde_json::json!({"sub": "u", "org": "acme", "scp": "admin", "exp": 9})).is_err());

@@ -8,7 +8,6 @@
 //! `lms_redriven_from: <dlq topic>/<partition>/<offset>`. Processors are idempotent by
 //! event id, so re-driving a record twice changes nothing more than once.
 
-
 use lms_events::codec::{self, headers as h};
 use serde::Serialize;
 
@@ -198,9 +197,6 @@ mod tests {
     fn a_redriven_record_is_the_original_without_dead_letter_headers() {
         let r = dl(3, 7, "r", None).redrive_record().expect("record");
         assert_eq!((r.topic.as_str(), r.key.as_deref(), r.payload.as_slice()), ("learning", Some(&b"k"[..]), &b"v"[..]));
-        assert_eq!(
-            r.headers,
-            vec![("content-type".to_owned(), b"x".to_vec()), (REDRIVEN_FROM.to_owned(), b"dlq/3/7".to_vec())]
-        );
+        assert_eq!(r.headers, vec![("content-type".to_owned(), b"x".to_vec()), (REDRIVEN_FROM.to_owned(), b"dlq/3/7".to_vec())]);
     }
 }

@@ -138,9 +138,7 @@ impl Admin {
             .map_err(|e| AdminError::Unsupported(format!("DescribeGroups of {group} failed ({e})")))?;
         let Some(g) = list.groups().iter().find(|g| g.name() == group) else {
             if has_commits {
-                return Err(AdminError::Unsupported(format!(
-                    "the broker does not list group {group} although it has committed offsets"
-                )));
+                return Err(AdminError::Unsupported(format!("the broker does not list group {group} although it has committed offsets")));
             }
             return Ok(Description { state: "Dead".into(), members: Vec::new() });
         };
@@ -151,13 +149,7 @@ impl Admin {
                 member_id: m.id().to_owned(),
                 client_id: m.client_id().to_owned(),
                 host: m.client_host().to_owned(),
-                partitions: m
-                    .assignment()
-                    .and_then(parse_assignment)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|tp| tp.to_string())
-                    .collect(),
+                partitions: m.assignment().and_then(parse_assignment).unwrap_or_default().into_iter().map(|tp| tp.to_string()).collect(),
             })
             .collect();
         Ok(Description { state: g.state().to_owned(), members })
@@ -187,11 +179,8 @@ impl Admin {
             (OffsetsKeptIn::Store, Some(s)) => s.load_offsets(&spec.group, &tps).await.map_err(AdminError::Store)?,
             _ => HashMap::new(),
         };
-        let owners: HashMap<String, String> = members
-            .iter()
-            .flatten()
-            .flat_map(|m| m.partitions.iter().map(move |p| (p.clone(), m.client_id.clone())))
-            .collect();
+        let owners: HashMap<String, String> =
+            members.iter().flatten().flat_map(|m| m.partitions.iter().map(move |p| (p.clone(), m.client_id.clone()))).collect();
         let mut partitions = Vec::with_capacity(tps.len());
         for tp in &tps {
             let w = self.watermarks(tp)?;

@@ -109,8 +109,7 @@ impl Admin {
 
     /// Low and high watermarks of a partition.
     pub fn watermarks(&self, tp: &TopicPartition) -> Result<Watermarks, AdminError> {
-        let (low, high) =
-            tokio::task::block_in_place(|| self.client.fetch_watermarks(&tp.topic, tp.partition, self.timeout))?;
+        let (low, high) = tokio::task::block_in_place(|| self.client.fetch_watermarks(&tp.topic, tp.partition, self.timeout))?;
         Ok(Watermarks { low, high })
     }
 

@@ -58,11 +58,7 @@ pub fn compact<K: Eq + Hash, V>(log: impl IntoIterator<Item = (K, Option<V>)>) -
         latest.insert(k, i);
     }
     let keep: HashSet<usize> = latest.into_values().collect();
-    log.into_iter()
-        .enumerate()
-        .filter(|(i, _)| keep.contains(i))
-        .filter_map(|(_, (k, v))| v.map(|v| (k, v)))
-        .collect()
+    log.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).filter_map(|(_, (k, v))| v.map(|v| (k, v))).collect()
 }
 
 /// What a re-keying run will do, computed from the log alone.
@@ -146,7 +142,12 @@ pub fn plan_rekey(topic: &str, log: &[LogRecord]) -> RekeyPlan {
         }
         // The same event twice under old keys (a redelivery) is copied once.
         if copied.insert((new.clone(), value.as_slice())) {
-            plan.rekey.push(OutRecord { topic: topic.to_owned(), key: Some(new.clone()), payload: value.clone(), headers: r.headers.clone() });
+            plan.rekey.push(OutRecord {
+                topic: topic.to_owned(),
+                key: Some(new.clone()),
+                payload: value.clone(),
+                headers: r.headers.clone(),
+            });
         } else {
             plan.already_copied += 1;
         }
@@ -325,7 +326,13 @@ mod tests {
     fn applied(log: &[LogRecord], plan: &RekeyPlan) -> Vec<LogRecord> {
         let mut out = log.to_vec();
         for r in &plan.rekey {
-            out.push(LogRecord { partition: 0, offset: out.len() as i64, key: r.key.clone(), value: Some(r.payload.clone()), headers: r.headers.clone() });
+            out.push(LogRecord {
+                partition: 0,
+                offset: out.len() as i64,
+                key: r.key.clone(),
+                value: Some(r.payload.clone()),
+                headers: r.headers.clone(),
+            });
         }
         for k in &plan.tombstones {
             out.push(LogRecord { partition: 0, offset: out.len() as i64, key: Some(k.clone()), value: None, headers: vec![] });
@@ -352,7 +359,8 @@ mod tests {
         let plan = plan_rekey("catalog", &log);
         assert_eq!(plan.read, 8);
         assert_eq!((plan.current, plan.already_copied, plan.tombstones_read, plan.undecodable), (1, 1, 1, 1));
-        let keys: Vec<String> = plan.rekey.iter().map(|r| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned()).collect();
+        let keys: Vec<String> =
+            plan.rekey.iter().map(|r| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned()).collect();
         assert_eq!(keys.len(), 4, "{keys:?}");
         assert!(keys.contains(&"globex/c1/retired".to_owned()));
         assert!(plan.rekey.iter().all(|r| r.headers == [("content-type".to_owned(), b"x".to_vec())]), "headers are kept");

@@ -141,11 +141,9 @@ impl Admin {
         };
         let wanted: HashMap<TopicPartition, i64> = match target {
             ReplayTarget::Earliest => HashMap::new(),
-            ReplayTarget::Timestamp(t) => self
-                .offsets_for_time(&tps, t.timestamp_millis())?
-                .into_iter()
-                .filter_map(|(tp, o)| o.map(|o| (tp, o)))
-                .collect(),
+            ReplayTarget::Timestamp(t) => {
+                self.offsets_for_time(&tps, t.timestamp_millis())?.into_iter().filter_map(|(tp, o)| o.map(|o| (tp, o))).collect()
+            }
             ReplayTarget::Offsets(list) => {
                 let mut m = HashMap::new();
                 for (topic, p, o) in list {
@@ -187,7 +185,15 @@ impl Admin {
             if !(w.low..=w.high).contains(&to) {
                 return Err(AdminError::Invalid(format!("{tp}: offset {to} is outside the log ({}..={})", w.low, w.high)));
             }
-            rows.push(PlanRow { topic: tp.topic.to_string(), partition: tp.partition, stored: s, committed: c, from, to, replayed: from - to });
+            rows.push(PlanRow {
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+                stored: s,
+                committed: c,
+                from,
+                to,
+                replayed: from - to,
+            });
         }
         Ok(ReplayPlan { group: spec.group.clone(), offsets_kept_in: spec.offsets, rows })
     }

@@ -153,10 +153,20 @@ pub async fn run(cmd: DlqCommand, config: &Config) -> anyhow::Result<()> {
         }
         DlqCommand::Redrive(a) => {
             let sel = a.filter.selection();
-            anyhow::ensure!(!sel.is_everything() || a.all, "select dead letters (--at, --id, --reason, --source-topic, --group) or pass --all");
+            anyhow::ensure!(
+                !sel.is_everything() || a.all,
+                "select dead letters (--at, --id, --reason, --source-topic, --group) or pass --all"
+            );
             let picked: Vec<&DeadLetter> = all.iter().filter(|d| sel.matches(d)).collect();
             for d in &picked {
-                println!("{} {} -> {}  {}  ({})", if a.yes { "re-drive" } else { "would re-drive" }, d.position(), d.source_topic, event(d), d.reason);
+                println!(
+                    "{} {} -> {}  {}  ({})",
+                    if a.yes { "re-drive" } else { "would re-drive" },
+                    d.position(),
+                    d.source_topic,
+                    event(d),
+                    d.reason
+                );
             }
             if !a.yes {
                 println!("Dry run: {} dead letter(s) selected, nothing sent. Re-run with --yes to send them.", picked.len());

@@ -93,9 +93,9 @@ fn print(groups: &[GroupStatus], json: bool) -> anyhow::Result<()> {
             Some(m) => m.len().to_string(),
             None => "unknown".to_owned(),
         };
-        let trend = g.trend.map_or_else(String::new, |t| {
-            format!(", {} {:+.0}/s, consuming {:.0}/s", t.direction, t.per_second, t.consumed_per_second)
-        });
+        let trend = g
+            .trend
+            .map_or_else(String::new, |t| format!(", {} {:+.0}/s, consuming {:.0}/s", t.direction, t.per_second, t.consumed_per_second));
         println!(
             "GROUP {}  processor {}  offsets in {:?}  state {}  members {}  lag {}{}",
             g.group,
@@ -112,10 +112,7 @@ fn print(groups: &[GroupStatus], json: bool) -> anyhow::Result<()> {
         for m in g.members.iter().flatten() {
             println!("  member {} ({}, {})  {}", m.client_id, m.member_id, m.host, m.partitions.join(","));
         }
-        println!(
-            "  {:<40} {:>4} {:<28} {:>10} {:>10} {:>10} {:>10}",
-            "topic", "part", "owner", "committed", "stored", "log end", "lag"
-        );
+        println!("  {:<40} {:>4} {:<28} {:>10} {:>10} {:>10} {:>10}", "topic", "part", "owner", "committed", "stored", "log end", "lag");
         for p in &g.partitions {
             println!(
                 "  {:<40} {:>4} {:<28} {:>10} {:>10} {:>10} {:>10}",

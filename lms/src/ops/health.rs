@@ -46,7 +46,8 @@ pub async fn serve(
     checks: Vec<Check>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ready = IntGauge::new("lms_ready", "1 when the broker, the state store and the other dependencies answered the last readiness check.")?;
+    let ready =
+        IntGauge::new("lms_ready", "1 when the broker, the state store and the other dependencies answered the last readiness check.")?;
     prometheus::default_registry().register(Box::new(ready.clone()))?;
     let state = Arc::new(Health { store, producer, checks, ready });
     let app = Router::new()
@@ -72,7 +73,8 @@ async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
         .unwrap_or_else(|e| Err(format!("the check failed: {e}")));
     let store = within(async { h.store.ping().await.map_err(|e| e.to_string()) }).await;
     let mut ok = broker.is_ok() && store.is_ok();
-    let mut body = format!("broker: {}\nstore: {}\n", broker.err().unwrap_or_else(|| "ok".to_owned()), store.err().unwrap_or_else(|| "ok".to_owned()));
+    let mut body =
+        format!("broker: {}\nstore: {}\n", broker.err().unwrap_or_else(|| "ok".to_owned()), store.err().unwrap_or_else(|| "ok".to_owned()));
     for check in &h.checks {
         let result = within((check.probe)()).await;
         ok &= result.is_ok();

@@ -35,11 +35,20 @@ struct Gauges {
 impl Gauges {
     fn register(registry: &Registry) -> anyhow::Result<Gauges> {
         let lag = IntGaugeVec::new(
-            Opts::new("lms_group_lag_records", "Records between the offset a consumer group resumes a partition from (state store or Kafka) and the log end, computed without the group's members"),
+            Opts::new(
+                "lms_group_lag_records",
+                "Records between the offset a consumer group resumes a partition from (state store or Kafka) and the log end, computed without the group's members",
+            ),
             &["group", "topic", "partition"],
         )?;
-        let refreshed = IntGauge::new("lms_group_lag_refreshed_timestamp_seconds", "Unix time of the last successful computation of lms_group_lag_records")?;
-        let failures = IntCounter::new("lms_group_lag_refresh_failures_total", "Computations of lms_group_lag_records that failed (broker or state store unreachable)")?;
+        let refreshed = IntGauge::new(
+            "lms_group_lag_refreshed_timestamp_seconds",
+            "Unix time of the last successful computation of lms_group_lag_records",
+        )?;
+        let failures = IntCounter::new(
+            "lms_group_lag_refresh_failures_total",
+            "Computations of lms_group_lag_records that failed (broker or state store unreachable)",
+        )?;
         registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(refreshed.clone()))?;
         registry.register(Box::new(failures.clone()))?;
@@ -97,13 +106,7 @@ pub fn spawn(
 }
 
 /// One look at every group. Nothing is set unless every group was read.
-async fn refresh(
-    config: &Config,
-    store: &Store,
-    admin: &Admin,
-    specs: &mut Option<Vec<GroupSpec>>,
-    gauges: &Gauges,
-) -> anyhow::Result<()> {
+async fn refresh(config: &Config, store: &Store, admin: &Admin, specs: &mut Option<Vec<GroupSpec>>, gauges: &Gauges) -> anyhow::Result<()> {
     if specs.is_none() {
         *specs = Some(super::group_specs(config, store).await?);
     }

@@ -10,8 +10,8 @@ pub mod replay;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_bus::admin::groups::{GroupSpec, OffsetsKeptIn};
+use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_store::Store;
 
 use crate::config::Config;
@@ -26,12 +26,8 @@ pub async fn group_specs(config: &Config, store: &Store) -> anyhow::Result<Vec<G
     let rules = Arc::new(processors::achievements::rules::Rules::load(None)?);
     // The producer connects lazily and sends nothing: building a processor needs one.
     let producer = Arc::new(Producer::new(&config.kafka, topics.clone(), BusMetrics::standalone(), "lms-ops")?);
-    let (ctx, _relay) = processors::runtime::context(
-        store.clone(),
-        producer,
-        rules,
-        Arc::new(processors::notifications::Settings::default()),
-    );
+    let (ctx, _relay) =
+        processors::runtime::context(store.clone(), producer, rules, Arc::new(processors::notifications::Settings::default()));
     let mut out = Vec::new();
     for r in processors::REGISTRY {
         let group = config.kafka.group_id(r.name);

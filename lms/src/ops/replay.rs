@@ -56,7 +56,9 @@ pub struct ReplayArgs {
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|e| format!("not an RFC 3339 time ({e}), e.g. 2026-11-20T10:00:00Z"))
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("not an RFC 3339 time ({e}), e.g. 2026-11-20T10:00:00Z"))
 }
 
 fn parse_offset(s: &str) -> Result<(Option<String>, i32, i64), String> {
@@ -78,7 +80,10 @@ pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
         ReplayTarget::Offsets(args.to_offset.clone())
     };
     let admin = Admin::new(&config.kafka)?;
-    let plan = admin.replay_plan(&spec, &target, Some(&store), !args.skip_member_check).await.with_context(|| format!("planning the replay of {}", spec.group))?;
+    let plan = admin
+        .replay_plan(&spec, &target, Some(&store), !args.skip_member_check)
+        .await
+        .with_context(|| format!("planning the replay of {}", spec.group))?;
     if args.json {
         println!("{}", serde_json::to_string(&plan)?);
     } else {

@@ -11,13 +11,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Datelike, Duration as Days, NaiveDate, Utc};
 use lms_analytics::{
-    ActiveLearnersPoint, AtRiskLearner, AtRiskParams, CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity,
-    RevenueParams, RevenuePoint, ScoreBucket, Scores, ScoresParams, SeriesParams,
+    ActiveLearnersPoint, AtRiskLearner, AtRiskParams, CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity, RevenueParams,
+    RevenuePoint, ScoreBucket, Scores, ScoresParams, SeriesParams,
 };
 use lms_events::{Domain, Event, EventData};
 
 use super::progress;
-
 
 fn bucket_of(g: Granularity, d: NaiveDate) -> NaiveDate {
     match g {
@@ -271,4 +270,3 @@ impl Oracle {
 fn course_matches(course: Option<&str>, filter: &Option<String>) -> bool {
     filter.as_deref().is_none_or(|f| Some(f) == course)
 }
-

@@ -291,7 +291,8 @@ impl Facts {
         }
         for key in progress.keys() {
             let a = achievements.entry(key.clone()).or_default();
-            let mine = self.courses.range((key.0.clone(), key.1.clone(), String::new())..).take_while(|((t, l, _), _)| (t, l) == (&key.0, &key.1));
+            let mine =
+                self.courses.range((key.0.clone(), key.1.clone(), String::new())..).take_while(|((t, l, _), _)| (t, l) == (&key.0, &key.1));
             let first = mine.flat_map(|(_, f)| f.lessons.values().copied()).min();
             if let Some(at) = first {
                 a.insert(("first-lesson".into(), String::new(), at));

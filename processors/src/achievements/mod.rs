@@ -180,10 +180,18 @@ async fn load_facts(conn: &mut AnyConnection, learners: &[LearnerKey]) -> Result
     for chunk in learners.chunks(CHUNK_ROWS) {
         let in_list = values(chunk.len(), 2, 1);
         let queries = [
-            format!("SELECT tenant, learner_id, kind, course_id, at_us FROM achievement_facts WHERE (tenant, learner_id) IN (VALUES {in_list})"),
-            format!("SELECT tenant, learner_id, slot_us, first_at_us FROM achievement_activity WHERE (tenant, learner_id) IN (VALUES {in_list})"),
-            format!("SELECT tenant, learner_id, timezone FROM learner_preferences WHERE timezone IS NOT NULL AND (tenant, learner_id) IN (VALUES {in_list})"),
-            format!("SELECT tenant, learner_id, course_id, at_us FROM achievement_enrollments WHERE (tenant, learner_id) IN (VALUES {in_list})"),
+            format!(
+                "SELECT tenant, learner_id, kind, course_id, at_us FROM achievement_facts WHERE (tenant, learner_id) IN (VALUES {in_list})"
+            ),
+            format!(
+                "SELECT tenant, learner_id, slot_us, first_at_us FROM achievement_activity WHERE (tenant, learner_id) IN (VALUES {in_list})"
+            ),
+            format!(
+                "SELECT tenant, learner_id, timezone FROM learner_preferences WHERE timezone IS NOT NULL AND (tenant, learner_id) IN (VALUES {in_list})"
+            ),
+            format!(
+                "SELECT tenant, learner_id, course_id, at_us FROM achievement_enrollments WHERE (tenant, learner_id) IN (VALUES {in_list})"
+            ),
         ];
         for (i, sql) in queries.iter().enumerate() {
             let mut q = sqlx::query(sql);

@@ -67,7 +67,9 @@ fn event(i: usize, op: &Op, hour: u32) -> Event {
     let (learner_id, course_id) = (LEARNERS[learner].to_owned(), COURSES[course].to_owned());
     let data = match *op {
         Op::Lesson { .. } => EventData::LessonCompleted(LessonRef { learner_id, course_id, lesson_id: format!("l{}", i % 3) }),
-        Op::Enroll { .. } => EventData::EnrollmentCreated(EnrollmentCreated { learner_id, course_id, source: EnrollmentSource::SelfService }),
+        Op::Enroll { .. } => {
+            EventData::EnrollmentCreated(EnrollmentCreated { learner_id, course_id, source: EnrollmentSource::SelfService })
+        }
         Op::Graded { perfect, .. } => EventData::AssessmentGraded(AssessmentGraded {
             learner_id,
             course_id,
@@ -160,7 +162,11 @@ fn a_rule_added_later_unlocks_for_past_activity_on_replay() {
         let mut offset = 0;
         let first = run_on(&store, &before, &events, &[3], &mut offset).await;
         let ids = |o: &Outcome, learner: &str| o.achievements[learner].iter().map(|v| v.achievement_id.clone()).collect::<Vec<_>>();
-        assert!(!ids(&first, "ada").iter().any(|id| id == "two-courses" || id == "streak-3"), "not configured yet: {:?}", ids(&first, "ada"));
+        assert!(
+            !ids(&first, "ada").iter().any(|id| id == "two-courses" || id == "streak-3"),
+            "not configured yet: {:?}",
+            ids(&first, "ada")
+        );
 
         let replay = run_on(&store, &all, &events, &[3], &mut offset).await;
         let ada = &replay.achievements["ada"];

@@ -282,10 +282,7 @@ mod tests {
         let got = evaluate(&rules, &facts);
         assert_eq!(
             got,
-            vec![
-                ("two".into(), String::new(), t("2026-01-20T00:00:00Z")),
-                ("fast".into(), "a".into(), t("2026-01-10T00:00:00Z")),
-            ]
+            vec![("two".into(), String::new(), t("2026-01-20T00:00:00Z")), ("fast".into(), "a".into(), t("2026-01-10T00:00:00Z")),]
         );
         // An enrolment after the completion does not count; a re-enrolment before it does.
         facts.enrolled.get_mut("b").unwrap().insert(t("2026-01-21T00:00:00Z"));

@@ -248,7 +248,9 @@ impl Dispatcher {
                 purged = Some(Instant::now());
                 match self.purge().await {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(rows = n, retention_days = self.settings.config.retention_days, "notification retention applied"),
+                    Ok(n) => {
+                        tracing::info!(rows = n, retention_days = self.settings.config.retention_days, "notification retention applied")
+                    }
                     Err(e) => tracing::warn!(error = %e, "notification retention failed; retried at the next interval"),
                 }
             }
@@ -290,7 +292,8 @@ impl Dispatcher {
         for (channel, n) in pending {
             self.settings.metrics.pending.with_label_values(&[channel.as_str()]).set(n);
         }
-        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notification_digests WHERE state = 'open'").fetch_one(self.store.pool()).await?;
+        let open: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM notification_digests WHERE state = 'open'").fetch_one(self.store.pool()).await?;
         self.settings.metrics.digests_open.set(open);
         Ok(())
     }
@@ -443,7 +446,9 @@ impl Dispatcher {
         }
         let items: Vec<Value> = items
             .into_iter()
-            .map(|r| Ok(json!({"title": r.try_get::<String, _>(0)?, "body": r.try_get::<String, _>(1)?, "category": r.try_get::<String, _>(2)?})))
+            .map(|r| {
+                Ok(json!({"title": r.try_get::<String, _>(0)?, "body": r.try_get::<String, _>(1)?, "category": r.try_get::<String, _>(2)?}))
+            })
             .collect::<Result<_, sqlx::Error>>()?;
         let digest_category = key.strip_prefix("throttle:").and_then(|k| k.rsplit_once(':')).map(|(c, _)| c.to_owned());
         let vars = json!({"tenant": tenant, "learner_id": learner, "category": "digest", "count": items.len(),
@@ -474,12 +479,14 @@ impl Dispatcher {
         insert_notifications(tx, std::slice::from_ref(&row), now_us).await?;
         let deliveries = deliveries_for(&self.settings, prefs, tenant, learner, &id, "digest", &id, now);
         insert_deliveries(tx, &deliveries, now_us).await?;
-        sqlx::query("UPDATE notifications SET state = 'digested' WHERE tenant = $1 AND learner_id = $2 AND digest_key = $3 AND state = 'digest'")
-            .bind(tenant)
-            .bind(learner)
-            .bind(key)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE notifications SET state = 'digested' WHERE tenant = $1 AND learner_id = $2 AND digest_key = $3 AND state = 'digest'",
+        )
+        .bind(tenant)
+        .bind(learner)
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
         tracing::info!(tenant, learner_id = learner, digest = key, notification_id = %id, items = vars["count"].as_u64(), "digest composed");
         Ok("sent")
     }
@@ -532,7 +539,10 @@ impl Dispatcher {
         ids.dedup();
         let mut content = std::collections::HashMap::new();
         for chunk in ids.chunks(CHUNK_ROWS) {
-            let sql = format!("SELECT tenant, id, title, body, created_at_us FROM notifications WHERE (tenant, id) IN (VALUES {})", values(chunk.len(), 2, 1));
+            let sql = format!(
+                "SELECT tenant, id, title, body, created_at_us FROM notifications WHERE (tenant, id) IN (VALUES {})",
+                values(chunk.len(), 2, 1)
+            );
             let mut q = sqlx::query(&sql);
             for (t, id) in chunk {
                 q = q.bind(*t).bind(*id);
@@ -575,12 +585,7 @@ impl Dispatcher {
             Ok(m) => m,
             Err(e) => return Outcome::Failed(format!("recipient address: {e}")),
         };
-        let message = Message::builder()
-            .from(from)
-            .to(to)
-            .subject(c.title.as_str())
-            .header(ContentType::TEXT_PLAIN)
-            .body(c.body.clone());
+        let message = Message::builder().from(from).to(to).subject(c.title.as_str()).header(ContentType::TEXT_PLAIN).body(c.body.clone());
         let message = match message {
             Ok(m) => m,
             Err(e) => return Outcome::Failed(format!("message: {e}")),
@@ -739,7 +744,10 @@ impl Dispatcher {
         }
         let deferred = results.iter().filter(|(_, o)| *o == Outcome::Deferred).count();
         if ours.len() + deferred < results.len() {
-            tracing::warn!(lost = results.len() - ours.len(), "claims expired before their outcome was recorded; another dispatcher retries them");
+            tracing::warn!(
+                lost = results.len() - ours.len(),
+                "claims expired before their outcome was recorded; another dispatcher retries them"
+            );
         }
         let visible: Vec<&Claimed> = ours.iter().filter(|(c, o)| *o == Outcome::Sent && c.channel == "in_app").map(|(c, _)| c).collect();
         for chunk in visible.chunks(CHUNK_ROWS) {
@@ -785,8 +793,12 @@ impl Dispatcher {
         }
         for (c, o) in &ours {
             match o {
-                Outcome::Sent | Outcome::Deferred => tracing::debug!(event_id = %c.source_event_id, notification_id = %c.notification_id, channel = %c.channel, attempt = c.attempt, "notification delivered"),
-                Outcome::Retry(w) | Outcome::Unavailable(w) | Outcome::Failed(w) => tracing::warn!(event_id = %c.source_event_id, notification_id = %c.notification_id, channel = %c.channel, attempt = c.attempt, error = %w, final_ = matches!(o, Outcome::Failed(_)), "notification delivery failed"),
+                Outcome::Sent | Outcome::Deferred => {
+                    tracing::debug!(event_id = %c.source_event_id, notification_id = %c.notification_id, channel = %c.channel, attempt = c.attempt, "notification delivered")
+                }
+                Outcome::Retry(w) | Outcome::Unavailable(w) | Outcome::Failed(w) => {
+                    tracing::warn!(event_id = %c.source_event_id, notification_id = %c.notification_id, channel = %c.channel, attempt = c.attempt, error = %w, final_ = matches!(o, Outcome::Failed(_)), "notification delivery failed")
+                }
             }
         }
         if !events.is_empty() {
@@ -813,7 +825,8 @@ fn outcome_event(c: &Claimed, o: &Outcome, now: DateTime<Utc>) -> Event {
     };
     let data = if *o == Outcome::Sent { EventData::NotificationSent(outcome) } else { EventData::NotificationFailed(outcome) };
     let attempt = c.attempt.to_string();
-    Event::derived(&c.tenant, SOURCE, now, data).with_id(derived_id("notification.attempt", &[&c.tenant, &c.notification_id, &c.channel, &attempt]))
+    Event::derived(&c.tenant, SOURCE, now, data)
+        .with_id(derived_id("notification.attempt", &[&c.tenant, &c.notification_id, &c.channel, &attempt]))
 }
 
 #[cfg(test)]

@@ -445,7 +445,8 @@ pub(crate) fn deliveries_for<'a>(
 ) -> Vec<DeliveryRow<'a>> {
     let due_us = to_us(prefs.deliver_at(now));
     let mut out = Vec::with_capacity(3);
-    let mut add = |channel, target| out.push(DeliveryRow { tenant, notification_id, channel, learner, category, source_event_id, target, due_us });
+    let mut add =
+        |channel, target| out.push(DeliveryRow { tenant, notification_id, channel, learner, category, source_event_id, target, due_us });
     if prefs.channels.in_app {
         add("in_app", None);
     }
@@ -535,7 +536,11 @@ async fn delete_notifications(tx: &mut Tx, keys: &HashSet<(String, String)>) -> 
 
 type LearnerKey = (String, String);
 
-async fn load_counters(tx: &mut Tx, learners: &[LearnerKey], window_start: i64) -> Result<HashMap<(String, String, String), i64>, StoreError> {
+async fn load_counters(
+    tx: &mut Tx,
+    learners: &[LearnerKey],
+    window_start: i64,
+) -> Result<HashMap<(String, String, String), i64>, StoreError> {
     let mut out = HashMap::new();
     for chunk in learners.chunks(WIDE_CHUNK_ROWS) {
         let sql = format!(
@@ -554,7 +559,10 @@ async fn load_counters(tx: &mut Tx, learners: &[LearnerKey], window_start: i64) 
 }
 
 /// Opens (or finds) digest timers; answers the keys whose digest was already sent.
-async fn open_digests(tx: &mut Tx, digests: &BTreeMap<(String, String, String), i64>) -> Result<HashSet<(String, String, String)>, StoreError> {
+async fn open_digests(
+    tx: &mut Tx,
+    digests: &BTreeMap<(String, String, String), i64>,
+) -> Result<HashSet<(String, String, String)>, StoreError> {
     let mut closed = HashSet::new();
     let rows: Vec<_> = digests.iter().collect();
     for chunk in rows.chunks(WIDE_CHUNK_ROWS) {
@@ -618,7 +626,12 @@ fn plan(
     let window = settings.window_us();
     let limit = i64::from(settings.config.throttle_per_window);
     let mut counters = counters.clone();
-    let mut out = Plan { rows: Vec::with_capacity(items.len()), decisions: Vec::with_capacity(items.len()), digests: BTreeMap::new(), increments: BTreeMap::new() };
+    let mut out = Plan {
+        rows: Vec::with_capacity(items.len()),
+        decisions: Vec::with_capacity(items.len()),
+        digests: BTreeMap::new(),
+        increments: BTreeMap::new(),
+    };
     for c in items {
         let p = prefs.get(&(c.tenant.clone(), c.learner.clone())).unwrap_or(&defaults);
         let vars = with_common(c.vars.clone(), &c.tenant, &c.learner, c.category);
@@ -867,9 +880,15 @@ mod tests {
         assert_eq!(count("SELECT COUNT(*) FROM notification_deliveries").await, 2, "in-app only, for the two within the limit");
 
         let topics = TopicsFile::bundled().topic_map("unit.");
-        let producer = Arc::new(Producer::new(&KafkaConfig::new("127.0.0.1:9"), topics, BusMetrics::standalone(), "unit").expect("producer"));
-        let dispatcher =
-            dispatcher::Dispatcher::new(store.clone(), Arc::clone(&settings), producer, Arc::new(Notify::new()), "lms-notifications".into());
+        let producer =
+            Arc::new(Producer::new(&KafkaConfig::new("127.0.0.1:9"), topics, BusMetrics::standalone(), "unit").expect("producer"));
+        let dispatcher = dispatcher::Dispatcher::new(
+            store.clone(),
+            Arc::clone(&settings),
+            producer,
+            Arc::new(Notify::new()),
+            "lms-notifications".into(),
+        );
         assert_eq!(dispatcher.round().await.expect("round"), 2);
         assert_eq!(inbox::list(&store, "acme", "ada", false).await.expect("inbox").len(), 2);
         settings.clock.advance(std::time::Duration::from_secs(3600));
@@ -904,17 +923,21 @@ mod tests {
         processor.process(&batch(vec![record(events[0].clone(), 0)], None, 1)).await.expect("first");
         let mixed: Vec<Record> = events.iter().enumerate().map(|(i, e)| record(e.clone(), 1 + i as i64)).collect();
         processor.process(&batch(mixed, Some(1), 4)).await.expect("mixed");
-        let states: Vec<(String, String)> = sqlx::query_as("SELECT source_event_id, state FROM notifications")
-            .fetch_all(store.pool())
-            .await
-            .expect("states");
+        let states: Vec<(String, String)> =
+            sqlx::query_as("SELECT source_event_id, state FROM notifications").fetch_all(store.pool()).await.expect("states");
         let state = |e: &Event| states.iter().find(|(id, _)| *id == e.id).map(|(_, s)| s.clone());
         assert_eq!(states.len(), 3);
-        assert_eq!([state(&events[0]), state(&events[1]), state(&events[2])], [Some("direct".into()), Some("direct".into()), Some("digest".into())]);
+        assert_eq!(
+            [state(&events[0]), state(&events[1]), state(&events[2])],
+            [Some("direct".into()), Some("direct".into()), Some("digest".into())]
+        );
         let sent: i64 = sqlx::query_scalar("SELECT sent FROM notification_counters").fetch_one(store.pool()).await.expect("counter");
         assert_eq!(sent, 2);
         let m = &settings.metrics;
-        assert_eq!((m.decided.with_label_values(&["achievement", "direct"]).get(), m.decided.with_label_values(&["achievement", "digest"]).get()), (2, 1));
+        assert_eq!(
+            (m.decided.with_label_values(&["achievement", "direct"]).get(), m.decided.with_label_values(&["achievement", "digest"]).get()),
+            (2, 1)
+        );
     }
 
     fn milestone(learner: &str, percent: f64) -> Event {
@@ -964,9 +987,15 @@ mod tests {
         assert_eq!(m.planned.with_label_values(&["achievement", "in_app"]).get(), 2);
 
         let topics = TopicsFile::bundled().topic_map("unit.");
-        let producer = Arc::new(Producer::new(&KafkaConfig::new("127.0.0.1:9"), topics, BusMetrics::standalone(), "unit").expect("producer"));
-        let dispatcher =
-            dispatcher::Dispatcher::new(store.clone(), Arc::clone(&settings), producer, Arc::new(Notify::new()), "lms-notifications".into());
+        let producer =
+            Arc::new(Producer::new(&KafkaConfig::new("127.0.0.1:9"), topics, BusMetrics::standalone(), "unit").expect("producer"));
+        let dispatcher = dispatcher::Dispatcher::new(
+            store.clone(),
+            Arc::clone(&settings),
+            producer,
+            Arc::new(Notify::new()),
+            "lms-notifications".into(),
+        );
         dispatcher.refresh_gauges().await.expect("gauges");
         assert_eq!(m.pending.with_label_values(&["in_app"]).get(), 3);
         assert_eq!(m.digests_open.get(), 1);
@@ -992,9 +1021,9 @@ mod tests {
              (SELECT id FROM notifications WHERE learner_id = 'ada' AND category = 'achievement' AND state = 'direct' ORDER BY id LIMIT 1)",
         )
         .bind(to_us(settings.clock.now()) + 3_600_000_000)
-            .execute(store.pool())
-            .await
-            .expect("pending");
+        .execute(store.pool())
+        .await
+        .expect("pending");
         dispatcher.refresh_gauges().await.expect("gauges");
         assert_eq!((m.pending.with_label_values(&["in_app"]).get(), m.digests_open.get()), (2, 0));
 

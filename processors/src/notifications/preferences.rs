@@ -119,7 +119,10 @@ impl Preferences {
                 errors.push(("/email".to_owned(), "must be an e-mail address".to_owned()));
             }
         }
-        if self.locale.is_empty() || self.locale.len() > 35 || !self.locale.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if self.locale.is_empty()
+            || self.locale.len() > 35
+            || !self.locale.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             errors.push(("/locale".to_owned(), "must be a language tag such as `en` or `de-CH`".to_owned()));
         }
         if self.timezone.parse::<Tz>().is_err() {
@@ -183,10 +186,7 @@ impl Preferences {
 
 /// The preferences of these learners of a tenant (defaults for those without a row),
 /// inside the caller's transaction.
-pub async fn load(
-    conn: &mut AnyConnection,
-    learners: &[(String, String)],
-) -> Result<HashMap<(String, String), Preferences>, StoreError> {
+pub async fn load(conn: &mut AnyConnection, learners: &[(String, String)]) -> Result<HashMap<(String, String), Preferences>, StoreError> {
     let mut out = HashMap::new();
     // 2000 learners (4000 parameters) per statement: one round trip for a whole batch.
     for chunk in learners.chunks(CHUNK_ROWS * 4) {
@@ -268,7 +268,7 @@ mod tests {
         let p = quiet("Europe/Berlin", "22:00", "07:00");
         // (now, expected delivery), Berlin is UTC+1 in November.
         let cases = [
-            ("2026-11-20T20:30:00Z", "unused"), // 21:30 local: before the quiet period
+            ("2026-11-20T20:30:00Z", "unused"),               // 21:30 local: before the quiet period
             ("2026-11-20T21:30:00Z", "2026-11-21T06:00:00Z"), // 22:30 local: until 07:00 next day
             ("2026-11-21T02:00:00Z", "2026-11-21T06:00:00Z"), // 03:00 local: until 07:00 same day
             ("2026-11-21T06:00:00Z", "2026-11-21T06:00:00Z"), // 07:00 local: the end is not quiet

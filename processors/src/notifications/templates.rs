@@ -18,10 +18,8 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::Deserialize;
 
 /// The shipped templates: (locale, YAML).
-pub const DEFAULTS: &[(&str, &str)] = &[
-    ("en", include_str!("../../../config/templates/default/en.yaml")),
-    ("de", include_str!("../../../config/templates/default/de.yaml")),
-];
+pub const DEFAULTS: &[(&str, &str)] =
+    &[("en", include_str!("../../../config/templates/default/en.yaml")), ("de", include_str!("../../../config/templates/default/de.yaml"))];
 
 /// The tenant whose templates apply where a tenant has none.
 pub const DEFAULT_TENANT: &str = "default";
@@ -210,7 +208,11 @@ mod tests {
 
     #[test]
     fn tenants_override_and_fall_back() {
-        let t = Templates::from_sets([("acme", "en", "achievement_unlocked:\n  title: 'Acme: {{ title }}'\n  body: 'Well done, {{ learner_id }}'\n")]);
+        let t = Templates::from_sets([(
+            "acme",
+            "en",
+            "achievement_unlocked:\n  title: 'Acme: {{ title }}'\n  body: 'Well done, {{ learner_id }}'\n",
+        )]);
         let r = t.render("acme", "de", "achievement_unlocked", &vars()).unwrap();
         assert_ne!(r.title, "Acme: First steps", "the default German template beats the tenant's English one");
         let r = t.render("acme", "fr", "achievement_unlocked", &vars()).unwrap();

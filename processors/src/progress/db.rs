@@ -154,12 +154,8 @@ pub async fn load_catalog(
         for row in q.fetch_all(&mut *conn).await? {
             let version: i64 = row.try_get(2)?;
             let lessons: String = row.try_get(3)?;
-            let lessons: Vec<String> =
-                serde_json::from_str(&lessons).map_err(|e| StoreError::Corrupt(format!("catalog lessons: {e}")))?;
-            out.insert(
-                (row.try_get(0)?, row.try_get(1)?),
-                CatalogCourse { version: u32::try_from(version).unwrap_or(u32::MAX), lessons },
-            );
+            let lessons: Vec<String> = serde_json::from_str(&lessons).map_err(|e| StoreError::Corrupt(format!("catalog lessons: {e}")))?;
+            out.insert((row.try_get(0)?, row.try_get(1)?), CatalogCourse { version: u32::try_from(version).unwrap_or(u32::MAX), lessons });
         }
     }
     Ok(out)
@@ -186,11 +182,8 @@ pub async fn load_facts(conn: &mut AnyConnection, keys: &[Key]) -> Result<HashMa
         for row in rows {
             let key = Key { tenant: row.try_get(0)?, learner: row.try_get(1)?, course: row.try_get(2)? };
             let last: Option<i64> = row.try_get(4)?;
-            let facts = CourseFacts {
-                lessons: HashMap::new(),
-                time_spent_ms: row.try_get(3)?,
-                last_activity_at: last.map(from_us).transpose()?,
-            };
+            let facts =
+                CourseFacts { lessons: HashMap::new(), time_spent_ms: row.try_get(3)?, last_activity_at: last.map(from_us).transpose()? };
             out.insert(key, facts);
         }
         let mut q = sqlx::query(&lessons_sql);
@@ -232,10 +225,8 @@ pub async fn recompute(
         // Every key has its row: progress batches upsert it first, catalog changes read the
         // keys from it. A missing one is a bug, not a revision 0 (which would rank as an
         // event of an older processor).
-        let revision = revisions
-            .get(k)
-            .copied()
-            .ok_or_else(|| StoreError::Corrupt(format!("no progress_courses row to revise for {k:?}")))?;
+        let revision =
+            revisions.get(k).copied().ok_or_else(|| StoreError::Corrupt(format!("no progress_courses row to revise for {k:?}")))?;
         let data = view.to_event_data(&k.learner, revision);
         events.push(Event::derived(&k.tenant, source, time, EventData::ProgressUpdated(data)));
         if view.status == ProgressStatus::Completed {
@@ -251,12 +242,7 @@ pub async fn recompute(
         let mut q = sqlx::query(&sql);
         for (k, v) in chunk {
             let at = v.completed_at.map(lms_store::sql::to_us).unwrap_or_default();
-            q = q
-                .bind(k.tenant.as_str())
-                .bind(k.learner.as_str())
-                .bind(k.course.as_str())
-                .bind(at)
-                .bind(i64::from(v.course_version));
+            q = q.bind(k.tenant.as_str()).bind(k.learner.as_str()).bind(k.course.as_str()).bind(at).bind(i64::from(v.course_version));
         }
         let fresh: HashSet<Key> = q
             .fetch_all(&mut *conn)

@@ -63,11 +63,7 @@ impl Changes {
 
     fn add(&mut self, record: &Record) {
         let e = &record.event;
-        let key = |learner: &str, course: &str| Key {
-            tenant: e.tenant.clone(),
-            learner: learner.to_owned(),
-            course: course.to_owned(),
-        };
+        let key = |learner: &str, course: &str| Key { tenant: e.tenant.clone(), learner: learner.to_owned(), course: course.to_owned() };
         match &e.data {
             EventData::LessonStarted(d) => self.activity(&key(&d.learner_id, &d.course_id), record),
             EventData::LessonCompleted(d) => {
@@ -98,8 +94,7 @@ impl Changes {
         }
         // The latest event wins; at equal times a drop wins (as in the analytics store, so
         // the funnel and at-risk lists agree with progress), then the larger event id.
-        let newer =
-            d.enrollment.as_ref().is_none_or(|(t, i, s)| (at, state == "dropped", &id) > (*t, *s == "dropped", i));
+        let newer = d.enrollment.as_ref().is_none_or(|(t, i, s)| (at, state == "dropped", &id) > (*t, *s == "dropped", i));
         if newer {
             d.enrollment = Some((at, id, state));
         }
@@ -116,8 +111,7 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
     if changes.courses.is_empty() {
         return Ok(Vec::new());
     }
-    db::lock_courses(tx, store.backend(), changes.courses.keys().map(|k| (k.tenant.as_str(), k.course.as_str())), false)
-        .await?;
+    db::lock_courses(tx, store.backend(), changes.courses.keys().map(|k| (k.tenant.as_str(), k.course.as_str())), false).await?;
     if !changes.videos.is_empty() {
         let ids: Vec<(String, String, String)> =
             changes.videos.iter().map(|((t, id), (key, _))| (t.clone(), id.clone(), key.learner.clone())).collect();

@@ -145,7 +145,8 @@ async fn run(events: &[Event], batch_sizes: &[usize]) -> Outcome {
     let mut derived = Vec::new();
     let mut offset = 0;
     for batch in batches(events, batch_sizes) {
-        let (catalog, learning): (Vec<&Event>, Vec<&Event>) = batch.iter().partition(|e| e.data.event_type().as_str().starts_with("course."));
+        let (catalog, learning): (Vec<&Event>, Vec<&Event>) =
+            batch.iter().partition(|e| e.data.event_type().as_str().starts_with("course."));
         for (stage, events) in [(&Catalog as &dyn Stage, catalog), (&Progress as &dyn Stage, learning)] {
             if events.is_empty() {
                 continue;
@@ -181,7 +182,12 @@ pub(crate) fn batches<'a>(events: &'a [Event], sizes: &[usize]) -> Vec<&'a [Even
 
 /// Applies one batch through `stage` in its own transaction, as the runner does, giving the
 /// records the offsets after `offset`; returns what the stage emitted.
-pub(crate) async fn apply_batch<'a>(store: &Store, stage: &dyn Stage, events: impl Iterator<Item = &'a Event>, offset: &mut i64) -> Emitted {
+pub(crate) async fn apply_batch<'a>(
+    store: &Store,
+    stage: &dyn Stage,
+    events: impl Iterator<Item = &'a Event>,
+    offset: &mut i64,
+) -> Emitted {
     let records: Vec<Record> = events
         .map(|e| {
             *offset += 1;
@@ -291,13 +297,8 @@ async fn analytics(events: &[Event], derived: &[Event]) -> Figures {
     for course in COURSES {
         let funnel = FunnelParams { tenant: TENANT.to_owned(), course_id: course.to_owned() };
         figures.funnels.push(store.funnel(&funnel).await.expect("funnel"));
-        let at_risk = AtRiskParams {
-            tenant: TENANT.to_owned(),
-            course_id: course.to_owned(),
-            inactive_days: 0,
-            as_of: time(10_000),
-            limit: 100,
-        };
+        let at_risk =
+            AtRiskParams { tenant: TENANT.to_owned(), course_id: course.to_owned(), inactive_days: 0, as_of: time(10_000), limit: 100 };
         figures.at_risk.push(store.at_risk(&at_risk).await.expect("at-risk"));
     }
     drop(store);

@@ -20,16 +20,16 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration as Span, NaiveDate, TimeZone, Utc};
 use hdrhistogram::Histogram;
 use lms_analytics::{
-    AnalyticsSink, AnalyticsStore, AtRiskParams, ClickHouseConfig, ClickHouseStore, FunnelParams, Granularity,
-    ParquetConfig, ParquetStore, RevenueParams, ScoresParams, SeriesParams,
+    AnalyticsSink, AnalyticsStore, AtRiskParams, ClickHouseConfig, ClickHouseStore, FunnelParams, Granularity, ParquetConfig, ParquetStore,
+    RevenueParams, ScoresParams, SeriesParams,
 };
 use lms_bus::{
-    Batch, BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, OnQueueFull, ProcessError, Processor,
-    Producer, TopicsFile, topics::TopicAdmin,
+    Batch, BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, OnQueueFull, ProcessError, Processor, Producer, TopicsFile,
+    topics::TopicAdmin,
 };
 use lms_events::data::{
-    AchievementUnlocked, AssessmentGraded, CourseCompleted, EnrollmentCreated, EnrollmentDropped, EnrollmentSource,
-    LessonRef, PaymentRefunded, PaymentSucceeded, ProgressStatus, ProgressUpdated, VideoProgressed,
+    AchievementUnlocked, AssessmentGraded, CourseCompleted, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LessonRef,
+    PaymentRefunded, PaymentSucceeded, ProgressStatus, ProgressUpdated, VideoProgressed,
 };
 use lms_events::{Event, EventData};
 use rand::rngs::StdRng;
@@ -98,7 +98,12 @@ fn event(i: u64) -> Event {
             source: EnrollmentSource::SelfService,
         }),
         83..=84 => EventData::EnrollmentDropped(EnrollmentDropped { learner_id: learner.clone(), course_id: course.clone() }),
-        85..=87 => EventData::CourseCompleted(CourseCompleted { learner_id: learner.clone(), course_id: course.clone(), course_version: 1, completed_at: time }),
+        85..=87 => EventData::CourseCompleted(CourseCompleted {
+            learner_id: learner.clone(),
+            course_id: course.clone(),
+            course_version: 1,
+            completed_at: time,
+        }),
         88..=92 => EventData::PaymentSucceeded(PaymentSucceeded {
             payment_id: format!("pay-{i}"),
             learner_id: learner.clone(),
@@ -120,15 +125,7 @@ fn event(i: u64) -> Event {
             unlocked_at: time,
         }),
     };
-    Event {
-        specversion: "1.0".to_owned(),
-        id: format!("e{i:09}"),
-        source: "bench".to_owned(),
-        time,
-        subject: Some(learner),
-        tenant,
-        data,
-    }
+    Event { specversion: "1.0".to_owned(), id: format!("e{i:09}"), source: "bench".to_owned(), time, subject: Some(learner), tenant, data }
 }
 
 /// Counts the events a processor finished; times the first and the last batch.
@@ -194,9 +191,8 @@ async fn sink_bench(brokers: &str, ch_url: &str) {
     let admin = TopicAdmin::new(&kafka).expect("admin");
     let plan = admin.plan(&TopicsFile::bundled(), &prefix, None, false).await.expect("plan");
     admin.apply(&plan).await.expect("apply topics");
-    let producer = Arc::new(
-        Producer::new(&kafka, TopicsFile::bundled().topic_map(&prefix), BusMetrics::standalone(), "bench").expect("producer"),
-    );
+    let producer =
+        Arc::new(Producer::new(&kafka, TopicsFile::bundled().topic_map(&prefix), BusMetrics::standalone(), "bench").expect("producer"));
     let started = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(20_000) {
         let events: Vec<_> = chunk.iter().map(|i| (event(*i), None)).collect();
@@ -209,7 +205,10 @@ async fn sink_bench(brokers: &str, ch_url: &str) {
     let store = ClickHouseStore::new(ClickHouseConfig::new(ch_url, format!("bench_sink_{}", std::process::id()))).expect("a store");
     store.migrate().await.expect("migrate");
     let sink = run_member(&kafka, Arc::new(Counting::new(Some(AnalyticsSink::new(Arc::new(store))))), producer, n).await;
-    println!("sink bench over {n} events: no-op consumer {noop:.0} events/s, analytics sink (ClickHouse) {sink:.0} events/s, ratio {:.2}", sink / noop);
+    println!(
+        "sink bench over {n} events: no-op consumer {noop:.0} events/s, analytics sink (ClickHouse) {sink:.0} events/s, ratio {:.2}",
+        sink / noop
+    );
 }
 
 async fn fill(store: &dyn AnalyticsStore, n: u64, chunk: u64) {
@@ -225,7 +224,12 @@ async fn fill(store: &dyn AnalyticsStore, n: u64, chunk: u64) {
             println!("  {} events written ({:.0}/s)", i, i as f64 / started.elapsed().as_secs_f64());
         }
     }
-    println!("{}: wrote {n} events in {:.1} s ({:.0} events/s)", store.kind(), started.elapsed().as_secs_f64(), n as f64 / started.elapsed().as_secs_f64());
+    println!(
+        "{}: wrote {n} events in {:.1} s ({:.0} events/s)",
+        store.kind(),
+        started.elapsed().as_secs_f64(),
+        n as f64 / started.elapsed().as_secs_f64()
+    );
 }
 
 async fn query_bench(store: &dyn AnalyticsStore, runs: usize) {
@@ -269,7 +273,11 @@ async fn query_bench(store: &dyn AnalyticsStore, runs: usize) {
             }
             h.record(t.elapsed().as_micros() as u64).expect("record");
         }
-        println!("  {name:16} p50 {:7.1} ms  p95 {:7.1} ms", h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.95) as f64 / 1000.0);
+        println!(
+            "  {name:16} p50 {:7.1} ms  p95 {:7.1} ms",
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.95) as f64 / 1000.0
+        );
     }
 }
 

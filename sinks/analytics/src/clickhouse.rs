@@ -30,9 +30,7 @@ use tracing::{info, warn};
 
 use crate::compute::{self, CourseLearners};
 use crate::params::{AtRiskParams, FunnelParams, Granularity, RevenueParams, ScoresParams, SeriesParams};
-use crate::response::{
-    ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, Scores,
-};
+use crate::response::{ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, Scores};
 use crate::rows::{Facts, date_of, day_number};
 use crate::store::{AnalyticsStore, MigrationReport, StoreError};
 
@@ -109,9 +107,7 @@ impl ClickHouseConfig {
 fn https_client_trusting(url: &str, ca_file: &Path) -> Result<Client, StoreError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let fail = |cause: String| {
-        StoreError::Config(format!("ClickHouse {url}: cannot use ca_file {}: {cause}", ca_file.display()))
-    };
+    let fail = |cause: String| StoreError::Config(format!("ClickHouse {url}: cannot use ca_file {}: {cause}", ca_file.display()));
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| fail(e.to_string()))? {
         roots.add(cert.map_err(|e| fail(e.to_string()))?).map_err(|e| fail(e.to_string()))?;
@@ -127,11 +123,7 @@ fn https_client_trusting(url: &str, ca_file: &Path) -> Result<Client, StoreError
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
     // The clickhouse crate's own defaults: its idle timeout stays under the server's 3 s.
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(2))
@@ -148,78 +140,82 @@ struct Migration {
 
 /// Every migration, oldest first. Never edit a released one; add a new version. Statements
 /// are idempotent (`IF NOT EXISTS`) so that two processes migrating at once are harmless.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "raw events and the rollups of the analytics endpoints",
-    statements: &[
-        // Every event as received; duplicates of an id collapse on merge.
-        "CREATE TABLE IF NOT EXISTS events (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "raw events and the rollups of the analytics endpoints",
+        statements: &[
+            // Every event as received; duplicates of an id collapse on merge.
+            "CREATE TABLE IF NOT EXISTS events (
             tenant String, id String, event_type String, time_us Int64, day Int32,
             source String, subject String, learner_id String, course_id String, data String,
             ingested_at DateTime DEFAULT now()
         ) ENGINE = ReplacingMergeTree ORDER BY (tenant, id)",
-        // Learners active per day and course (learning events): one row per key.
-        "CREATE TABLE IF NOT EXISTS activity_daily (
+            // Learners active per day and course (learning events): one row per key.
+            "CREATE TABLE IF NOT EXISTS activity_daily (
             tenant String, day Int32, week Int32, month Int32, course_id String, learner_id String
         ) ENGINE = ReplacingMergeTree ORDER BY (tenant, day, course_id, learner_id)",
-        // The latest learning event per learner and course; merges keep the latest.
-        "CREATE TABLE IF NOT EXISTS course_activity (
+            // The latest learning event per learner and course; merges keep the latest.
+            "CREATE TABLE IF NOT EXISTS course_activity (
             tenant String, course_id String, learner_id String, last_us Int64,
             ver UInt64 MATERIALIZED toUInt64(greatest(last_us, 0))
         ) ENGINE = ReplacingMergeTree(ver) ORDER BY (tenant, course_id, learner_id)",
-        // Enrollment events; the key holds the id.
-        "CREATE TABLE IF NOT EXISTS enrollments (
+            // Enrollment events; the key holds the id.
+            "CREATE TABLE IF NOT EXISTS enrollments (
             tenant String, course_id String, learner_id String, id String,
             day Int32, week Int32, month Int32, dropped Int32, order_key Int64
         ) ENGINE = ReplacingMergeTree ORDER BY (tenant, course_id, learner_id, id)",
-        // Completions per learner and course; merges keep the earliest.
-        "CREATE TABLE IF NOT EXISTS completions (
+            // Completions per learner and course; merges keep the earliest.
+            "CREATE TABLE IF NOT EXISTS completions (
             tenant String, course_id String, learner_id String, completed_us Int64,
             day Int32, week Int32, month Int32,
             ver UInt64 MATERIALIZED toUInt64(9223372036854775807 - greatest(completed_us, 0))
         ) ENGINE = ReplacingMergeTree(ver) ORDER BY (tenant, course_id, learner_id)",
-        // The furthest progress per learner and course; merges keep the furthest.
-        "CREATE TABLE IF NOT EXISTS progress (
+            // The furthest progress per learner and course; merges keep the furthest.
+            "CREATE TABLE IF NOT EXISTS progress (
             tenant String, course_id String, learner_id String, pct_tenths Int32,
             ver UInt32 MATERIALIZED toUInt32(greatest(pct_tenths, 0))
         ) ENGINE = ReplacingMergeTree(ver) ORDER BY (tenant, course_id, learner_id)",
-        // Payments and refunds; the key holds the id.
-        "CREATE TABLE IF NOT EXISTS payments (
+            // Payments and refunds; the key holds the id.
+            "CREATE TABLE IF NOT EXISTS payments (
             tenant String, payment_id String, id String, refund Int32,
             day Int32, week Int32, month Int32, amount_minor Int64, currency String, course_id String
         ) ENGINE = ReplacingMergeTree ORDER BY (tenant, payment_id, id)",
-        // Graded attempts; the key holds the id.
-        "CREATE TABLE IF NOT EXISTS attempts (
+            // Graded attempts; the key holds the id.
+            "CREATE TABLE IF NOT EXISTS attempts (
             tenant String, assessment_id String, learner_id String, id String, course_id String,
             day Int32, pct Float64
         ) ENGINE = ReplacingMergeTree ORDER BY (tenant, assessment_id, learner_id, id)",
-    ],
-}, Migration {
-    version: 2,
-    name: "progress and completions follow the latest revision of each learner's figures",
-    statements: &[
-        // The figures of each `progress.updated`; merges keep the largest revision, reads
-        // take `argMax(…, revision)`. Replaces `progress` (the furthest percent) and
-        // `completions` (the earliest completion), which could not take back what a late
-        // course version took back: they are no longer written nor read, and can be dropped
-        // once no member of an older version writes them.
-        "CREATE TABLE IF NOT EXISTS learner_progress (
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "progress and completions follow the latest revision of each learner's figures",
+        statements: &[
+            // The figures of each `progress.updated`; merges keep the largest revision, reads
+            // take `argMax(…, revision)`. Replaces `progress` (the furthest percent) and
+            // `completions` (the earliest completion), which could not take back what a late
+            // course version took back: they are no longer written nor read, and can be dropped
+            // once no member of an older version writes them.
+            "CREATE TABLE IF NOT EXISTS learner_progress (
             tenant String, course_id String, learner_id String, revision UInt64,
             pct_tenths Int32, completed Int32, completed_us Int64,
             day Int32, week Int32, month Int32
         ) ENGINE = ReplacingMergeTree(revision) ORDER BY (tenant, course_id, learner_id)",
-    ],
-}, Migration {
-    version: 3,
-    name: "erased learners",
-    statements: &[
-        // Learners erased per tenant (`DELETE /v1/learners/{id}`): the sink drops their
-        // events; their rows elsewhere are removed by mutations (`erase`).
-        "CREATE TABLE IF NOT EXISTS erased_learners (
+        ],
+    },
+    Migration {
+        version: 3,
+        name: "erased learners",
+        statements: &[
+            // Learners erased per tenant (`DELETE /v1/learners/{id}`): the sink drops their
+            // events; their rows elsewhere are removed by mutations (`erase`).
+            "CREATE TABLE IF NOT EXISTS erased_learners (
             tenant String, learner_id String, erased_us Int64
         ) ENGINE = ReplacingMergeTree ORDER BY (tenant, learner_id)",
-    ],
-}];
+        ],
+    },
+];
 
 /// The schema version this build expects.
 pub const SCHEMA_VERSION: u32 = 3;
@@ -296,16 +292,10 @@ impl ClickHouseStore {
         Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
     }
 
-    async fn limit<T>(
-        &self,
-        f: impl std::future::Future<Output = clickhouse::error::Result<T>>,
-    ) -> Result<T, StoreError> {
+    async fn limit<T>(&self, f: impl std::future::Future<Output = clickhouse::error::Result<T>>) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => Ok(r?),
-            Err(_) => Err(StoreError::Internal(format!(
-                "the ClickHouse request took longer than {} ms",
-                self.timeout.as_millis()
-            ))),
+            Err(_) => Err(StoreError::Internal(format!("the ClickHouse request took longer than {} ms", self.timeout.as_millis()))),
         }
     }
 
@@ -321,11 +311,7 @@ impl ClickHouseStore {
             return Ok(());
         }
         let work = async {
-            let mut insert = self
-                .db
-                .insert::<T>(table)
-                .await?
-                .with_timeouts(Some(self.timeout), Some(self.timeout));
+            let mut insert = self.db.insert::<T>(table).await?.with_timeouts(Some(self.timeout), Some(self.timeout));
             for row in rows {
                 insert.write(row).await?;
             }
@@ -339,8 +325,7 @@ impl ClickHouseStore {
         struct V {
             version: u32,
         }
-        let rows: Vec<V> =
-            self.fetch(self.db.query("SELECT DISTINCT version FROM schema_migrations ORDER BY version")).await?;
+        let rows: Vec<V> = self.fetch(self.db.query("SELECT DISTINCT version FROM schema_migrations ORDER BY version")).await?;
         Ok(rows.into_iter().map(|v| v.version).collect())
     }
 
@@ -410,23 +395,15 @@ impl AnalyticsStore for ClickHouseStore {
         .await?;
         let done = self.applied_versions().await?;
         if let Some(newer) = done.iter().copied().find(|v| *v > SCHEMA_VERSION) {
-            return Err(StoreError::Schema(format!(
-                "the database is at schema version {newer}, newer than this build's {SCHEMA_VERSION}"
-            )));
+            return Err(StoreError::Schema(format!("the database is at schema version {newer}, newer than this build's {SCHEMA_VERSION}")));
         }
         let mut report = MigrationReport::default();
         for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
             for statement in m.statements {
                 self.limit(self.db.query(statement).execute()).await?;
             }
-            self.limit(
-                self.db
-                    .query("INSERT INTO schema_migrations (version, name) VALUES (?, ?)")
-                    .bind(m.version)
-                    .bind(m.name)
-                    .execute(),
-            )
-            .await?;
+            self.limit(self.db.query("INSERT INTO schema_migrations (version, name) VALUES (?, ?)").bind(m.version).bind(m.name).execute())
+                .await?;
             info!(version = m.version, name = m.name, "applied analytics migration");
             report.applied.push(m.version);
         }
@@ -581,10 +558,7 @@ impl AnalyticsStore for ClickHouseStore {
             q = q.bind(c);
         }
         let rows: Vec<R> = self.fetch(q).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| EnrollmentsPoint { bucket: date_of(r.bucket), enrollments: r.created, drops: r.dropped })
-            .collect())
+        Ok(rows.into_iter().map(|r| EnrollmentsPoint { bucket: date_of(r.bucket), enrollments: r.created, drops: r.dropped }).collect())
     }
 
     async fn completions(&self, p: &SeriesParams) -> Result<Vec<CompletionsPoint>, StoreError> {

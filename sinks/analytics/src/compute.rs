@@ -112,19 +112,14 @@ pub fn round2(v: f64) -> f64 {
 /// The histogram bucket (0–9) of a percentage: `⌊pct/10⌋`, with 100 % (and anything above) in
 /// the last bucket and anything below 0 in the first.
 pub fn score_bucket(pct: f64) -> usize {
-    if pct.is_nan() || pct < 0.0 {
-        0
-    } else {
-        ((pct / 10.0).floor() as usize).min(9)
-    }
+    if pct.is_nan() || pct < 0.0 { 0 } else { ((pct / 10.0).floor() as usize).min(9) }
 }
 
 /// The score statistics from the number of distinct attempts and every learner's best
 /// percentage (in any order).
 pub fn scores(attempts: u64, mut best: Vec<f64>) -> Scores {
     best.sort_by(f64::total_cmp);
-    let mut histogram: Vec<ScoreBucket> =
-        (0..10).map(|i| ScoreBucket { from_pct: i * 10, to_pct: i * 10 + 10, count: 0 }).collect();
+    let mut histogram: Vec<ScoreBucket> = (0..10).map(|i| ScoreBucket { from_pct: i * 10, to_pct: i * 10 + 10, count: 0 }).collect();
     for pct in &best {
         histogram[score_bucket(*pct)].count += 1;
     }
@@ -201,10 +196,7 @@ mod tests {
         // e: recent activity.
         c.enrollment("e".into(), EnrollmentRow::order_key(t("2026-01-01T00:00:00Z"), false));
         c.activity("e".into(), t("2026-01-20T00:00:00Z"));
-        assert_eq!(
-            c.funnel(),
-            Funnel { enrolled: 5, started: 4, reached_25: 3, reached_50: 2, reached_75: 2, completed: 1 }
-        );
+        assert_eq!(c.funnel(), Funnel { enrolled: 5, started: 4, reached_25: 3, reached_50: 2, reached_75: 2, completed: 1 });
         let p = AtRiskParams {
             tenant: "t".into(),
             course_id: "c".into(),

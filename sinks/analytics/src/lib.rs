@@ -67,9 +67,7 @@ mod sink;
 mod store;
 
 pub use crate::clickhouse::{ClickHouseCompression, ClickHouseConfig, ClickHouseStore};
-pub use crate::params::{
-    AtRiskParams, FunnelParams, Granularity, ParamError, ParamProblem, RevenueParams, ScoresParams, SeriesParams,
-};
+pub use crate::params::{AtRiskParams, FunnelParams, Granularity, ParamError, ParamProblem, RevenueParams, ScoresParams, SeriesParams};
 pub use crate::parquet::{ParquetConfig, ParquetStore};
 pub use crate::response::{
     ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, ScoreBucket, Scores,

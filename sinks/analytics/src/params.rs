@@ -61,9 +61,7 @@ impl Granularity {
     pub fn bucket_start(self, day: NaiveDate) -> NaiveDate {
         match self {
             Granularity::Day => day,
-            Granularity::Week => {
-                day - Duration::days(i64::from(day.weekday().num_days_from_monday()))
-            }
+            Granularity::Week => day - Duration::days(i64::from(day.weekday().num_days_from_monday())),
             Granularity::Month => day.with_day(1).unwrap_or(day),
         }
     }
@@ -77,9 +75,7 @@ impl FromStr for Granularity {
             "day" => Ok(Granularity::Day),
             "week" => Ok(Granularity::Week),
             "month" => Ok(Granularity::Month),
-            other => Err(format!(
-                "unknown granularity {other:?}; expected one of day, week, month"
-            )),
+            other => Err(format!("unknown granularity {other:?}; expected one of day, week, month")),
         }
     }
 }
@@ -108,11 +104,7 @@ pub struct ParamError {
 }
 
 fn summary(problems: &[ParamProblem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("{}: {}", p.param, p.message))
-        .collect::<Vec<_>>()
-        .join("; ")
+    problems.iter().map(|p| format!("{}: {}", p.param, p.message)).collect::<Vec<_>>().join("; ")
 }
 
 /// A date range and bucketing shared by the series endpoints.
@@ -267,10 +259,7 @@ impl<'a> Reader<'a> {
         }
         let days = (to - from).num_days() + 1;
         if days > MAX_RANGE_DAYS {
-            self.problem(
-                "to",
-                format!("the range covers {days} days; at most {MAX_RANGE_DAYS} are allowed"),
-            );
+            self.problem("to", format!("the range covers {days} days; at most {MAX_RANGE_DAYS} are allowed"));
             return None;
         }
         Some((from, to))
@@ -289,8 +278,7 @@ impl<'a> Reader<'a> {
 
 fn parse_date(v: &str) -> Result<NaiveDate, String> {
     // Exactly YYYY-MM-DD: chrono alone would also take a sign or more year digits.
-    let shaped = v.len() == 10
-        && v.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+    let shaped = v.len() == 10 && v.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
     if !shaped {
         return Err(format!("{v:?} is not a date of the form YYYY-MM-DD"));
     }
@@ -360,9 +348,7 @@ pub fn revenue(tenant: &str, query: &[(String, String)]) -> Result<RevenueParams
     let series = series_in(&mut r, tenant);
     let currency = match r.get("currency") {
         None => Some(None),
-        Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => {
-            Some(Some(c.to_owned()))
-        }
+        Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => Some(Some(c.to_owned())),
         Some(c) => {
             r.problem("currency", format!("{c:?} is not an ISO 4217 code (three uppercase letters)"));
             None
@@ -377,11 +363,7 @@ pub fn revenue(tenant: &str, query: &[(String, String)]) -> Result<RevenueParams
 
 /// Parses the parameters of the funnel endpoint (the course comes from the path; no query
 /// parameters).
-pub fn funnel(
-    tenant: &str,
-    course_id: &str,
-    query: &[(String, String)],
-) -> Result<FunnelParams, ParamError> {
+pub fn funnel(tenant: &str, course_id: &str, query: &[(String, String)]) -> Result<FunnelParams, ParamError> {
     let mut r = Reader::new(query, NONE);
     let tenant = check_tenant(&mut r, tenant);
     let course_id = r.id("course_id", Some(course_id));
@@ -394,11 +376,7 @@ pub fn funnel(
 
 /// Parses the parameters of the scores endpoint: the assessment from the path, optional
 /// `from`/`to` (both or neither) and `course_id`.
-pub fn scores(
-    tenant: &str,
-    assessment_id: &str,
-    query: &[(String, String)],
-) -> Result<ScoresParams, ParamError> {
+pub fn scores(tenant: &str, assessment_id: &str, query: &[(String, String)]) -> Result<ScoresParams, ParamError> {
     let mut r = Reader::new(query, SCORES);
     let tenant = check_tenant(&mut r, tenant);
     let assessment_id = r.id("assessment_id", Some(assessment_id));
@@ -408,9 +386,7 @@ pub fn scores(
     let course_id = r.id("course_id", course);
     let ok = (!had_range || range.is_some()) && (course.is_none() || course_id.is_some());
     let p = match (tenant, assessment_id) {
-        (Some(tenant), Some(assessment_id)) if ok => {
-            Some(ScoresParams { tenant, assessment_id, range, course_id })
-        }
+        (Some(tenant), Some(assessment_id)) if ok => Some(ScoresParams { tenant, assessment_id, range, course_id }),
         _ => None,
     };
     r.finish(p)
@@ -420,12 +396,7 @@ pub fn scores(
 /// `inactive_days` (default 7, 0 to [`MAX_INACTIVE_DAYS`]), `as_of` (RFC 3339 with offset,
 /// default `now`) and `limit` (default and maximum in [`DEFAULT_AT_RISK_LIMIT`] and
 /// [`MAX_AT_RISK_LIMIT`]).
-pub fn at_risk(
-    tenant: &str,
-    course_id: &str,
-    query: &[(String, String)],
-    now: DateTime<Utc>,
-) -> Result<AtRiskParams, ParamError> {
+pub fn at_risk(tenant: &str, course_id: &str, query: &[(String, String)], now: DateTime<Utc>) -> Result<AtRiskParams, ParamError> {
     let mut r = Reader::new(query, AT_RISK);
     let tenant = check_tenant(&mut r, tenant);
     let course_id = r.id("course_id", Some(course_id));
@@ -434,10 +405,7 @@ pub fn at_risk(
         Some(v) => match v.parse::<u32>() {
             Ok(d) if d <= MAX_INACTIVE_DAYS => Some(d),
             _ => {
-                r.problem(
-                    "inactive_days",
-                    format!("{v:?} is not a whole number of days from 0 to {MAX_INACTIVE_DAYS}"),
-                );
+                r.problem("inactive_days", format!("{v:?} is not a whole number of days from 0 to {MAX_INACTIVE_DAYS}"));
                 None
             }
         },
@@ -504,8 +472,8 @@ mod tests {
 
     #[test]
     fn a_valid_series() {
-        let p = series("t1", &q(&[("from", "2026-01-01"), ("to", "2026-01-31"), ("granularity", "week"), ("course_id", "c")]))
-            .expect("valid");
+        let p =
+            series("t1", &q(&[("from", "2026-01-01"), ("to", "2026-01-31"), ("granularity", "week"), ("course_id", "c")])).expect("valid");
         assert_eq!(p.from, NaiveDate::from_ymd_opt(2026, 1, 1).expect("date"));
         assert_eq!(p.to, NaiveDate::from_ymd_opt(2026, 1, 31).expect("date"));
         assert_eq!(p.granularity, Granularity::Week);

@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-};
+use datafusion::arrow::array::{Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
@@ -33,9 +31,7 @@ use tracing::{debug, info};
 
 use crate::compute::{self, CourseLearners};
 use crate::params::{AtRiskParams, FunnelParams, Granularity, RevenueParams, ScoresParams, SeriesParams};
-use crate::response::{
-    ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, Scores,
-};
+use crate::response::{ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, Scores};
 use crate::rows::{Facts, date_of, day_number};
 use crate::store::{AnalyticsStore, MigrationReport, StoreError};
 
@@ -94,12 +90,7 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "course_activity",
-        columns: &[
-            ("tenant", DataType::Utf8),
-            ("course_id", DataType::Utf8),
-            ("learner_id", DataType::Utf8),
-            ("last_us", DataType::Int64),
-        ],
+        columns: &[("tenant", DataType::Utf8), ("course_id", DataType::Utf8), ("learner_id", DataType::Utf8), ("last_us", DataType::Int64)],
         compact_sql: "SELECT tenant, course_id, learner_id, MAX(last_us) AS last_us FROM t
                       GROUP BY tenant, course_id, learner_id",
     },
@@ -190,9 +181,7 @@ impl Table {
     fn schema(&self) -> SchemaRef {
         // Nullable throughout: aggregates in compaction produce nullable columns, and the
         // files of one table must share one schema.
-        Arc::new(Schema::new(
-            self.columns.iter().map(|(n, t)| Field::new(*n, t.clone(), true)).collect::<Vec<_>>(),
-        ))
+        Arc::new(Schema::new(self.columns.iter().map(|(n, t)| Field::new(*n, t.clone(), true)).collect::<Vec<_>>()))
     }
 }
 
@@ -300,16 +289,12 @@ impl Inner {
     fn write_file(&self, t: &Table, batch: &RecordBatch) -> Result<PathBuf, StoreError> {
         let dir = self.table_dir(t);
         std::fs::create_dir_all(&dir)?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let name = format!("{nanos:024}-{:06}", self.seq.fetch_add(1, Ordering::Relaxed));
         let tmp = dir.join(format!("{name}.tmp"));
         let path = dir.join(format!("{name}.parquet"));
         let file = std::fs::File::create(&tmp)?;
-        let mut writer = ArrowWriter::try_new(&file, batch.schema(), None)
-            .map_err(|e| StoreError::DataFusion(e.into()))?;
+        let mut writer = ArrowWriter::try_new(&file, batch.schema(), None).map_err(|e| StoreError::DataFusion(e.into()))?;
         writer.write(batch).map_err(|e| StoreError::DataFusion(e.into()))?;
         writer.close().map_err(|e| StoreError::DataFusion(e.into()))?;
         file.sync_all()?;
@@ -470,69 +455,87 @@ fn batches(f: &Facts) -> Result<Vec<(&'static Table, RecordBatch)>, StoreError> 
         Ok(())
     };
     let r = &f.activity_daily;
-    push("activity_daily", vec![
-        strings(r.iter().map(|r| r.tenant.as_str())),
-        i32s(r.iter().map(|r| r.day)),
-        i32s(r.iter().map(|r| r.week)),
-        i32s(r.iter().map(|r| r.month)),
-        strings(r.iter().map(|r| r.course_id.as_str())),
-        strings(r.iter().map(|r| r.learner_id.as_str())),
-    ])?;
+    push(
+        "activity_daily",
+        vec![
+            strings(r.iter().map(|r| r.tenant.as_str())),
+            i32s(r.iter().map(|r| r.day)),
+            i32s(r.iter().map(|r| r.week)),
+            i32s(r.iter().map(|r| r.month)),
+            strings(r.iter().map(|r| r.course_id.as_str())),
+            strings(r.iter().map(|r| r.learner_id.as_str())),
+        ],
+    )?;
     let r = &f.course_activity;
-    push("course_activity", vec![
-        strings(r.iter().map(|r| r.tenant.as_str())),
-        strings(r.iter().map(|r| r.course_id.as_str())),
-        strings(r.iter().map(|r| r.learner_id.as_str())),
-        i64s(r.iter().map(|r| r.last_us)),
-    ])?;
+    push(
+        "course_activity",
+        vec![
+            strings(r.iter().map(|r| r.tenant.as_str())),
+            strings(r.iter().map(|r| r.course_id.as_str())),
+            strings(r.iter().map(|r| r.learner_id.as_str())),
+            i64s(r.iter().map(|r| r.last_us)),
+        ],
+    )?;
     let r = &f.enrollments;
-    push("enrollments", vec![
-        strings(r.iter().map(|r| r.tenant.as_str())),
-        strings(r.iter().map(|r| r.course_id.as_str())),
-        strings(r.iter().map(|r| r.learner_id.as_str())),
-        strings(r.iter().map(|r| r.id.as_str())),
-        i32s(r.iter().map(|r| r.day)),
-        i32s(r.iter().map(|r| r.week)),
-        i32s(r.iter().map(|r| r.month)),
-        i32s(r.iter().map(|r| r.dropped)),
-        i64s(r.iter().map(|r| r.order_key)),
-    ])?;
+    push(
+        "enrollments",
+        vec![
+            strings(r.iter().map(|r| r.tenant.as_str())),
+            strings(r.iter().map(|r| r.course_id.as_str())),
+            strings(r.iter().map(|r| r.learner_id.as_str())),
+            strings(r.iter().map(|r| r.id.as_str())),
+            i32s(r.iter().map(|r| r.day)),
+            i32s(r.iter().map(|r| r.week)),
+            i32s(r.iter().map(|r| r.month)),
+            i32s(r.iter().map(|r| r.dropped)),
+            i64s(r.iter().map(|r| r.order_key)),
+        ],
+    )?;
     let r = &f.learner_progress;
-    push("learner_progress", vec![
-        strings(r.iter().map(|r| r.tenant.as_str())),
-        strings(r.iter().map(|r| r.course_id.as_str())),
-        strings(r.iter().map(|r| r.learner_id.as_str())),
-        i64s(r.iter().map(|r| i64::try_from(r.revision).unwrap_or(i64::MAX))),
-        i32s(r.iter().map(|r| r.pct_tenths)),
-        i32s(r.iter().map(|r| r.completed)),
-        i64s(r.iter().map(|r| r.completed_us)),
-        i32s(r.iter().map(|r| r.day)),
-        i32s(r.iter().map(|r| r.week)),
-        i32s(r.iter().map(|r| r.month)),
-    ])?;
+    push(
+        "learner_progress",
+        vec![
+            strings(r.iter().map(|r| r.tenant.as_str())),
+            strings(r.iter().map(|r| r.course_id.as_str())),
+            strings(r.iter().map(|r| r.learner_id.as_str())),
+            i64s(r.iter().map(|r| i64::try_from(r.revision).unwrap_or(i64::MAX))),
+            i32s(r.iter().map(|r| r.pct_tenths)),
+            i32s(r.iter().map(|r| r.completed)),
+            i64s(r.iter().map(|r| r.completed_us)),
+            i32s(r.iter().map(|r| r.day)),
+            i32s(r.iter().map(|r| r.week)),
+            i32s(r.iter().map(|r| r.month)),
+        ],
+    )?;
     let r = &f.payments;
-    push("payments", vec![
-        strings(r.iter().map(|r| r.tenant.as_str())),
-        strings(r.iter().map(|r| r.payment_id.as_str())),
-        strings(r.iter().map(|r| r.id.as_str())),
-        i32s(r.iter().map(|r| r.refund)),
-        i32s(r.iter().map(|r| r.day)),
-        i32s(r.iter().map(|r| r.week)),
-        i32s(r.iter().map(|r| r.month)),
-        i64s(r.iter().map(|r| r.amount_minor)),
-        strings(r.iter().map(|r| r.currency.as_str())),
-        strings(r.iter().map(|r| r.course_id.as_str())),
-    ])?;
+    push(
+        "payments",
+        vec![
+            strings(r.iter().map(|r| r.tenant.as_str())),
+            strings(r.iter().map(|r| r.payment_id.as_str())),
+            strings(r.iter().map(|r| r.id.as_str())),
+            i32s(r.iter().map(|r| r.refund)),
+            i32s(r.iter().map(|r| r.day)),
+            i32s(r.iter().map(|r| r.week)),
+            i32s(r.iter().map(|r| r.month)),
+            i64s(r.iter().map(|r| r.amount_minor)),
+            strings(r.iter().map(|r| r.currency.as_str())),
+            strings(r.iter().map(|r| r.course_id.as_str())),
+        ],
+    )?;
     let r = &f.attempts;
-    push("attempts", vec![
-        strings(r.iter().map(|r| r.tenant.as_str())),
-        strings(r.iter().map(|r| r.assessment_id.as_str())),
-        strings(r.iter().map(|r| r.learner_id.as_str())),
-        strings(r.iter().map(|r| r.id.as_str())),
-        strings(r.iter().map(|r| r.course_id.as_str())),
-        i32s(r.iter().map(|r| r.day)),
-        Arc::new(Float64Array::from_iter_values(r.iter().map(|r| r.pct))),
-    ])?;
+    push(
+        "attempts",
+        vec![
+            strings(r.iter().map(|r| r.tenant.as_str())),
+            strings(r.iter().map(|r| r.assessment_id.as_str())),
+            strings(r.iter().map(|r| r.learner_id.as_str())),
+            strings(r.iter().map(|r| r.id.as_str())),
+            strings(r.iter().map(|r| r.course_id.as_str())),
+            i32s(r.iter().map(|r| r.day)),
+            Arc::new(Float64Array::from_iter_values(r.iter().map(|r| r.pct))),
+        ],
+    )?;
     Ok(out)
 }
 
@@ -542,10 +545,7 @@ fn column<T: Array + Clone + 'static>(batches: &[RecordBatch], i: usize, as_type
         .iter()
         .map(|b| {
             let c = cast(b.column(i), as_type)?;
-            c.as_any()
-                .downcast_ref::<T>()
-                .cloned()
-                .ok_or_else(|| StoreError::Internal(format!("column {i} is not {as_type}")))
+            c.as_any().downcast_ref::<T>().cloned().ok_or_else(|| StoreError::Internal(format!("column {i} is not {as_type}")))
         })
         .collect()
 }
@@ -619,9 +619,14 @@ impl Inner {
             .query("SELECT learner_id, MAX(order_key) FROM enrollments WHERE tenant = $1 AND course_id = $2 GROUP BY learner_id", params())
             .await?;
         let active = self
-            .query("SELECT learner_id, MAX(last_us) FROM course_activity WHERE tenant = $1 AND course_id = $2 GROUP BY learner_id", params())
+            .query(
+                "SELECT learner_id, MAX(last_us) FROM course_activity WHERE tenant = $1 AND course_id = $2 GROUP BY learner_id",
+                params(),
+            )
             .await?;
-        let progress = self.query(&format!("SELECT learner_id, pct_tenths, completed FROM {}", latest_progress("AND course_id = $2")), params()).await?;
+        let progress = self
+            .query(&format!("SELECT learner_id, pct_tenths, completed FROM {}", latest_progress("AND course_id = $2")), params())
+            .await?;
         let mut c = CourseLearners::default();
         for (l, k) in texts(&enrolled, 0)?.into_iter().zip(ints(&enrolled, 1)?) {
             c.enrollment(l, k);
@@ -648,16 +653,16 @@ impl AnalyticsStore for ParquetStore {
             let _w = inner.writer.lock().await;
             let format = inner.cfg.dir.join("FORMAT");
             let found = match tokio::fs::read_to_string(&format).await {
-                Ok(s) => Some(s.trim().parse::<u32>().map_err(|_| StoreError::Schema(format!("{} is not a version number", format.display())))?),
+                Ok(s) => {
+                    Some(s.trim().parse::<u32>().map_err(|_| StoreError::Schema(format!("{} is not a version number", format.display())))?)
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e.into()),
             };
             let mut report = MigrationReport { version: FORMAT_VERSION, ..MigrationReport::default() };
             match found {
                 Some(v) if v > FORMAT_VERSION => {
-                    return Err(StoreError::Schema(format!(
-                        "the twin's files are format {v}, newer than this build's {FORMAT_VERSION}"
-                    )));
+                    return Err(StoreError::Schema(format!("the twin's files are format {v}, newer than this build's {FORMAT_VERSION}")));
                 }
                 Some(v) if v == FORMAT_VERSION => {}
                 // Format 2 added `learner_progress` (its rows come from `progress.updated`:
@@ -717,11 +722,10 @@ impl AnalyticsStore for ParquetStore {
             let _w = inner.writer.lock().await;
             let list = table(ERASED);
             let now = chrono::Utc::now().timestamp_micros();
-            let row = RecordBatch::try_new(list.schema(), vec![
-                strings(std::iter::once(tenant.as_str())),
-                strings(std::iter::once(learner.as_str())),
-                i64s(std::iter::once(now)),
-            ])?;
+            let row = RecordBatch::try_new(
+                list.schema(),
+                vec![strings(std::iter::once(tenant.as_str())), strings(std::iter::once(learner.as_str())), i64s(std::iter::once(now))],
+            )?;
             inner.write_file(list, &row)?;
             let mut removed = BTreeMap::new();
             for t in TABLES.iter().filter(|t| t.names_learners()) {
@@ -741,11 +745,12 @@ impl AnalyticsStore for ParquetStore {
         let mut all = HashSet::new();
         for tenant in tenants {
             let sql = "SELECT DISTINCT learner_id FROM erased_learners WHERE tenant = $1";
-            let found = self.run({
-                let tenant = tenant.to_owned();
-                move |inner| async move { inner.query(sql, vec![text(&tenant)]).await }
-            })
-            .await?;
+            let found = self
+                .run({
+                    let tenant = tenant.to_owned();
+                    move |inner| async move { inner.query(sql, vec![text(&tenant)]).await }
+                })
+                .await?;
             all.extend(texts(&found, 0)?.into_iter().map(|l| (tenant.to_owned(), l)));
         }
         Ok(learners.iter().map(|(t, l)| ((*t).to_owned(), (*l).to_owned())).filter(|k| all.contains(k)).collect())

@@ -22,8 +22,7 @@ pub fn day_number(d: NaiveDate) -> i32 {
 
 /// The date of a day number (days since 1970-01-01).
 pub fn date_of(day: i32) -> NaiveDate {
-    NaiveDate::from_num_days_from_ce_opt(day.saturating_add(UNIX_EPOCH_DAYS_FROM_CE))
-        .unwrap_or(NaiveDate::MIN)
+    NaiveDate::from_num_days_from_ce_opt(day.saturating_add(UNIX_EPOCH_DAYS_FROM_CE)).unwrap_or(NaiveDate::MIN)
 }
 
 /// Microseconds since the epoch of a time.
@@ -488,9 +487,18 @@ mod tests {
         let revision = 1_794_220_200_000_000;
         let f = Facts::from_events([&old_done, &progress(revision, 1, None)]);
         assert_eq!((f.learner_progress[0].revision, f.learner_progress[0].completed), (revision, 0));
-        assert_eq!(date_of(LearnerProgressRow::of("t", match &old_done.data {
-            EventData::ProgressUpdated(d) => d,
-            _ => unreachable!(),
-        }).day), at.date_naive());
+        assert_eq!(
+            date_of(
+                LearnerProgressRow::of(
+                    "t",
+                    match &old_done.data {
+                        EventData::ProgressUpdated(d) => d,
+                        _ => unreachable!(),
+                    }
+                )
+                .day
+            ),
+            at.date_naive()
+        );
     }
 }

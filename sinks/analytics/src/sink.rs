@@ -95,8 +95,7 @@ impl AnalyticsSink {
                 _ => events.push(&r.event),
             }
         }
-        let learners: Vec<(&str, &str)> =
-            events.iter().filter_map(|e| e.learner_id().map(|l| (e.tenant.as_str(), l))).collect();
+        let learners: Vec<(&str, &str)> = events.iter().filter_map(|e| e.learner_id().map(|l| (e.tenant.as_str(), l))).collect();
         let erased = if learners.is_empty() { HashSet::new() } else { self.store.erased(&learners).await? };
         let anonymous: Vec<Event>;
         if !erased.is_empty() {

@@ -6,9 +6,7 @@ use async_trait::async_trait;
 use lms_events::Event;
 
 use crate::params::{AtRiskParams, FunnelParams, RevenueParams, ScoresParams, SeriesParams};
-use crate::response::{
-    ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, Scores,
-};
+use crate::response::{ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, Scores};
 
 /// Why a store operation failed. Every variant is worth retrying except
 /// [`StoreError::Schema`]; the sink retries them all (see [`crate::AnalyticsSink`]).

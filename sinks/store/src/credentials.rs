@@ -49,7 +49,13 @@ pub async fn issue(store: &Store, tenant: &str, learner: &str, achievement: &str
 }
 
 /// The status of an issued credential, if it was issued.
-pub async fn get(store: &Store, tenant: &str, learner: &str, achievement: &str, course: &str) -> Result<Option<CredentialStatus>, StoreError> {
+pub async fn get(
+    store: &Store,
+    tenant: &str,
+    learner: &str,
+    achievement: &str,
+    course: &str,
+) -> Result<Option<CredentialStatus>, StoreError> {
     let row = sqlx::query(
         "SELECT status_index, issued_at_us, revoked_at_us FROM credential_status \
          WHERE tenant = $1 AND learner_id = $2 AND achievement_id = $3 AND course_id = $4",

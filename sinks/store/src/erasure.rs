@@ -33,7 +33,10 @@ pub async fn guard(tx: &mut Tx, backend: Backend) -> Result<(), StoreError> {
 }
 
 /// Which of `learners` (tenant, learner id) are erased.
-pub async fn erased<'a>(tx: &mut Tx, learners: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<HashSet<(String, String)>, StoreError> {
+pub async fn erased<'a>(
+    tx: &mut Tx,
+    learners: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<HashSet<(String, String)>, StoreError> {
     let mut by_tenant: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (tenant, learner) in learners {
         by_tenant.entry(tenant).or_default().push(learner);
@@ -43,10 +46,7 @@ pub async fn erased<'a>(tx: &mut Tx, learners: impl IntoIterator<Item = (&'a str
         learners.sort_unstable();
         learners.dedup();
         for chunk in learners.chunks(CHUNK_ROWS) {
-            let sql = format!(
-                "SELECT learner_id FROM erased_learners WHERE tenant = $1 AND learner_id IN ({})",
-                list(chunk.len(), 2)
-            );
+            let sql = format!("SELECT learner_id FROM erased_learners WHERE tenant = $1 AND learner_id IN ({})", list(chunk.len(), 2));
             let mut q = sqlx::query(&sql).bind(tenant);
             for l in chunk {
                 q = q.bind(*l);

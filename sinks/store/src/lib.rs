@@ -23,11 +23,11 @@
 //! its transactions never conflict; PostgreSQL serialises what must be serialised with
 //! row locks (offsets) and transaction-scoped advisory locks ([`sql::lock_keys`]).
 
+pub mod credentials;
+pub mod erasure;
 pub mod offsets;
 pub mod outbox;
 pub mod sql;
-pub mod credentials;
-pub mod erasure;
 pub mod webhooks;
 
 use std::str::FromStr;

@@ -53,10 +53,7 @@ pub async fn advance(tx: &mut Tx, group: &str, offsets: &[PartitionOffsets]) -> 
             .rows_affected(),
         };
         if done != 1 {
-            return Err(StoreError::Fenced(format!(
-                "{} of group {group}: expected stored offset {:?}, found another",
-                o.tp, o.expected
-            )));
+            return Err(StoreError::Fenced(format!("{} of group {group}: expected stored offset {:?}, found another", o.tp, o.expected)));
         }
     }
     Ok(())
@@ -109,11 +106,7 @@ pub async fn reset(store: &Store, group: &str, to: &[(TopicPartition, Option<i64
 
 #[async_trait]
 impl OffsetStore for Store {
-    async fn load_offsets(
-        &self,
-        group: &str,
-        partitions: &[TopicPartition],
-    ) -> Result<HashMap<TopicPartition, i64>, BoxError> {
+    async fn load_offsets(&self, group: &str, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, i64>, BoxError> {
         let mut all = load(self, group).await?;
         Ok(partitions.iter().filter_map(|tp| all.remove_entry(tp)).collect())
     }

@@ -31,10 +31,7 @@ use crate::{Backend, Store, StoreError, Tx};
 pub async fn enqueue(tx: &mut Tx, events: &[(Event, Option<TraceContext>)]) -> Result<(), StoreError> {
     let now = now_us();
     for chunk in events.chunks(CHUNK_ROWS) {
-        let sql = format!(
-            "INSERT INTO outbox (event_id, payload, traceparent, created_at_us) VALUES {}",
-            values(chunk.len(), 4, 1)
-        );
+        let sql = format!("INSERT INTO outbox (event_id, payload, traceparent, created_at_us) VALUES {}", values(chunk.len(), 4, 1));
         let mut q = sqlx::query(&sql);
         for (event, trace) in chunk {
             q = q.bind(event.id.clone()).bind(codec::encode(event)).bind(trace.map(|t| t.to_traceparent())).bind(now);
@@ -186,11 +183,8 @@ impl Relay {
     async fn try_lock(&self) -> Result<Option<PoolConnection<Any>>, StoreError> {
         let mut conn = self.store.pool().acquire().await?;
         let key = lock_key("outbox-relay", &[]);
-        let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut *conn as &mut AnyConnection)
-            .await?
-            .try_get(0)?;
+        let got: bool =
+            sqlx::query("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn as &mut AnyConnection).await?.try_get(0)?;
         Ok(got.then_some(conn))
     }
 

@@ -76,9 +76,7 @@ pub async fn lock_keys(tx: &mut Tx, backend: Backend, keys: &[i64], exclusive: b
         // The keys are integers formatted by us, so inlining them is safe; the ordered
         // subquery makes PostgreSQL take the locks in key order.
         let literals = chunk.iter().map(|k| format!("({k}::BIGINT)")).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT CAST(COUNT({function}(k)) AS BIGINT) FROM (SELECT k FROM (VALUES {literals}) AS v(k) ORDER BY k) AS s"
-        );
+        let sql = format!("SELECT CAST(COUNT({function}(k)) AS BIGINT) FROM (SELECT k FROM (VALUES {literals}) AS v(k) ORDER BY k) AS s");
         sqlx::query(&sql).execute(&mut **tx).await?;
     }
     Ok(())
