@@ -48,13 +48,34 @@ pub struct ProcessorsArgs {
     /// A PostgreSQL URL on whose server fresh databases are created.
     #[arg(long, env = "LMS_TEST_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     postgres: String,
-    /// The processor to measure (a store-backed one: progress, achievements, catalog).
-    #[arg(long, default_value = "progress")]
-    processor: String,
+    /// The processors to measure, comma-separated (store-backed ones: progress,
+    /// achievements, notifications, catalog), each against the no-op on the same topics.
+    #[arg(long = "processors", alias = "processor", value_delimiter = ',', default_value = "progress")]
+    processors: Vec<String>,
+    /// The workload: `cohort` (the generator's learners over 8 weeks: a batch touches few
+    /// learner-course pairs) or `wide` (`--events` lesson completions spread over `--learners`
+    /// learners × `--courses` courses of `--lessons` lessons, each pair enrolled at its first
+    /// event: every event is another learner, as on a large platform).
+    #[arg(long, value_enum, default_value_t = Shape::Cohort)]
+    shape: Shape,
+    /// `wide`: courses.
+    #[arg(long, default_value_t = 20)]
+    courses: usize,
+    /// `wide`: lessons per course.
+    #[arg(long, default_value_t = 10)]
+    lessons: usize,
+    /// `wide`: lesson completions.
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
+    /// `wide`: how events spread over learners: `uniform`, or `skewed` (a tenth of the
+    /// learners get about half of the events).
+    #[arg(long, value_enum, default_value_t = Spread::Uniform)]
+    spread: Spread,
     /// Member counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     instances: Vec<usize>,
-    /// Learners per tenant of the generated cohort (about 330 events each over 8 weeks).
+    /// Learners: per tenant of the generated cohort (about 330 events each over 8 weeks), or
+    /// in all for `--shape wide`.
     #[arg(long, default_value_t = 300)]
     learners: usize,
     /// Tenants of the cohort.
@@ -70,6 +91,77 @@ pub struct ProcessorsArgs {
     /// events (e.g. 1), and report the valid events' rate against the clean run.
     #[arg(long, default_value_t = 0.0)]
     poison_percent: f64,
+}
+
+/// The workload's shape (`--shape`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// The generator's cohort.
+    Cohort,
+    /// Lesson completions spread over many learner-course pairs.
+    Wide,
+}
+
+/// How a wide workload's events spread over learners (`--spread`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Spread {
+    /// Every learner equally likely.
+    Uniform,
+    /// Learner `⌊n·u³⌋` for uniform `u`: the first tenth of the learners get about half.
+    Skewed,
+}
+
+/// The wide workload: the courses, then `events` lesson completions in time order, each
+/// learner-course pair enrolled just before its first completion.
+fn wide_events(args: &ProcessorsArgs, now: DateTime<Utc>) -> Vec<Event> {
+    use rand::{Rng, SeedableRng};
+    use serde_json::json;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let start = now - chrono::Duration::days(30);
+    let tenant = "wide";
+    let event = |id: String, kind: &str, at: DateTime<Utc>, data: serde_json::Value| {
+        let v = json!({"specversion": "1.0", "id": id, "type": kind, "source": "loadtest", "time": at.to_rfc3339(), "data": data});
+        lms_events::parse_client_event(&v, tenant).expect("a valid generated event")
+    };
+    let mut out = Vec::with_capacity(args.events + args.courses);
+    for c in 0..args.courses {
+        let lessons: Vec<String> = (0..args.lessons).map(|l| format!("l{l}")).collect();
+        let modules = json!([{"module_id": "m1", "lessons": lessons}]);
+        out.push(event(
+            format!("course-{c}"),
+            "course.published",
+            start,
+            json!({"course_id": format!("c{c}"), "title": format!("Course {c}"), "version": 1, "modules": modules}),
+        ));
+    }
+    let mut enrolled = std::collections::HashSet::new();
+    let learners = args.learners.max(1);
+    for i in 0..args.events {
+        let u: f64 = rng.random();
+        let learner = match args.spread {
+            Spread::Uniform => rng.random_range(0..learners),
+            Spread::Skewed => ((learners as f64) * u * u * u) as usize % learners,
+        };
+        let course = rng.random_range(0..args.courses.max(1));
+        let lesson = rng.random_range(0..args.lessons.max(1));
+        let at = start + chrono::Duration::milliseconds(i as i64 * 10);
+        let (l, c) = (format!("learner-{learner}"), format!("c{course}"));
+        if enrolled.insert((learner, course)) {
+            out.push(event(
+                format!("enr-{learner}-{course}"),
+                "enrollment.created",
+                at,
+                json!({"learner_id": l, "course_id": c, "source": "self"}),
+            ));
+        }
+        out.push(event(
+            format!("done-{i}"),
+            "lesson.completed",
+            at,
+            json!({"learner_id": l, "course_id": c, "lesson_id": format!("l{lesson}")}),
+        ));
+    }
+    out
 }
 
 /// Poison record number `n`, in the topic and under the key of `e`: undecodable bytes, an
@@ -309,15 +401,49 @@ struct Measured {
     formed: Option<Formed>,
 }
 
-/// Runs the benchmark.
+/// Runs the benchmark: every processor of `--processors` on the same workload, then the
+/// ratios side by side.
 pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
-    let reg = processors::lookup(&args.processor).map_err(anyhow::Error::msg)?;
     let metrics = BusMetrics::standalone();
     let now: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z")?.to_utc();
-    let cohort = Cohort::new(CohortConfig { tenants: args.tenants, learners: args.learners, now, ..CohortConfig::new(7) })?;
-    let events: Vec<(Event, Option<lms_events::TraceContext>)> = cohort.map(|e| (e, None)).collect();
+    let events: Vec<(Event, Option<lms_events::TraceContext>)> = match args.shape {
+        Shape::Cohort => {
+            let cohort = Cohort::new(CohortConfig { tenants: args.tenants, learners: args.learners, now, ..CohortConfig::new(7) })?;
+            cohort.map(|e| (e, None)).collect()
+        }
+        Shape::Wide => wide_events(&args, now).into_iter().map(|e| (e, None)).collect(),
+    };
+    let shape = match args.shape {
+        Shape::Cohort => format!("cohort: {} tenants × {} learners over 8 weeks", args.tenants, args.learners),
+        Shape::Wide => format!(
+            "wide: {} lesson completions over {} learners × {} courses of {} lessons ({:?} spread)",
+            args.events, args.learners, args.courses, args.lessons, args.spread
+        ),
+    };
+    println!("workload {shape}: {} events", events.len());
+    let mut summary = Vec::new();
+    for name in &args.processors {
+        let reg = processors::lookup(name).map_err(anyhow::Error::msg)?;
+        println!();
+        summary.extend(run_one(&args, reg, &metrics, &events).await?.into_iter().map(|(k, ratio)| (reg.name, k, ratio)));
+    }
+    println!();
+    println!("ratio to the no-op on the same topics, workload {shape}:");
+    for (name, k, ratio) in summary {
+        println!("  {name:<14} k={k}: {ratio:.2}×");
+    }
+    Ok(())
+}
+
+/// One processor's table; returns its ratio to the no-op per member count.
+async fn run_one(
+    args: &ProcessorsArgs,
+    reg: &'static processors::Registered,
+    metrics: &Arc<BusMetrics>,
+    events: &[(Event, Option<lms_events::TraceContext>)],
+) -> anyhow::Result<Vec<(usize, f64)>> {
     let started = Instant::now();
-    let clean = produce(&args, reg, &metrics, &events, None).await?;
+    let clean = produce(args, reg, metrics, events, None).await?;
     let (prefix, topics, producer, records) = (clean.prefix.clone(), clean.topics.clone(), Arc::clone(&clean.producer), clean.records);
     let read: Vec<Domain> = reg.domains.to_vec();
     println!(
@@ -332,7 +458,7 @@ pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
     );
     let poisoned = if args.poison_percent > 0.0 {
         let every = (100.0 / args.poison_percent).round().max(1.0) as usize;
-        let p = produce(&args, reg, &metrics, &events, Some(every)).await?;
+        let p = produce(args, reg, metrics, events, Some(every)).await?;
         println!("the same events with {} poison records (one per {every}) on {}*", p.poison, p.prefix);
         Some(p)
     } else {
@@ -358,6 +484,7 @@ pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
         "no-op brk"
     );
     let mut first: Option<f64> = None;
+    let mut ratios = Vec::new();
     for &k in &args.instances {
         // The no-op baseline: a group of k members on the same topics.
         let noop = Arc::new(Noop::default());
@@ -392,17 +519,18 @@ pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
         }
 
         // The processor: a fresh database with the catalog loaded, then k members.
-        let m = measure(&args, &bench, &clean, k, broker).await?;
+        let m = measure(args, &bench, &clean, k, broker).await?;
         // With poison, the clean copy runs again after the poisoned one and the drop is
         // against the mean of both: which of two back-to-back measurements went first moved
         // the rate by 10–30 % over 1.1 M records, either way.
         let (poisoned, again) = match &poisoned {
-            Some(p) => (Some(measure(&args, &bench, p, k, broker).await?), Some(measure(&args, &bench, &clean, k, broker).await?)),
+            Some(p) => (Some(measure(args, &bench, p, k, broker).await?), Some(measure(args, &bench, &clean, k, broker).await?)),
             None => (None, None),
         };
         let rate = m.rate;
         let clean_rate = again.as_ref().map_or(rate, |a| (rate + a.rate) / 2.0);
         let base = *first.get_or_insert(rate);
+        ratios.push((k, rate / noop_rate));
         let pct = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.0} %", v * 100.0));
         let poisoned_cols = poisoned.as_ref().map_or(String::new(), |p| {
             // Rates count every record read; of the poisoned run's, only the valid ones.
@@ -432,5 +560,5 @@ pub async fn run(args: ProcessorsArgs) -> anyhow::Result<()> {
         }
     }
     println!("CPU shares are of one core (the machine has {}).", std::thread::available_parallelism().map_or(0, |n| n.get()));
-    Ok(())
+    Ok(ratios)
 }
