@@ -359,6 +359,7 @@ async fn measure(args: &ProcessorsArgs, bench: &Bench, p: &Produced, k: usize, b
     let (ctx, relay) = runtime::context(store.clone(), Arc::clone(&p.producer), Arc::clone(&bench.rules), Default::default());
     checkpoint(&store).await;
     let cpu = Cpu::start(broker);
+    let before = processors::cost::snapshot();
     let t = Instant::now();
     let running = runtime::start(&plumbing, &ctx, relay, &[reg], k)?;
     let mut formed = None;
@@ -369,11 +370,12 @@ async fn measure(args: &ProcessorsArgs, bench: &Bench, p: &Produced, k: usize, b
     })
     .await?;
     let rate = p.records as f64 / t.elapsed().as_secs_f64();
+    let stages = stage_costs(reg.name, &before, &processors::cost::snapshot());
     let (broker_share, own) = cpu.shares();
     let reports = running.stop().await?;
     store.close().await;
     drop_db(&args.postgres, &db).await?;
-    Ok(Measured { rate, broker_share, own, processed: reports.iter().map(|(_, r)| r.records).sum(), formed })
+    Ok(Measured { rate, broker_share, own, processed: reports.iter().map(|(_, r)| r.records).sum(), formed, stages })
 }
 
 /// When every member of a group first had partitions, and the share of the records done by
@@ -392,8 +394,45 @@ impl std::fmt::Display for Formed {
     }
 }
 
+/// The batch stages of `processor` between two snapshots of `lms_batch_stage_seconds`:
+/// (stage, seconds, batches), in the order of the transaction.
+fn stage_costs(
+    processor: &str,
+    before: &BTreeMap<(String, String), (f64, u64)>,
+    after: &BTreeMap<(String, String), (f64, u64)>,
+) -> Vec<(String, f64, u64)> {
+    const ORDER: [&str; 9] = ["offsets", "admit", "apply", "apply.locks", "apply.facts", "apply.recompute", "outbox", "gate", "commit"];
+    let mut out: Vec<(String, f64, u64)> = after
+        .iter()
+        .filter(|((p, _), _)| p == processor)
+        .map(|((p, stage), (sum, n))| {
+            let (s0, n0) = before.get(&(p.clone(), stage.clone())).copied().unwrap_or((0.0, 0));
+            (stage.clone(), sum - s0, n - n0)
+        })
+        .filter(|(_, _, n)| *n > 0)
+        .collect();
+    out.sort_by_key(|(stage, _, _)| ORDER.iter().position(|o| o == stage).unwrap_or(ORDER.len()));
+    out
+}
+
+/// `offsets 0.41 ms (3 %), …`: mean per batch and share of the transaction's stages
+/// (`apply.*` are parts of `apply`, shown as shares of it too).
+fn show_stages(stages: &[(String, f64, u64)]) -> String {
+    let total: f64 = stages.iter().filter(|(s, _, _)| !s.starts_with("apply.")).map(|(_, t, _)| t).sum();
+    let batches = stages.iter().find(|(s, _, _)| s == "offsets").map_or(0, |(_, _, n)| *n);
+    let parts: Vec<String> = stages
+        .iter()
+        .map(|(stage, t, n)| {
+            format!("{stage} {:.2} ms ({:.0} %)", t * 1000.0 / (*n).max(1) as f64, t / total.max(f64::MIN_POSITIVE) * 100.0)
+        })
+        .collect();
+    format!("{batches} batches: {}", parts.join(", "))
+}
+
 /// One processor measurement.
 struct Measured {
+    /// Time per batch stage: (stage, seconds, batches).
+    stages: Vec<(String, f64, u64)>,
     rate: f64,
     broker_share: Option<f64>,
     own: f64,
@@ -550,6 +589,7 @@ async fn run_one(
                 format!("  ({} records processed: rebalances re-read some)", m.processed)
             }
         );
+        println!("    cost per batch stage, {}", show_stages(&m.stages));
         if let Some(a) = &again {
             println!("    clean copy again after the poisoned one: {:.0} events/s; the drop is against their mean {clean_rate:.0}", a.rate);
         }

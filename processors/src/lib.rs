@@ -6,6 +6,7 @@
 
 pub mod achievements;
 pub mod catalog;
+pub mod cost;
 pub mod erasure;
 pub mod noop;
 pub mod notifications;

@@ -81,16 +81,23 @@ impl<S: Stage> Stateful<S> {
     /// The one place a batch's transaction happens: advance the offsets, admit, apply,
     /// outbox, the dead-letter gate, commit, then the stage's after-commit work.
     async fn run(&self, batch: &Batch) -> Result<usize, StageError> {
+        let mut cost = crate::cost::Stages::start(self.stage.name());
         let mut tx = self.store.begin().await?;
         offsets::advance(&mut tx, &batch.group, &batch.offsets).await?;
+        cost.mark("offsets");
         let records = admitted(&self.store, &mut tx, &batch.records).await?;
+        cost.mark("admit");
         let applied = self.stage.apply(&self.store, &mut tx, &records).await?;
+        cost.mark("apply");
         outbox::enqueue(&mut tx, &applied.emitted).await?;
+        cost.mark("outbox");
         // The offsets may pass poison records: their dead letters first.
         if !batch.dead_letters.acknowledged().await {
             return Err(StoreError::DeadLettersPending.into());
         }
+        cost.mark("gate");
         tx.commit().await.map_err(StoreError::from)?;
+        cost.mark("commit");
         if let Some(after_commit) = applied.after_commit {
             after_commit();
         }

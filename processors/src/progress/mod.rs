@@ -111,7 +111,9 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
     if changes.courses.is_empty() {
         return Ok(Vec::new());
     }
+    let mut cost = crate::cost::Stages::start("progress");
     db::lock_courses(tx, store.backend(), changes.courses.keys().map(|k| (k.tenant.as_str(), k.course.as_str())), false).await?;
+    cost.mark("apply.locks");
     if !changes.videos.is_empty() {
         let ids: Vec<(String, String, String)> =
             changes.videos.iter().map(|((t, id), (key, _))| (t.clone(), id.clone(), key.learner.clone())).collect();
@@ -128,8 +130,10 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
     db::upsert_lessons(tx, &lessons).await?;
     let courses: Vec<(Key, CourseDelta)> = changes.courses.into_iter().collect();
     db::upsert_courses(tx, &courses).await?;
+    cost.mark("apply.facts");
     let keys: Vec<Key> = courses.into_iter().map(|(k, _)| k).collect();
     let events = db::recompute(tx, &keys, &changes.times, SOURCE).await?;
+    cost.mark("apply.recompute");
     Ok(events
         .into_iter()
         .map(|e| {
