@@ -630,7 +630,8 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     say(format!("{lowered} learner-courses were lowered by a late version, {} completed once", progress_oracle.completed_once.len()));
     let mut all_events: Vec<Event> = events.iter().filter(|e| !is_erased(&erased, e)).cloned().collect();
     all_events.extend(removals.iter().cloned());
-    let anonymous_payments: Vec<Event> = events.iter().filter(|e| is_erased(&erased, e)).filter_map(anonymized_payment).collect();
+    let anonymous_payments: Vec<Event> =
+        events.iter().filter(|e| is_erased(&erased, e)).filter_map(lms_analytics::anonymized_payment).collect();
     let analytics_oracle = analytics::Oracle::new(all_events.iter().chain(&anonymous_payments));
     let mut tallies = Vec::new();
     let readers: BTreeMap<String, String> = tenants.iter().map(|t| (t.name.clone(), token(&t.name, scope::ANALYTICS_READ))).collect();
@@ -893,18 +894,6 @@ fn pick_learners(events: &[&Event], n: usize) -> Vec<(String, String)> {
 
 fn is_erased(erased: &[(String, String)], e: &Event) -> bool {
     e.learner_id().is_some_and(|l| erased.iter().any(|(t, x)| *t == e.tenant && x == l))
-}
-
-/// A payment of an erased learner as the analytics keep it: without the learner.
-fn anonymized_payment(e: &Event) -> Option<Event> {
-    let mut e = e.clone();
-    match &mut e.data {
-        EventData::PaymentSucceeded(d) => d.learner_id.clear(),
-        EventData::PaymentFailed(d) => d.learner_id.clear(),
-        _ => return None,
-    }
-    e.subject = None;
-    Some(e)
 }
 
 async fn delete_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {

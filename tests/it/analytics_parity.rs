@@ -109,23 +109,8 @@ async fn analytics_parquet_twin_answers_as_clickhouse_and_the_oracle() {
         assert_eq!(found.len(), TENANTS, "{}: the erased learners and no other: {found:?}", store.kind());
     }
     let is_erased = |e: &Event| e.learner_id().is_some_and(|l| erased.iter().any(|(t, x)| *t == e.tenant && x == l));
-    let remaining: Vec<Event> = stream
-        .distinct
-        .iter()
-        .filter_map(|e| match (&e.data, is_erased(e)) {
-            (_, false) => Some(e.clone()),
-            (lms_events::EventData::PaymentSucceeded(_) | lms_events::EventData::PaymentFailed(_), true) => {
-                let mut anonymous = e.clone();
-                match &mut anonymous.data {
-                    lms_events::EventData::PaymentSucceeded(d) => d.learner_id.clear(),
-                    lms_events::EventData::PaymentFailed(d) => d.learner_id.clear(),
-                    _ => {}
-                }
-                Some(anonymous)
-            }
-            _ => None,
-        })
-        .collect();
+    let remaining: Vec<Event> =
+        stream.distinct.iter().filter_map(|e| if is_erased(e) { lms_analytics::anonymized_payment(e) } else { Some(e.clone()) }).collect();
     let expected = oracle_answers(&Oracle::new(&remaining), &q);
     assert_same("clickhouse after the erasure", &answers(&ch, &q).await, &expected);
     assert_same("twin after the erasure", &answers(&reopened, &q).await, &expected);

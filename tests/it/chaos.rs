@@ -10,13 +10,18 @@ use std::time::Duration;
 use loadtest::chaos::{ChaosConfig, run};
 use tests::kafka_brokers;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkilled_processors_lose_and_double_nothing() {
+/// The chaos deployment's defaults around the services of `cargo xtask test`.
+pub(crate) fn chaos_config() -> ChaosConfig {
     tests::init_logs();
     let lms = std::env::var("LMS_BIN").expect("LMS_BIN: the lms binary (run the tests with `cargo xtask test`, which builds it)");
     let postgres = std::env::var("LMS_TEST_POSTGRES_URL").expect("LMS_TEST_POSTGRES_URL (run the tests with `cargo xtask test`)");
     let clickhouse = std::env::var("LMS_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned());
-    let mut cfg = ChaosConfig::new(lms.into(), kafka_brokers(), postgres, clickhouse);
+    ChaosConfig::new(lms.into(), kafka_brokers(), postgres, clickhouse)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_processors_lose_and_double_nothing() {
+    let mut cfg = chaos_config();
     cfg.kills = 20;
     cfg.kill_delay_ms = (200, 1000);
     cfg.learners = 80;

@@ -8,16 +8,11 @@
 
 use std::time::Duration;
 
-use loadtest::chaos::{ChaosConfig, run};
-use tests::kafka_brokers;
+use loadtest::chaos::run;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erased_learners_stay_erased_through_kills_and_a_replay() {
-    tests::init_logs();
-    let lms = std::env::var("LMS_BIN").expect("LMS_BIN: the lms binary (run the tests with `cargo xtask test`, which builds it)");
-    let postgres = std::env::var("LMS_TEST_POSTGRES_URL").expect("LMS_TEST_POSTGRES_URL (run the tests with `cargo xtask test`)");
-    let clickhouse = std::env::var("LMS_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned());
-    let mut cfg = ChaosConfig::new(lms.into(), kafka_brokers(), postgres, clickhouse);
+    let mut cfg = crate::chaos::chaos_config();
     cfg.kills = 4;
     cfg.kill_delay_ms = (2000, 5000);
     cfg.learners = 40;

@@ -57,65 +57,8 @@ async fn events_in_over_http_come_out_of_the_read_endpoints() {
     })
     .await;
 
-    let modules = json!([{"module_id": "m1", "lessons": ["l1", "l2"]}]);
-    let events = json!([
-        event(
-            "c1",
-            "course.published",
-            "2026-11-02T08:00:00Z",
-            None,
-            json!({"course_id": "rust", "title": "Rust", "version": 1, "modules": modules})
-        ),
-        event(
-            "e1",
-            "enrollment.created",
-            "2026-11-02T09:00:00Z",
-            Some("ada"),
-            json!({"learner_id": "ada", "course_id": "rust", "source": "self"})
-        ),
-        event(
-            "e2",
-            "enrollment.created",
-            "2026-11-02T09:30:00Z",
-            Some("bob"),
-            json!({"learner_id": "bob", "course_id": "rust", "source": "self"})
-        ),
-        event(
-            "l1",
-            "lesson.completed",
-            "2026-11-03T10:00:00Z",
-            Some("ada"),
-            json!({"learner_id": "ada", "course_id": "rust", "lesson_id": "l1"})
-        ),
-        event(
-            "l2",
-            "lesson.completed",
-            "2026-11-04T10:00:00Z",
-            Some("ada"),
-            json!({"learner_id": "ada", "course_id": "rust", "lesson_id": "l2"})
-        ),
-        event(
-            "l3",
-            "lesson.completed",
-            "2026-11-04T11:00:00Z",
-            Some("bob"),
-            json!({"learner_id": "bob", "course_id": "rust", "lesson_id": "l1"})
-        ),
-        event(
-            "a1",
-            "assessment.graded",
-            "2026-11-04T12:00:00Z",
-            Some("ada"),
-            json!({"learner_id": "ada", "course_id": "rust", "assessment_id": "quiz", "score": 8, "max_score": 10, "attempt": 1})
-        ),
-        event(
-            "p1",
-            "payment.succeeded",
-            "2026-11-02T08:30:00Z",
-            Some("ada"),
-            json!({"payment_id": "pay1", "learner_id": "ada", "course_id": "rust", "amount_minor": 4900, "currency": "EUR"})
-        ),
-    ]);
+    // Two learners of acme in course rust (ada completes it), a payment, an assessment.
+    let events = crate::security_matrix::seed_events();
     let writer = token("events:write");
     let (status, _, body) =
         answer(http.post(format!("{base}/v1/events")).bearer_auth(&writer).json(&events).send().await.expect("post")).await;

@@ -72,7 +72,7 @@ pub use crate::parquet::{ParquetConfig, ParquetStore};
 pub use crate::response::{
     ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, ScoreBucket, Scores,
 };
-pub use crate::sink::{AnalyticsSink, SINK_DOMAINS};
+pub use crate::sink::{AnalyticsSink, SINK_DOMAINS, anonymized_payment};
 pub use crate::store::{AnalyticsStore, MigrationReport, StoreError};
 
 use std::sync::Arc;

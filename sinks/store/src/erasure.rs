@@ -60,7 +60,7 @@ pub async fn erased<'a>(
 }
 
 /// What one erasure removed from the state store, rows per kind of data.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Erased {
     /// The learner was erased before (this erasure only removed what came in meanwhile,
     /// which is nothing unless an older processor wrote it).
