@@ -15,8 +15,8 @@ async fn analytics_migrations_are_versioned_and_idempotent() {
     init_logs();
     let store = ClickHouseStore::new(config("migrate")).expect("a store");
     let first = store.migrate().await.expect("first migration");
-    assert_eq!(first.applied, [1, 2]);
-    assert_eq!(first.version, 2);
+    assert_eq!(first.applied, [1, 2, 3]);
+    assert_eq!(first.version, lms_analytics::clickhouse::SCHEMA_VERSION);
     let again = store.migrate().await.expect("second migration");
     assert!(again.applied.is_empty(), "nothing left to apply: {again:?}");
     // A second process migrating the same database concurrently is harmless too.
@@ -29,7 +29,7 @@ async fn analytics_migrations_are_versioned_and_idempotent() {
         .fetch_all()
         .await
         .expect("recorded versions");
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     let tables: Vec<String> = store
         .client()
         .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
@@ -43,6 +43,7 @@ async fn analytics_migrations_are_versioned_and_idempotent() {
         "completions",
         "course_activity",
         "enrollments",
+        "erased_learners",
         "events",
         "learner_progress",
         "payments",

@@ -28,9 +28,10 @@ fn registered() -> BTreeSet<String> {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "rs") {
                 let text = std::fs::read_to_string(&p).expect("source");
-                for ctor in ["Opts::new(\"", "HistogramOpts::new(\"", "IntGauge::new(\"", "Gauge::new(\"", "IntCounter::new(\""] {
+                // The name is the first argument, on the same line or (rustfmt) the next.
+                for ctor in ["Opts::new(", "HistogramOpts::new(", "IntGauge::new(", "Gauge::new(", "IntCounter::new("] {
                     for (i, _) in text.match_indices(ctor) {
-                        let rest = &text[i + ctor.len()..];
+                        let Some(rest) = text[i + ctor.len()..].trim_start().strip_prefix('"') else { continue };
                         if let Some(end) = rest.find('"') {
                             names.insert(rest[..end].to_owned());
                         }
