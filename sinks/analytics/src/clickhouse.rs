@@ -299,6 +299,39 @@ impl ClickHouseStore {
         }
     }
 
+    /// What the unfinished mutations of the database are and, where the server says it, why
+    /// they fail (`latest_fail_reason`; ClickHouse 18.16 has no such column: then the commands
+    /// alone).
+    async fn pending_mutations(&self) -> String {
+        #[derive(Row, Deserialize)]
+        struct Pending {
+            table: String,
+            command: String,
+            reason: String,
+        }
+        let with_reason = "SELECT table, command, latest_fail_reason AS reason FROM system.mutations \
+                           WHERE database = currentDatabase() AND is_done = 0";
+        let without = "SELECT table, command, '' AS reason FROM system.mutations WHERE database = currentDatabase() AND is_done = 0";
+        let rows = match self.fetch::<Pending>(self.db.query(with_reason)).await {
+            Ok(rows) => rows,
+            Err(_) => match self.fetch::<Pending>(self.db.query(without)).await {
+                Ok(rows) => rows,
+                Err(e) => return format!("(system.mutations unreadable: {e})"),
+            },
+        };
+        let shown: Vec<String> = rows
+            .iter()
+            .map(|p| {
+                if p.reason.is_empty() {
+                    format!("{}: {}", p.table, p.command)
+                } else {
+                    format!("{}: {} (failing: {})", p.table, p.command, p.reason)
+                }
+            })
+            .collect();
+        shown.join("; ")
+    }
+
     async fn fetch<T: RowOwned + RowRead>(&self, q: clickhouse::query::Query) -> Result<Vec<T>, StoreError> {
         self.limit(q.fetch_all::<T>()).await
     }
@@ -489,8 +522,9 @@ impl AnalyticsStore for ClickHouseStore {
             }
             if std::time::Instant::now() > deadline {
                 return Err(StoreError::Internal(format!(
-                    "{pending} ClickHouse mutations still running after {} s; they finish in the background",
-                    MUTATION_DEADLINE.as_secs()
+                    "{pending} ClickHouse mutations still running after {} s; they finish in the background: {}",
+                    MUTATION_DEADLINE.as_secs(),
+                    self.pending_mutations().await
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
