@@ -137,7 +137,9 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
             continue;
         }
         let trace = traces.get(&(tenant.clone(), course.clone())).map(TraceContext::child);
-        let events = db::recompute(tx, &keys, &HashMap::new(), SOURCE).await?;
+        let now = chrono::Utc::now();
+        let revised = db::revise(tx, &keys, now.timestamp_micros()).await?;
+        let events = db::recompute(tx, &keys, &revised, &HashMap::new(), now, SOURCE).await?;
         out.extend(events.into_iter().map(|e| (e, trace)));
     }
     Ok(out)

@@ -129,10 +129,11 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
     let lessons: Vec<(Key, String, i64)> = changes.lessons.into_iter().map(|((k, l), at)| (k, l, at)).collect();
     db::upsert_lessons(tx, &lessons).await?;
     let courses: Vec<(Key, CourseDelta)> = changes.courses.into_iter().collect();
-    db::upsert_courses(tx, &courses).await?;
+    let now = chrono::Utc::now();
+    let revised = db::upsert_courses(tx, &courses, now.timestamp_micros()).await?;
     cost.mark("apply.facts");
     let keys: Vec<Key> = courses.into_iter().map(|(k, _)| k).collect();
-    let events = db::recompute(tx, &keys, &changes.times, SOURCE).await?;
+    let events = db::recompute(tx, &keys, &revised, &changes.times, now, SOURCE).await?;
     cost.mark("apply.recompute");
     Ok(events
         .into_iter()
