@@ -27,7 +27,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use lms_events::{FieldError, Rejection, parse_client_event};
-use ring::hmac;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -49,17 +48,8 @@ pub fn event_id(tenant: &str, webhook_id: &str) -> String {
 }
 
 /// The signature header value of `body` sent at `t` with `secret`: what a payment provider
-/// sends (for tests and tools).
-pub fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let mut ctx = hmac::Context::with_key(&key);
-    ctx.update(t.to_string().as_bytes());
-    ctx.update(b".");
-    ctx.update(body);
-    let tag = ctx.sign();
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={t},v1={hex}")
-}
+/// sends (for tests and tools; [`lms_events::signature::sign`]).
+pub use lms_events::signature::{sign, verify};
 
 /// A payment provider's callback.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -120,49 +110,6 @@ impl Seen {
             }
         }
     }
-}
-
-/// Parses `t=<secs>,v1=<hex>[,v1=<hex>…]`.
-fn parse_signature(value: &str) -> Option<(&str, Vec<Vec<u8>>)> {
-    let mut t = None;
-    let mut tags = Vec::new();
-    for part in value.split(',') {
-        let (k, v) = part.trim().split_once('=')?;
-        match k {
-            "t" => t = Some(v),
-            "v1" => tags.push(hex_decode(v)?),
-            _ => {}
-        }
-    }
-    Some((t?, tags)).filter(|(_, tags)| !tags.is_empty())
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
-}
-
-/// Checks the `Lms-Signature` header value of a delivery of `body` against `secret`, at
-/// `now` (Unix seconds) with a tolerance of `tolerance_s` on the signature's `t`; the error
-/// is the 401's detail. Public for the fuzz targets (`fuzz/`) and for tools.
-pub fn verify(secret: &[u8], header: Option<&str>, body: &[u8], now: i64, tolerance_s: u64) -> Result<(), String> {
-    let header = header.ok_or("missing Lms-Signature header")?;
-    let (t, tags) = parse_signature(header).ok_or("Lms-Signature must be `t=<unix seconds>,v1=<hex HMAC-SHA256>`")?;
-    let t_secs: i64 = t.parse().map_err(|_| "the signature timestamp `t` is not an integer")?;
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let mut message = Vec::with_capacity(t.len() + 1 + body.len());
-    message.extend_from_slice(t.as_bytes());
-    message.push(b'.');
-    message.extend_from_slice(body);
-    if !tags.iter().any(|tag| hmac::verify(&key, &message, tag).is_ok()) {
-        return Err("the signature does not match the body".to_owned());
-    }
-    if now.abs_diff(t_secs) > tolerance_s {
-        return Err(format!("the signature timestamp is more than {tolerance_s} s away from now; replays are refused"));
-    }
-    Ok(())
 }
 
 /// Receive a payment webhook

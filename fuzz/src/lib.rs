@@ -8,7 +8,7 @@
 //! Each function panics when the property it checks does not hold; that is how libFuzzer
 //! learns of a failure.
 
-use api::webhook::{sign, verify};
+use lms_events::signature::{sign, verify};
 use lms_events::{Rejection, decode, encode, parse_client_event};
 use serde_json::Value;
 
@@ -55,12 +55,12 @@ pub fn parse_event(data: &[u8]) {
 /// How many positions of a body or header [`webhook_signature`] alters, at most.
 const MAX_CHANGES: usize = 128;
 
-/// The payment webhook signature check (`api::webhook::verify`) on arbitrary input. The
+/// The payment webhook signature check (`lms_events::signature::verify`, the check `POST /v1/payments/webhook` runs) on arbitrary input. The
 /// bytes are read as: 8 bytes of signature time `t` (little endian), a secret length (mod
 /// 65), a header length, then the secret, an arbitrary `Lms-Signature` header and the body.
 ///
 /// - Checking the arbitrary header never panics.
-/// - The header [`api::webhook::sign`] computes for (secret, `t`, body) verifies at `t` and
+/// - The header [`sign`] computes for (secret, `t`, body) verifies at `t` and
 ///   300 s either side, and not 301 s away.
 /// - Any single-byte change of the body, of the signed header or of the secret fails the
 ///   check (a change of a header byte that only changes the case of a hex digit does not

@@ -70,6 +70,7 @@ pub mod examples;
 pub mod input;
 pub mod invariants;
 pub mod schema;
+pub mod signature;
 pub mod trace;
 
 pub use codec::{CONTENT_TYPE, DecodeError, decode, encode, headers};
