@@ -113,7 +113,7 @@ async fn put_preferences(
     }
     if !preferences::write(&store, &claims.tenant, &learner_id, &prefs).await.map_err(store_problem)? {
         return Err(Problem::new(
-            axum::http::StatusCode::GONE,
+            StatusCode::GONE,
             "erased",
             "Learner erased",
             "the learner was erased (DELETE /v1/learners/{learner_id}); nothing of them is stored again",

@@ -30,7 +30,7 @@ impl ProducerSlot {
 
     /// The producer to use now.
     pub(crate) fn get(&self) -> Arc<Producer> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Notes that a record could not be delivered.
@@ -48,7 +48,7 @@ impl ProducerSlot {
         }
         match factory() {
             Ok(fresh) => {
-                let old = std::mem::replace(&mut *self.current.write().unwrap_or_else(|p| p.into_inner()), Arc::new(fresh));
+                let old = std::mem::replace(&mut *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner), Arc::new(fresh));
                 tracing::info!("producer replaced after delivery failures");
                 // Dropping a producer flushes what it still holds: off the async workers.
                 tokio::task::spawn_blocking(move || drop(old));

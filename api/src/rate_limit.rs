@@ -37,7 +37,7 @@ impl RateLimiter {
         if self.per_second <= 0.0 {
             return Ok(());
         }
-        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let bucket = match buckets.get_mut(tenant) {
             Some(b) => b,
             None => buckets.entry(tenant.to_owned()).or_insert(Bucket { tokens: self.burst, updated: now }),

@@ -79,7 +79,7 @@ impl Readiness {
 
     /// Every check's last result, the broker first.
     pub(crate) fn results(&self) -> Vec<(String, Result<(), String>)> {
-        self.results.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.results.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn store(&self, broker: bool, results: Vec<(String, Result<(), String>)>) {
@@ -89,7 +89,7 @@ impl Readiness {
         } else if before != DOWN && !broker {
             tracing::warn!("broker unreachable: write requests are answered 503 until it is back");
         }
-        *self.results.lock().unwrap_or_else(|p| p.into_inner()) = results;
+        *self.results.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = results;
     }
 }
 

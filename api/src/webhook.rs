@@ -94,12 +94,12 @@ impl Seen {
     }
 
     fn contains(&self, tenant: &str, id: &str) -> bool {
-        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.0.contains(&(tenant.to_owned(), id.to_owned()))
     }
 
     fn insert(&self, tenant: &str, id: &str) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = (tenant.to_owned(), id.to_owned());
         if guard.0.insert(key.clone()) {
             guard.1.push_back(key);

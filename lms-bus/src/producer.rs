@@ -370,10 +370,10 @@ impl Drop for Producer {
     fn drop(&mut self) {
         // Dropping a librdkafka producer discards its queue (rust-rdkafka #518): deliver
         // what was accepted first, within the delivery timeout.
-        if self.inner.in_flight_count() > 0 {
-            if let Err(e) = self.inner.flush(Timeout::After(self.delivery_timeout)) {
-                tracing::error!(error = %e, in_flight = self.inner.in_flight_count(), "producer dropped with undelivered records");
-            }
+        if self.inner.in_flight_count() > 0
+            && let Err(e) = self.inner.flush(Timeout::After(self.delivery_timeout))
+        {
+            tracing::error!(error = %e, in_flight = self.inner.in_flight_count(), "producer dropped with undelivered records");
         }
     }
 }

@@ -91,6 +91,7 @@ impl RawRecord {
     }
 
     /// Decodes the event, or says why it cannot be.
+    #[allow(clippy::result_large_err, reason = "the record comes back whole, to be dead-lettered byte for byte")]
     pub fn decode(self) -> Result<Record, (RawRecord, String)> {
         let Some(payload) = self.payload.as_deref() else {
             return Err((self, "the record has no value".to_owned()));
@@ -124,7 +125,7 @@ pub(crate) struct Fetched {
     /// Records to dead-letter, with the reason.
     pub dead: Vec<(RawRecord, String)>,
     /// Tombstones skipped, per topic.
-    pub tombstones: Vec<(std::sync::Arc<str>, u64)>,
+    pub tombstones: Vec<(Arc<str>, u64)>,
 }
 
 /// Sorts a fetched batch: tombstones (records without a value, which compacted topics

@@ -244,12 +244,12 @@ impl fmt::Display for Plan {
                         f,
                         "+ create {topic}: {partitions} partitions, replication {replication_factor}, {}",
                         if cfg.is_empty() { "no configs".to_owned() } else { cfg.join(" ") }
-                    )?
+                    )?;
                 }
                 Action::AddPartitions { topic, from, to } => writeln!(f, "~ partitions of {topic}: {from} -> {to}")?,
                 Action::SetConfig { topic, changes, .. } => {
                     for (k, from, to) in changes {
-                        writeln!(f, "~ config of {topic}: {k} {} -> {to}", from.as_deref().unwrap_or("(unset)"))?
+                        writeln!(f, "~ config of {topic}: {k} {} -> {to}", from.as_deref().unwrap_or("(unset)"))?;
                     }
                 }
                 Action::Delete { topic } => writeln!(f, "- delete {topic} (not in the file)")?,
@@ -258,14 +258,17 @@ impl fmt::Display for Plan {
         for d in &self.drift {
             match d {
                 Drift::MorePartitions { topic, have, want } => {
-                    writeln!(f, "! drift, not fixed: {topic} has {have} partitions, the file wants {want}; Kafka cannot remove partitions")?
+                    writeln!(
+                        f,
+                        "! drift, not fixed: {topic} has {have} partitions, the file wants {want}; Kafka cannot remove partitions"
+                    )?;
                 }
                 Drift::ReplicationFactor { topic, have, want } => writeln!(
                     f,
                     "! drift, not fixed: {topic} has replication factor {have}, the file wants {want}; it needs a partition reassignment"
                 )?,
                 Drift::Unmanaged { topic } => {
-                    writeln!(f, "! drift, not fixed: {topic} is not in the file (delete it with --delete-unmanaged)")?
+                    writeln!(f, "! drift, not fixed: {topic} is not in the file (delete it with --delete-unmanaged)")?;
                 }
             }
         }
@@ -310,10 +313,10 @@ impl TopicAdmin {
             match self.admin.describe_configs(&specs, &self.options()).await {
                 Ok(results) => {
                     for (name, r) in names.iter().zip(results) {
-                        if let (Ok(res), Some(o)) = (r, out.get_mut(name)) {
-                            if !res.entries.is_empty() {
-                                o.config = Some(res.entries.iter().filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v))).collect());
-                            }
+                        if let (Ok(res), Some(o)) = (r, out.get_mut(name))
+                            && !res.entries.is_empty()
+                        {
+                            o.config = Some(res.entries.iter().filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v))).collect());
                         }
                     }
                 }
@@ -438,8 +441,12 @@ mod tests {
     fn partitions_are_raised_never_lowered() {
         let f = TopicsFile::bundled();
         let mut o = observed_from(&f, "");
-        o.get_mut("lms.learning.v1").map(|t| t.partitions = 4);
-        o.get_mut("lms.payment.v1").map(|t| t.partitions = 50);
+        if let Some(t) = o.get_mut("lms.learning.v1") {
+            t.partitions = 4;
+        }
+        if let Some(t) = o.get_mut("lms.payment.v1") {
+            t.partitions = 50;
+        }
         let p = Plan::compute(&f, "", None, &o, false);
         assert_eq!(p.actions, vec![Action::AddPartitions { topic: "lms.learning.v1".into(), from: 4, to: 12 }]);
         assert_eq!(p.drift, vec![Drift::MorePartitions { topic: "lms.payment.v1".into(), have: 50, want: 6 }]);
@@ -462,8 +469,12 @@ mod tests {
     fn configs_are_compared_when_known_and_unverified_when_not() {
         let f = TopicsFile::bundled();
         let mut o = observed_from(&f, "");
-        o.get_mut("lms.catalog.v1").map(|t| t.config.as_mut().map(|c| c.insert("cleanup.policy".into(), "delete".into())));
-        o.get_mut("lms.derived.v1").map(|t| t.config = None);
+        if let Some(c) = o.get_mut("lms.catalog.v1").and_then(|t| t.config.as_mut()) {
+            c.insert("cleanup.policy".into(), "delete".into());
+        }
+        if let Some(t) = o.get_mut("lms.derived.v1") {
+            t.config = None;
+        }
         let p = Plan::compute(&f, "", None, &o, false);
         assert!(matches!(&p.actions[..], [Action::SetConfig { topic, changes, .. }]
             if topic == "lms.catalog.v1" && changes == &vec![("cleanup.policy".to_owned(), Some("delete".to_owned()), "compact".to_owned())]));

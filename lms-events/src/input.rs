@@ -109,10 +109,10 @@ pub fn parse_client_event_owned(value: Value, caller_tenant: &str) -> Result<Eve
 
 /// Steps 1 to 3 of the module documentation: tenant, schema, semantics.
 fn check(value: &Value, caller_tenant: &str) -> Result<(), Rejection> {
-    if let Some(named) = value.get("tenant").and_then(Value::as_str) {
-        if named != caller_tenant {
-            return Err(Rejection::ForeignTenant { named: named.to_owned(), caller: caller_tenant.to_owned() });
-        }
+    if let Some(named) = value.get("tenant").and_then(Value::as_str)
+        && named != caller_tenant
+    {
+        return Err(Rejection::ForeignTenant { named: named.to_owned(), caller: caller_tenant.to_owned() });
     }
 
     let mut errors = Vec::new();
@@ -172,11 +172,12 @@ fn integral_floats_to_integers(value: &mut Value) {
     const EXACT: f64 = 9_007_199_254_740_992.0;
     match value {
         Value::Number(number) => {
-            if let Some(float) = number.as_f64().filter(|_| number.is_f64()) {
-                if float.fract() == 0.0 && float.abs() <= EXACT {
-                    // Exact: the value is an integer within ±2^53.
-                    *value = Value::from(float as i64);
-                }
+            if let Some(float) = number.as_f64().filter(|_| number.is_f64())
+                && float.fract() == 0.0
+                && float.abs() <= EXACT
+            {
+                // Exact: the value is an integer within ±2^53.
+                *value = Value::from(float as i64);
             }
         }
         Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
@@ -336,25 +337,24 @@ fn semantic_errors(value: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let data = value.get("data");
 
-    if let Some(time) = value.get("time").and_then(Value::as_str) {
-        if DateTime::parse_from_rfc3339(time).is_err() {
-            errors.push(FieldError::new("/time", TIME_MESSAGE));
-        }
+    if let Some(time) = value.get("time").and_then(Value::as_str)
+        && DateTime::parse_from_rfc3339(time).is_err()
+    {
+        errors.push(FieldError::new("/time", TIME_MESSAGE));
     }
 
     if let (Some(subject), Some(learner)) =
         (value.get("subject").and_then(Value::as_str), data.and_then(|d| d.get("learner_id")).and_then(Value::as_str))
+        && subject != learner
     {
-        if subject != learner {
-            errors.push(FieldError::new(
-                "/subject",
-                format!(
-                    "must equal data.learner_id ({}) when both are given, not {}",
-                    show(&Value::from(learner)),
-                    show(&Value::from(subject))
-                ),
-            ));
-        }
+        errors.push(FieldError::new(
+            "/subject",
+            format!(
+                "must equal data.learner_id ({}) when both are given, not {}",
+                show(&Value::from(learner)),
+                show(&Value::from(subject))
+            ),
+        ));
     }
 
     let event_type = value.get("type").and_then(Value::as_str).and_then(|t| t.parse::<EventType>().ok());
@@ -362,10 +362,10 @@ fn semantic_errors(value: &Value) -> Vec<FieldError> {
         (Some(EventType::AssessmentGraded), Some(data)) => {
             let score = data.get("score").and_then(Value::as_f64);
             let max_score = data.get("max_score").and_then(Value::as_f64);
-            if let (Some(score), Some(max_score)) = (score, max_score) {
-                if score > max_score {
-                    errors.push(FieldError::new("/data/score", format!("must not be greater than max_score ({max_score}), not {score}")));
-                }
+            if let (Some(score), Some(max_score)) = (score, max_score)
+                && score > max_score
+            {
+                errors.push(FieldError::new("/data/score", format!("must not be greater than max_score ({max_score}), not {score}")));
             }
         }
         (Some(EventType::CoursePublished), Some(data)) => {

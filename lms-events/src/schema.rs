@@ -198,10 +198,10 @@ fn drop_unreferenced_definitions(root: &mut Map<String, Value>) {
     let mut pending = Vec::new();
     collect_refs(&Value::Object(root.clone()), &mut pending);
     while let Some(name) = pending.pop() {
-        if reachable.insert(name.clone()) {
-            if let Some(definition) = definitions.get(&name) {
-                collect_refs(definition, &mut pending);
-            }
+        if reachable.insert(name.clone())
+            && let Some(definition) = definitions.get(&name)
+        {
+            collect_refs(definition, &mut pending);
         }
     }
     let kept: Map<String, Value> = definitions.into_iter().filter(|(name, _)| reachable.contains(name)).collect();

@@ -164,7 +164,7 @@ pub fn resolve_secret_files(tree: &mut Value, at: &str) -> anyhow::Result<()> {
             if dict.get(stem).is_some_and(is_set) {
                 anyhow::bail!("{path} and {at}.{stem} are both set: set one");
             }
-            let secret = lms_bus::Secret::from_file(&file).with_context(|| path.clone())?;
+            let secret = Secret::from_file(&file).with_context(|| path.clone())?;
             dict.insert(stem.to_owned(), Value::String(Tag::Default, secret.expose().to_owned()));
         } else if let Some((_, map_key)) = SECRET_FILE_MAPS.iter().find(|(files, _)| *files == key) {
             let Some(Value::Dict(_, files)) = dict.remove(&key) else { anyhow::bail!("{path}: expected a map of file paths") };
@@ -177,7 +177,7 @@ pub fn resolve_secret_files(tree: &mut Value, at: &str) -> anyhow::Result<()> {
                 if secrets.contains_key(&name) {
                     anyhow::bail!("{path}.{name} and {at}.{map_key}.{name} are both set: set one");
                 }
-                let secret = lms_bus::Secret::from_file(file).with_context(|| format!("{path}.{name}"))?;
+                let secret = Secret::from_file(file).with_context(|| format!("{path}.{name}"))?;
                 secrets.insert(name, Value::String(Tag::Default, secret.expose().to_owned()));
             }
             dict.insert((*map_key).to_owned(), Value::Dict(Tag::Default, secrets));
@@ -261,7 +261,7 @@ mod tests {
             let sasl = c.kafka.security.sasl.as_ref().expect("sasl");
             assert_eq!(sasl.password.expose(), "sasl-pw");
             let lms_analytics::AnalyticsConfig::Clickhouse(ch) = c.analytics() else { panic!("clickhouse") };
-            assert_eq!(ch.password.as_ref().map(|p| p.expose()), Some("ch-pw"));
+            assert_eq!(ch.password.as_ref().map(Secret::expose), Some("ch-pw"));
             assert_eq!(c.api.jwt_secret.as_ref().map(Secret::expose), Some("jwt-key"));
             assert_eq!(c.api.webhook_secrets["acme"].expose(), "whsec_acme");
             assert_eq!(c.api.webhook_secrets["beta"].expose(), "whsec_beta");

@@ -65,10 +65,10 @@ pub fn init(filter: &str, format: LogFormat, service: &str) -> anyhow::Result<Te
 impl Telemetry {
     /// Exports the spans still buffered and stops the exporter.
     pub fn shutdown(self) {
-        if let Some(p) = self.provider {
-            if let Err(e) = p.shutdown() {
-                eprintln!("trace export did not finish: {e}");
-            }
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("trace export did not finish: {e}");
         }
     }
 }

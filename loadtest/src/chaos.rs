@@ -764,7 +764,8 @@ pub fn group_lag(brokers: &str, group: &str, topics: &[String]) -> anyhow::Resul
     let mut behind = Vec::new();
     for topic in topics {
         let md = consumer.fetch_metadata(Some(topic), timeout)?;
-        let partitions: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+        let partitions: Vec<i32> =
+            md.topics().iter().flat_map(|t| t.partitions().iter().map(rdkafka::metadata::MetadataPartition::id)).collect();
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             tpl.add_partition(topic, *p);

@@ -310,7 +310,7 @@ async fn connect(authority: &str) -> Option<Connection> {
 /// POSTs one body to `/v1/events` on the worker's connection (reconnecting when it is
 /// gone); true on 202.
 async fn post(conn: &mut Option<Connection>, authority: &str, auth: &str, body: Bytes) -> bool {
-    if conn.as_ref().is_none_or(|c| c.is_closed()) {
+    if conn.as_ref().is_none_or(hyper::client::conn::http1::SendRequest::is_closed) {
         *conn = connect(authority).await;
     }
     let Some(sender) = conn.as_mut() else { return false };

@@ -166,7 +166,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
     }
 
     // The notifications processor (decisions only: the dispatcher is not running).
-    let settings = Arc::new(Settings::new(NotifyConfig::default(), processors::notifications::templates::Templates::from_sets([])));
+    let settings = Arc::new(Settings::new(NotifyConfig::default(), notifications::templates::Templates::from_sets([])));
     let processor = Arc::new(notifications::processor(store.clone(), Arc::clone(&settings)));
     let stop = CancellationToken::new();
     let started = Instant::now();
@@ -213,7 +213,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
     };
     config.smtp.port = port;
     config.smtp.from = "LMS <bench@lms.test>".to_owned();
-    let settings = Arc::new(Settings::new(config, processors::notifications::templates::Templates::from_sets([])));
+    let settings = Arc::new(Settings::new(config, notifications::templates::Templates::from_sets([])));
     let dispatcher =
         Dispatcher::new(store.clone(), Arc::clone(&settings), producer.clone(), relay.clone(), kafka.group_id("notifications"));
     let started = Instant::now();

@@ -599,6 +599,6 @@ async fn run_one(
             println!("    group of {k} formed after: no-op {}, {} {}{poisoned}", show(noop_formed), reg.name, show(m.formed));
         }
     }
-    println!("CPU shares are of one core (the machine has {}).", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!("CPU shares are of one core (the machine has {}).", std::thread::available_parallelism().map_or(0, std::num::NonZero::get));
     Ok(ratios)
 }

@@ -520,7 +520,7 @@ impl Source {
         let sent = std::mem::take(&mut self.sent);
         let o = progress::Oracle::new(self.catalog.iter().chain(sent.iter()));
         self.merge(o);
-        std::mem::replace(&mut self.done, progress::Oracle::default())
+        std::mem::take(&mut self.done)
     }
 }
 

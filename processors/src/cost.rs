@@ -52,7 +52,7 @@ pub fn snapshot() -> std::collections::BTreeMap<(String, String), (f64, u64)> {
     let mut out = std::collections::BTreeMap::new();
     for family in STAGE_SECONDS.collect() {
         for m in family.get_metric() {
-            let labels: Vec<&str> = m.get_label().iter().map(|l| l.value()).collect();
+            let labels: Vec<&str> = m.get_label().iter().map(prometheus::proto::LabelPair::value).collect();
             if let [processor, stage] = labels[..] {
                 let h = m.get_histogram();
                 out.insert((processor.to_owned(), stage.to_owned()), (h.get_sample_sum(), h.get_sample_count()));

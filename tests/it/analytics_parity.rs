@@ -90,10 +90,10 @@ async fn analytics_parquet_twin_answers_as_clickhouse_and_the_oracle() {
     // oracle of the stream without them, but for their payments, which revenue keeps.
     let mut erased: Vec<(String, String)> = Vec::new();
     for e in &stream.distinct {
-        if let (true, Some(l)) = (e.event_type().is_learning_activity(), e.learner_id()) {
-            if !erased.iter().any(|(t, _)| *t == e.tenant) {
-                erased.push((e.tenant.clone(), l.to_owned()));
-            }
+        if let (true, Some(l)) = (e.event_type().is_learning_activity(), e.learner_id())
+            && !erased.iter().any(|(t, _)| *t == e.tenant)
+        {
+            erased.push((e.tenant.clone(), l.to_owned()));
         }
     }
     assert_eq!(erased.len(), TENANTS);

@@ -49,7 +49,9 @@ async fn server_commands_name_the_store_they_miss() {
     let state = ["`store.url`", "LMS_STORE__URL"];
     let analytics = ["`analytics.store`", "LMS_ANALYTICS__STORE"];
     let sqlite = ("LMS_STORE__URL", "sqlite://state.db");
-    let cases: [(&[&str], Vec<(&str, &str)>, [&str; 2]); 9] = [
+    // (command, environment, the two names the error must mention)
+    type Case<'a> = (&'a [&'a str], Vec<(&'a str, &'a str)>, [&'a str; 2]);
+    let cases: [Case<'_>; 9] = [
         (&["api"], vec![("LMS_JWT_SECRET", "s")], state),
         (&["api"], vec![("LMS_JWT_SECRET", "s"), sqlite], analytics),
         (&["processor", "run", "progress"], vec![], state),

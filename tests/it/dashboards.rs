@@ -213,7 +213,7 @@ fn panel_sql(title: &str) -> String {
     let (_, d) = dashboards().into_iter().find(|(f, _)| f == "learning-analytics.json").expect("the learning analytics dashboard");
     queries(&d)
         .into_iter()
-        .find(|(place, _, _)| place == &format!("panel {:?}", serde_json::Value::from(title)))
+        .find(|(place, _, _)| place == &format!("panel {:?}", Value::from(title)))
         .unwrap_or_else(|| panic!("no panel {title:?}"))
         .2
 }

@@ -83,7 +83,7 @@ async fn every_command_the_demo_prints_works_as_printed() {
         assert!(ran.status.success(), "{curl}\nexited {}: {body}{}", ran.status, String::from_utf8_lossy(&ran.stderr));
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{curl}: not JSON ({e}): {body}"));
         assert!(json.get("status").and_then(serde_json::Value::as_u64).is_none_or(|s| s < 400), "{curl}: a problem: {body}");
-        let empty = json.as_object().map(|o| o.is_empty()).or(json.as_array().map(|a| a.is_empty())).unwrap_or(true);
+        let empty = json.as_object().map(serde_json::Map::is_empty).or(json.as_array().map(Vec::is_empty)).unwrap_or(true);
         assert!(!empty, "{curl}: an empty answer: {body}");
         if curl.contains("/v1/analytics/enrollments") {
             let enrolled: u64 = json.as_array().into_iter().flatten().filter_map(|p| p["enrollments"].as_u64()).sum();
@@ -108,7 +108,7 @@ async fn every_command_the_demo_prints_works_as_printed() {
         "{export}\ncurl -sS --fail-with-body -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{port}/dashboard/hints.json"
     ));
     let hints: serde_json::Value = serde_json::from_slice(&hints.stdout).expect("hints JSON");
-    let tenants = hints["tenants"].as_object().map(|t| t.len()).unwrap_or(0);
+    let tenants = hints["tenants"].as_object().map(serde_json::Map::len).unwrap_or(0);
     assert_eq!(tenants, 1, "the token's tenant's hints: {hints}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -124,10 +124,10 @@ async fn import_validates_reports_is_idempotent_and_resumes() {
     let report = work.join("rejected.ndjson");
     let checkpoints = work.join("checkpoints");
     let args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = ["import", "--tenant", TENANT, "--report"].iter().map(|s| s.to_string()).collect();
+        let mut a: Vec<String> = ["import", "--tenant", TENANT, "--report"].iter().map(ToString::to_string).collect();
         a.push(report.display().to_string());
         a.extend(["--checkpoint-dir".to_owned(), checkpoints.display().to_string()]);
-        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend(extra.iter().map(ToString::to_string));
         a.push(dir.display().to_string());
         a
     };

@@ -210,13 +210,11 @@ pub(crate) async fn wait_for_offsets(store: &Store, group: &str, topic_ends: &BT
     .await;
 }
 
+/// (tenant, learner, course) → the distinct `course.completed` ids seen for it.
+pub(crate) type CompletedIds = BTreeMap<(String, String, String), BTreeSet<String>>;
+
 /// Distinct `course.completed` ids on the derived topic, and how many records carried them.
-pub(crate) fn completed_on_topic(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-    expect: usize,
-) -> (BTreeMap<(String, String, String), BTreeSet<String>>, usize) {
+pub(crate) fn completed_on_topic(brokers: &str, topic: &str, partitions: i32, expect: usize) -> (CompletedIds, usize) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "oracle-reader")

@@ -79,7 +79,7 @@ pub struct Produced {
 
 impl Produced {
     /// Describes missing events by partition and offset range, for failure messages.
-    pub fn describe_missing<'a>(&self, present: impl Fn(&str) -> bool) -> String {
+    pub fn describe_missing(&self, present: impl Fn(&str) -> bool) -> String {
         let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
         for (id, (p, o)) in &self.at {
             if !present(id) {

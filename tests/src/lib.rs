@@ -211,7 +211,7 @@ pub fn lms_bin() -> String {
 
 /// A process the test started; killed (SIGKILL) and reaped when dropped, so a failing test
 /// leaves none behind.
-pub struct Proc(pub std::process::Child);
+pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {

@@ -26,7 +26,8 @@ Commands:
                     missing, start the services, run
                     `cargo nextest run --workspace --no-fail-fast --profile ci <args>`
                     with the services' addresses in the environment, then stop them.
-                    Unformatted code fails the run after the tests.
+                    Then `cargo clippy --workspace --all-targets -- -D warnings`.
+                    Unformatted code or a lint fails the run after the tests.
                     The fuzz targets are not part of it (their build alone takes
                     longer than the suite): run `cargo xtask fuzz` as a step of its own.
   services          Install what is missing, start the services, print their
@@ -135,8 +136,20 @@ fn test(args: &[String]) -> Result<ExitCode> {
     if !status.success() {
         eprintln!("xtask: cargo nextest failed ({status})");
     }
+
+    // Lints last: a lint must not hide a failing test, and the suite's build is warm by now.
+    let linted = Command::new(util::cargo())
+        .current_dir(util::workspace_root())
+        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !linted {
+        eprintln!("xtask: `cargo clippy --workspace --all-targets -- -D warnings` found warnings (above)");
+    }
     if !formatted {
         eprintln!("xtask: the tests ran, but the code is not formatted (`cargo fmt --all`)");
+    }
+    if !formatted || !linted {
         return Ok(ExitCode::FAILURE);
     }
     // A nextest killed by a signal has no exit code; report a plain failure then.

@@ -57,10 +57,10 @@ impl Layout {
         stop_leftovers(&self.services)?;
         // PostgreSQL's directory may be a link to a directory outside the build tree.
         let postgres = self.services.join("postgres");
-        if fs::symlink_metadata(&postgres).is_ok_and(|meta| meta.file_type().is_symlink()) {
-            if let Ok(outside) = fs::read_link(&postgres) {
-                util::remove_dir_if_exists(&outside)?;
-            }
+        if fs::symlink_metadata(&postgres).is_ok_and(|meta| meta.file_type().is_symlink())
+            && let Ok(outside) = fs::read_link(&postgres)
+        {
+            util::remove_dir_if_exists(&outside)?;
         }
         util::remove_dir_if_exists(&self.services)?;
         util::remove_dir_if_exists(&self.artifacts)?;

@@ -148,7 +148,7 @@ impl Issuer {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn cached(&self, kid: &str) -> Option<Arc<Key>> {

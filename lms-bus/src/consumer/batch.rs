@@ -111,7 +111,7 @@ impl BatchEnv {
                     if !dead_letters.acknowledged().await {
                         return Outcome::Stopped;
                     }
-                    crate::otel::batch_spans(&self.group, &batch.records, received, write_start, std::time::SystemTime::now())
+                    crate::otel::batch_spans(&self.group, &batch.records, received, write_start, std::time::SystemTime::now());
                 }
                 Err(Fail::Stopped) => return Outcome::Stopped,
                 Err(Fail::Fenced) => return Outcome::Fenced { partitions: next.keys().cloned().collect() },
@@ -213,33 +213,30 @@ impl BatchEnv {
             if slice.is_empty() {
                 continue;
             }
-            let reason = match known_failure {
-                Some(r) => r,
-                None => {
-                    let mut next = BTreeMap::new();
-                    for r in &slice {
-                        next.insert(r.raw.tp.clone(), r.raw.offset + 1);
-                    }
-                    let b = Batch {
-                        group: self.group.clone(),
-                        records: slice,
-                        offsets: offsets(&next, expected),
-                        dead_letters: DeadLetters::none(),
-                    };
-                    match self.process_with_retry(&b).await {
-                        Ok(()) => {
-                            for (tp, o) in next {
-                                expected.insert(tp, Some(o));
-                            }
-                            continue;
+            let Some(reason) = known_failure else {
+                let mut next = BTreeMap::new();
+                for r in &slice {
+                    next.insert(r.raw.tp.clone(), r.raw.offset + 1);
+                }
+                let b = Batch {
+                    group: self.group.clone(),
+                    records: slice,
+                    offsets: offsets(&next, expected),
+                    dead_letters: DeadLetters::none(),
+                };
+                match self.process_with_retry(&b).await {
+                    Ok(()) => {
+                        for (tp, o) in next {
+                            expected.insert(tp, Some(o));
                         }
-                        Err(Fail::Permanent(r)) => {
-                            // Known to fail now: split it (or dead-letter it) below.
-                            queue.push_front((b.records, Some(r)));
-                            continue;
-                        }
-                        Err(other) => return Err(other),
+                        continue;
                     }
+                    Err(Fail::Permanent(r)) => {
+                        // Known to fail now: split it (or dead-letter it) below.
+                        queue.push_front((b.records, Some(r)));
+                        continue;
+                    }
+                    Err(other) => return Err(other),
                 }
             };
             // The slice is known to fail: split it (or dead-letter a single record).

@@ -90,10 +90,10 @@ impl ConsumerContext for MemberContext {
                             let _ = stored.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
                         }
                     }
-                    if stored.count() > 0 {
-                        if let Err(e) = consumer.commit(&stored, CommitMode::Async) {
-                            warn!(group = %self.group, error = %e, "mirroring stored offsets to Kafka failed");
-                        }
+                    if stored.count() > 0
+                        && let Err(e) = consumer.commit(&stored, CommitMode::Async)
+                    {
+                        warn!(group = %self.group, error = %e, "mirroring stored offsets to Kafka failed");
                     }
                 }
                 self.shared.lock().assignment.extend(tps.iter().cloned());

@@ -114,10 +114,10 @@ impl Oracle {
                 continue;
             }
             for (course, e) in courses {
-                if let Some(at) = e.completed_at.filter(|at| in_range(*at, p.from, p.to)) {
-                    if course_matches(Some(course), &p.course_id) {
-                        *counts.entry(bucket_of(p.granularity, at.date_naive())).or_default() += 1;
-                    }
+                if let Some(at) = e.completed_at.filter(|at| in_range(*at, p.from, p.to))
+                    && course_matches(Some(course), &p.course_id)
+                {
+                    *counts.entry(bucket_of(p.granularity, at.date_naive())).or_default() += 1;
                 }
             }
         }
@@ -210,10 +210,10 @@ impl Oracle {
                     sums.entry((b, d.currency.clone())).or_default().0 += d.amount_minor;
                 }
                 EventData::PaymentRefunded(d) => {
-                    if let Some((currency, course)) = paid.get(d.payment_id.as_str()) {
-                        if wanted(currency, *course) {
-                            sums.entry((b, (*currency).to_owned())).or_default().1 += d.amount_minor;
-                        }
+                    if let Some((currency, course)) = paid.get(d.payment_id.as_str())
+                        && wanted(currency, *course)
+                    {
+                        sums.entry((b, (*currency).to_owned())).or_default().1 += d.amount_minor;
                     }
                 }
                 _ => {}

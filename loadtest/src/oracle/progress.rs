@@ -361,11 +361,11 @@ pub fn derived_in_order<'a>(events: impl IntoIterator<Item = &'a Event>, source:
             };
             let course_version = data.course_version;
             out.push(Event::derived(&key.0, source, e.time, EventData::ProgressUpdated(data)));
-            if let Some(at) = x.completed_at {
-                if completed.insert(key.clone()) {
-                    let data = CourseCompleted { learner_id: key.1.clone(), course_id: key.2.clone(), course_version, completed_at: at };
-                    out.push(Event::derived(&key.0, source, at, EventData::CourseCompleted(data)));
-                }
+            if let Some(at) = x.completed_at
+                && completed.insert(key.clone())
+            {
+                let data = CourseCompleted { learner_id: key.1.clone(), course_id: key.2.clone(), course_version, completed_at: at };
+                out.push(Event::derived(&key.0, source, at, EventData::CourseCompleted(data)));
             }
         }
     }

@@ -76,12 +76,12 @@ impl Changes {
 
     fn add(&mut self, r: &Record) {
         let e = &r.event;
-        if e.event_type().is_learning_activity() {
-            if let Some(learner) = e.learner_id() {
-                let at = to_us(e.time);
-                let v = self.activity.entry((e.tenant.clone(), learner.to_owned(), at.div_euclid(SLOT_US) * SLOT_US)).or_insert(at);
-                *v = (*v).min(at);
-            }
+        if e.event_type().is_learning_activity()
+            && let Some(learner) = e.learner_id()
+        {
+            let at = to_us(e.time);
+            let v = self.activity.entry((e.tenant.clone(), learner.to_owned(), at.div_euclid(SLOT_US) * SLOT_US)).or_insert(at);
+            *v = (*v).min(at);
         }
         match &e.data {
             EventData::LessonCompleted(d) => self.fact(e, &d.learner_id, "lesson_completed", &d.course_id, e.time),

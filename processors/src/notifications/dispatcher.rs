@@ -244,7 +244,7 @@ impl Dispatcher {
                 match self.purge().await {
                     Ok(0) => {}
                     Ok(n) => {
-                        tracing::info!(rows = n, retention_days = self.settings.config.retention_days, "notification retention applied")
+                        tracing::info!(rows = n, retention_days = self.settings.config.retention_days, "notification retention applied");
                     }
                     Err(e) => tracing::warn!(error = %e, "notification retention failed; retried at the next interval"),
                 }
@@ -789,10 +789,10 @@ impl Dispatcher {
         for (c, o) in &ours {
             match o {
                 Outcome::Sent | Outcome::Deferred => {
-                    tracing::debug!(event_id = %c.source_event_id, notification_id = %c.notification_id, channel = %c.channel, attempt = c.attempt, "notification delivered")
+                    tracing::debug!(event_id = %c.source_event_id, notification_id = %c.notification_id, channel = %c.channel, attempt = c.attempt, "notification delivered");
                 }
                 Outcome::Retry(w) | Outcome::Unavailable(w) | Outcome::Failed(w) => {
-                    tracing::warn!(event_id = %c.source_event_id, notification_id = %c.notification_id, channel = %c.channel, attempt = c.attempt, error = %w, final_ = matches!(o, Outcome::Failed(_)), "notification delivery failed")
+                    tracing::warn!(event_id = %c.source_event_id, notification_id = %c.notification_id, channel = %c.channel, attempt = c.attempt, error = %w, final_ = matches!(o, Outcome::Failed(_)), "notification delivery failed");
                 }
             }
         }

@@ -177,7 +177,7 @@ pub struct Notifications {
 /// consumer group (`lms-notifications`).
 pub fn processor(store: Store, settings: Arc<Settings>) -> Stateful<Notifications> {
     // Decisions emit no derived events (the dispatcher does), so no relay needs waking.
-    Stateful::new(store, Arc::new(tokio::sync::Notify::new()), Notifications { settings })
+    Stateful::new(store, Arc::new(Notify::new()), Notifications { settings })
 }
 
 #[async_trait]

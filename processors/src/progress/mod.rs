@@ -119,17 +119,17 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
             changes.videos.iter().map(|((t, id), (key, _))| (t.clone(), id.clone(), key.learner.clone())).collect();
         let fresh = db::first_seen(tx, &ids).await?;
         for (id, (key, ms)) in &changes.videos {
-            if fresh.contains(id) {
-                if let Some(d) = changes.courses.get_mut(key) {
-                    d.add_time_ms += ms;
-                }
+            if fresh.contains(id)
+                && let Some(d) = changes.courses.get_mut(key)
+            {
+                d.add_time_ms += ms;
             }
         }
     }
     let lessons: Vec<(Key, String, i64)> = changes.lessons.into_iter().map(|((k, l), at)| (k, l, at)).collect();
     db::upsert_lessons(tx, &lessons).await?;
     let courses: Vec<(Key, CourseDelta)> = changes.courses.into_iter().collect();
-    let now = chrono::Utc::now();
+    let now = Utc::now();
     let revised = db::upsert_courses(tx, &courses, now.timestamp_micros()).await?;
     cost.mark("apply.facts");
     let keys: Vec<Key> = courses.into_iter().map(|(k, _)| k).collect();

@@ -200,7 +200,7 @@ pub(crate) async fn apply_batch<'a>(
     emitted
 }
 
-pub(crate) fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+pub(crate) fn block_on<T>(f: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(f)
 }
 

@@ -109,7 +109,7 @@ fn event(i: u64) -> Event {
             learner_id: learner.clone(),
             course_id: Some(course.clone()),
             amount_minor: 1_000 + (h % 9_000) as i64,
-            currency: if h % 3 == 0 { "USD" } else { "EUR" }.to_owned(),
+            currency: if h.is_multiple_of(3) { "USD" } else { "EUR" }.to_owned(),
         }),
         93..=94 => EventData::PaymentRefunded(PaymentRefunded {
             // Refunds the payment of an earlier event number (which may not be a payment).

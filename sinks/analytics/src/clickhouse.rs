@@ -292,7 +292,7 @@ impl ClickHouseStore {
         Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
     }
 
-    async fn limit<T>(&self, f: impl std::future::Future<Output = clickhouse::error::Result<T>>) -> Result<T, StoreError> {
+    async fn limit<T>(&self, f: impl Future<Output = clickhouse::error::Result<T>>) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(StoreError::Internal(format!("the ClickHouse request took longer than {} ms", self.timeout.as_millis()))),
@@ -470,7 +470,7 @@ impl AnalyticsStore for ClickHouseStore {
         }
         // One INSERT per table, concurrently. A failure anywhere fails the batch, which the
         // sink retries whole: rows already written are harmless duplicates.
-        let inserts: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + '_>>> = vec![
+        let inserts: Vec<std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>> = vec![
             Box::pin(self.insert_rows("events", &f.events)),
             Box::pin(self.insert_rows("activity_daily", &f.activity_daily)),
             Box::pin(self.insert_rows("course_activity", &f.course_activity)),

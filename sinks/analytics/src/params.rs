@@ -452,7 +452,7 @@ mod as_of_tests {
     #[test]
     fn a_far_reference_time_is_a_parameter_problem() {
         let q = |v: &str| vec![("as_of".to_owned(), v.to_owned())];
-        let err = at_risk("acme", "c", &q("6143-03-16T07:26:23Z"), Utc::now()).err().expect("refused");
+        let err = at_risk("acme", "c", &q("6143-03-16T07:26:23Z"), Utc::now()).expect_err("refused");
         assert_eq!(err.problems[0].param, "as_of");
         assert!(at_risk("acme", "c", &q("2026-03-16T07:26:23Z"), Utc::now()).is_ok());
     }

@@ -243,7 +243,7 @@ impl ParquetStore {
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(Arc<Inner>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
         T: Send + 'static,
     {
         let fut = f(self.inner.clone());

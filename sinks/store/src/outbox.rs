@@ -133,10 +133,10 @@ impl Relay {
         let mut lock: Option<PoolConnection<Any>> = None;
         loop {
             if shutdown.is_cancelled() {
-                if lock.is_some() || self.store.backend() == Backend::Sqlite {
-                    if let Err(e) = self.drain_once().await {
-                        tracing::warn!(error = %e, "outbox: last round before shutdown failed; rows stay for the next start");
-                    }
+                if (lock.is_some() || self.store.backend() == Backend::Sqlite)
+                    && let Err(e) = self.drain_once().await
+                {
+                    tracing::warn!(error = %e, "outbox: last round before shutdown failed; rows stay for the next start");
                 }
                 release(lock);
                 return;
