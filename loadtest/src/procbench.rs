@@ -202,24 +202,36 @@ fn broker_pid(brokers: &str) -> Option<u32> {
     })
 }
 
+/// CPU seconds of every local PostgreSQL process (the server and its backends, by command
+/// name), so the figures say how much of the machine the store took. A remote server shows 0.
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    dir.flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .filter_map(|e| cpu_seconds(e.file_name().to_str()?))
+        .sum()
+}
+
 /// CPU use over a measurement.
 struct Cpu {
     broker: Option<(String, f64)>,
     own: f64,
+    postgres: f64,
     started: Instant,
 }
 
 impl Cpu {
     fn start(broker: Option<u32>) -> Cpu {
         let broker = broker.and_then(|p| Some((p.to_string(), cpu_seconds(&p.to_string())?)));
-        Cpu { broker, own: cpu_seconds("self").unwrap_or(0.0), started: Instant::now() }
+        Cpu { broker, own: cpu_seconds("self").unwrap_or(0.0), postgres: postgres_cpu_seconds(), started: Instant::now() }
     }
 
-    /// (broker, this process) CPU in cores over the elapsed time.
-    fn shares(&self) -> (Option<f64>, f64) {
+    /// (broker, this process, PostgreSQL) CPU in cores over the elapsed time. Backends that
+    /// started meanwhile count whole; none ends during a measurement (the pool stays open).
+    fn shares(&self) -> (Option<f64>, f64, f64) {
         let wall = self.started.elapsed().as_secs_f64();
         let broker = self.broker.as_ref().and_then(|(p, before)| Some((cpu_seconds(p)? - before) / wall));
-        (broker, (cpu_seconds("self").unwrap_or(0.0) - self.own) / wall)
+        (broker, (cpu_seconds("self").unwrap_or(0.0) - self.own) / wall, (postgres_cpu_seconds() - self.postgres).max(0.0) / wall)
     }
 }
 
@@ -371,11 +383,11 @@ async fn measure(args: &ProcessorsArgs, bench: &Bench, p: &Produced, k: usize, b
     .await?;
     let rate = p.records as f64 / t.elapsed().as_secs_f64();
     let stages = stage_costs(reg.name, &before, &processors::cost::snapshot());
-    let (broker_share, own) = cpu.shares();
+    let (broker_share, own, postgres) = cpu.shares();
     let reports = running.stop().await?;
     store.close().await;
     drop_db(&args.postgres, &db).await?;
-    Ok(Measured { rate, broker_share, own, processed: reports.iter().map(|(_, r)| r.records).sum(), formed, stages })
+    Ok(Measured { rate, broker_share, own, postgres, processed: reports.iter().map(|(_, r)| r.records).sum(), formed, stages })
 }
 
 /// When every member of a group first had partitions, and the share of the records done by
@@ -436,6 +448,8 @@ struct Measured {
     rate: f64,
     broker_share: Option<f64>,
     own: f64,
+    /// PostgreSQL's CPU, in cores.
+    postgres: f64,
     processed: u64,
     formed: Option<Formed>,
 }
@@ -512,7 +526,7 @@ async fn run_one(
     let consumer = bench.consumer.clone();
     let poison_cols = if poisoned.is_some() { format!(" {:>12} {:>9}", "poisoned ev/s", "drop") } else { String::new() };
     println!(
-        "{:>3} {:>12} {:>12} {:>8} {:>9} {:>11} {:>11} {:>11}{poison_cols}",
+        "{:>3} {:>12} {:>12} {:>8} {:>9} {:>11} {:>11} {:>11} {:>11}{poison_cols}",
         "k",
         "no-op ev/s",
         format!("{} ev/s", reg.name),
@@ -520,6 +534,7 @@ async fn run_one(
         "scaling",
         "broker CPU",
         "member CPU",
+        "pg CPU",
         "no-op brk"
     );
     let mut first: Option<f64> = None;
@@ -551,7 +566,7 @@ async fn run_one(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let noop_rate = records as f64 / t.elapsed().as_secs_f64();
-        let (noop_broker, _) = cpu.shares();
+        let (noop_broker, _, _) = cpu.shares();
         stop.cancel();
         for m in members {
             m.join().await?;
@@ -577,11 +592,12 @@ async fn run_one(
             format!(" {valid:>12.0} {:>7.1} %", (1.0 - valid / clean_rate) * 100.0)
         });
         println!(
-            "{k:>3} {noop_rate:>12.0} {rate:>12.0} {:>7.2}× {:>8.2}× {:>11} {:>11} {:>11}{poisoned_cols}{}",
+            "{k:>3} {noop_rate:>12.0} {rate:>12.0} {:>7.2}× {:>8.2}× {:>11} {:>11} {:>11} {:>11}{poisoned_cols}{}",
             rate / noop_rate,
             rate / base,
             pct(m.broker_share),
             pct(Some(m.own)),
+            pct(Some(m.postgres)),
             pct(noop_broker),
             if m.processed as i64 == records {
                 String::new()
