@@ -161,10 +161,9 @@ pub async fn upsert_courses(
 
 fn collect_revised(rows: Vec<sqlx::any::AnyRow>, out: &mut HashMap<Key, Revised>) -> Result<(), StoreError> {
     for row in rows {
-        let key = Key { tenant: row.try_get(0)?, learner: row.try_get(1)?, course: row.try_get(2)? };
         let revision: i64 = row.try_get(5)?;
         out.insert(
-            key,
+            key_of(&row)?,
             Revised {
                 time_spent_ms: row.try_get(3)?,
                 last_activity_us: row.try_get(4)?,
@@ -200,26 +199,34 @@ pub async fn load_catalog(
     Ok(out)
 }
 
-/// The facts of `keys`; keys without a learner-course row are absent.
-pub async fn load_facts(conn: &mut AnyConnection, keys: &[Key]) -> Result<HashMap<Key, CourseFacts>, StoreError> {
-    let mut out: HashMap<Key, CourseFacts> = HashMap::with_capacity(keys.len());
+/// Rows of `select` (a `SELECT … FROM …` whose first three columns are tenant, learner and
+/// course) for `keys`, one statement per chunk of keys.
+async fn rows_of(conn: &mut AnyConnection, select: &str, keys: &[Key]) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+    let mut rows = Vec::new();
     for chunk in keys.chunks(CHUNK_ROWS) {
-        let sql = format!(
-            "SELECT tenant, learner_id, course_id, time_spent_ms, last_activity_at_us FROM progress_courses \
-             WHERE (tenant, learner_id, course_id) IN (VALUES {})",
-            values(chunk.len(), 3, 1)
-        );
+        let sql = format!("{select} WHERE (tenant, learner_id, course_id) IN (VALUES {})", values(chunk.len(), 3, 1));
         let mut q = sqlx::query(&sql);
         for k in chunk {
             q = q.bind(k.tenant.as_str()).bind(k.learner.as_str()).bind(k.course.as_str());
         }
-        for row in q.fetch_all(&mut *conn).await? {
-            let key = Key { tenant: row.try_get(0)?, learner: row.try_get(1)?, course: row.try_get(2)? };
-            let last: Option<i64> = row.try_get(4)?;
-            let facts =
-                CourseFacts { lessons: HashMap::new(), time_spent_ms: row.try_get(3)?, last_activity_at: last.map(from_us).transpose()? };
-            out.insert(key, facts);
-        }
+        rows.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(rows)
+}
+
+fn key_of(row: &sqlx::any::AnyRow) -> Result<Key, sqlx::Error> {
+    Ok(Key { tenant: row.try_get(0)?, learner: row.try_get(1)?, course: row.try_get(2)? })
+}
+
+/// The facts of `keys`; keys without a learner-course row are absent.
+pub async fn load_facts(conn: &mut AnyConnection, keys: &[Key]) -> Result<HashMap<Key, CourseFacts>, StoreError> {
+    let mut out: HashMap<Key, CourseFacts> = HashMap::with_capacity(keys.len());
+    let select = "SELECT tenant, learner_id, course_id, time_spent_ms, last_activity_at_us FROM progress_courses";
+    for row in rows_of(conn, select, keys).await? {
+        let last: Option<i64> = row.try_get(4)?;
+        let facts =
+            CourseFacts { lessons: HashMap::new(), time_spent_ms: row.try_get(3)?, last_activity_at: last.map(from_us).transpose()? };
+        out.insert(key_of(&row)?, facts);
     }
     for (key, lessons) in load_lessons(conn, keys).await? {
         out.entry(key).or_default().lessons = lessons;
@@ -231,21 +238,10 @@ pub async fn load_facts(conn: &mut AnyConnection, keys: &[Key]) -> Result<HashMa
 /// one are absent.
 pub async fn load_lessons(conn: &mut AnyConnection, keys: &[Key]) -> Result<HashMap<Key, HashMap<String, DateTime<Utc>>>, StoreError> {
     let mut out: HashMap<Key, HashMap<String, DateTime<Utc>>> = HashMap::with_capacity(keys.len());
-    for chunk in keys.chunks(CHUNK_ROWS) {
-        let sql = format!(
-            "SELECT tenant, learner_id, course_id, lesson_id, first_completed_at_us FROM progress_lessons \
-             WHERE (tenant, learner_id, course_id) IN (VALUES {})",
-            values(chunk.len(), 3, 1)
-        );
-        let mut q = sqlx::query(&sql);
-        for k in chunk {
-            q = q.bind(k.tenant.as_str()).bind(k.learner.as_str()).bind(k.course.as_str());
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            let key = Key { tenant: row.try_get(0)?, learner: row.try_get(1)?, course: row.try_get(2)? };
-            let at = from_us(row.try_get(4)?)?;
-            out.entry(key).or_default().insert(row.try_get(3)?, at);
-        }
+    let select = "SELECT tenant, learner_id, course_id, lesson_id, first_completed_at_us FROM progress_lessons";
+    for row in rows_of(conn, select, keys).await? {
+        let at = from_us(row.try_get(4)?)?;
+        out.entry(key_of(&row)?).or_default().insert(row.try_get(3)?, at);
     }
     Ok(out)
 }
