@@ -30,7 +30,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use chrono::{DateTime, SecondsFormat, Utc};
-use lms_store::Store;
+use lms_state::Store;
 use processors::achievements::rules::{Achievement, Rules};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
@@ -231,7 +231,7 @@ async fn get_credential(
     let unlocked = processors::achievements::read(&store, tenant, &learner_id).await.map_err(store_problem)?;
     let view = pick(&unlocked, &learner_id, &achievement_id, q.course_id.as_deref())?;
     let course = view.course_id.clone().unwrap_or_default();
-    let status = lms_store::credentials::issue(&store, tenant, &learner_id, &achievement_id, &course).await.map_err(store_problem)?;
+    let status = lms_state::credentials::issue(&store, tenant, &learner_id, &achievement_id, &course).await.map_err(store_problem)?;
 
     let id = Uuid::new_v5(&CREDENTIAL_NAMESPACE, format!("{tenant}\n{learner_id}\n{achievement_id}\n{course}").as_bytes());
     let issuer_id = creds.issuer_id(tenant);
@@ -309,7 +309,7 @@ async fn revoke_credential(
     creds.issuer(&claims.tenant)?;
     let course = q.course_id.unwrap_or_default();
     let revoked =
-        lms_store::credentials::revoke(&store, &claims.tenant, &learner_id, &achievement_id, &course).await.map_err(store_problem)?;
+        lms_state::credentials::revoke(&store, &claims.tenant, &learner_id, &achievement_id, &course).await.map_err(store_problem)?;
     if revoked {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -336,7 +336,7 @@ async fn get_status_list(
     PathParams(tenant): PathParams<String>,
 ) -> Result<Response, Problem> {
     let issuer = creds.issuer(&tenant)?;
-    let (revoked, end) = lms_store::credentials::revoked(&store, &tenant).await.map_err(store_problem)?;
+    let (revoked, end) = lms_state::credentials::revoked(&store, &tenant).await.map_err(store_problem)?;
     let bits = usize::try_from(end).unwrap_or(0).max(STATUS_LIST_MIN_BITS).div_ceil(8) * 8;
     let mut list = vec![0u8; bits / 8];
     for i in revoked.into_iter().filter_map(|i| usize::try_from(i).ok()) {

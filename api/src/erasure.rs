@@ -17,8 +17,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use lms_analytics::AnalyticsStore;
 use lms_events::data::LearnerErased;
 use lms_events::{Event, EventData};
-use lms_store::Store;
-use lms_store::erasure::{self, Erased};
+use lms_state::Store;
+use lms_state::erasure::{self, Erased};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -111,13 +111,13 @@ pub fn erasure_event(tenant: &str, learner: &str, at: DateTime<Utc>) -> Event {
 /// Erases `learner` of `tenant` in both stores, after its event is on the erasure topic.
 /// A state store failure is an error (nothing half-done: one transaction); an analytics
 /// failure is reported as pending.
-pub async fn erase_stores(stores: &ErasureStores, event: &Event) -> Result<ErasureReport, lms_store::StoreError> {
+pub async fn erase_stores(stores: &ErasureStores, event: &Event) -> Result<ErasureReport, lms_state::StoreError> {
     let EventData::LearnerErased(d) = &event.data else {
-        return Err(lms_store::StoreError::Corrupt(format!("event {} is not a learner.erased", event.id)));
+        return Err(lms_state::StoreError::Corrupt(format!("event {} is not a learner.erased", event.id)));
     };
     let (tenant, learner) = (event.tenant.as_str(), d.learner_id.as_str());
     let mut tx = stores.store.begin().await?;
-    let erased = erasure::erase(&mut tx, stores.store.backend(), tenant, learner, lms_store::sql::to_us(event.time)).await?;
+    let erased = erasure::erase(&mut tx, stores.store.backend(), tenant, learner, lms_state::sql::to_us(event.time)).await?;
     tx.commit().await?;
     let analytics = match stores.analytics.erase(tenant, learner).await {
         Ok(rows) => AnalyticsErasure { status: "erased".to_owned(), rows, reason: None },
@@ -126,7 +126,7 @@ pub async fn erase_stores(stores: &ErasureStores, event: &Event) -> Result<Erasu
             AnalyticsErasure { status: "pending".to_owned(), rows: BTreeMap::new(), reason: Some(e.to_string()) }
         }
     };
-    let erased_at = lms_store::sql::from_us(erased.erased_at_us)?.to_rfc3339_opts(SecondsFormat::Micros, true);
+    let erased_at = lms_state::sql::from_us(erased.erased_at_us)?.to_rfc3339_opts(SecondsFormat::Micros, true);
     Ok(ErasureReport {
         learner_id: learner.to_owned(),
         erased_at,

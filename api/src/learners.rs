@@ -8,7 +8,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use lms_store::{Store, StoreError};
+use lms_state::{Store, StoreError};
 use processors::achievements::{self, AchievementView};
 use processors::progress::{self, model::ProgressView};
 

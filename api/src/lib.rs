@@ -107,7 +107,7 @@ pub(crate) struct AppState {
     pub limiter: rate_limit::RateLimiter,
     pub webhooks: webhook::Seen,
     /// The state store's record of accepted webhooks, shared by every instance.
-    pub webhook_store: Option<lms_store::Store>,
+    pub webhook_store: Option<lms_state::Store>,
     /// The stores `DELETE /v1/learners/{id}` erases from.
     pub erasure: Option<erasure::ErasureStores>,
     pub registry: Registry,
@@ -126,7 +126,7 @@ pub struct Api {
     factory: Option<ProducerFactory>,
     extra: Vec<Router>,
     checks: Vec<Box<dyn ReadinessCheck>>,
-    webhook_store: Option<lms_store::Store>,
+    webhook_store: Option<lms_state::Store>,
     erasure: Option<erasure::ErasureStores>,
 }
 
@@ -194,7 +194,7 @@ impl Api {
     /// nothing; records older than `webhook_retention_days` are deleted hourly. Without it
     /// only this instance's memory recognises redeliveries.
     #[must_use]
-    pub fn webhook_store(mut self, store: lms_store::Store) -> Api {
+    pub fn webhook_store(mut self, store: lms_state::Store) -> Api {
         self.webhook_store = Some(store);
         self
     }

@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lms_events::FieldError;
-use lms_store::Store;
+use lms_state::Store;
 use processors::notifications::inbox::{self, InboxItem};
 use processors::notifications::preferences::{self, Preferences};
 use serde::Deserialize;

@@ -4,7 +4,7 @@
 //! the contract's shape (docs/CONTRACT.md, "Read endpoints"). `api_read_shapes` in the
 //! tests compares real answers with these schemas.
 
-use lms_analytics::params;
+use crate::analytics::params;
 use serde_json::{Value, json};
 
 fn date_time(nullable: bool) -> Value {

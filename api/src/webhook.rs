@@ -172,7 +172,7 @@ pub(crate) async fn post_webhook(
     state.produce(vec![event], trace).await?;
     state.webhooks.insert(&tenant, &webhook_id);
     if let Some(store) = &state.webhook_store
-        && let Err(error) = lms_store::webhooks::record(store, &tenant, &webhook_id, &event_id).await
+        && let Err(error) = lms_state::webhooks::record(store, &tenant, &webhook_id, &event_id).await
     {
         tracing::warn!(%error, webhook_id, %event_id, "accepted webhook not recorded in the state store; another instance would produce a redelivery again");
     }
@@ -184,7 +184,7 @@ pub(crate) async fn post_webhook(
 /// the store cannot answer: producing again is harmless, refusing the delivery is not).
 async fn accepted_before(state: &AppState, tenant: &str, webhook_id: &str) -> bool {
     let Some(store) = &state.webhook_store else { return false };
-    match lms_store::webhooks::accepted(store, tenant, webhook_id).await {
+    match lms_state::webhooks::accepted(store, tenant, webhook_id).await {
         Ok(known) => known,
         Err(error) => {
             tracing::warn!(%error, webhook_id, "cannot look the webhook up in the state store; producing it (same event id)");
@@ -199,7 +199,7 @@ pub(crate) async fn expire_hourly(state: std::sync::Weak<AppState>) {
     loop {
         let Some(s) = state.upgrade() else { return };
         if let Some(store) = &s.webhook_store {
-            match lms_store::webhooks::expire(store, s.config.webhook_retention_days).await {
+            match lms_state::webhooks::expire(store, s.config.webhook_retention_days).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "expired accepted-webhook records"),
                 Err(error) => tracing::warn!(%error, "cannot expire accepted-webhook records; retrying in an hour"),

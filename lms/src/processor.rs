@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use lms_bus::{BusMetrics, Producer, TopicsFile};
-use lms_store::Store;
+use lms_state::Store;
 use processors::achievements::rules::Rules;
 use processors::runtime::{self, Plumbing};
 
@@ -76,7 +76,7 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let rules = Arc::new(Rules::load(args.rules.as_deref())?);
     let store = Store::open(&config.store.url, config.store.max_connections)
         .await
-        .with_context(|| format!("cannot open the state store {}", lms_store::redact_url(&config.store.url)))?;
+        .with_context(|| format!("cannot open the state store {}", lms_state::redact_url(&config.store.url)))?;
     let topics = TopicsFile::bundled().topic_map(&config.kafka.topic_prefix);
     let metrics = BusMetrics::register(prometheus::default_registry())?;
     let producer = Arc::new(Producer::new(&config.kafka, topics.clone(), Arc::clone(&metrics), "lms-processor")?);
@@ -119,7 +119,7 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     tracing::info!(
         processors = ?names,
         instances = args.instances,
-        store = %lms_store::redact_url(&config.store.url),
+        store = %lms_state::redact_url(&config.store.url),
         brokers = %config.kafka.brokers,
         "processors running; SIGINT/SIGTERM drains and stops"
     );
@@ -141,8 +141,8 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     config.require_stores("migrate", true)?;
     let store = Store::open(&config.store.url, 2)
         .await
-        .with_context(|| format!("cannot migrate the state store {}", lms_store::redact_url(&config.store.url)))?;
-    println!("state store {} is at the latest schema", lms_store::redact_url(&config.store.url));
+        .with_context(|| format!("cannot migrate the state store {}", lms_state::redact_url(&config.store.url)))?;
+    println!("state store {} is at the latest schema", lms_state::redact_url(&config.store.url));
     store.close().await;
     crate::serve::open_analytics(config).await?;
     println!("analytics store ({}) is at the latest schema", analytics_name(config));

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use axum::Router;
 use lms_analytics::AnalyticsStore;
 use lms_bus::{BusMetrics, Producer, TopicsFile};
-use lms_store::Store;
+use lms_state::Store;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,7 @@ impl Backends {
     pub async fn open(config: &Config) -> anyhow::Result<Backends> {
         let store = Store::open(&config.store.url, config.store.max_connections)
             .await
-            .with_context(|| format!("cannot open the state store {}", lms_store::redact_url(&config.store.url)))?;
+            .with_context(|| format!("cannot open the state store {}", lms_state::redact_url(&config.store.url)))?;
         let analytics = open_analytics(config).await?;
         Ok(Backends { store, analytics })
     }
@@ -102,7 +102,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     tracing::info!(
         listen = %config.api.listen,
         brokers = %config.kafka.brokers,
-        store = %lms_store::redact_url(&config.store.url),
+        store = %lms_state::redact_url(&config.store.url),
         "HTTP services starting; SIGINT/SIGTERM drains and stops"
     );
     tokio::select! {

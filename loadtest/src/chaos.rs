@@ -45,10 +45,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use api::analytics::params::MAX_AT_RISK_LIMIT;
 use api::auth::{Claims, scope, sign_hs256};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt as _;
-use lms_analytics::params::MAX_AT_RISK_LIMIT;
 use lms_analytics::{
     ActiveLearnersPoint, AtRiskLearner, AtRiskParams, CompletionsPoint, EnrollmentsPoint, Funnel, FunnelParams, Granularity, RevenueParams,
     RevenuePoint, Scores, ScoresParams, SeriesParams,
@@ -358,7 +358,7 @@ pub(crate) struct Deployment {
     pub(crate) prefix: String,
     pub(crate) topics: TopicMap,
     /// The state store, migrated.
-    pub(crate) store: lms_store::Store,
+    pub(crate) store: lms_state::Store,
     pub(crate) secret: String,
     /// `http://127.0.0.1:<port>` of the API.
     pub(crate) base: String,
@@ -379,7 +379,7 @@ impl Deployment {
         }
         let store_url = fresh_postgres_db(&spec.postgres_url, &format!("{name}_{}", &id[..10])).await?;
         // Migrated here, once, before the processes race to do it.
-        let store = lms_store::Store::open(&store_url, 2).await.context("opening the fresh state store")?;
+        let store = lms_state::Store::open(&store_url, 2).await.context("opening the fresh state store")?;
         let clickhouse_db = format!("{name}_{}", &id[..10]);
         std::fs::create_dir_all(&spec.log_dir)?;
         let rules = spec.log_dir.join(format!("{prefix}rules.yaml"));
@@ -421,7 +421,7 @@ impl Deployment {
         .collect();
         say(format!(
             "topics {prefix}*, state store {}, ClickHouse database {clickhouse_db}, logs in {}",
-            lms_store::redact_url(&store_url),
+            lms_state::redact_url(&store_url),
             spec.log_dir.display()
         ));
 
@@ -665,7 +665,7 @@ pub(crate) fn group_of(prefix: &str, processor: &str) -> String {
 
 /// Creates database `name` on the server of `admin_url` and returns its URL.
 async fn fresh_postgres_db(admin_url: &str, name: &str) -> anyhow::Result<String> {
-    let admin = lms_store::Store::connect(admin_url, 2).await.context("connecting to PostgreSQL")?;
+    let admin = lms_state::Store::connect(admin_url, 2).await.context("connecting to PostgreSQL")?;
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.context("CREATE DATABASE")?;
     admin.close().await;
     let (scheme, rest) = admin_url.split_once("://").context("a postgres:// URL")?;
@@ -788,14 +788,14 @@ pub fn group_lag(brokers: &str, group: &str, topics: &[String]) -> anyhow::Resul
 async fn wait_caught_up(
     brokers: &str,
     groups: &[(String, Vec<String>)],
-    store: Option<&lms_store::Store>,
+    store: Option<&lms_state::Store>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut streak = 0;
     loop {
         let pending = match store {
-            Some(s) => lms_store::outbox::pending(s).await.unwrap_or(1),
+            Some(s) => lms_state::outbox::pending(s).await.unwrap_or(1),
             None => 0,
         };
         let (b, g) = (brokers.to_owned(), groups.to_vec());
@@ -818,7 +818,7 @@ async fn wait_caught_up(
             for (group, partition, committed, high) in &behind {
                 // The stateful groups keep their offsets in the store; Kafka holds a mirror.
                 let stored = match store {
-                    Some(s) => lms_store::offsets::load(s, group)
+                    Some(s) => lms_state::offsets::load(s, group)
                         .await
                         .ok()
                         .and_then(|o| o.into_iter().find(|(tp, _)| format!("{}/{}", tp.topic, tp.partition) == *partition).map(|(_, o)| o)),

@@ -18,7 +18,7 @@ use clap::Args;
 use lms_bus::{BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, Producer, TopicPartition, TopicsFile};
 use lms_events::data::{EnrollmentCreated, EnrollmentSource};
 use lms_events::{Domain, Event, EventData};
-use lms_store::Store;
+use lms_state::Store;
 use processors::noop::Noop;
 use processors::notifications;
 use processors::notifications::dispatcher::Dispatcher;
@@ -88,14 +88,14 @@ async fn fresh_db(base: &str) -> anyhow::Result<String> {
 /// seen committed and how many records had been committed then (for the steady rate).
 async fn wait_offsets(store: &Store, group: &str, topic: &str, partitions: i32, ends: &[i64]) -> anyhow::Result<Option<(Instant, i64)>> {
     let deadline = Instant::now() + Duration::from_secs(900);
-    let before = lms_store::offsets::load(store, group).await?;
+    let before = lms_state::offsets::load(store, group).await?;
     let committed = |stored: &std::collections::HashMap<TopicPartition, i64>| -> i64 {
         (0..partitions).map(|p| stored.get(&TopicPartition::new(topic, p)).copied().unwrap_or(0)).sum()
     };
     let start = committed(&before);
     let mut first = None;
     loop {
-        let stored = lms_store::offsets::load(store, group).await?;
+        let stored = lms_state::offsets::load(store, group).await?;
         let now = committed(&stored);
         if first.is_none() && now > start {
             first = Some((Instant::now(), now - start));

@@ -33,7 +33,7 @@ use lms_bus::{
 };
 use lms_events::{Domain, Event};
 use lms_generator::{Cohort, CohortConfig};
-use lms_store::Store;
+use lms_state::Store;
 use processors::achievements::rules::Rules;
 use processors::noop::Noop;
 use processors::runtime::{self, Plumbing};
@@ -268,7 +268,7 @@ type Ends = BTreeMap<TopicPartition, i64>;
 async fn wait_stored(store: &Store, group: &str, ends: &Ends, mut each: impl FnMut(i64)) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
-        let stored = lms_store::offsets::load(store, group).await?;
+        let stored = lms_state::offsets::load(store, group).await?;
         let at = |tp: &TopicPartition| stored.get(tp).copied().unwrap_or(0);
         each(ends.keys().map(at).sum());
         if ends.iter().all(|(tp, end)| at(tp) >= *end) {

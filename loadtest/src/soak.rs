@@ -717,10 +717,10 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// Records accepted on `domains` not yet covered by the offsets `group` stored.
-async fn lag(store: &lms_store::Store, shared: &Shared, group: &str, topics: &TopicMap, domains: &[Domain]) -> anyhow::Result<i64> {
+async fn lag(store: &lms_state::Store, shared: &Shared, group: &str, topics: &TopicMap, domains: &[Domain]) -> anyhow::Result<i64> {
     let names: Vec<&str> = domains.iter().map(|d| topics.topic(*d)).collect();
     let stored: i64 =
-        lms_store::offsets::load(store, group).await?.iter().filter(|(tp, _)| names.contains(&&*tp.topic)).map(|(_, o)| *o).sum();
+        lms_state::offsets::load(store, group).await?.iter().filter(|(tp, _)| names.contains(&&*tp.topic)).map(|(_, o)| *o).sum();
     Ok((shared.accepted_on(domains) as i64 - stored).max(0))
 }
 
@@ -1073,7 +1073,7 @@ async fn compare(client: &Client, parts: &[progress::Oracle], endpoint: Endpoint
 /// Waits until `group` has stored offsets covering every record accepted on `domains` (and,
 /// with `outbox`, the outbox is empty), twice in a row.
 async fn wait_drained(
-    store: &lms_store::Store,
+    store: &lms_state::Store,
     shared: &Shared,
     group: &str,
     topics: &TopicMap,
@@ -1086,7 +1086,7 @@ async fn wait_drained(
     loop {
         shared.check()?;
         let lag = lag(store, shared, group, topics, domains).await?;
-        let pending = if outbox { lms_store::outbox::pending(store).await.unwrap_or(1) } else { 0 };
+        let pending = if outbox { lms_state::outbox::pending(store).await.unwrap_or(1) } else { 0 };
         streak = if lag == 0 && pending == 0 { streak + 1 } else { 0 };
         if streak >= 2 {
             return Ok(());

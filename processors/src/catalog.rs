@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 use lms_bus::Record;
 use lms_events::{EventData, TraceContext};
-use lms_store::sql::{to_us, values};
-use lms_store::{Backend, Store, StoreError, Tx};
+use lms_state::sql::{to_us, values};
+use lms_state::{Backend, Store, StoreError, Tx};
 use sqlx::Row as _;
 
 use crate::progress::{SOURCE, db};
@@ -93,7 +93,7 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
         Backend::Sqlite => "",
     };
     let rows: Vec<_> = published.iter().collect();
-    for chunk in rows.chunks(lms_store::sql::CHUNK_ROWS) {
+    for chunk in rows.chunks(lms_state::sql::CHUNK_ROWS) {
         let sql = format!(
             "INSERT INTO catalog_courses AS c (tenant, course_id, version, title, lessons, published_at_us) VALUES {} \
              ON CONFLICT (tenant, course_id) DO UPDATE SET version = excluded.version, title = excluded.title, \
@@ -116,7 +116,7 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
     // own: a retirement may arrive before its course (another partition of the catalog
     // topic), and must not be lost then.
     let rows: Vec<_> = retired.iter().collect();
-    for chunk in rows.chunks(lms_store::sql::CHUNK_ROWS) {
+    for chunk in rows.chunks(lms_state::sql::CHUNK_ROWS) {
         let sql = format!(
             "INSERT INTO catalog_retirements AS r (tenant, course_id, retired_at_us) VALUES {} \
              ON CONFLICT (tenant, course_id) DO UPDATE SET retired_at_us = excluded.retired_at_us \

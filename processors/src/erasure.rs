@@ -1,5 +1,5 @@
 //! The erasure processor: applies every `learner.erased` of the erasure topic to the state
-//! store ([`lms_store::erasure::erase`]: the erased list, then the learner's rows), exactly
+//! store ([`lms_state::erasure::erase`]: the erased list, then the learner's rows), exactly
 //! once with its offsets like every store-backed processor.
 //!
 //! `DELETE /v1/learners/{id}` and `lms learners erase` already erase synchronously; this
@@ -12,8 +12,8 @@
 use async_trait::async_trait;
 use lms_bus::Record;
 use lms_events::EventData;
-use lms_store::sql::to_us;
-use lms_store::{Store, Tx, erasure};
+use lms_state::sql::to_us;
+use lms_state::{Store, Tx, erasure};
 
 use crate::stateful::{Applied, Stage, StageError};
 

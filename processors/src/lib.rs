@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use lms_bus::Processor;
 use lms_events::{Domain, Event};
-use lms_store::Store;
+use lms_state::Store;
 use tokio::sync::Notify;
 
 pub use stateful::{Stage, Stateful};

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lms_bus::{BusError, BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, MemberReport, Producer, TopicMap};
 use lms_events::Domain;
-use lms_store::outbox::{Relay, RelayConfig};
+use lms_state::outbox::{Relay, RelayConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +44,7 @@ pub struct Plumbing {
 
 /// A relay for `store` and the context processors are built from.
 pub fn context(
-    store: lms_store::Store,
+    store: lms_state::Store,
     producer: Arc<Producer>,
     rules: Arc<crate::achievements::rules::Rules>,
     notifications: Arc<crate::notifications::Settings>,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use lms_bus::{Batch, OffsetStore, ProcessError, Processor, Record};
 use lms_events::{Event, EventData, TraceContext};
-use lms_store::{Store, StoreError, Tx, erasure, offsets, outbox};
+use lms_state::{Store, StoreError, Tx, erasure, offsets, outbox};
 use tokio::sync::Notify;
 
 /// Derived events with the trace context they continue.

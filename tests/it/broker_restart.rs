@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lms_bus::TopicsFile;
 use lms_events::Domain;
-use lms_store::Store;
+use lms_state::Store;
 use serde_json::{Value, json};
 use tests::{OwnBroker, create_topic, eventually, free_port, init_logs, lms_env, spawn_lms, unique_prefix};
 

@@ -21,7 +21,7 @@ use lms_bus::admin::rekey::{LogRecord, compact};
 use lms_bus::{BusMetrics, OnQueueFull, OutRecord, Producer, RawRecord, Record, TopicPartition, TopicsFile};
 use lms_events::data::{CoursePublished, CourseRetired, EnrollmentCreated, EnrollmentSource, LessonRef, Module};
 use lms_events::{Domain, Event, EventData, codec};
-use lms_store::Store;
+use lms_state::Store;
 use processors::Stage;
 use processors::catalog::Catalog;
 use processors::progress::Progress;

@@ -66,7 +66,7 @@ fn every_lms_service_runs_a_real_subcommand_with_known_settings() {
     let mut doc: Value = serde_yaml::from_str(&text).expect("docker-compose.yml is YAML");
     doc.apply_merge().expect("the `<<` merge keys resolve");
     let services = doc["services"].as_mapping().expect("services");
-    let config_source = ["lms/src/config.rs", "lms-bus/src/config.rs", "api/src/config.rs", "sinks/analytics/src/clickhouse.rs"]
+    let config_source = ["lms/src/config.rs", "lms-bus/src/config.rs", "api/src/config.rs", "sinks/lms-analytics/src/clickhouse.rs"]
         .iter()
         .map(|p| std::fs::read_to_string(repo().join(p)).unwrap_or_default())
         .collect::<String>();

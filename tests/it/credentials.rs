@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use api::credentials::{Credentials, CredentialsConfig, IssuerConfig};
-use lms_store::Store;
+use lms_state::Store;
 use serde_json::Value;
 use tests::{kafka_brokers, repo_root, unique_prefix};
 

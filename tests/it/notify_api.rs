@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lms_store::Store;
+use lms_state::Store;
 use serde_json::{Value, json};
 use tests::kafka_brokers;
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use lms_bus::{BusMetrics, Producer, TopicPartition, TopicsFile};
 use lms_events::{Domain, Event};
-use lms_store::Store;
+use lms_state::Store;
 use processors::notifications::preferences;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use tests::proxy::Proxy;
@@ -104,7 +104,7 @@ async fn notify_smtp_down_delays_emails_and_delivers_each_once_when_it_is_back()
     let group = kafka(&brokers, &prefix).group_id("notifications");
     let topic = topics.topic(Domain::Derived).to_owned();
     eventually("the events decided during the outage", WAIT, || async {
-        let stored = lms_store::offsets::load(&store, &group).await.ok()?;
+        let stored = lms_state::offsets::load(&store, &group).await.ok()?;
         (*stored.get(&TopicPartition::new(&topic, 0))? >= end).then_some(())
     })
     .await;

@@ -14,7 +14,7 @@ use chrono::Utc;
 use lms_bus::{BusMetrics, KafkaConfig, Producer, TopicMap, TopicsFile};
 use lms_events::data::AchievementUnlocked;
 use lms_events::{Domain, Event, EventData};
-use lms_store::Store;
+use lms_state::Store;
 use processors::achievements::rules::Rules;
 use processors::notifications::preferences::{self, Preferences};
 use processors::notifications::{Clock, NotifyConfig, Settings};
@@ -264,7 +264,7 @@ impl Pipeline {
         let group = self.kafka.group_id("notifications");
         let topic = self.topics.topic(domain).to_owned();
         eventually(&format!("offsets of {topic} to reach {end}"), Duration::from_secs(60), || async {
-            let stored = lms_store::offsets::load(&self.store, &group).await.ok()?;
+            let stored = lms_state::offsets::load(&self.store, &group).await.ok()?;
             (*stored.get(&lms_bus::TopicPartition::new(&topic, 0))? >= end).then_some(())
         })
         .await;

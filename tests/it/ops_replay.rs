@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use lms_bus::{BusMetrics, Producer, TopicPartition, TopicsFile};
 use lms_events::{Domain, Event};
-use lms_store::{Store, offsets, outbox};
+use lms_state::{Store, offsets, outbox};
 use serde_json::Value;
 use tests::{create_topic, durable_kafka_brokers, eventually, free_port, init_logs, unique_prefix};
 

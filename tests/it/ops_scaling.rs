@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_events::Domain;
-use lms_store::{Store, outbox};
+use lms_state::{Store, outbox};
 use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, unique_prefix};
 
 use crate::ops_replay::{Deployment, Proc, terminate, track};

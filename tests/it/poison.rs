@@ -12,7 +12,7 @@ use chrono::{TimeZone, Utc};
 use lms_bus::{BusMetrics, OnQueueFull, OutRecord, Producer, TopicsFile};
 use lms_events::data::{AssessmentGraded, CoursePublished, LessonRef, Module, VideoProgressed};
 use lms_events::{Domain, Event, EventData, codec};
-use lms_store::Store;
+use lms_state::Store;
 use processors::achievements::rules::Rules;
 use processors::runtime::{self, Plumbing};
 use rdkafka::ClientConfig;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_events::{Domain, Event};
-use lms_store::{Store, offsets, outbox};
+use lms_state::{Store, offsets, outbox};
 use rand::{Rng, SeedableRng};
 use tests::{create_topic, eventually, init_logs, kafka_brokers, unique_prefix};
 

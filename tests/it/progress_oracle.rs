@@ -16,7 +16,7 @@ use lms_events::data::{
     AssessmentGraded, CoursePublished, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LessonRef, Module, VideoProgressed,
 };
 use lms_events::{Domain, Event, EventData};
-use lms_store::{Store, offsets, outbox};
+use lms_state::{Store, offsets, outbox};
 use processors::achievements::rules::Rules;
 use processors::runtime::{self, Plumbing};
 use rand::rngs::StdRng;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_events::{Domain, Event};
-use lms_store::Store;
+use lms_state::Store;
 use tests::proxy::Proxy;
 use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_env, spawn_lms, unique_prefix};
 
@@ -114,7 +114,7 @@ async fn postgres_down_for_30_s_loses_and_doubles_nothing() {
             .await;
     }
     eventually("the outbox to drain", Duration::from_secs(60), || async {
-        (lms_store::outbox::pending(&store).await.ok()? == 0).then_some(())
+        (lms_state::outbox::pending(&store).await.ok()? == 0).then_some(())
     })
     .await;
     check_progress(&store, &expected).await;

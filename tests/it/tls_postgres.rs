@@ -81,8 +81,8 @@ impl Drop for TlsPostgres {
     }
 }
 
-async fn ssl_in_use(url: &str) -> Result<bool, lms_store::StoreError> {
-    let store = lms_store::Store::connect(url, 2).await?;
+async fn ssl_in_use(url: &str) -> Result<bool, lms_state::StoreError> {
+    let store = lms_state::Store::connect(url, 2).await?;
     let (ssl,): (bool,) = sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(store.pool()).await?;
     store.close().await;
     Ok(ssl)
@@ -100,7 +100,7 @@ async fn tls_postgres_verify_full_with_a_root_certificate() {
 
     let verified = pg.url(&format!("sslmode=verify-full&sslrootcert={}", root(&ca.ca_file)));
     assert!(ssl_in_use(&verified).await.expect("verify-full with the right root"), "the session is encrypted");
-    let store = tokio::time::timeout(Duration::from_secs(60), lms_store::Store::open(&verified, 2))
+    let store = tokio::time::timeout(Duration::from_secs(60), lms_state::Store::open(&verified, 2))
         .await
         .expect("in time")
         .expect("the state store migrates over TLS");

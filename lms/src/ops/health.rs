@@ -17,7 +17,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use lms_bus::Producer;
-use lms_store::Store;
+use lms_state::Store;
 use prometheus::{Encoder, IntGauge, TextEncoder};
 use tokio_util::sync::CancellationToken;
 

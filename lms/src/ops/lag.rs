@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use lms_bus::admin::Admin;
 use lms_bus::admin::groups::{GroupSpec, OffsetsKeptIn};
-use lms_store::Store;
+use lms_state::Store;
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
@@ -115,7 +115,7 @@ async fn refresh(config: &Config, store: &Store, admin: &Admin, specs: &mut Opti
         let mut spec = spec.clone();
         // A processor that could not be built here (the analytics sink) counts as
         // store-backed once the store holds offsets for its group.
-        if spec.offsets == OffsetsKeptIn::Kafka && !lms_store::offsets::load(store, &spec.group).await?.is_empty() {
+        if spec.offsets == OffsetsKeptIn::Kafka && !lms_state::offsets::load(store, &spec.group).await?.is_empty() {
             spec.offsets = OffsetsKeptIn::Store;
         }
         statuses.push(admin.group_status(&spec, Some(store)).await.with_context(|| format!("reading group {}", spec.group))?);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use lms_bus::admin::groups::{GroupSpec, OffsetsKeptIn};
 use lms_bus::{BusMetrics, Producer, TopicsFile};
-use lms_store::Store;
+use lms_state::Store;
 
 use crate::config::Config;
 
@@ -34,7 +34,7 @@ pub async fn group_specs(config: &Config, store: &Store) -> anyhow::Result<Vec<G
         let offsets = match (r.build)(&ctx) {
             Ok(p) if p.offset_store().is_some() => OffsetsKeptIn::Store,
             Ok(_) => OffsetsKeptIn::Kafka,
-            Err(_) if !lms_store::offsets::load(store, &group).await?.is_empty() => OffsetsKeptIn::Store,
+            Err(_) if !lms_state::offsets::load(store, &group).await?.is_empty() => OffsetsKeptIn::Store,
             Err(_) => OffsetsKeptIn::Kafka,
         };
         out.push(GroupSpec {
@@ -70,5 +70,5 @@ pub async fn open_store(config: &Config, command: &str) -> anyhow::Result<Store>
     config.require_stores(command, false)?;
     Store::open(&config.store.url, 2)
         .await
-        .with_context(|| format!("cannot open the state store {}", lms_store::redact_url(&config.store.url)))
+        .with_context(|| format!("cannot open the state store {}", lms_state::redact_url(&config.store.url)))
 }

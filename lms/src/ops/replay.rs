@@ -99,7 +99,7 @@ pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
     admin.recheck(&plan, !args.skip_member_check)?;
     if spec.offsets == OffsetsKeptIn::Store {
         let to: Vec<_> = plan.targets().into_iter().map(|(tp, o)| (tp, Some(o))).collect();
-        lms_store::offsets::reset(&store, &spec.group, &to).await.context("resetting the state store's offsets")?;
+        lms_state::offsets::reset(&store, &spec.group, &to).await.context("resetting the state store's offsets")?;
     }
     admin.commit_plan(&plan).with_context(|| format!("committing the new offsets of {} to Kafka", spec.group))?;
     if !args.json {

@@ -23,8 +23,8 @@ use chrono::{DateTime, Utc};
 use lms_bus::Record;
 use lms_events::data::{AchievementUnlocked, ProgressStatus};
 use lms_events::{Event, EventData, TraceContext};
-use lms_store::sql::{CHUNK_ROWS, from_us, lock_key, lock_keys, to_us, values};
-use lms_store::{Store, StoreError, Tx};
+use lms_state::sql::{CHUNK_ROWS, from_us, lock_key, lock_keys, to_us, values};
+use lms_state::{Store, StoreError, Tx};
 use serde::Serialize;
 use sqlx::{AnyConnection, Row as _};
 

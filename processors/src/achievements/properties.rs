@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeZone, Utc};
 use lms_events::data::{AssessmentGraded, EnrollmentCreated, EnrollmentSource, LessonRef, ProgressStatus, ProgressUpdated};
 use lms_events::{Event, EventData};
-use lms_store::Store;
+use lms_state::Store;
 use proptest::prelude::*;
 use proptest::sample::Index;
 

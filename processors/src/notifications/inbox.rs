@@ -3,8 +3,8 @@
 //! in-app delivery happened (after quiet hours, as a digest, …).
 
 use chrono::{DateTime, Utc};
-use lms_store::sql::{from_us, now_us};
-use lms_store::{Store, StoreError};
+use lms_state::sql::{from_us, now_us};
+use lms_state::{Store, StoreError};
 use serde::Serialize;
 use sqlx::Row as _;
 

@@ -52,12 +52,12 @@ use chrono::{DateTime, Days, TimeZone as _, Utc};
 use lms_bus::Record;
 use lms_events::data::ProgressStatus;
 use lms_events::{EventData, TraceContext};
-use lms_store::sql::{CHUNK_ROWS, lock_key, lock_keys, to_us, values};
+use lms_state::sql::{CHUNK_ROWS, lock_key, lock_keys, to_us, values};
 
 /// Rows per statement of the wide inserts of a batch (up to 12 columns: 24 000 bind
 /// parameters, below both databases' limits): fewer round trips than `CHUNK_ROWS`.
 const WIDE_CHUNK_ROWS: usize = 2000;
-use lms_store::{Store, StoreError, Tx};
+use lms_state::{Store, StoreError, Tx};
 
 use crate::stateful::{Applied, Stage, StageError, Stateful};
 use serde_json::{Value, json};

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Days, NaiveTime, TimeZone as _, Utc};
 use chrono_tz::Tz;
-use lms_store::sql::{CHUNK_ROWS, now_us, values};
-use lms_store::{Store, StoreError};
+use lms_state::sql::{CHUNK_ROWS, now_us, values};
+use lms_state::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row as _};
 
@@ -227,8 +227,8 @@ pub async fn read(store: &Store, tenant: &str, learner: &str) -> Result<Preferen
 pub async fn write(store: &Store, tenant: &str, learner: &str, prefs: &Preferences) -> Result<bool, StoreError> {
     let json = serde_json::to_string(prefs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut tx = store.begin().await?;
-    lms_store::erasure::guard(&mut tx, store.backend()).await?;
-    if !lms_store::erasure::erased(&mut tx, [(tenant, learner)]).await?.is_empty() {
+    lms_state::erasure::guard(&mut tx, store.backend()).await?;
+    if !lms_state::erasure::erased(&mut tx, [(tenant, learner)]).await?.is_empty() {
         return Ok(false);
     }
     sqlx::query(

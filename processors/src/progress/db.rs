@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use lms_events::data::{CourseCompleted, ProgressStatus};
 use lms_events::{Event, EventData};
-use lms_store::sql::{CHUNK_ROWS, from_us, lock_key, values};
-use lms_store::{Backend, StoreError};
+use lms_state::sql::{CHUNK_ROWS, from_us, lock_key, values};
+use lms_state::{Backend, StoreError};
 use sqlx::{AnyConnection, Row as _};
 
 use super::model::{CatalogCourse, CourseFacts, ProgressView, compute};
@@ -292,7 +292,7 @@ pub async fn recompute(
         );
         let mut q = sqlx::query(&sql);
         for (k, v) in chunk {
-            let at = v.completed_at.map(lms_store::sql::to_us).unwrap_or_default();
+            let at = v.completed_at.map(lms_state::sql::to_us).unwrap_or_default();
             q = q.bind(k.tenant.as_str()).bind(k.learner.as_str()).bind(k.course.as_str()).bind(at).bind(i64::from(v.course_version));
         }
         let fresh: HashSet<Key> = q
@@ -379,11 +379,11 @@ pub async fn read_progress(conn: &mut AnyConnection, tenant: &str, learner: &str
 
 /// Takes the course locks of `keys` (shared for learner batches, exclusive for catalog changes).
 pub async fn lock_courses<'a>(
-    tx: &mut lms_store::Tx,
+    tx: &mut lms_state::Tx,
     backend: Backend,
     courses: impl Iterator<Item = (&'a str, &'a str)>,
     exclusive: bool,
 ) -> Result<(), StoreError> {
     let keys: Vec<i64> = courses.map(|(t, c)| course_lock(t, c)).collect();
-    lms_store::sql::lock_keys(tx, backend, &keys, exclusive).await
+    lms_state::sql::lock_keys(tx, backend, &keys, exclusive).await
 }

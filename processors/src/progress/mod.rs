@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lms_bus::Record;
 use lms_events::{EventData, TraceContext};
-use lms_store::sql::to_us;
-use lms_store::{Store, StoreError, Tx};
+use lms_state::sql::to_us;
+use lms_state::{Store, StoreError, Tx};
 
 use self::db::{CourseDelta, Key};
 use crate::stateful::{Applied, Emitted, Stage, StageError};

@@ -14,7 +14,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use lms_bus::{RawRecord, Record, TopicPartition};
 use lms_events::data::{CoursePublished, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LessonRef, Module, VideoProgressed};
 use lms_events::{Event, EventData, data::ProgressStatus};
-use lms_store::Store;
+use lms_state::Store;
 use proptest::prelude::*;
 use proptest::sample::Index;
 

@@ -5,8 +5,8 @@
 //! - [`AnalyticsStore`]: the rollups behind the analytics endpoints of CONTRACT.md and their
 //!   queries, with two implementations: [`ClickHouseStore`] and the embedded twin
 //!   [`ParquetStore`] (Arrow record batches in Parquet files, queried with DataFusion).
-//! - [`params`]: the endpoints' query parameters, parsed into typed values with an error per
-//!   parameter; [`response`]: the answers in the contract's shape.
+//! - [`query`]: the typed queries the stores answer, and [`response`]: their answers in the
+//!   contract's shape (the API parses the HTTP parameters into queries and serves answers).
 //!
 //! # Idempotence: why a replay or a redelivered batch never double-counts
 //!
@@ -59,16 +59,16 @@
 
 pub mod clickhouse;
 pub mod compute;
-pub mod params;
 pub mod parquet;
+pub mod query;
 pub mod response;
 pub mod rows;
 mod sink;
 mod store;
 
 pub use crate::clickhouse::{ClickHouseCompression, ClickHouseConfig, ClickHouseStore};
-pub use crate::params::{AtRiskParams, FunnelParams, Granularity, ParamError, ParamProblem, RevenueParams, ScoresParams, SeriesParams};
 pub use crate::parquet::{ParquetConfig, ParquetStore};
+pub use crate::query::{AtRiskParams, FunnelParams, Granularity, RevenueParams, ScoresParams, SeriesParams};
 pub use crate::response::{
     ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, ScoreBucket, Scores,
 };

@@ -30,7 +30,7 @@ use tokio::sync::{Mutex, RwLock};
 use tracing::{debug, info};
 
 use crate::compute::{self, CourseLearners};
-use crate::params::{AtRiskParams, FunnelParams, Granularity, RevenueParams, ScoresParams, SeriesParams};
+use crate::query::{AtRiskParams, FunnelParams, Granularity, RevenueParams, ScoresParams, SeriesParams};
 use crate::response::{ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, Scores};
 use crate::rows::{Facts, date_of, day_number};
 use crate::store::{AnalyticsStore, MigrationReport, StoreError};

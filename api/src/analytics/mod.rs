@@ -2,7 +2,7 @@
 //! [`AnalyticsStore`]: ClickHouse in production, the Parquet + DataFusion twin in the demo.
 //!
 //! Every endpoint needs `analytics:read` (or `admin`) and answers for the token's tenant only.
-//! Parameters are parsed by [`lms_analytics::params`]; a refused parameter is a 400 whose
+//! Parameters are parsed by [`params`] into the stores' typed queries; a refused parameter is a 400 whose
 //! `errors` name each parameter and what is wrong with it. A store that cannot answer is a
 //! 503 with `Retry-After`: the numbers are never guessed.
 
@@ -11,11 +11,14 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use lms_analytics::{AnalyticsStore, ParamError, StoreError, params};
+use lms_analytics::{AnalyticsStore, StoreError};
 use serde::Serialize;
+
+pub mod params;
 
 use crate::auth::{Claims, scope};
 use crate::problem::{PathParams, Problem};
+use params::ParamError;
 
 type Store = Arc<dyn AnalyticsStore>;
 type Pairs = Query<Vec<(String, String)>>;
@@ -116,7 +119,7 @@ fn store_problem(e: StoreError) -> Problem {
 
 #[cfg(test)]
 mod tests {
-    use lms_analytics::ParamProblem;
+    use super::params::ParamProblem;
 
     use super::*;
 

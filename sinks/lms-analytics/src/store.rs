@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use async_trait::async_trait;
 use lms_events::Event;
 
-use crate::params::{AtRiskParams, FunnelParams, RevenueParams, ScoresParams, SeriesParams};
+use crate::query::{AtRiskParams, FunnelParams, RevenueParams, ScoresParams, SeriesParams};
 use crate::response::{ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, Scores};
 
 /// Why a store operation failed. Every variant is worth retrying except

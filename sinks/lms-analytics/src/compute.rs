@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::params::AtRiskParams;
+use crate::query::AtRiskParams;
 use crate::response::{AtRiskLearner, Funnel, ScoreBucket, Scores};
 use crate::rows::{EnrollmentRow, micros, time_of};
 
