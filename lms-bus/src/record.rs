@@ -117,6 +117,24 @@ pub struct Record {
     pub raw: RawRecord,
 }
 
+#[cfg(any(test, feature = "test-util"))]
+impl Record {
+    /// `event` as a member hands it over from `offset` of partition 0 of `topic`: encoded and
+    /// keyed as the producer writes it, without headers. For tests of processors (feature
+    /// `test-util`).
+    pub fn for_test(event: Event, topic: &str, offset: i64) -> Record {
+        let raw = RawRecord {
+            tp: TopicPartition::new(topic, 0),
+            offset,
+            key: Some(event.partition_key().as_bytes().to_vec()),
+            payload: Some(codec::encode(&event)),
+            headers: Vec::new(),
+            timestamp_ms: None,
+        };
+        Record { event, trace: None, raw }
+    }
+}
+
 /// Fetched records sorted for a batch: see [`sort_fetched`].
 #[derive(Debug, Default)]
 pub(crate) struct Fetched {

@@ -1,11 +1,13 @@
 //! The stream processors. Each is a module implementing [`lms_bus::Processor`]; the
 //! [`REGISTRY`] is the one list of them (an unknown name fails with the known ones).
 //!
-//! Architecture invariant: processors do not depend on each other; they share only the
-//! event contract (lms-events), the bus (lms-bus) and the stores (sinks).
+//! Architecture invariant: a component (one module the registry builds: `progress` with its
+//! catalog, `achievements`, `notifications`, `erasure`, `noop`) imports no other component;
+//! components share only the framework of this crate (`stateful`, `runtime`, `cost`), the
+//! event contract (lms-events), the bus (lms-bus) and the state store (lms-state). A test
+//! below checks it.
 
 pub mod achievements;
-pub mod catalog;
 pub mod cost;
 pub mod erasure;
 pub mod noop;
@@ -13,6 +15,8 @@ pub mod notifications;
 pub mod progress;
 pub mod runtime;
 pub mod stateful;
+#[cfg(test)]
+mod testkit;
 
 use std::sync::Arc;
 
@@ -63,7 +67,7 @@ pub const REGISTRY: &[Registered] = &[
         name: "catalog",
         about: "Keeps the course catalog (highest version wins) and recomputes the progress of a course's learners when it changes.",
         domains: &[Domain::Catalog],
-        build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), catalog::Catalog))),
+        build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), progress::catalog::Catalog))),
         service: None,
     },
     Registered {
@@ -155,6 +159,66 @@ mod tests {
         let err = super::lookup("nope").err().unwrap_or_default();
         assert!(err.contains("noop") && err.contains("progress"), "{err}");
         assert!(super::lookup("noop").is_ok());
+    }
+
+    /// The invariant of the crate documentation: no component names another, neither as
+    /// `crate::<component>` nor in a `crate::{…}` group.
+    #[test]
+    fn components_do_not_import_each_other() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let found = cross_imports(&src, |text| text);
+        assert!(found.is_empty(), "components import each other: {found:#?}");
+        // The check can fail: the progress component naming achievements is found.
+        let planted = cross_imports(&src, |text| text.replace("use super::{SOURCE, db};", "use crate::achievements::Achievements;"));
+        assert_eq!(planted.len(), 1, "{planted:?}");
+    }
+
+    /// Which component files name another component, after `edit` of their text.
+    fn cross_imports(src: &std::path::Path, edit: impl Fn(String) -> String) -> Vec<String> {
+        const FRAMEWORK: &[&str] = &["lib", "runtime", "stateful", "cost", "testkit"];
+        fn sources(path: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            if path.is_dir() {
+                for entry in std::fs::read_dir(path).expect("a source folder") {
+                    sources(&entry.expect("an entry").path(), out);
+                }
+            } else if path.is_file() && path.extension().is_some_and(|e| e == "rs") {
+                out.push(path.to_owned());
+            }
+        }
+        let mut components: Vec<String> = std::fs::read_dir(src)
+            .expect("src")
+            .map(|e| e.expect("an entry").path().file_stem().expect("a name").to_string_lossy().into_owned())
+            .filter(|name| !FRAMEWORK.contains(&name.as_str()))
+            .collect();
+        components.sort();
+        components.dedup();
+        assert!(components.len() >= 5 && components.contains(&"progress".to_owned()), "{components:?}");
+        let mut found = Vec::new();
+        for component in &components {
+            let mut files = Vec::new();
+            sources(&src.join(component), &mut files);
+            sources(&src.join(format!("{component}.rs")), &mut files);
+            for file in files {
+                let text = edit(std::fs::read_to_string(&file).expect("a source file"));
+                // Every path that starts at the crate root: `crate::a::…` or `crate::{a, b::…}`.
+                let mut named: Vec<&str> = Vec::new();
+                for (at, _) in text.match_indices("crate::") {
+                    let rest = &text[at + "crate::".len()..];
+                    if let Some(group) = rest.strip_prefix('{') {
+                        let group = &group[..group.find('}').unwrap_or(group.len())];
+                        named.extend(group.split(',').map(|p| p.trim().split("::").next().unwrap_or_default()));
+                    } else {
+                        named.push(rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or_default());
+                    }
+                }
+                for other in components.iter().filter(|c| *c != component) {
+                    if named.contains(&other.as_str()) {
+                        found.push(format!("{} imports {other}", file.display()));
+                    }
+                }
+            }
+        }
+        found
     }
 
     #[test]

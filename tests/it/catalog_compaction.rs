@@ -18,13 +18,13 @@ use std::time::Duration;
 use chrono::{DateTime, Duration as Span, TimeZone, Utc};
 use lms_bus::admin::Admin;
 use lms_bus::admin::rekey::{LogRecord, compact};
-use lms_bus::{BusMetrics, OnQueueFull, OutRecord, Producer, RawRecord, Record, TopicPartition, TopicsFile};
+use lms_bus::{BusMetrics, OnQueueFull, OutRecord, Producer, Record, TopicsFile};
 use lms_events::data::{CoursePublished, CourseRetired, EnrollmentCreated, EnrollmentSource, LessonRef, Module};
 use lms_events::{Domain, Event, EventData, codec};
 use lms_state::Store;
 use processors::Stage;
-use processors::catalog::Catalog;
 use processors::progress::Progress;
+use processors::progress::catalog::Catalog;
 use processors::progress::model::ProgressView;
 use sqlx::Row as _;
 use tests::{create_topic, durable_kafka_brokers, init_logs, unique_prefix};
@@ -133,15 +133,7 @@ fn compacted(log: &[Event], early: usize, key: impl Fn(&Event) -> String) -> (Ve
 }
 
 fn record(event: &Event, offset: i64) -> Record {
-    let raw = RawRecord {
-        tp: TopicPartition::new("catalog-compaction", 0),
-        offset,
-        key: Some(event.partition_key().as_bytes().to_vec()),
-        payload: Some(codec::encode(event)),
-        headers: Vec::new(),
-        timestamp_ms: None,
-    };
-    Record { event: event.clone(), trace: None, raw }
+    Record::for_test(event.clone(), "catalog-compaction", offset)
 }
 
 /// Applies `events` through `stage` in batches of `size`, each in its own transaction.

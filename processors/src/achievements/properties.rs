@@ -20,7 +20,7 @@ use proptest::sample::Index;
 
 use super::rules::Rules;
 use super::{AchievementView, Achievements};
-use crate::progress::properties::{apply_batch, batches, block_on};
+use crate::testkit::{apply_batch, batches, block_on};
 
 const TENANT: &str = "acme";
 const LEARNERS: [&str; 2] = ["ada", "bob"];

@@ -820,22 +820,14 @@ impl Decided {
 
 #[cfg(test)]
 mod tests {
-    use lms_bus::{Batch, BusMetrics, KafkaConfig, PartitionOffsets, Processor as _, Producer, RawRecord, TopicPartition, TopicsFile};
+    use lms_bus::{Batch, BusMetrics, KafkaConfig, PartitionOffsets, Processor as _, Producer, TopicPartition, TopicsFile};
     use lms_events::Event;
     use lms_events::data::AchievementUnlocked;
 
     use super::*;
 
     fn record(event: Event, offset: i64) -> Record {
-        let raw = RawRecord {
-            tp: TopicPartition::new("derived", 0),
-            offset,
-            key: None,
-            payload: Some(lms_events::codec::encode(&event)),
-            headers: Vec::new(),
-            timestamp_ms: None,
-        };
-        Record { event, trace: None, raw }
+        Record::for_test(event, "derived", offset)
     }
 
     fn unlock(learner: &str, n: usize) -> Event {

@@ -5,8 +5,10 @@
 //! its partitions), take the batch's course locks shared, write the facts aggregated in
 //! memory with multi-row upserts, recompute the figures of every touched learner-course,
 //! record first completions, and put the derived events in the outbox. The relay
-//! produces them after the commit. The catalog lives in [`crate::catalog`].
+//! produces them after the commit. The catalog, whose changes recompute the progress of a course's
+//! learners under the same course locks, is the same component: [`catalog`].
 
+pub mod catalog;
 pub mod db;
 pub mod model;
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! order, their batching or their redelivery.
 //!
 //! Arbitrary sequences of catalog, enrollment and learning events for two learners and two
-//! courses go through the real stages ([`crate::catalog::Catalog`] for `course.*`,
+//! courses go through the real stages ([`super::catalog::Catalog`] for `course.*`,
 //! [`Progress`] for the rest) on an in-memory SQLite store, one transaction per batch as
 //! the runner does; the same events shuffled, cut into other batches and with duplicates
 //! must leave the same `GET /v1/learners/{id}/progress` answers, and `course.completed` is
@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeZone, Utc};
-use lms_bus::{RawRecord, Record, TopicPartition};
 use lms_events::data::{CoursePublished, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LessonRef, Module, VideoProgressed};
 use lms_events::{Event, EventData, data::ProgressStatus};
 use lms_state::Store;
@@ -19,9 +18,10 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::Progress;
+use super::catalog::Catalog;
 use super::model::ProgressView;
-use crate::catalog::Catalog;
-use crate::stateful::{Emitted, Stage};
+use crate::stateful::Stage;
+use crate::testkit::{apply_batch, batches, block_on};
 
 const TENANT: &str = "acme";
 const LEARNERS: [&str; 2] = ["ada", "bob"];
@@ -115,18 +115,6 @@ fn event(i: usize, op: &Op, minute: u32) -> Event {
     }
 }
 
-pub(crate) fn record(event: Event, offset: i64) -> Record {
-    let raw = RawRecord {
-        tp: TopicPartition::new("events", 0),
-        offset,
-        key: None,
-        payload: Some(lms_events::codec::encode(&event)),
-        headers: Vec::new(),
-        timestamp_ms: None,
-    };
-    Record { event, trace: None, raw }
-}
-
 /// What a run leaves: each learner's progress, how many `course.completed` were emitted
 /// per (learner, course), and every derived event in the order emitted.
 #[derive(Debug, PartialEq)]
@@ -167,41 +155,6 @@ async fn run(events: &[Event], batch_sizes: &[usize]) -> Outcome {
     }
     store.close().await;
     Outcome { progress, completions, derived }
-}
-
-/// `events` cut into consecutive batches of the given sizes (cycled; at least one event each).
-pub(crate) fn batches<'a>(events: &'a [Event], sizes: &[usize]) -> Vec<&'a [Event]> {
-    let (mut out, mut rest, mut sizes) = (Vec::new(), events, sizes.iter().cycle());
-    while !rest.is_empty() {
-        let (batch, tail) = rest.split_at((*sizes.next().unwrap_or(&1)).clamp(1, rest.len()));
-        out.push(batch);
-        rest = tail;
-    }
-    out
-}
-
-/// Applies one batch through `stage` in its own transaction, as the runner does, giving the
-/// records the offsets after `offset`; returns what the stage emitted.
-pub(crate) async fn apply_batch<'a>(
-    store: &Store,
-    stage: &dyn Stage,
-    events: impl Iterator<Item = &'a Event>,
-    offset: &mut i64,
-) -> Emitted {
-    let records: Vec<Record> = events
-        .map(|e| {
-            *offset += 1;
-            record(e.clone(), *offset)
-        })
-        .collect();
-    let mut tx = store.begin().await.expect("begin");
-    let emitted = stage.apply(store, &mut tx, &records).await.expect("apply").emitted;
-    tx.commit().await.expect("commit");
-    emitted
-}
-
-pub(crate) fn block_on<T>(f: impl Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(f)
 }
 
 /// Checks the completions of one run: at most one `course.completed` per learner and

@@ -23,7 +23,7 @@ use lms_state::sql::{to_us, values};
 use lms_state::{Backend, Store, StoreError, Tx};
 use sqlx::Row as _;
 
-use crate::progress::{SOURCE, db};
+use super::{SOURCE, db};
 use crate::stateful::{Applied, Emitted, Stage, StageError};
 
 /// The catalog processor's effects; run it as `Stateful::new(store, relay, Catalog)`.
