@@ -2,7 +2,8 @@
 //! one portable SQL dialect (sqlx's `Any` driver).
 //!
 //! - [`Store`]: connects by URL (`postgres://…`, `sqlite://<path>`, `sqlite::memory:`),
-//!   applies the embedded migrations of its backend, and opens transactions.
+//!   applies the embedded migrations ([`schema`]: one history for both backends, each
+//!   migration tagged with its owner), and opens transactions.
 //! - [`offsets`]: consumer offsets written in the transaction of a batch's effects, with
 //!   a compare-and-set on the offsets the batch expected (this fences a member that lost
 //!   its partitions), and the [`lms_bus::OffsetStore`] the runner seeks from.
@@ -27,6 +28,7 @@ pub mod credentials;
 pub mod erasure;
 pub mod offsets;
 pub mod outbox;
+pub mod schema;
 pub mod sql;
 pub mod webhooks;
 
@@ -34,7 +36,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Transaction};
 
 /// A transaction on the store.
@@ -100,9 +101,6 @@ impl StoreError {
     }
 }
 
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
-
 /// A connection pool to the state database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -157,12 +155,10 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
-    /// Applies the embedded migrations of the backend (idempotent).
+    /// Applies the embedded migrations ([`schema::MIGRATIONS`], rendered for the backend);
+    /// idempotent.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self.backend {
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
-        }
+        schema::migrator(self.backend).await?.run(&self.pool).await?;
         Ok(())
     }
 
@@ -241,34 +237,6 @@ mod tests {
             redact_url("postgresql://db/lms?user=lms&password=hunter2&sslmode=verify-full"),
             "postgresql://db/lms?user=lms&password=***&sslmode=verify-full"
         );
-    }
-
-    /// The two backends' migrations are written twice; this keeps them in step: the same
-    /// files, byte for byte, but for the dialect lines of 0001 listed here.
-    #[test]
-    fn both_backends_have_the_same_migrations() {
-        const DIALECT: &[(&str, &str)] = &[
-            ("    seq           BIGSERIAL PRIMARY KEY,", "    seq           INTEGER PRIMARY KEY AUTOINCREMENT,"),
-            ("    payload       BYTEA  NOT NULL,", "    payload       BLOB  NOT NULL,"),
-        ];
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let names = |backend: &str| -> Vec<String> {
-            let mut n: Vec<String> = std::fs::read_dir(dir.join(backend))
-                .expect("migrations")
-                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect();
-            n.sort();
-            n
-        };
-        assert_eq!(names("postgres"), names("sqlite"), "every migration exists for both backends");
-        for name in names("postgres") {
-            let read = |backend: &str| std::fs::read_to_string(dir.join(backend).join(&name)).expect("a migration");
-            let mut postgres = read("postgres");
-            for (pg, lite) in DIALECT {
-                postgres = postgres.replace(pg, lite);
-            }
-            assert_eq!(postgres, read("sqlite"), "{name}: the backends differ beyond the listed dialect lines");
-        }
     }
 
     #[tokio::test]

@@ -11,9 +11,9 @@ CREATE TABLE consumer_offsets (
 );
 
 CREATE TABLE outbox (
-    seq           BIGSERIAL PRIMARY KEY,
+    seq           {{serial_primary_key}},
     event_id      TEXT   NOT NULL,
-    payload       BYTEA  NOT NULL,
+    payload       {{bytes}}  NOT NULL,
     traceparent   TEXT,
     created_at_us BIGINT NOT NULL
 );
