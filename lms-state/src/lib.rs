@@ -196,6 +196,24 @@ impl Store {
     }
 }
 
+/// Creates the empty database `name` (letters, digits and `_`) on the PostgreSQL server of
+/// `admin_url` and returns its URL: the same scheme, user and host, without options. For
+/// tests and benchmarks that each want a database of their own.
+pub async fn create_postgres_database(admin_url: &str, name: &str) -> Result<String, StoreError> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(StoreError::Db(sqlx::Error::Configuration(format!("{name:?} is not a plain database name").into())));
+    }
+    let Some((scheme, rest)) = admin_url.split_once("://").filter(|(s, _)| s.starts_with("postgres")) else {
+        return Err(StoreError::UnsupportedUrl(redact_url(admin_url)));
+    };
+    let admin = Store::connect(admin_url, 2).await?;
+    let created = sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await;
+    admin.close().await;
+    created?;
+    let host = rest.split(['/', '?']).next().unwrap_or(rest);
+    Ok(format!("{scheme}://{host}/{name}"))
+}
+
 /// A masked form of a store URL for logs and errors: no password, neither in the user
 /// information nor as a `password=` (or `sslpassword=`) query parameter as libpq allows.
 pub fn redact_url(url: &str) -> String {

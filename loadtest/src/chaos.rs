@@ -377,7 +377,9 @@ impl Deployment {
             let p = if d == Domain::DeadLetter { 1 } else { spec.partitions };
             crate::create_topics(&spec.brokers, &[(topics.topic(d), p)]).await?;
         }
-        let store_url = fresh_postgres_db(&spec.postgres_url, &format!("{name}_{}", &id[..10])).await?;
+        let store_url = lms_state::create_postgres_database(&spec.postgres_url, &format!("{name}_{}", &id[..10]))
+            .await
+            .context("creating the run's state database")?;
         // Migrated here, once, before the processes race to do it.
         let store = lms_state::Store::open(&store_url, 2).await.context("opening the fresh state store")?;
         let clickhouse_db = format!("{name}_{}", &id[..10]);
@@ -661,16 +663,6 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
 
 pub(crate) fn group_of(prefix: &str, processor: &str) -> String {
     lms_bus::KafkaConfig::new("").with_prefix(prefix).group_id(processor)
-}
-
-/// Creates database `name` on the server of `admin_url` and returns its URL.
-async fn fresh_postgres_db(admin_url: &str, name: &str) -> anyhow::Result<String> {
-    let admin = lms_state::Store::connect(admin_url, 2).await.context("connecting to PostgreSQL")?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.context("CREATE DATABASE")?;
-    admin.close().await;
-    let (scheme, rest) = admin_url.split_once("://").context("a postgres:// URL")?;
-    let host = rest.split(['/', '?']).next().unwrap_or(rest);
-    Ok(format!("{scheme}://{host}/{name}"))
 }
 
 async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {

@@ -76,12 +76,7 @@ fn enrollment(i: usize, learner: &str) -> Event {
 
 async fn fresh_db(base: &str) -> anyhow::Result<String> {
     let name = format!("bench_notify_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let admin = Store::connect(base, 2).await?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await?;
-    admin.close().await;
-    let (scheme, rest) = base.split_once("://").ok_or_else(|| anyhow::anyhow!("not a URL: {base}"))?;
-    let host = rest.split(['/', '?']).next().unwrap_or(rest);
-    Ok(format!("{scheme}://{host}/{name}"))
+    Ok(lms_state::create_postgres_database(base, &name).await?)
 }
 
 /// Waits until the group's stored offsets reach `ends`; answers when the first batch was

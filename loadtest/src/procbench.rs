@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use lms_bus::{
@@ -237,12 +236,7 @@ impl Cpu {
 
 async fn fresh_db(base: &str, tag: &str) -> anyhow::Result<(String, String)> {
     let name = format!("bench_{tag}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let admin = Store::connect(base, 2).await?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await?;
-    admin.close().await;
-    let (scheme, rest) = base.split_once("://").context("a postgres:// URL")?;
-    let host = rest.split(['/', '?']).next().unwrap_or(rest);
-    Ok((format!("{scheme}://{host}/{name}"), name))
+    Ok((lms_state::create_postgres_database(base, &name).await?, name))
 }
 
 /// Drops a measurement's database, so the next measurement does not share the server with

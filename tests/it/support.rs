@@ -139,11 +139,5 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> BT
 pub async fn fresh_postgres_db(test: &str) -> String {
     let base = std::env::var("LMS_TEST_POSTGRES_URL").expect("LMS_TEST_POSTGRES_URL (run the tests with `cargo xtask test`)");
     let name = tests::unique_prefix(test).replace(['-', '.'], "_").to_lowercase();
-    let admin = lms_state::Store::connect(&base, 2).await.expect("connect to the test PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.expect("create database");
-    admin.close().await;
-    // postgres://user@host:port[/db][?options] → the same server, database `name`.
-    let (scheme, rest) = base.split_once("://").expect("a postgres:// URL");
-    let host = rest.split(['/', '?']).next().unwrap_or(rest);
-    format!("{scheme}://{host}/{name}")
+    lms_state::create_postgres_database(&base, &name).await.expect("a database of the test's own on the test PostgreSQL")
 }
