@@ -50,6 +50,14 @@ pub struct Config {
     pub store_url_set: bool,
 }
 
+/// Puts the components' configuration sections in `ctx` (each component reads its own by
+/// type): the `notifications` and `analytics` sections, and the achievements' rules file.
+pub fn provide_sections(ctx: &mut processors::Context, config: &Config, rules: Option<std::path::PathBuf>) {
+    ctx.extensions.insert(config.notifications.clone());
+    ctx.extensions.insert(config.analytics.clone());
+    ctx.extensions.insert(processors::achievements::AchievementsConfig { rules });
+}
+
 /// The processors' state store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -18,7 +18,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lms_bus::{BusMetrics, KafkaConfig, OnQueueFull, Producer, TopicsFile};
 use lms_events::Event;
 use lms_generator::{Cohort, CohortConfig, Live, Tenant};
-use processors::achievements::rules::Rules;
 use processors::runtime::{self, Plumbing};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +60,7 @@ pub struct DemoArgs {
 
 /// The processors the demo runs: every one but the no-op baseline.
 fn processor_names() -> Vec<&'static str> {
-    processors::REGISTRY.iter().map(|r| r.name).filter(|n| *n != "noop").collect()
+    processors::all()
 }
 
 pub async fn run(args: DemoArgs, base: &Config) -> anyhow::Result<()> {
@@ -93,12 +92,12 @@ pub async fn run(args: DemoArgs, base: &Config) -> anyhow::Result<()> {
     let backends = serve::Backends::open(&config).await?;
     let topics = file.topic_map("");
     let producer = Arc::new(Producer::new(&config.kafka, topics.clone(), Arc::clone(&metrics), "lms-demo")?);
-    let notifications =
-        processors::notifications::Settings::load(config.notifications.clone()).context("cannot load the notification templates")?;
-    let (mut ctx, relay) =
-        runtime::context(backends.store.clone(), Arc::clone(&producer), Arc::new(Rules::load(None)?), Arc::new(notifications));
-    ctx.analytics = Some(Arc::clone(&backends.analytics));
+    let (mut ctx, relay) = runtime::context(backends.store.clone(), Arc::clone(&producer));
+    crate::config::provide_sections(&mut ctx, &config, None);
+    // The API reads the same twin: the analytics component uses it instead of opening its own.
+    ctx.extensions.insert(Arc::clone(&backends.analytics));
     let selected = names.iter().map(|n| processors::lookup(n).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
+    runtime::prepare(&mut ctx, &selected).await.map_err(anyhow::Error::msg)?;
     let plumbing = Plumbing {
         kafka: config.kafka.clone(),
         consumer: config.consumer.clone(),

@@ -7,7 +7,6 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_state::Store;
-use processors::achievements::rules::Rules;
 use processors::runtime::{self, Plumbing};
 
 use crate::config::Config;
@@ -66,51 +65,22 @@ pub async fn run(cmd: ProcessorCommand, config: &Config) -> anyhow::Result<()> {
 }
 
 async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
-    let names: Vec<&str> = if args.names.iter().any(|n| n == "all") {
-        processors::REGISTRY.iter().map(|r| r.name).filter(|n| *n != "noop").collect()
-    } else {
-        args.names.iter().map(String::as_str).collect()
-    };
+    let names: Vec<&str> =
+        if args.names.iter().any(|n| n == "all") { processors::all() } else { args.names.iter().map(String::as_str).collect() };
     let selected = names.iter().map(|n| processors::lookup(n).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
-    config.require_stores("processor run", names.contains(&"analytics"))?;
-    let rules = Arc::new(Rules::load(args.rules.as_deref())?);
+    config.require_stores("processor run", false)?;
     let store = Store::open(&config.store.url, config.store.max_connections)
         .await
         .with_context(|| format!("cannot open the state store {}", lms_state::redact_url(&config.store.url)))?;
     let topics = TopicsFile::bundled().topic_map(&config.kafka.topic_prefix);
     let metrics = BusMetrics::register(prometheus::default_registry())?;
     let producer = Arc::new(Producer::new(&config.kafka, topics.clone(), Arc::clone(&metrics), "lms-processor")?);
-    let notifications = processors::notifications::Settings::load(config.notifications.clone())
-        .context("cannot load the notification templates")?
-        .with_metrics(processors::notifications::metrics::NotifyMetrics::register(prometheus::default_registry())?);
-    let (mut ctx, relay) = runtime::context(store.clone(), Arc::clone(&producer), rules, Arc::new(notifications));
-    if names.contains(&"analytics") {
-        ctx.analytics = Some(crate::serve::open_analytics(config).await?);
-    }
+    let (mut ctx, relay) = runtime::context(store.clone(), Arc::clone(&producer));
+    crate::config::provide_sections(&mut ctx, config, args.rules.clone());
+    // Each selected component makes what it needs from its section (templates, rules, the
+    // analytics store) and names what `/readyz` must check for it.
+    let checks = runtime::prepare(&mut ctx, &selected).await.map_err(anyhow::Error::msg)?;
     let health_stop = tokio_util::sync::CancellationToken::new();
-    let mut checks = Vec::new();
-    if let Some(analytics) = &ctx.analytics {
-        let analytics = Arc::clone(analytics);
-        checks.push(crate::ops::health::Check {
-            name: "analytics",
-            probe: Box::new(move || {
-                let analytics = Arc::clone(&analytics);
-                Box::pin(async move { analytics.ping().await.map_err(|e| e.to_string()) })
-            }),
-        });
-    }
-    if names.contains(&"notifications") && config.notifications.smtp.enabled {
-        let smtp = config.notifications.smtp.clone();
-        checks.push(crate::ops::health::Check {
-            name: "smtp",
-            probe: Box::new(move || {
-                let smtp = smtp.clone();
-                Box::pin(
-                    async move { processors::notifications::dispatcher::smtp_ready(&smtp, std::time::Duration::from_millis(1900)).await },
-                )
-            }),
-        });
-    }
     let health = args
         .listen
         .map(|listen| tokio::spawn(crate::ops::health::serve(listen, store.clone(), Arc::clone(&producer), checks, health_stop.clone())));

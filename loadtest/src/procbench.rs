@@ -357,12 +357,14 @@ async fn measure(args: &ProcessorsArgs, bench: &Bench, p: &Produced, k: usize, b
         metrics: Arc::clone(&bench.metrics),
     };
     if reg.name != "catalog" {
-        let (ctx, relay) = runtime::context(store.clone(), Arc::clone(&p.producer), Arc::clone(&bench.rules), Default::default());
+        let (ctx, relay) = runtime::context(store.clone(), Arc::clone(&p.producer));
         let catalog = runtime::start(&plumbing, &ctx, relay, &[processors::lookup("catalog").map_err(anyhow::Error::msg)?], 1)?;
         wait_stored(&store, &run_kafka.group_id("catalog"), p.ends.get(Domain::Catalog.as_str()).unwrap_or(&Ends::new()), |_| {}).await?;
         catalog.stop().await?;
     }
-    let (ctx, relay) = runtime::context(store.clone(), Arc::clone(&p.producer), Arc::clone(&bench.rules), Default::default());
+    let (mut ctx, relay) = runtime::context(store.clone(), Arc::clone(&p.producer));
+    ctx.extensions.insert(Arc::clone(&bench.rules));
+    ctx.extensions.insert(Arc::new(processors::notifications::Settings::default()));
     checkpoint(&store).await;
     let cpu = Cpu::start(broker);
     let before = processors::cost::snapshot();

@@ -8,6 +8,7 @@
 //! below checks it.
 
 pub mod achievements;
+pub mod analytics;
 pub mod cost;
 pub mod erasure;
 pub mod noop;
@@ -20,6 +21,7 @@ mod testkit;
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use lms_bus::Processor;
 use lms_events::{Domain, Event};
 use lms_state::Store;
@@ -27,20 +29,46 @@ use tokio::sync::Notify;
 
 pub use stateful::{Stage, Stateful};
 
-/// What processors are built from.
+/// What components are built from: what every one may use (the state store, the relay's
+/// waker) and [`Context::extensions`], one value per type, which the framework never looks
+/// into.
 pub struct Context {
     /// The state store (PostgreSQL or SQLite); stateless processors ignore it.
     pub store: Store,
     /// Woken after commits that put events in the outbox (the relay's waker).
     pub relay: Arc<Notify>,
-    /// Achievement rules.
-    pub rules: Arc<achievements::rules::Rules>,
-    /// Configuration, templates and clock of the notifications processor and its dispatcher.
-    pub notifications: Arc<notifications::Settings>,
-    /// The analytics store (ClickHouse or the Parquet twin); only the `analytics` processor
-    /// needs it, so the binary opens it only then. `None` by [`runtime::context`].
-    pub analytics: Option<Arc<dyn lms_analytics::AnalyticsStore>>,
+    /// The configuration sections the process loaded, typed by their components
+    /// (`notifications::NotifyConfig`, `achievements::AchievementsConfig`,
+    /// `Option<lms_analytics::AnalyticsConfig>`), and what a component's [`Registered::prepare`]
+    /// made of them (`Arc<achievements::rules::Rules>`, `Arc<notifications::Settings>`,
+    /// `Arc<dyn lms_analytics::AnalyticsStore>`). A value already there is used as is: tests
+    /// and `lms demo` put in what they share.
+    pub extensions: http::Extensions,
 }
+
+impl Context {
+    /// The value of type `T` a component needs, or why it is missing.
+    pub fn require<T: Clone + Send + Sync + 'static>(&self, component: &str) -> Result<T, String> {
+        self.extensions
+            .get::<T>()
+            .cloned()
+            .ok_or_else(|| format!("the {component} processor is missing its {} (its `prepare` was not run)", std::any::type_name::<T>()))
+    }
+}
+
+/// A dependency `/readyz` checks besides the broker and the state store (the analytics
+/// store, the SMTP server): a name for the report and a probe that answers `Err(reason)`
+/// when it is down.
+pub struct Check {
+    /// Shown in the readiness report.
+    pub name: &'static str,
+    /// Asked on every readiness request.
+    pub probe: Box<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>,
+}
+
+/// Prepares, once per process, what a component's instances share, from its configuration
+/// section in [`Context::extensions`]; answers the readiness checks of what it depends on.
+pub type Prepare = for<'a> fn(&'a mut Context) -> BoxFuture<'a, Result<Vec<Check>, String>>;
 
 /// A processor the binary can run by name.
 pub struct Registered {
@@ -50,6 +78,15 @@ pub struct Registered {
     pub about: &'static str,
     /// The domains (topics) it consumes.
     pub domains: &'static [Domain],
+    /// Whether `all` (`lms processor run all`, `lms demo`) runs it: every processor of the
+    /// pipeline, not the benchmark baseline.
+    pub in_all: bool,
+    /// Whether its instances keep their offsets in the state store (exactly-once
+    /// processors) rather than in Kafka; `lms groups` and `lms replay` reset them there. A test
+    /// checks it against the built processor.
+    pub offsets_in_store: bool,
+    /// Makes what its instances share from its configuration section (`None`: nothing).
+    pub prepare: Option<Prepare>,
     /// Builds an instance; fails when the context lacks what it needs.
     pub build: fn(&Context) -> Result<Arc<dyn Processor>, String>,
     /// A background service the processor needs beside its members, started once per
@@ -67,6 +104,9 @@ pub const REGISTRY: &[Registered] = &[
         name: "catalog",
         about: "Keeps the course catalog (highest version wins) and recomputes the progress of a course's learners when it changes.",
         domains: &[Domain::Catalog],
+        in_all: true,
+        offsets_in_store: true,
+        prepare: None,
         build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), progress::catalog::Catalog))),
         service: None,
     },
@@ -74,6 +114,9 @@ pub const REGISTRY: &[Registered] = &[
         name: "progress",
         about: "Learner progress per course from learning and enrollment events; emits progress.updated and course.completed.",
         domains: &[Domain::Learning, Domain::Enrollment],
+        in_all: true,
+        offsets_in_store: true,
+        prepare: None,
         build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), progress::Progress))),
         service: None,
     },
@@ -81,8 +124,12 @@ pub const REGISTRY: &[Registered] = &[
         name: "achievements",
         about: "Unlocks the achievements of the rules file; emits achievement.unlocked.",
         domains: &[Domain::Learning, Domain::Enrollment, Domain::Derived],
+        in_all: true,
+        offsets_in_store: true,
+        prepare: Some(|c| Box::pin(achievements::prepare(c))),
         build: |c| {
-            Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), achievements::Achievements::new(Arc::clone(&c.rules)))))
+            let rules = c.require("achievements")?;
+            Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), achievements::Achievements::new(rules))))
         },
         service: None,
     },
@@ -90,22 +137,19 @@ pub const REGISTRY: &[Registered] = &[
         name: "notifications",
         about: "Decides notifications (templates, preferences, throttle, digests) and delivers them in-app, by e-mail and webhook; emits notification.sent/failed.",
         domains: &[Domain::Enrollment, Domain::Payment, Domain::Derived],
-        build: |c| Ok(Arc::new(notifications::processor(c.store.clone(), Arc::clone(&c.notifications)))),
-        service: Some(|c, plumbing, stop| {
-            let dispatcher = notifications::dispatcher::Dispatcher::new(
-                c.store.clone(),
-                Arc::clone(&c.notifications),
-                Arc::clone(&plumbing.producer),
-                Arc::clone(&c.relay),
-                plumbing.kafka.group_id("notifications"),
-            );
-            tokio::spawn(dispatcher.run(stop))
-        }),
+        in_all: true,
+        offsets_in_store: true,
+        prepare: Some(|c| Box::pin(notifications::prepare(c))),
+        build: |c| Ok(Arc::new(notifications::processor(c.store.clone(), c.require("notifications")?))),
+        service: Some(notifications::dispatcher::start),
     },
     Registered {
         name: "erasure",
         about: "Applies learner erasures (the erasure topic) to the state store, so a store rebuilt by replay forgets them again.",
         domains: &[Domain::Erasure],
+        in_all: true,
+        offsets_in_store: true,
+        prepare: None,
         build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), erasure::Erasure))),
         service: None,
     },
@@ -113,6 +157,9 @@ pub const REGISTRY: &[Registered] = &[
         name: "noop",
         about: "Consumes every client event and only counts it: the baseline rate for benchmarks.",
         domains: &[Domain::Learning, Domain::Enrollment, Domain::Payment, Domain::Catalog],
+        in_all: false,
+        offsets_in_store: false,
+        prepare: None,
         build: |_| Ok(Arc::new(noop::Noop::default())),
         service: None,
     },
@@ -120,10 +167,10 @@ pub const REGISTRY: &[Registered] = &[
         name: "analytics",
         about: "Writes every event to the analytics store (ClickHouse, or the Parquet twin) behind /v1/analytics.",
         domains: &lms_analytics::SINK_DOMAINS,
-        build: |c| match &c.analytics {
-            Some(store) => Ok(Arc::new(lms_analytics::AnalyticsSink::new(Arc::clone(store)))),
-            None => Err("the analytics processor needs the analytics store (the `analytics` configuration section)".to_owned()),
-        },
+        in_all: true,
+        offsets_in_store: false,
+        prepare: Some(|c| Box::pin(analytics::prepare(c))),
+        build: |c| Ok(Arc::new(lms_analytics::AnalyticsSink::new(c.require("analytics")?))),
         service: None,
     },
 ];
@@ -144,6 +191,11 @@ pub fn check_ids(event: &Event) -> Result<(), String> {
     lms_events::invariants::check(event)
 }
 
+/// The names of the processors `all` runs.
+pub fn all() -> Vec<&'static str> {
+    REGISTRY.iter().filter(|r| r.in_all).map(|r| r.name).collect()
+}
+
 /// Looks a processor up by name; the error lists the known names.
 pub fn lookup(name: &str) -> Result<&'static Registered, String> {
     REGISTRY
@@ -159,6 +211,33 @@ mod tests {
         let err = super::lookup("nope").err().unwrap_or_default();
         assert!(err.contains("noop") && err.contains("progress"), "{err}");
         assert!(super::lookup("noop").is_ok());
+    }
+
+    /// Every registered processor builds from what its `prepare` makes, and keeps its offsets
+    /// where the registry says (`lms groups` and `lms replay` rely on it).
+    #[tokio::test]
+    async fn every_processor_builds_after_prepare_and_keeps_offsets_where_declared() {
+        let store = lms_state::Store::open("sqlite::memory:", 1).await.expect("store");
+        let kafka = lms_bus::KafkaConfig::new("127.0.0.1:9");
+        let topics = lms_bus::TopicsFile::bundled().topic_map("");
+        // Connects lazily and sends nothing here.
+        let producer = std::sync::Arc::new(
+            lms_bus::Producer::new(&kafka, topics, lms_bus::BusMetrics::standalone(), "registry-test").expect("producer"),
+        );
+        let (mut ctx, _relay) = super::runtime::context(store, producer);
+        let err = (super::lookup("achievements").expect("registered").build)(&ctx).err().unwrap_or_default();
+        assert!(err.contains("missing its"), "a build before prepare names what is missing: {err}");
+        let dir = std::env::temp_dir().join(format!("lms-registry-{}", uuid::Uuid::new_v4().simple()));
+        ctx.extensions.insert(Some(lms_analytics::AnalyticsConfig::Parquet(lms_analytics::ParquetConfig::new(&dir))));
+        ctx.extensions.insert(std::sync::Arc::new(super::notifications::Settings::default()));
+        let checks = super::runtime::prepare(&mut ctx, &super::REGISTRY.iter().collect::<Vec<_>>()).await.expect("prepare");
+        assert!(checks.iter().any(|c| c.name == "analytics"), "the analytics store is checked for readiness");
+        for r in super::REGISTRY {
+            let built = (r.build)(&ctx).unwrap_or_else(|e| panic!("{} does not build: {e}", r.name));
+            assert_eq!(built.offset_store().is_some(), r.offsets_in_store, "{}: offsets_in_store", r.name);
+            assert_eq!(built.name(), r.name);
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// The invariant of the crate documentation: no component names another, neither as

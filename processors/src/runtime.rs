@@ -15,7 +15,7 @@ use lms_state::outbox::{Relay, RelayConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Context, Registered};
+use crate::{Check, Context, Registered};
 
 /// Processors running in this process.
 pub struct Running {
@@ -42,15 +42,27 @@ pub struct Plumbing {
     pub metrics: Arc<BusMetrics>,
 }
 
-/// A relay for `store` and the context processors are built from.
-pub fn context(
-    store: lms_state::Store,
-    producer: Arc<Producer>,
-    rules: Arc<crate::achievements::rules::Rules>,
-    notifications: Arc<crate::notifications::Settings>,
-) -> (Context, Relay) {
+/// A relay for `store` and the context components are built from, with no extensions yet:
+/// put the configuration sections in, then [`prepare`].
+pub fn context(store: lms_state::Store, producer: Arc<Producer>) -> (Context, Relay) {
     let relay = Relay::new(store.clone(), producer, RelayConfig::default());
-    (Context { store, relay: relay.waker(), rules, notifications, analytics: None }, relay)
+    (Context { store, relay: relay.waker(), extensions: http::Extensions::new() }, relay)
+}
+
+/// Runs the `prepare` of each of `processors` once (two registered processors sharing a
+/// component share it) and returns their readiness checks.
+pub async fn prepare(ctx: &mut Context, processors: &[&'static Registered]) -> Result<Vec<Check>, String> {
+    let mut done: Vec<crate::Prepare> = Vec::new();
+    let mut checks = Vec::new();
+    for reg in processors {
+        let Some(prepare) = reg.prepare else { continue };
+        if done.iter().any(|p| std::ptr::fn_addr_eq(*p, prepare)) {
+            continue;
+        }
+        done.push(prepare);
+        checks.extend(prepare(ctx).await.map_err(|e| format!("processor {}: {e}", reg.name))?);
+    }
+    Ok(checks)
 }
 
 /// Starts `instances` members of each processor and the relay.

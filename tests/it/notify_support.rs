@@ -212,8 +212,9 @@ impl Pipeline {
     }
 
     fn run(&mut self) {
-        let rules = Arc::new(Rules::load(None).expect("rules"));
-        let (ctx, relay) = runtime::context(self.store.clone(), Arc::clone(&self.producer), rules, Arc::clone(&self.settings));
+        let (mut ctx, relay) = runtime::context(self.store.clone(), Arc::clone(&self.producer));
+        ctx.extensions.insert(Arc::new(Rules::load(None).expect("rules")));
+        ctx.extensions.insert(Arc::clone(&self.settings));
         let plumbing = Plumbing {
             kafka: self.kafka.clone(),
             consumer: fast_consumer(),

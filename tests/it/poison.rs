@@ -13,7 +13,6 @@ use lms_bus::{BusMetrics, OnQueueFull, OutRecord, Producer, TopicsFile};
 use lms_events::data::{AssessmentGraded, CoursePublished, LessonRef, Module, VideoProgressed};
 use lms_events::{Domain, Event, EventData, codec};
 use lms_state::Store;
-use processors::achievements::rules::Rules;
 use processors::runtime::{self, Plumbing};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -98,9 +97,8 @@ async fn poison_is_dead_lettered_per_group_with_reasons_and_the_rest_is_exact() 
     let twin = std::env::temp_dir().join(format!("{prefix}analytics"));
     let analytics = lms_analytics::AnalyticsConfig::Parquet(lms_analytics::ParquetConfig::new(&twin)).open().await.expect("twin");
     analytics.migrate().await.expect("migrate twin");
-    let (mut ctx, relay) =
-        runtime::context(store.clone(), Arc::clone(&producer), Arc::new(Rules::load(None).expect("rules")), Default::default());
-    ctx.analytics = Some(analytics);
+    let (mut ctx, relay) = runtime::context(store.clone(), Arc::clone(&producer));
+    ctx.extensions.insert(analytics);
     let plumbing =
         Plumbing { kafka: k.clone(), consumer: fast_consumer(), topics: topics.clone(), producer: Arc::clone(&producer), metrics };
     let names = ["catalog", "progress", "analytics"].map(|n| processors::lookup(n).expect("registered"));

@@ -264,8 +264,8 @@ pub async fn run_oracle(store_url: &str, test: &str) {
     let store = Store::open(store_url, 8).await.expect("store");
     let metrics = BusMetrics::standalone();
     let producer = Arc::new(Producer::new(&kafka, topics.clone(), metrics.clone(), "oracle-producer").expect("producer"));
-    let rules = Arc::new(Rules::parse(RULES).expect("rules"));
-    let (ctx, relay) = runtime::context(store.clone(), Arc::clone(&producer), rules, Default::default());
+    let (mut ctx, relay) = runtime::context(store.clone(), Arc::clone(&producer));
+    ctx.extensions.insert(Arc::new(Rules::parse(RULES).expect("rules")));
     // Small batches: late events then land in later batches than what they correct.
     let consumer = lms_bus::ConsumerConfig { max_batch_records: 50, ..fast_consumer() };
     let plumbing = Plumbing { kafka: kafka.clone(), consumer, topics: topics.clone(), producer: Arc::clone(&producer), metrics };

@@ -40,7 +40,7 @@ pub struct GroupsArgs {
 
 pub async fn run(args: GroupsArgs, config: &Config) -> anyhow::Result<()> {
     let store = super::open_store(config, "groups").await?;
-    let specs = super::select(super::group_specs(config, &store).await?, &args.groups)?;
+    let specs = super::select(super::group_specs(config), &args.groups)?;
     let admin = Admin::new(&config.kafka)?;
     let look = async || -> anyhow::Result<Vec<GroupStatus>> {
         let mut out = Vec::new();

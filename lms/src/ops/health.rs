@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
@@ -21,13 +19,9 @@ use lms_state::Store;
 use prometheus::{Encoder, IntGauge, TextEncoder};
 use tokio_util::sync::CancellationToken;
 
-/// A dependency `/readyz` checks besides the broker and the state store (the analytics
-/// store when the analytics processor runs, the SMTP server when e-mail is on): a name for
-/// the report and a probe that answers `Err(reason)` when it is down.
-pub struct Check {
-    pub name: &'static str,
-    pub probe: Box<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>,
-}
+/// A dependency `/readyz` checks besides the broker and the state store, as the components
+/// name them in their `prepare` (the analytics store, the SMTP server when e-mail is on).
+pub use processors::Check;
 
 struct Health {
     store: Store,

@@ -108,7 +108,7 @@ pub fn spawn(
 /// One look at every group. Nothing is set unless every group was read.
 async fn refresh(config: &Config, store: &Store, admin: &Admin, specs: &mut Option<Vec<GroupSpec>>, gauges: &Gauges) -> anyhow::Result<()> {
     if specs.is_none() {
-        *specs = Some(super::group_specs(config, store).await?);
+        *specs = Some(super::group_specs(config));
     }
     let mut statuses = Vec::new();
     for spec in specs.iter().flatten() {

@@ -7,44 +7,27 @@ pub mod health;
 pub mod lag;
 pub mod replay;
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
+use lms_bus::TopicsFile;
 use lms_bus::admin::groups::{GroupSpec, OffsetsKeptIn};
-use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_state::Store;
 
 use crate::config::Config;
 
 /// The pipeline's consumer groups: one per registered processor, with the topics it
-/// reads and where it keeps the offsets it resumes from. That is asked of the processor
-/// itself (`Processor::offset_store`); a processor that cannot be built here (the
-/// analytics sink without its analytics store) counts as store-backed when the state
-/// store holds offsets for its group, which only store-backed processors write.
-pub async fn group_specs(config: &Config, store: &Store) -> anyhow::Result<Vec<GroupSpec>> {
+/// reads and where it keeps the offsets it resumes from (`Registered::offsets_in_store`,
+/// checked against the built processors by a test of the registry).
+pub fn group_specs(config: &Config) -> Vec<GroupSpec> {
     let topics = TopicsFile::bundled().topic_map(&config.kafka.topic_prefix);
-    let rules = Arc::new(processors::achievements::rules::Rules::load(None)?);
-    // The producer connects lazily and sends nothing: building a processor needs one.
-    let producer = Arc::new(Producer::new(&config.kafka, topics.clone(), BusMetrics::standalone(), "lms-ops")?);
-    let (ctx, _relay) =
-        processors::runtime::context(store.clone(), producer, rules, Arc::new(processors::notifications::Settings::default()));
-    let mut out = Vec::new();
-    for r in processors::REGISTRY {
-        let group = config.kafka.group_id(r.name);
-        let offsets = match (r.build)(&ctx) {
-            Ok(p) if p.offset_store().is_some() => OffsetsKeptIn::Store,
-            Ok(_) => OffsetsKeptIn::Kafka,
-            Err(_) if !lms_state::offsets::load(store, &group).await?.is_empty() => OffsetsKeptIn::Store,
-            Err(_) => OffsetsKeptIn::Kafka,
-        };
-        out.push(GroupSpec {
-            group,
+    processors::REGISTRY
+        .iter()
+        .map(|r| GroupSpec {
+            group: config.kafka.group_id(r.name),
             processor: r.name.to_owned(),
             topics: r.domains.iter().map(|d| topics.topic(*d).to_owned()).collect(),
-            offsets,
-        });
-    }
-    Ok(out)
+            offsets: if r.offsets_in_store { OffsetsKeptIn::Store } else { OffsetsKeptIn::Kafka },
+        })
+        .collect()
 }
 
 /// Picks groups by processor name or group id; an unknown one fails with the known ones.

@@ -71,7 +71,7 @@ fn parse_offset(s: &str) -> Result<(Option<String>, i32, i64), String> {
 
 pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
     let store = super::open_store(config, "replay").await?;
-    let spec = super::select(super::group_specs(config, &store).await?, std::slice::from_ref(&args.group))?.remove(0);
+    let spec = super::select(super::group_specs(config), std::slice::from_ref(&args.group))?.remove(0);
     let target = if args.to_earliest {
         ReplayTarget::Earliest
     } else if let Some(t) = args.to_timestamp {

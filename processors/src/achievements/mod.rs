@@ -15,6 +15,24 @@
 mod properties;
 pub mod rules;
 
+/// The achievements' configuration: where the rules come from (`lms processor run --rules`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AchievementsConfig {
+    /// The rules file; `None`: the rules shipped in `config/achievements.yaml`.
+    pub rules: Option<std::path::PathBuf>,
+}
+
+/// Loads the rules of the [`AchievementsConfig`] (the shipped ones without it), unless the
+/// process already holds rules.
+pub async fn prepare(ctx: &mut crate::Context) -> Result<Vec<crate::Check>, String> {
+    if ctx.extensions.get::<Arc<Rules>>().is_none() {
+        let path = ctx.extensions.get::<AchievementsConfig>().and_then(|c| c.rules.clone());
+        let loaded = Rules::load(path.as_deref()).map_err(|e| e.to_string())?;
+        ctx.extensions.insert(Arc::new(loaded));
+    }
+    Ok(Vec::new())
+}
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 

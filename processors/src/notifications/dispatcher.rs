@@ -206,6 +206,20 @@ pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
     lms_events::signature::sign(secret.as_bytes(), t, body)
 }
 
+/// Starts the dispatcher of the notifications component (its [`crate::Registered::service`]):
+/// one per process that runs the processor, until `stop`.
+pub fn start(ctx: &crate::Context, plumbing: &crate::runtime::Plumbing, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let settings = ctx.extensions.get::<Arc<Settings>>().cloned().unwrap_or_default();
+    let dispatcher = Dispatcher::new(
+        ctx.store.clone(),
+        settings,
+        Arc::clone(&plumbing.producer),
+        Arc::clone(&ctx.relay),
+        plumbing.kafka.group_id("notifications"),
+    );
+    tokio::spawn(dispatcher.run(stop))
+}
+
 impl Dispatcher {
     /// A dispatcher on `store`; dead letters name the consumer group `group`.
     pub fn new(store: Store, settings: Arc<Settings>, producer: Arc<Producer>, relay: Arc<Notify>, group: String) -> Dispatcher {

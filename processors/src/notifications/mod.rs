@@ -107,6 +107,32 @@ pub struct Settings {
     pub metrics: Arc<NotifyMetrics>,
 }
 
+/// Loads the templates of the `notifications` section ([`NotifyConfig`], its defaults
+/// without it) into [`Settings`] with metrics in the process's registry, unless the process
+/// already holds settings; the SMTP server is a readiness check when e-mail is on.
+pub async fn prepare(ctx: &mut crate::Context) -> Result<Vec<crate::Check>, String> {
+    if ctx.extensions.get::<Arc<Settings>>().is_none() {
+        let config = ctx.extensions.get::<NotifyConfig>().cloned().unwrap_or_default();
+        let settings = Settings::load(config).map_err(|e| format!("cannot load the notification templates: {e}"))?;
+        let metrics = NotifyMetrics::register(prometheus::default_registry()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "notification metrics already registered; these are not exported");
+            NotifyMetrics::standalone()
+        });
+        ctx.extensions.insert(Arc::new(settings.with_metrics(metrics)));
+    }
+    let smtp = ctx.require::<Arc<Settings>>("notifications")?.config.smtp.clone();
+    if !smtp.enabled {
+        return Ok(Vec::new());
+    }
+    Ok(vec![crate::Check {
+        name: "smtp",
+        probe: Box::new(move || {
+            let smtp = smtp.clone();
+            Box::pin(async move { dispatcher::smtp_ready(&smtp, std::time::Duration::from_millis(1900)).await })
+        }),
+    }])
+}
+
 impl Settings {
     /// Settings of `config` with `templates`.
     pub fn new(config: NotifyConfig, templates: Templates) -> Settings {
