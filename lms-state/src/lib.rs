@@ -69,10 +69,6 @@ pub enum StoreError {
     /// Stored data could not be read back (a bug or a foreign write).
     #[error("corrupt row: {0}")]
     Corrupt(String),
-    /// The batch's dead letters were not acknowledged (the member is stopping): nothing of
-    /// it was committed.
-    #[error("the batch's dead letters were not acknowledged; nothing committed")]
-    DeadLettersPending,
 }
 
 impl StoreError {
@@ -86,7 +82,7 @@ impl StoreError {
                 let code = e.code().unwrap_or_default();
                 !(code.starts_with("22") || code.starts_with("23"))
             }
-            Self::Db(_) | Self::DeadLettersPending => true,
+            Self::Db(_) => true,
             Self::Migrate(_) | Self::UnsupportedUrl(_) | Self::Fenced(_) | Self::Corrupt(_) => false,
         }
     }

@@ -37,6 +37,10 @@ pub enum StageError {
     /// The store failed (retried when transient, see [`StoreError::is_transient`]).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The batch's dead letters were not acknowledged (the member is stopping): nothing of
+    /// it was committed, and the batch is retried.
+    #[error("the batch's dead letters were not acknowledged; nothing committed")]
+    DeadLettersPending,
     /// One event cannot be handled (a template that does not render): the batch fails
     /// permanently, and the runner narrows it down to that record and dead-letters it with
     /// this reason.
@@ -93,7 +97,7 @@ impl<S: Stage> Stateful<S> {
         cost.mark("outbox");
         // The offsets may pass poison records: their dead letters first.
         if !batch.dead_letters.acknowledged().await {
-            return Err(StoreError::DeadLettersPending.into());
+            return Err(StageError::DeadLettersPending);
         }
         cost.mark("gate");
         tx.commit().await.map_err(StoreError::from)?;
@@ -124,6 +128,7 @@ impl<S: Stage> Processor for Stateful<S> {
                 Ok(())
             }
             Err(StageError::Store(e)) => Err(e.into_process_error()),
+            Err(e @ StageError::DeadLettersPending) => Err(ProcessError::transient(e)),
             Err(e @ StageError::Reject { .. }) => {
                 tracing::warn!(processor = self.stage.name(), error = %e, "an event of the batch cannot be handled");
                 Err(ProcessError::permanent(e))
