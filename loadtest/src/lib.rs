@@ -2,6 +2,7 @@
 //! (also an integration test), the soak run (`soak`) and the helpers their scenarios share.
 
 pub mod chaos;
+pub mod harness;
 pub mod oracle;
 pub mod soak;
 

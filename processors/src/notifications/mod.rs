@@ -32,10 +32,10 @@
 //!
 //! Times of decisions (quiet hours, windows) are the processing time of the [`Clock`].
 //!
-//! [`Notifications`] implements `Processor` itself instead of being a `Stage` run by
-//! `Stateful` (whose per-batch transaction it repeats: offsets first, effects, commit): a
-//! template error must fail the batch permanently, so the runner isolates and
-//! dead-letters the one event, while store errors keep their transient/permanent split.
+//! [`Notifications`] is a `Stage` run by `Stateful` like every store-backed processor: a
+//! template error rejects its one event (`StageError::Reject`, which the runner isolates and
+//! dead-letters with the reason), store errors keep their transient/permanent split, and the
+//! counting of decisions and the dispatcher's wake-up happen in `after_commit`.
 
 pub mod config;
 pub mod dispatcher;
