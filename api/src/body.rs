@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use futures::StreamExt;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use lms_events::FieldError;
 use serde_json::Value;
 
@@ -52,17 +52,13 @@ pub(crate) async fn read(body: Body, headers: &HeaderMap, limit: usize, timeout:
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
+    // http-body-util's `Limited` stops at the limit whatever the declared length says.
     let collect = async {
-        let mut stream = body.into_data_stream();
-        let mut buf: Vec<u8> = Vec::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Problem::bad_request(format!("the body could not be read: {e}")))?;
-            if buf.len() + chunk.len() > limit {
-                return Err(too_large());
-            }
-            buf.extend_from_slice(&chunk);
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+            Err(e) => Err(Problem::bad_request(format!("the body could not be read: {e}"))),
         }
-        Ok(Bytes::from(buf))
     };
     match tokio::time::timeout(timeout, collect).await {
         Ok(result) => result,
