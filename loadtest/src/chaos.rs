@@ -55,50 +55,26 @@ use crate::harness::client::{delete_json, get_json, mint, post_all};
 use crate::harness::compare::{
     NOTIFICATIONS_DELIVERED, Tally, compare_achievements, compare_analytics, compare_notifications, compare_progress,
 };
-use crate::harness::deploy::{DeploySpec, Deployment, PROCESSORS, group_of, wait_caught_up};
+use crate::harness::deploy::{DeploySpec, Deployment, PROCESSORS, Services, group_of, wait_caught_up};
 use crate::oracle::{analytics, notifications, progress};
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ChaosConfig {
-    /// The `lms` binary.
-    pub lms_bin: PathBuf,
-    /// Bootstrap servers (the durable broker with tansu).
-    pub brokers: String,
-    /// A PostgreSQL URL allowed to `CREATE DATABASE`; the run uses a fresh database on it.
-    pub postgres_url: String,
-    /// ClickHouse HTTP URL; the run uses a fresh database on it.
-    pub clickhouse_url: String,
+    /// The services and the processes deployed on them.
+    pub services: Services,
+    /// The cohort sent through the API (`learner_prefix` is set per round by soak).
+    pub cohort: CohortConfig,
     /// SIGKILLs to deliver.
     pub kills: usize,
     /// Random delay between two kills, milliseconds (uniform in the range).
     pub kill_delay_ms: (u64, u64),
-    /// Processor processes (each runs one member of every group).
-    pub instances: usize,
-    /// Cohort: seed, tenants, courses per tenant, learners per tenant, weeks.
-    pub seed: u64,
-    /// See `seed`.
-    pub tenants: usize,
-    /// See `seed`.
-    pub courses: usize,
-    /// See `seed`.
-    pub learners: usize,
-    /// See `seed`.
-    pub weeks: u32,
-    /// The end of the cohort's period.
-    pub now: DateTime<Utc>,
     /// Events per POST.
     pub batch_size: usize,
     /// Concurrent POSTs.
     pub concurrency: usize,
-    /// Partitions of each topic (the dead-letter topic has one).
-    pub partitions: i32,
     /// How long the groups may take to catch up after the last kill.
     pub catch_up_timeout: Duration,
-    /// Where the processes' logs (and their configuration file) go.
-    pub log_dir: PathBuf,
-    /// Every process produces one record per batch (for tansu's memory engine).
-    pub one_record_per_batch: bool,
     /// Learners erased through `DELETE /v1/learners/{id}` after the first half of the
     /// activity (their later events are still sent: they must be dropped). The oracles then
     /// leave them out, but for their payments, which revenue keeps.
@@ -115,25 +91,25 @@ impl ChaosConfig {
     /// over 6 weeks.
     pub fn new(lms_bin: PathBuf, brokers: String, postgres_url: String, clickhouse_url: String) -> ChaosConfig {
         ChaosConfig {
-            lms_bin,
-            brokers,
-            postgres_url,
-            clickhouse_url,
+            services: Services {
+                instances: 2,
+                partitions: 4,
+                one_record_per_batch: true,
+                ..Services::new(lms_bin, brokers, postgres_url, clickhouse_url)
+            },
+            cohort: CohortConfig {
+                tenants: 2,
+                courses: 4,
+                learners: 150,
+                weeks: 6,
+                now: DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z").map(|t| t.to_utc()).unwrap_or_else(|_| Utc::now()),
+                ..CohortConfig::new(42)
+            },
             kills: 20,
             kill_delay_ms: (500, 3000),
-            instances: 2,
-            seed: 42,
-            tenants: 2,
-            courses: 4,
-            learners: 150,
-            weeks: 6,
-            now: DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z").map(|t| t.to_utc()).unwrap_or_else(|_| Utc::now()),
             batch_size: 200,
             concurrency: 4,
-            partitions: 4,
             catch_up_timeout: Duration::from_secs(300),
-            log_dir: std::env::temp_dir(),
-            one_record_per_batch: true,
             erase: 0,
             replay: false,
             verbose: false,
@@ -193,7 +169,7 @@ impl fmt::Display for Report {
 
 /// Runs the chaos scenario and compares the endpoints with the oracles.
 pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
-    ensure!(cfg.instances >= 1 && cfg.kill_delay_ms.0 <= cfg.kill_delay_ms.1, "instances ≥ 1 and a kill delay range min ≤ max");
+    ensure!(cfg.services.instances >= 1 && cfg.kill_delay_ms.0 <= cfg.kill_delay_ms.1, "instances ≥ 1 and a kill delay range min ≤ max");
     let say = |s: String| {
         if cfg.verbose {
             println!("[chaos] {s}");
@@ -201,31 +177,16 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     };
     let spec = DeploySpec {
         name: "chaos",
-        lms_bin: cfg.lms_bin.clone(),
-        brokers: cfg.brokers.clone(),
-        postgres_url: cfg.postgres_url.clone(),
-        clickhouse_url: cfg.clickhouse_url.clone(),
-        partitions: cfg.partitions,
-        log_dir: cfg.log_dir.clone(),
-        one_record_per_batch: cfg.one_record_per_batch,
+        services: cfg.services.clone(),
         kafka_properties: Vec::new(),
         processors: PROCESSORS.iter().map(|p| (*p).to_owned()).collect(),
-        instances: cfg.instances,
         // No learner reaches the throttle, so every notification is listed under its own id
         // (the inbox oracle does not model digests, whose windows run on processing time).
         env: vec![("LMS_NOTIFICATIONS__THROTTLE_PER_WINDOW".to_owned(), "1000000".to_owned())],
     };
     let Deployment { prefix, topics, store, secret, base, http, fleet } = Deployment::start(&spec, say).await?;
 
-    let cohort_config = CohortConfig {
-        tenants: cfg.tenants,
-        courses: cfg.courses,
-        learners: cfg.learners,
-        weeks: cfg.weeks,
-        now: cfg.now,
-        ..CohortConfig::new(cfg.seed)
-    };
-    let mut cohort = Cohort::new(cohort_config).context("invalid cohort options")?;
+    let mut cohort = Cohort::new(cfg.cohort.clone()).context("invalid cohort options")?;
     let events: Vec<Event> = cohort.by_ref().collect();
     let tenants: Vec<Tenant> = cohort.tenants().to_vec();
     let token = |tenant: &str, scope: &str| mint(&secret, "loadtest-chaos", tenant, scope);
@@ -240,8 +201,8 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
         catalog.len(),
         late_versions.len(),
         removals.len(),
-        cfg.tenants,
-        cfg.learners
+        cfg.cohort.tenants,
+        cfg.cohort.learners
     ));
 
     let started = Instant::now();
@@ -249,7 +210,9 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     let tokens: BTreeMap<String, String> = tenants.iter().map(|t| (t.name.clone(), token(&t.name, scope::EVENTS_WRITE))).collect();
     post_all(&http, &base, &tokens, &first_versions, cfg.batch_size, cfg.concurrency, &retries).await?;
     let catalog_group = vec![(group_of(&prefix, "catalog"), vec![topics.topic(Domain::Catalog).to_owned()])];
-    wait_caught_up(&cfg.brokers, &catalog_group, None, Duration::from_secs(180)).await.context("the catalog group did not catch up")?;
+    wait_caught_up(&cfg.services.brokers, &catalog_group, None, Duration::from_secs(180))
+        .await
+        .context("the catalog group did not catch up")?;
     say(format!("catalog caught up after {:.1} s; sending {} events", started.elapsed().as_secs_f64(), activity.len()));
     let groups: Vec<(String, Vec<String>)> = PROCESSORS
         .iter()
@@ -263,7 +226,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     let killer = {
         let (fleet, cfg) = (Arc::clone(&fleet), cfg.clone());
         tokio::spawn(async move {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.cohort.seed ^ 0x5eed);
             let mut at = Vec::new();
             for kill in 0..cfg.kills {
                 let delay = rng.random_range(cfg.kill_delay_ms.0..=cfg.kill_delay_ms.1);
@@ -288,7 +251,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
 
     // Phases, each ending at a quiet moment (the kills go on throughout).
     let quiet = |what: &'static str| {
-        let (brokers, groups, store) = (&cfg.brokers, &groups, &store);
+        let (brokers, groups, store) = (&cfg.services.brokers, &groups, &store);
         async move {
             wait_caught_up(brokers, groups, Some(store), cfg.catch_up_timeout).await.with_context(|| format!("caught up after {what}"))
         }
@@ -326,7 +289,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     let last_kill = kill_times.last().copied().unwrap_or_else(Instant::now);
     let kills_while_feeding = kill_times.iter().filter(|t| **t <= fed).count();
 
-    wait_caught_up(&cfg.brokers, &groups, Some(&store), cfg.catch_up_timeout).await?;
+    wait_caught_up(&cfg.services.brokers, &groups, Some(&store), cfg.catch_up_timeout).await?;
     let catch_up = last_kill.elapsed();
     say(format!("every group caught up {:.1} s after the last kill", catch_up.as_secs_f64()));
     if cfg.replay {
@@ -335,7 +298,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
         for name in PROCESSORS {
             f.run_to_end(&["replay", "--group", name, "--to-earliest", "--yes", "--skip-member-check"])?;
         }
-        for i in 0..cfg.instances {
+        for i in 0..cfg.services.instances {
             let c = f.spawn_processor()?;
             if i < f.processors.len() {
                 f.processors[i] = c;
@@ -345,7 +308,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
         }
         drop(f);
         let replayed = Instant::now();
-        wait_caught_up(&cfg.brokers, &groups, Some(&store), cfg.catch_up_timeout).await.context("caught up after the replay")?;
+        wait_caught_up(&cfg.services.brokers, &groups, Some(&store), cfg.catch_up_timeout).await.context("caught up after the replay")?;
         say(format!("every group replayed from the beginning and caught up in {:.1} s", replayed.elapsed().as_secs_f64()));
     }
     let elapsed = started.elapsed();
@@ -369,7 +332,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     let reader = |tenant: &str| readers.get(tenant).cloned().unwrap_or_default();
     tallies.push(compare_progress(&http, &base, &reader, &progress_oracle).await?);
     tallies.push(compare_achievements(&http, &base, &reader, &progress_oracle).await?);
-    tallies.extend(compare_analytics(&http, &base, &reader, &analytics_oracle, &tenants, (cfg.now, cfg.weeks)).await?);
+    tallies.extend(compare_analytics(&http, &base, &reader, &analytics_oracle, &tenants, (cfg.cohort.now, cfg.cohort.weeks)).await?);
     let inbox_oracle = notifications::Oracle::new(&all_events, &progress_oracle);
     tallies.push(compare_notifications(&http, &base, &reader, &inbox_oracle, NOTIFICATIONS_DELIVERED).await?);
     if !erased.is_empty() {

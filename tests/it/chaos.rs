@@ -24,10 +24,10 @@ async fn sigkilled_processors_lose_and_double_nothing() {
     let mut cfg = chaos_config();
     cfg.kills = 20;
     cfg.kill_delay_ms = (200, 1000);
-    cfg.learners = 80;
-    cfg.weeks = 4;
+    cfg.cohort.learners = 80;
+    cfg.cohort.weeks = 4;
     cfg.catch_up_timeout = Duration::from_secs(120);
-    cfg.log_dir = std::env::temp_dir().join("lms-chaos-test");
+    cfg.services.log_dir = std::env::temp_dir().join("lms-chaos-test");
     cfg.verbose = true;
     let report = run(&cfg).await.expect("the chaos run completes");
     println!("{report}");

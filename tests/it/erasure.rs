@@ -15,12 +15,12 @@ async fn erased_learners_stay_erased_through_kills_and_a_replay() {
     let mut cfg = crate::chaos::chaos_config();
     cfg.kills = 4;
     cfg.kill_delay_ms = (2000, 5000);
-    cfg.learners = 40;
-    cfg.weeks = 3;
+    cfg.cohort.learners = 40;
+    cfg.cohort.weeks = 3;
     cfg.erase = 3;
     cfg.replay = true;
     cfg.catch_up_timeout = Duration::from_secs(180);
-    cfg.log_dir = std::env::temp_dir().join("lms-erasure-test");
+    cfg.services.log_dir = std::env::temp_dir().join("lms-erasure-test");
     cfg.verbose = true;
     let report = run(&cfg).await.expect("the run completes");
     println!("{report}");

@@ -25,10 +25,10 @@ async fn soak_short_samples_rss_lag_and_freshness_and_loses_nothing() {
     cfg.sample = Duration::from_secs(5);
     cfg.batch_size = 20;
     cfg.probe_every = 10;
-    cfg.learners = 15; // small rounds: the run crosses several round boundaries
-    cfg.weeks = 4;
+    cfg.cohort.learners = 15; // small rounds: the run crosses several round boundaries
+    cfg.cohort.weeks = 4;
     cfg.catch_up_timeout = Duration::from_secs(120);
-    cfg.log_dir = std::env::temp_dir().join("lms-soak-test");
+    cfg.services.log_dir = std::env::temp_dir().join("lms-soak-test");
     cfg.verbose = true;
     let report = run(&cfg).await.expect("the soak run completes");
     let shown = report.display(cfg.probe_timeout).to_string();

@@ -91,25 +91,56 @@ impl Drop for Fleet {
     }
 }
 
+/// Where a run's processes run and what they reach: the part of every scenario's
+/// configuration (chaos, soak) that describes the deployment.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// The `lms` binary.
+    pub lms_bin: PathBuf,
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// A PostgreSQL server URL whose user may create databases.
+    pub postgres_url: String,
+    /// The ClickHouse HTTP URL.
+    pub clickhouse_url: String,
+    /// Partitions of each topic (the dead-letter topic has one).
+    pub partitions: i32,
+    /// Processor processes (each runs one member of every group).
+    pub instances: usize,
+    /// Where the processes' logs (and their configuration file) go.
+    pub log_dir: PathBuf,
+    /// Every process produces one record per batch (for tansu's memory engine).
+    pub one_record_per_batch: bool,
+}
+
+impl Services {
+    /// These services; 4 partitions, one processor process, logs in the temporary directory.
+    pub fn new(lms_bin: PathBuf, brokers: String, postgres_url: String, clickhouse_url: String) -> Services {
+        Services {
+            lms_bin,
+            brokers,
+            postgres_url,
+            clickhouse_url,
+            partitions: 4,
+            instances: 1,
+            log_dir: std::env::temp_dir(),
+            one_record_per_batch: false,
+        }
+    }
+}
+
 /// What a deployment of `lms` processes against running services needs (the chaos and
 /// soak runs).
 #[derive(Debug, Clone)]
 pub(crate) struct DeploySpec {
     /// Names the topics (`<name>-<id>.`), databases (`<name>_<id>`) and logs.
     pub(crate) name: &'static str,
-    pub(crate) lms_bin: PathBuf,
-    pub(crate) brokers: String,
-    pub(crate) postgres_url: String,
-    pub(crate) clickhouse_url: String,
-    pub(crate) partitions: i32,
-    pub(crate) log_dir: PathBuf,
-    pub(crate) one_record_per_batch: bool,
+    /// The services and processes.
+    pub(crate) services: Services,
     /// Extra librdkafka properties of every process (`kafka.properties`).
     pub(crate) kafka_properties: Vec<(String, String)>,
     /// What every processor process runs.
     pub(crate) processors: Vec<String>,
-    /// Processor processes.
-    pub(crate) instances: usize,
     /// More environment of every process (`LMS_…` settings).
     pub(crate) env: Vec<(String, String)>,
 }
@@ -136,21 +167,21 @@ impl Deployment {
         let prefix = format!("{name}-{}.", &id[..8]);
         let topics = TopicsFile::bundled().topic_map(&prefix);
         for d in Domain::ALL {
-            let p = if d == Domain::DeadLetter { 1 } else { spec.partitions };
-            crate::create_topics(&spec.brokers, &[(topics.topic(d), p)]).await?;
+            let p = if d == Domain::DeadLetter { 1 } else { spec.services.partitions };
+            crate::create_topics(&spec.services.brokers, &[(topics.topic(d), p)]).await?;
         }
-        let store_url = lms_state::create_postgres_database(&spec.postgres_url, &format!("{name}_{}", &id[..10]))
+        let store_url = lms_state::create_postgres_database(&spec.services.postgres_url, &format!("{name}_{}", &id[..10]))
             .await
             .context("creating the run's state database")?;
         // Migrated here, once, before the processes race to do it.
         let store = lms_state::Store::open(&store_url, 2).await.context("opening the fresh state store")?;
         let clickhouse_db = format!("{name}_{}", &id[..10]);
-        std::fs::create_dir_all(&spec.log_dir)?;
-        let rules = spec.log_dir.join(format!("{prefix}rules.yaml"));
+        std::fs::create_dir_all(&spec.services.log_dir)?;
+        let rules = spec.services.log_dir.join(format!("{prefix}rules.yaml"));
         std::fs::write(&rules, progress::ACHIEVEMENT_RULES)?;
-        let config_file = spec.log_dir.join(format!("{prefix}lms.yaml"));
+        let config_file = spec.services.log_dir.join(format!("{prefix}lms.yaml"));
         let mut properties = spec.kafka_properties.clone();
-        if spec.one_record_per_batch {
+        if spec.services.one_record_per_batch {
             properties.push(("batch.num.messages".to_owned(), "1".to_owned()));
         }
         let yaml = if properties.is_empty() {
@@ -165,11 +196,11 @@ impl Deployment {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let env: Vec<(String, String)> = [
             ("LMS_CONFIG", config_file.display().to_string()),
-            ("LMS_KAFKA__BROKERS", spec.brokers.clone()),
+            ("LMS_KAFKA__BROKERS", spec.services.brokers.clone()),
             ("LMS_KAFKA__TOPIC_PREFIX", prefix.clone()),
             ("LMS_STORE__URL", store_url.clone()),
             ("LMS_ANALYTICS__STORE", "clickhouse".to_owned()),
-            ("LMS_ANALYTICS__URL", spec.clickhouse_url.clone()),
+            ("LMS_ANALYTICS__URL", spec.services.clickhouse_url.clone()),
             ("LMS_ANALYTICS__DATABASE", clickhouse_db.clone()),
             ("LMS_CONSUMER__MAX_BATCH_RECORDS", "500".to_owned()),
             ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50".to_owned()),
@@ -186,12 +217,12 @@ impl Deployment {
         say(format!(
             "topics {prefix}*, state store {}, ClickHouse database {clickhouse_db}, logs in {}",
             lms_state::redact_url(&store_url),
-            spec.log_dir.display()
+            spec.services.log_dir.display()
         ));
 
         let mut fleet = Fleet {
-            lms_bin: spec.lms_bin.clone(),
-            log_dir: spec.log_dir.clone(),
+            lms_bin: spec.services.lms_bin.clone(),
+            log_dir: spec.services.log_dir.clone(),
             prefix: prefix.clone(),
             env,
             rules,
@@ -201,14 +232,14 @@ impl Deployment {
             api: None,
         };
         fleet.api = Some(fleet.spawn(&["api"], &format!("{prefix}api.log"))?);
-        for _ in 0..spec.instances {
+        for _ in 0..spec.services.instances {
             let c = fleet.spawn_processor()?;
             fleet.processors.push(c);
         }
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
         wait_ready(&http, &base).await?;
-        say(format!("API ready at {base}; {} processor processes", spec.instances));
+        say(format!("API ready at {base}; {} processor processes", spec.services.instances));
         Ok(Deployment { prefix, topics, store, secret, base, http, fleet })
     }
 

@@ -48,14 +48,7 @@ pub(crate) fn round_config(base: &CohortConfig, round: u32) -> CohortConfig {
 
 impl Source {
     pub(crate) fn new(cfg: &SoakConfig) -> anyhow::Result<Source> {
-        let config = CohortConfig {
-            tenants: cfg.tenants,
-            courses: cfg.courses,
-            learners: cfg.learners.max(1),
-            weeks: cfg.weeks,
-            now: cfg.now,
-            ..CohortConfig::new(cfg.seed)
-        };
+        let config = CohortConfig { learners: cfg.cohort.learners.max(1), ..cfg.cohort.clone() };
         let mut first = Cohort::new(round_config(&config, 1)).context("invalid cohort options")?;
         let tenants = first.tenants().to_vec();
         let catalog: Vec<Event> = first.by_ref().filter(|e| e.domain() == Domain::Catalog).collect();

@@ -50,12 +50,13 @@ use api::auth::scope;
 use chrono::{DateTime, Utc};
 use lms_bus::TopicMap;
 use lms_events::{Domain, Event};
+use lms_generator::CohortConfig;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::client::post;
 use crate::harness::compare::{Tally, compare_achievements, compare_progress};
-use crate::harness::deploy::{DeploySpec, Deployment, PROCESSORS, group_of};
+use crate::harness::deploy::{DeploySpec, Deployment, PROCESSORS, Services, group_of};
 use crate::oracle::progress;
 
 mod load;
@@ -70,18 +71,12 @@ use report::{quantile, sorted};
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct SoakConfig {
-    /// The `lms` binary.
-    pub lms_bin: PathBuf,
-    /// Bootstrap servers.
-    pub brokers: String,
-    /// A PostgreSQL URL allowed to `CREATE DATABASE`.
-    pub postgres_url: String,
-    /// ClickHouse HTTP URL (for the analytics processor).
-    pub clickhouse_url: String,
+    /// The services and the processes deployed on them.
+    pub services: Services,
+    /// The cohort sent through the API (`learner_prefix` is set per round by soak).
+    pub cohort: CohortConfig,
     /// What the processor process runs (must include `catalog` and `progress`).
     pub processors: Vec<String>,
-    /// Processor processes.
-    pub instances: usize,
     /// The steady rate (events/s); `None` ramps to saturation and takes half of it.
     pub rate: Option<f64>,
     /// The ramp's first offered rate (events/s).
@@ -106,26 +101,8 @@ pub struct SoakConfig {
     pub probe_concurrency: usize,
     /// A probe not visible after this counts as late (and at this value).
     pub probe_timeout: Duration,
-    /// Cohort of each round: seed, tenants, courses per tenant, learners per tenant, weeks.
-    pub seed: u64,
-    /// See `seed`.
-    pub tenants: usize,
-    /// See `seed`.
-    pub courses: usize,
-    /// See `seed`.
-    pub learners: usize,
-    /// See `seed`.
-    pub weeks: u32,
-    /// The end of every round's period.
-    pub now: DateTime<Utc>,
-    /// Partitions of each topic.
-    pub partitions: i32,
     /// How long the lag may take to drain (after the ramp, and at the end).
     pub catch_up_timeout: Duration,
-    /// Where the processes' logs go.
-    pub log_dir: PathBuf,
-    /// Every process produces one record per batch (not needed without restarts).
-    pub one_record_per_batch: bool,
     /// Extra librdkafka properties of every `lms` process (for example `fetch.wait.max.ms`).
     pub kafka_properties: Vec<(String, String)>,
     /// Print what happens.
@@ -137,12 +114,21 @@ impl SoakConfig {
     /// minutes steady, a sample every 10 s.
     pub fn new(lms_bin: PathBuf, brokers: String, postgres_url: String, clickhouse_url: String) -> SoakConfig {
         SoakConfig {
-            lms_bin,
-            brokers,
-            postgres_url,
-            clickhouse_url,
+            services: Services {
+                instances: 1,
+                partitions: 4,
+                one_record_per_batch: false,
+                ..Services::new(lms_bin, brokers, postgres_url, clickhouse_url)
+            },
+            cohort: CohortConfig {
+                tenants: 2,
+                courses: 4,
+                learners: 100,
+                weeks: 6,
+                now: DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z").map(|t| t.to_utc()).unwrap_or_else(|_| Utc::now()),
+                ..CohortConfig::new(42)
+            },
             processors: PROCESSORS.iter().map(|p| (*p).to_owned()).collect(),
-            instances: 1,
             rate: None,
             start_rate: 200.0,
             step_factor: 1.5,
@@ -155,16 +141,7 @@ impl SoakConfig {
             probe_every: 50,
             probe_concurrency: 8,
             probe_timeout: Duration::from_secs(30),
-            seed: 42,
-            tenants: 2,
-            courses: 4,
-            learners: 100,
-            weeks: 6,
-            now: DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z").map(|t| t.to_utc()).unwrap_or_else(|_| Utc::now()),
-            partitions: 4,
             catch_up_timeout: Duration::from_secs(300),
-            log_dir: std::env::temp_dir(),
-            one_record_per_batch: false,
             kafka_properties: Vec::new(),
             verbose: false,
         }
@@ -180,7 +157,7 @@ pub async fn run(cfg: &SoakConfig) -> anyhow::Result<Report> {
     for p in &cfg.processors {
         processors::lookup(p).map_err(anyhow::Error::msg)?;
     }
-    ensure!(cfg.batch_size >= 1 && cfg.concurrency >= 1 && cfg.instances >= 1, "batch size, concurrency and instances ≥ 1");
+    ensure!(cfg.batch_size >= 1 && cfg.concurrency >= 1 && cfg.services.instances >= 1, "batch size, concurrency and instances ≥ 1");
     ensure!(cfg.start_rate > 0.0 && cfg.step_factor > 1.0, "a positive start rate and a step factor > 1");
     let verbose = cfg.verbose;
     let say = move |s: String| {
@@ -190,16 +167,9 @@ pub async fn run(cfg: &SoakConfig) -> anyhow::Result<Report> {
     };
     let spec = DeploySpec {
         name: "soak",
-        lms_bin: cfg.lms_bin.clone(),
-        brokers: cfg.brokers.clone(),
-        postgres_url: cfg.postgres_url.clone(),
-        clickhouse_url: cfg.clickhouse_url.clone(),
-        partitions: cfg.partitions,
-        log_dir: cfg.log_dir.clone(),
-        one_record_per_batch: cfg.one_record_per_batch,
+        services: cfg.services.clone(),
         kafka_properties: cfg.kafka_properties.clone(),
         processors: cfg.processors.clone(),
-        instances: cfg.instances,
         env: Vec::new(),
     };
     let mut deployment = Deployment::start(&spec, say).await?;
@@ -253,7 +223,12 @@ pub async fn run(cfg: &SoakConfig) -> anyhow::Result<Report> {
     wait_drained(store, &shared, &catalog_group, &topics, &[Domain::Catalog], false, cfg.catch_up_timeout)
         .await
         .context("the catalog group did not catch up")?;
-    say(format!("catalog of {} events processed; {} tenants × {} learners per round", catalog.len(), cfg.tenants, cfg.learners));
+    say(format!(
+        "catalog of {} events processed; {} tenants × {} learners per round",
+        catalog.len(),
+        cfg.cohort.tenants,
+        cfg.cohort.learners
+    ));
 
     let stop = CancellationToken::new();
     // An early return (an error) stops the feeder too.
