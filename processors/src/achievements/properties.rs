@@ -20,7 +20,7 @@ use proptest::sample::Index;
 
 use super::rules::Rules;
 use super::{AchievementView, Achievements};
-use crate::testkit::{apply_batch, batches, block_on};
+use crate::testkit::{apply_batch, batches, block_on, redelivered, reorderings};
 
 const TENANT: &str = "acme";
 const LEARNERS: [&str; 2] = ["ada", "bob"];
@@ -207,12 +207,7 @@ fn scenario() -> impl Strategy<Value = (Vec<Event>, Vec<Event>, Vec<usize>, Vec<
         });
         ops.sort_by_key(|(_, hour)| *hour);
         let events: Vec<Event> = ops.iter().enumerate().map(|(i, (op, hour))| event(i, op, *hour)).collect();
-        (
-            Just(events.clone()),
-            Just(events).prop_shuffle(),
-            prop::collection::vec(1usize..8, 1..6),
-            prop::collection::vec(any::<Index>(), 0..8),
-        )
+        reorderings(events)
     })
 }
 
@@ -231,13 +226,7 @@ proptest! {
         check_unlocked(&reordered, "shuffled")?;
         prop_assert_eq!(&reordered.achievements, &reference.achievements, "shuffled and batched {:?}", batch_sizes);
 
-        let mut redelivered = shuffled.clone();
-        for (k, at) in duplicates.iter().enumerate() {
-            let original = shuffled[at.index(shuffled.len())].clone();
-            let position = duplicates[(k + 1) % duplicates.len()].index(redelivered.len() + 1);
-            redelivered.insert(position, original);
-        }
-        redelivered.extend(events.iter().cloned());
+        let redelivered = redelivered(&events, &shuffled, &duplicates);
         let again = block_on(run(&rules, &redelivered, &batch_sizes));
         check_unlocked(&again, "with duplicates")?;
         prop_assert_eq!(&again.achievements, &reference.achievements, "with duplicates");

@@ -856,6 +856,27 @@ mod tests {
         Record::for_test(event, "derived", offset)
     }
 
+    /// A batch of `records` on partition 0 of `derived`, moving its offset from `expected`.
+    fn batch(records: Vec<Record>, expected: Option<i64>, next: i64) -> Batch {
+        Batch {
+            group: Arc::from("lms-notifications"),
+            records,
+            offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected, next }],
+            dead_letters: Default::default(),
+        }
+    }
+
+    /// An in-memory store, `config` with no templates, its clock at the start of a throttle
+    /// window, and the processor.
+    async fn fixture(config: NotifyConfig) -> (Store, Arc<Settings>, Stateful<Notifications>) {
+        let store = Store::open("sqlite::memory:", 1).await.expect("store");
+        let settings = Arc::new(Settings::new(config, Templates::from_sets([])));
+        let into_window = settings.clock.now().timestamp().rem_euclid(3600);
+        settings.clock.advance(std::time::Duration::from_secs(u64::try_from(3601 - into_window).unwrap_or(1)));
+        let processor = processor(store.clone(), Arc::clone(&settings));
+        (store, settings, processor)
+    }
+
     fn unlock(learner: &str, n: usize) -> Event {
         let data = AchievementUnlocked {
             learner_id: learner.to_owned(),
@@ -871,19 +892,8 @@ mod tests {
     /// dedupe a redelivery, deliver in-app, close the digest when its window ends.
     #[tokio::test]
     async fn sqlite_decides_throttles_digests_and_delivers_in_app() {
-        let store = Store::open("sqlite::memory:", 1).await.expect("store");
-        let config = NotifyConfig { throttle_per_window: 2, ..NotifyConfig::default() };
-        let settings = Arc::new(Settings::new(config, Templates::from_sets([])));
-        let into_window = settings.clock.now().timestamp().rem_euclid(3600);
-        settings.clock.advance(std::time::Duration::from_secs(u64::try_from(3601 - into_window).unwrap_or(1)));
-        let processor = processor(store.clone(), Arc::clone(&settings));
+        let (store, settings, processor) = fixture(NotifyConfig { throttle_per_window: 2, ..NotifyConfig::default() }).await;
         let events: Vec<Event> = (0..5).map(|n| unlock("ada", n)).collect();
-        let batch = |records: Vec<Record>, expected: Option<i64>, next: i64| Batch {
-            group: Arc::from("lms-notifications"),
-            records,
-            offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected, next }],
-            dead_letters: Default::default(),
-        };
         let records: Vec<Record> = events.iter().enumerate().map(|(i, e)| record(e.clone(), i as i64)).collect();
         processor.process(&batch(records, None, 5)).await.expect("first batch");
         // The same events again (a redelivery): nothing new.
@@ -925,19 +935,8 @@ mod tests {
     /// batch is decided again without the old one).
     #[tokio::test]
     async fn sqlite_redelivered_events_take_no_throttle_slot_from_new_ones() {
-        let store = Store::open("sqlite::memory:", 1).await.expect("store");
-        let config = NotifyConfig { throttle_per_window: 2, ..NotifyConfig::default() };
-        let settings = Arc::new(Settings::new(config, Templates::from_sets([])));
-        let into_window = settings.clock.now().timestamp().rem_euclid(3600);
-        settings.clock.advance(std::time::Duration::from_secs(u64::try_from(3601 - into_window).unwrap_or(1)));
-        let processor = processor(store.clone(), Arc::clone(&settings));
+        let (store, settings, processor) = fixture(NotifyConfig { throttle_per_window: 2, ..NotifyConfig::default() }).await;
         let events: Vec<Event> = (0..3).map(|n| unlock("ada", n)).collect();
-        let batch = |records: Vec<Record>, expected: Option<i64>, next: i64| Batch {
-            group: Arc::from("lms-notifications"),
-            records,
-            offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected, next }],
-            dead_letters: Default::default(),
-        };
         processor.process(&batch(vec![record(events[0].clone(), 0)], None, 1)).await.expect("first");
         let mixed: Vec<Record> = events.iter().enumerate().map(|(i, e)| record(e.clone(), 1 + i as i64)).collect();
         processor.process(&batch(mixed, Some(1), 4)).await.expect("mixed");
@@ -981,23 +980,13 @@ mod tests {
     /// stay; the metrics follow.
     #[tokio::test]
     async fn sqlite_retention_deletes_what_is_done_and_old_and_keeps_the_rest() {
-        let store = Store::open("sqlite::memory:", 1).await.expect("store");
         let mut config = NotifyConfig { throttle_per_window: 2, retention_days: 1, ..NotifyConfig::default() };
         config.dispatcher.purge_batch_rows = 2;
-        let settings = Arc::new(Settings::new(config, Templates::from_sets([])));
-        let into_window = settings.clock.now().timestamp().rem_euclid(3600);
-        settings.clock.advance(std::time::Duration::from_secs(u64::try_from(3601 - into_window).unwrap_or(1)));
-        let processor = processor(store.clone(), Arc::clone(&settings));
+        let (store, settings, processor) = fixture(config).await;
         let mut events: Vec<Event> = (0..5).map(|n| unlock("ada", n)).collect();
         events.push(milestone("ada", 30.0));
         let records: Vec<Record> = events.iter().enumerate().map(|(i, e)| record(e.clone(), i as i64)).collect();
-        let batch = Batch {
-            group: Arc::from("lms-notifications"),
-            records,
-            offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected: None, next: 6 }],
-            dead_letters: Default::default(),
-        };
-        processor.process(&batch).await.expect("batch");
+        processor.process(&batch(records, None, 6)).await.expect("batch");
         let m = &settings.metrics;
         assert_eq!(m.decided.with_label_values(&["achievement", "direct"]).get(), 2);
         assert_eq!(m.decided.with_label_values(&["achievement", "digest"]).get(), 3);
@@ -1026,13 +1015,7 @@ mod tests {
         settings.clock.advance(std::time::Duration::from_secs(2 * 86_400));
         assert_eq!(dispatcher.round().await.expect("round"), 1, "the digest");
         let late = unlock("bob", 9);
-        let batch = Batch {
-            group: Arc::from("lms-notifications"),
-            records: vec![record(late, 6)],
-            offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected: Some(6), next: 7 }],
-            dead_letters: Default::default(),
-        };
-        processor.process(&batch).await.expect("late batch");
+        processor.process(&batch(vec![record(late, 6)], Some(6), 7)).await.expect("late batch");
         // An old pending delivery (say, deferred for days): kept with its notification.
         sqlx::query(
             "UPDATE notification_deliveries SET state = 'pending', due_at_us = $1 WHERE notification_id = \
@@ -1068,13 +1051,7 @@ mod tests {
         assert_eq!(dispatcher.purge().await.expect("purge"), 0, "idempotent");
 
         // A milestone is once per course for ever: reaching it again notifies nobody.
-        let batch = Batch {
-            group: Arc::from("lms-notifications"),
-            records: vec![record(milestone("ada", 40.0), 7)],
-            offsets: vec![PartitionOffsets { tp: TopicPartition::new("derived", 0), expected: Some(7), next: 8 }],
-            dead_letters: Default::default(),
-        };
-        processor.process(&batch).await.expect("milestone again");
+        processor.process(&batch(vec![record(milestone("ada", 40.0), 7)], Some(7), 8)).await.expect("milestone again");
         assert_eq!(count("SELECT COUNT(*) FROM notifications WHERE category = 'milestone'").await, 1);
     }
 

@@ -21,7 +21,7 @@ use super::Progress;
 use super::catalog::Catalog;
 use super::model::ProgressView;
 use crate::stateful::Stage;
-use crate::testkit::{apply_batch, batches, block_on};
+use crate::testkit::{apply_batch, batches, block_on, redelivered, reorderings};
 
 const TENANT: &str = "acme";
 const LEARNERS: [&str; 2] = ["ada", "bob"];
@@ -180,12 +180,7 @@ fn check_completions(outcome: &Outcome, what: &str) -> Result<(), TestCaseError>
 fn scenario() -> impl Strategy<Value = (Vec<Event>, Vec<Event>, Vec<usize>, Vec<Index>)> {
     prop::collection::vec((op(), 0u32..2_000), 1..40).prop_flat_map(|ops| {
         let events: Vec<Event> = ops.iter().enumerate().map(|(i, (op, minute))| event(i, op, *minute)).collect();
-        (
-            Just(events.clone()),
-            Just(events).prop_shuffle(),
-            prop::collection::vec(1usize..8, 1..6),
-            prop::collection::vec(any::<Index>(), 0..8),
-        )
+        reorderings(events)
     })
 }
 
@@ -203,15 +198,7 @@ proptest! {
         check_completions(&reordered, "shuffled")?;
         prop_assert_eq!(&reordered.progress, &reference.progress, "shuffled and batched {:?}", batch_sizes);
 
-        // Redeliveries: some events again at arbitrary places (in the same batch or later),
-        // then the whole stream once more, as after a consumer restarted from old offsets.
-        let mut redelivered = shuffled.clone();
-        for (k, at) in duplicates.iter().enumerate() {
-            let original = shuffled[at.index(shuffled.len())].clone();
-            let position = duplicates[(k + 1) % duplicates.len()].index(redelivered.len() + 1);
-            redelivered.insert(position, original);
-        }
-        redelivered.extend(events.iter().cloned());
+        let redelivered = redelivered(&events, &shuffled, &duplicates);
         let again = block_on(run(&redelivered, &batch_sizes));
         check_completions(&again, "with duplicates")?;
         prop_assert_eq!(&again.progress, &reference.progress, "with duplicates");
