@@ -5,10 +5,8 @@
 
 use std::time::Duration;
 
-use lms_bus::TopicsFile;
-use lms_events::Domain;
 use serde_json::{Value, json};
-use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_env, spawn_lms, unique_prefix};
+use tests::{eventually, free_port, fresh_topics, init_logs, kafka_brokers, lms_env, spawn_lms};
 
 use crate::api_support::{SECRET, token};
 use crate::support::fresh_postgres_db;
@@ -34,11 +32,7 @@ fn group_lag(metrics: &str, group: &str) -> Option<i64> {
 async fn the_lag_gauge_rises_while_every_member_of_a_group_is_stopped() {
     init_logs();
     let brokers = kafka_brokers();
-    let prefix = unique_prefix("ops-lag");
-    let topics = TopicsFile::bundled().topic_map(&prefix);
-    for domain in Domain::ALL {
-        create_topic(&brokers, topics.topic(domain), 2).await;
-    }
+    let (prefix, _topics) = fresh_topics(&brokers, "ops-lag", 2).await;
     let url = fresh_postgres_db("ops_lag").await;
     let port = free_port();
     let mut env = lms_env(&brokers, &prefix, &url, port, SECRET);

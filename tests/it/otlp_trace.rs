@@ -10,13 +10,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
-use lms_bus::TopicsFile;
 use lms_events::Domain;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_env, spawn_lms, unique_prefix};
+use tests::{eventually, free_port, fresh_topics, init_logs, kafka_brokers, lms_env, spawn_lms};
 
 use crate::api_support::{SECRET, token};
 use crate::support::fresh_postgres_db;
@@ -76,12 +75,8 @@ async fn an_event_has_one_trace_across_api_processors_and_sinks() {
     let otlp = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, receiver).await });
 
-    let prefix = unique_prefix("otlp");
     let brokers = kafka_brokers();
-    let topics = TopicsFile::bundled().topic_map(&prefix);
-    for domain in Domain::ALL {
-        create_topic(&brokers, topics.topic(domain), 1).await;
-    }
+    let (prefix, topics) = fresh_topics(&brokers, "otlp", 1).await;
     let port = free_port();
     let mut env = lms_env(&brokers, &prefix, &fresh_postgres_db("otlp_trace").await, port, SECRET);
     env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp));

@@ -5,11 +5,9 @@
 
 use std::time::Duration;
 
-use lms_bus::TopicsFile;
-use lms_events::Domain;
 use serde_json::{Value, json};
 pub(crate) use tests::{Proc, spawn_lms as lms};
-use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_env, poll_until, unique_prefix};
+use tests::{eventually, free_port, fresh_topics, init_logs, kafka_brokers, lms_env, poll_until};
 
 use crate::api_support::{SECRET, TENANT, answer, token, token_with};
 use crate::support::fresh_postgres_db;
@@ -36,12 +34,8 @@ pub(crate) fn event(id: &str, kind: &str, time: &str, subject: Option<&str>, dat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_in_over_http_come_out_of_the_read_endpoints() {
     init_logs();
-    let prefix = unique_prefix("e2e");
     let brokers = kafka_brokers();
-    let topics = TopicsFile::bundled().topic_map(&prefix);
-    for domain in Domain::ALL {
-        create_topic(&brokers, topics.topic(domain), 2).await;
-    }
+    let (prefix, _topics) = fresh_topics(&brokers, "e2e", 2).await;
     let store = fresh_postgres_db("pipeline_e2e").await;
     let port = free_port();
     let env = lms_env(&brokers, &prefix, &store, port, SECRET);

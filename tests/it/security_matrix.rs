@@ -17,10 +17,8 @@ use std::time::{Duration, Instant};
 
 use api::auth::{Claims, sign_hs256};
 use jsonwebtoken::{Algorithm, EncodingKey};
-use lms_bus::TopicsFile;
-use lms_events::Domain;
 use serde_json::{Value, json};
-use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_env, unique_prefix};
+use tests::{eventually, free_port, fresh_topics, init_logs, kafka_brokers, lms_env};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -51,12 +49,8 @@ impl Pipeline {
     /// (`LMS_…` variables), and waits until the API is ready.
     pub(crate) async fn start(test: &str, processors: &[&str], extra: &[(&str, String)]) -> Pipeline {
         init_logs();
-        let prefix = unique_prefix(test);
         let brokers = kafka_brokers();
-        let topics = TopicsFile::bundled().topic_map(&prefix);
-        for domain in Domain::ALL {
-            create_topic(&brokers, topics.topic(domain), 2).await;
-        }
+        let (prefix, _topics) = fresh_topics(&brokers, test, 2).await;
         let store = fresh_postgres_db(test).await;
         let port = free_port();
         let mut env = lms_env(&brokers, &prefix, &store, port, SECRET);

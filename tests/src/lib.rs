@@ -105,6 +105,17 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// Every topic of the bundled topics file (`topics.yaml`) under a fresh prefix of `test`,
+/// each with `partitions` partitions: the bus a test of the whole pipeline runs on.
+pub async fn fresh_topics(brokers: &str, test: &str, partitions: i32) -> (String, lms_bus::TopicMap) {
+    let prefix = unique_prefix(test);
+    let topics = lms_bus::TopicsFile::bundled().topic_map(&prefix);
+    for domain in lms_events::Domain::ALL {
+        create_topic(brokers, topics.topic(domain), partitions).await;
+    }
+    (prefix, topics)
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
