@@ -269,7 +269,11 @@ impl Api {
             .fallback(|| async { Problem::not_found("no such route") })
             .method_not_allowed_fallback(|| async { Problem::method_not_allowed("the route exists, not with this method") })
             .layer(axum::Extension(self.authenticator))
-            .layer(axum::middleware::from_fn_with_state(self.metrics, telemetry::observe));
+            .layer(axum::middleware::from_fn_with_state(self.metrics, telemetry::observe))
+            // Request ids (tower-http): a caller's `x-request-id` is kept, else a UUID is set
+            // before the request span opens (which records it), and the answer echoes it.
+            .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+            .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid));
         // Outermost: a preflight is answered before routing (no 405), and every answer,
         // problems included, carries the headers a browser needs to read it.
         match self.cors {

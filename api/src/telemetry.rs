@@ -93,6 +93,7 @@ pub(crate) async fn observe(State(metrics): State<Arc<ApiMetrics>>, request: Req
     let (mut parts, body) = request.into_parts();
     let route = parts.extensions.get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let method = parts.method.clone();
+    let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let parent = incoming(&parts);
     let trace = parent.map_or_else(|| TraceContext::new_root(true), |p| p.child());
     let start = std::time::SystemTime::now();
@@ -101,6 +102,7 @@ pub(crate) async fn observe(State(metrics): State<Arc<ApiMetrics>>, request: Req
         "http_request",
         http.method = %method,
         http.route = %route,
+        request_id = %request_id,
         trace_id = %trace.trace_id_hex(),
         span_id = %trace.span_id_hex(),
         tenant = tracing::field::Empty,

@@ -36,6 +36,12 @@ async fn api_ops_routes_merged_routers_metrics_and_openapi() {
         let (status, _, body) = answer(get(path).await.unwrap()).await;
         assert_eq!((status, body), (200, json!({"status": "alive"})), "{path}");
     }
+    // Every answer carries a request id: the caller's, or a new UUID, one per request.
+    let given = api.http.get(format!("{}/livez", api.url)).header("x-request-id", "req-42").send().await.unwrap();
+    assert_eq!(given.headers()["x-request-id"], "req-42");
+    let id = |r: &reqwest::Response| r.headers().get("x-request-id").map(|v| v.to_str().unwrap_or_default().to_owned());
+    let (a, b) = (id(&get("/nope").await.unwrap()), id(&get("/livez").await.unwrap()));
+    assert!(a.as_deref().is_some_and(|a| uuid::Uuid::parse_str(a).is_ok()) && a != b, "{a:?} {b:?}");
     let (status, _, body) = answer(get("/readyz").await.unwrap()).await;
     assert_eq!((status, body), (200, json!({"status": "ready", "checks": {"broker": "ok", "store": "ok"}})));
     store_up.store(false, Ordering::SeqCst);
