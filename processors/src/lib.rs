@@ -2,7 +2,7 @@
 //! [`REGISTRY`] is the one list of them (an unknown name fails with the known ones).
 //!
 //! Architecture invariant: a component (one module the registry builds: `progress` with its
-//! catalog, `achievements`, `notifications`, `erasure`, `noop`) imports no other component;
+//! catalog, `achievements`, `notifications`, `erasure`, `analytics`, `noop`) imports no other component;
 //! components share only the framework of this crate (`stateful`, `runtime`, `cost`), the
 //! event contract (lms-events), the bus (lms-bus) and the state store (lms-state). A test
 //! below checks it.
@@ -133,6 +133,7 @@ pub const REGISTRY: &[Registered] = &[
         },
         service: None,
     },
+    #[cfg(feature = "delivery")]
     Registered {
         name: "notifications",
         about: "Decides notifications (templates, preferences, throttle, digests) and delivers them in-app, by e-mail and webhook; emits notification.sent/failed.",
@@ -229,6 +230,7 @@ mod tests {
         assert!(err.contains("missing its"), "a build before prepare names what is missing: {err}");
         let dir = std::env::temp_dir().join(format!("lms-registry-{}", uuid::Uuid::new_v4().simple()));
         ctx.extensions.insert(Some(lms_analytics::AnalyticsConfig::Parquet(lms_analytics::ParquetConfig::new(&dir))));
+        #[cfg(feature = "delivery")]
         ctx.extensions.insert(std::sync::Arc::new(super::notifications::Settings::default()));
         let checks = super::runtime::prepare(&mut ctx, &super::REGISTRY.iter().collect::<Vec<_>>()).await.expect("prepare");
         assert!(checks.iter().any(|c| c.name == "analytics"), "the analytics store is checked for readiness");

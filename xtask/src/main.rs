@@ -26,7 +26,9 @@ Commands:
                     missing, start the services, run
                     `cargo nextest run --workspace --no-fail-fast --profile ci <args>`
                     with the services' addresses in the environment, then stop them.
-                    Then `cargo clippy --workspace --all-targets -- -D warnings`.
+                    Then `cargo clippy --workspace --all-targets -- -D warnings` and
+                    `cargo clippy -p api -- -D warnings` (the API without the
+                    processors' delivery stack).
                     Unformatted code or a lint fails the run after the tests.
                     The fuzz targets are not part of it (their build alone takes
                     longer than the suite): run `cargo xtask fuzz` as a step of its own.
@@ -146,6 +148,17 @@ fn test(args: &[String]) -> Result<ExitCode> {
     if !linted {
         eprintln!("xtask: `cargo clippy --workspace --all-targets -- -D warnings` found warnings (above)");
     }
+    // The API alone builds without the delivery stack (processors' `delivery` feature, which
+    // the workspace build always has): keep that configuration compiling and clean.
+    let slim = Command::new(util::cargo())
+        .current_dir(util::workspace_root())
+        .args(["clippy", "-p", "api", "--", "-D", "warnings"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !slim {
+        eprintln!("xtask: `cargo clippy -p api -- -D warnings` (the API without the delivery stack) failed (above)");
+    }
+    let linted = linted && slim;
     if !formatted {
         eprintln!("xtask: the tests ran, but the code is not formatted (`cargo fmt --all`)");
     }

@@ -56,9 +56,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use super::SOURCE;
 use super::config::{SmtpConfig, SmtpTls};
+use super::decide::{NotificationRow, Settings, deliveries_for, insert_deliveries, insert_notifications, notification_id};
 use super::preferences::{self, Preferences};
-use super::{NotificationRow, SOURCE, Settings, deliveries_for, insert_deliveries, insert_notifications, notification_id};
 use crate::derived_id;
 
 /// How often the dispatcher refreshes its gauges.
