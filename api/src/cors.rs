@@ -42,8 +42,9 @@ pub(crate) fn layer(origins: &[String]) -> Result<Option<CorsLayer>, String> {
                 CONTENT_TYPE,
                 HeaderName::from_static(crate::xapi::VERSION_HEADER),
                 HeaderName::from_static("traceparent"),
+                HeaderName::from_static("x-request-id"),
             ])
-            .expose_headers([RETRY_AFTER, HeaderName::from_static(crate::xapi::VERSION_HEADER)])
+            .expose_headers([RETRY_AFTER, HeaderName::from_static(crate::xapi::VERSION_HEADER), HeaderName::from_static("x-request-id")])
             .max_age(PREFLIGHT_MAX_AGE),
     ))
 }

@@ -27,6 +27,7 @@ fn page(api: &str, write: &str, read: &str) -> String {
   try {{
     const r = await fetch("{api}/v1/learners/ada/progress", {{headers: {{"authorization": "Bearer {read}"}}}});
     out.read = r.status;
+    out.request_id = r.headers.get("x-request-id") !== null;
   }} catch (e) {{ out.read = "refused"; }}
   document.getElementById("result").textContent = JSON.stringify(out);
 }})();
@@ -71,7 +72,7 @@ async fn api_cors_a_page_of_a_configured_origin_posts_and_reads_in_chromium() {
     let other = serve_page(html).await;
 
     let result = tokio::time::timeout(Duration::from_secs(120), visit(&allowed)).await.expect("chromium in time");
-    assert_eq!(result, r#"{"post":202,"read":200}"#, "from the configured origin {allowed}");
+    assert_eq!(result, r#"{"post":202,"read":200,"request_id":true}"#, "from the configured origin {allowed} (the request id exposed)");
     let result = tokio::time::timeout(Duration::from_secs(120), visit(&other)).await.expect("chromium in time");
     assert_eq!(result, r#"{"post":"refused","read":"refused"}"#, "from {other}, not configured");
 }
