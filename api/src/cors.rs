@@ -42,6 +42,8 @@ pub(crate) fn layer(origins: &[String]) -> Result<Option<CorsLayer>, String> {
                 CONTENT_TYPE,
                 HeaderName::from_static(crate::xapi::VERSION_HEADER),
                 HeaderName::from_static("traceparent"),
+                HeaderName::from_static("tracestate"),
+                HeaderName::from_static("baggage"),
                 HeaderName::from_static("x-request-id"),
             ])
             .expose_headers([RETRY_AFTER, HeaderName::from_static(crate::xapi::VERSION_HEADER), HeaderName::from_static("x-request-id")])

@@ -114,7 +114,7 @@ impl AppState {
         if self.readiness.broker_up() {
             self.producer.renew_if_suspect();
         }
-        let records: Vec<(Event, Option<TraceContext>)> = events.into_iter().map(|e| (e, Some(trace))).collect();
+        let records: Vec<(Event, Option<TraceContext>)> = events.into_iter().map(|e| (e, Some(trace.clone()))).collect();
         let results = self.producer.get().send_events(&records, OnQueueFull::Fail).await;
         let mut accepted = Vec::with_capacity(records.len());
         let mut failed = 0;

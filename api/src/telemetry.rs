@@ -66,14 +66,14 @@ impl ApiMetrics {
 
 /// The W3C trace context of the current request's span: a child of the caller's
 /// `traceparent`, or a new root. The context of every record the request produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestTrace(pub TraceContext);
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<RequestTrace, Self::Rejection> {
-        Ok(parts.extensions.get::<RequestTrace>().copied().unwrap_or_else(|| RequestTrace(context_of(parts))))
+        Ok(parts.extensions.get::<RequestTrace>().cloned().unwrap_or_else(|| RequestTrace(context_of(parts))))
     }
 }
 
@@ -82,9 +82,15 @@ fn context_of(parts: &Parts) -> TraceContext {
     incoming(parts).map_or_else(|| TraceContext::new_root(true), |parent| parent.child())
 }
 
-/// The caller's valid `traceparent`, if any.
+/// The caller's valid `traceparent`, if any, with its `tracestate` and `baggage` (W3C:
+/// repeated headers are one comma-separated list).
 fn incoming(parts: &Parts) -> Option<TraceContext> {
-    parts.headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse_traceparent)
+    let joined = |name: &str| {
+        let values: Vec<&str> = parts.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    let parent = parts.headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse_traceparent)?;
+    Some(parent.with_state(joined("tracestate").as_deref(), joined("baggage").as_deref()))
 }
 
 /// The middleware around every route: span, trace context, metrics.
@@ -95,9 +101,9 @@ pub(crate) async fn observe(State(metrics): State<Arc<ApiMetrics>>, request: Req
     let method = parts.method.clone();
     let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let parent = incoming(&parts);
-    let trace = parent.map_or_else(|| TraceContext::new_root(true), |p| p.child());
+    let trace = parent.as_ref().map_or_else(|| TraceContext::new_root(true), TraceContext::child);
     let start = std::time::SystemTime::now();
-    parts.extensions.insert(RequestTrace(trace));
+    parts.extensions.insert(RequestTrace(trace.clone()));
     let span = tracing::info_span!(
         "http_request",
         http.method = %method,

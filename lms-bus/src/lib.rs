@@ -17,6 +17,7 @@ mod metrics;
 pub mod otel;
 mod processor;
 mod producer;
+pub mod propagation;
 mod record;
 mod secret;
 pub mod topics;

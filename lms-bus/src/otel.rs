@@ -80,7 +80,7 @@ pub fn batch_spans(group: &str, records: &[Record], received: SystemTime, write_
         return;
     }
     for r in records {
-        let Some(parent) = r.trace.filter(|t| t.sampled) else { continue };
+        let Some(parent) = r.trace.as_ref().filter(|t| t.sampled) else { continue };
         let process = parent.child();
         let common = [
             KeyValue::new("messaging.system", "kafka"),
@@ -93,10 +93,11 @@ pub fn batch_spans(group: &str, records: &[Record], received: SystemTime, write_
         attributes.push(KeyValue::new("messaging.destination.partition.id", r.raw.tp.partition.to_string()));
         attributes.push(KeyValue::new("messaging.kafka.offset", r.raw.offset));
         attributes.push(KeyValue::new("messaging.batch.message_count", records.len() as i64));
+        let write = process.child();
         export(SpanRecord {
             name: format!("{group} process"),
             kind: SpanKind::Consumer,
-            context: process,
+            context: process.clone(),
             parent: Some(parent.span_id),
             start: received,
             end: written,
@@ -105,7 +106,7 @@ pub fn batch_spans(group: &str, records: &[Record], received: SystemTime, write_
         export(SpanRecord {
             name: format!("{group} write"),
             kind: SpanKind::Internal,
-            context: process.child(),
+            context: write,
             parent: Some(process.span_id),
             start: write_start,
             end: written,

@@ -192,7 +192,7 @@ impl Producer {
     pub fn event_record(&self, event: &Event, trace: Option<&TraceContext>) -> OutRecord {
         let mut headers = vec![(codec::headers::CONTENT_TYPE.to_owned(), codec::CONTENT_TYPE.as_bytes().to_vec())];
         if let Some(t) = trace {
-            headers.push((codec::headers::TRACEPARENT.to_owned(), t.to_traceparent().into_bytes()));
+            crate::propagation::inject(t, &mut headers);
         }
         OutRecord {
             topic: self.topics.topic(event.domain()).to_owned(),

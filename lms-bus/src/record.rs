@@ -69,9 +69,10 @@ impl RawRecord {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
     }
 
-    /// The W3C trace context of the `traceparent` header, if any.
+    /// The W3C trace context of the `traceparent`, `tracestate` and `baggage` headers, if
+    /// any (see [`crate::propagation`]).
     pub fn trace(&self) -> Option<TraceContext> {
-        self.header(codec::headers::TRACEPARENT).and_then(|v| std::str::from_utf8(v).ok()).and_then(TraceContext::parse_traceparent)
+        crate::propagation::extract(&self.headers)
     }
 
     /// The `id` of the event in the value, when the value is a JSON object that has one,

@@ -24,6 +24,8 @@ pub mod headers {
     pub const TRACEPARENT: &str = "traceparent";
     /// The W3C `tracestate` accompanying [`TRACEPARENT`].
     pub const TRACESTATE: &str = "tracestate";
+    /// The W3C `baggage` of the trace.
+    pub const BAGGAGE: &str = "baggage";
 
     /// Dead letters: why the record could not be processed (set by the bus).
     pub const DLQ_REASON: &str = "lms_dlq_reason";

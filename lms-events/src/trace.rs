@@ -1,15 +1,20 @@
-//! W3C Trace Context (`traceparent`) for following an event through the pipeline.
+//! W3C Trace Context (`traceparent`, `tracestate`) and W3C Baggage for following an event
+//! through the pipeline.
 //!
-//! The trace context travels in the `traceparent` record header (see
-//! [`crate::codec::headers::TRACEPARENT`]); clients may also send it as the CloudEvents
-//! `traceparent` extension attribute.
+//! The context travels in the `traceparent`, `tracestate` and `baggage` record headers (see
+//! [`crate::codec::headers`]; `lms-bus` reads and writes them with OpenTelemetry's
+//! propagators); clients send it as HTTP headers. `tracestate` and `baggage` are carried
+//! as received, so a vendor's entries and the caller's baggage reach every record the
+//! request leads to, derived events included.
 
 use std::fmt;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
-/// A W3C trace context: the trace, the current span and whether the trace is sampled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A W3C trace context: the trace, the current span and whether the trace is sampled, with
+/// the trace's `tracestate` and `baggage` as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
     /// The trace id, never all zeros.
     pub trace_id: [u8; 16],
@@ -17,6 +22,21 @@ pub struct TraceContext {
     pub span_id: [u8; 8],
     /// Whether the caller records the trace (the `sampled` flag).
     pub sampled: bool,
+    /// The `tracestate` header value (vendors' entries), passed on unchanged.
+    pub state: Option<Arc<str>>,
+    /// The `baggage` header value, passed on unchanged.
+    pub baggage: Option<Arc<str>>,
+}
+
+/// The longest `tracestate` kept (W3C: 512 characters may be dropped beyond).
+const MAX_TRACESTATE: usize = 512;
+/// The longest `baggage` kept (W3C Baggage: at least 8192 bytes must be propagated).
+const MAX_BAGGAGE: usize = 8192;
+
+/// A header value kept as is when it is printable ASCII within `max` bytes, else dropped.
+fn carried(value: Option<&str>, max: usize) -> Option<Arc<str>> {
+    let value = value?.trim_matches([' ', '\t']);
+    (!value.is_empty() && value.len() <= max && value.bytes().all(|b| (0x20..0x7f).contains(&b))).then(|| Arc::from(value))
 }
 
 impl TraceContext {
@@ -55,7 +75,16 @@ impl TraceContext {
         if trace_id == [0; 16] || span_id == [0; 8] {
             return None;
         }
-        Some(TraceContext { trace_id, span_id, sampled: flags & 0x01 == 0x01 })
+        Some(TraceContext { trace_id, span_id, sampled: flags & 0x01 == 0x01, state: None, baggage: None })
+    }
+
+    /// The same context with the `tracestate` and `baggage` header values of its trace; a
+    /// value that is not printable ASCII within the W3C sizes is dropped.
+    #[must_use]
+    pub fn with_state(mut self, tracestate: Option<&str>, baggage: Option<&str>) -> TraceContext {
+        self.state = carried(tracestate, MAX_TRACESTATE);
+        self.baggage = carried(baggage, MAX_BAGGAGE);
+        self
     }
 
     /// Formats the context as a version-00 `traceparent` header value.
@@ -72,12 +101,13 @@ impl TraceContext {
         trace_id[6] = extra[0];
         trace_id[8] = extra[1];
         let span_id = [extra[2], extra[3], extra[4], extra[5], extra[7], extra[9], extra[10], extra[11]];
-        TraceContext { trace_id: non_zero(trace_id), span_id: non_zero(span_id), sampled }
+        TraceContext { trace_id: non_zero(trace_id), span_id: non_zero(span_id), sampled, state: None, baggage: None }
     }
 
-    /// Returns the context of a child span: the same trace and flags, a new random span id.
+    /// Returns the context of a child span: the same trace, flags, state and baggage, a new
+    /// random span id.
     pub fn child(&self) -> TraceContext {
-        TraceContext { span_id: random_span_id(), ..*self }
+        TraceContext { span_id: random_span_id(), ..self.clone() }
     }
 
     /// Returns the trace id as 32 lowercase hex digits.

@@ -31,10 +31,19 @@ use crate::{Backend, Store, StoreError, Tx};
 pub async fn enqueue(tx: &mut Tx, events: &[(Event, Option<TraceContext>)]) -> Result<(), StoreError> {
     let now = now_us();
     for chunk in events.chunks(CHUNK_ROWS) {
-        let sql = format!("INSERT INTO outbox (event_id, payload, traceparent, created_at_us) VALUES {}", values(chunk.len(), 4, 1));
+        let sql = format!(
+            "INSERT INTO outbox (event_id, payload, traceparent, tracestate, baggage, created_at_us) VALUES {}",
+            values(chunk.len(), 6, 1)
+        );
         let mut q = sqlx::query(&sql);
         for (event, trace) in chunk {
-            q = q.bind(event.id.clone()).bind(codec::encode(event)).bind(trace.map(|t| t.to_traceparent())).bind(now);
+            q = q
+                .bind(event.id.clone())
+                .bind(codec::encode(event))
+                .bind(trace.as_ref().map(TraceContext::to_traceparent))
+                .bind(trace.as_ref().and_then(|t| t.state.as_deref().map(str::to_owned)))
+                .bind(trace.as_ref().and_then(|t| t.baggage.as_deref().map(str::to_owned)))
+                .bind(now);
         }
         q.execute(&mut **tx).await?;
     }
@@ -198,7 +207,7 @@ impl Relay {
             self.delete_acked().await?;
             tracing::info!(rows = left, "outbox: deleted rows acknowledged before the store failed");
         }
-        let rows = sqlx::query("SELECT seq, payload, traceparent FROM outbox ORDER BY seq LIMIT $1")
+        let rows = sqlx::query("SELECT seq, payload, traceparent, tracestate, baggage FROM outbox ORDER BY seq LIMIT $1")
             .bind(self.config.batch_rows)
             .fetch_all(self.store.pool())
             .await?;
@@ -212,10 +221,13 @@ impl Relay {
             let seq: i64 = row.try_get(0)?;
             let payload: Vec<u8> = row.try_get(1)?;
             let trace: Option<String> = row.try_get(2)?;
+            let (state, baggage): (Option<String>, Option<String>) = (row.try_get(3)?, row.try_get(4)?);
+            let trace =
+                trace.as_deref().and_then(TraceContext::parse_traceparent).map(|t| t.with_state(state.as_deref(), baggage.as_deref()));
             match codec::decode(&payload) {
                 Ok(event) => {
                     seqs.push(seq);
-                    events.push((event, trace.as_deref().and_then(TraceContext::parse_traceparent)));
+                    events.push((event, trace));
                 }
                 Err(e) => {
                     // Only this code writes the outbox, so this is a bug; keeping the row

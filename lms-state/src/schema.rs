@@ -61,6 +61,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(12, "0012_credential_status.sql", "credential status", "lms-state"),
     // Also gives progress_seen and notification_payments the learner column erasure needs.
     migration!(13, "0013_learner_erasure.sql", "learner erasure", "lms-state"),
+    migration!(14, "0014_outbox_trace_state.sql", "outbox trace state", "lms-state"),
 ];
 
 impl Migration {
@@ -120,6 +121,7 @@ mod tests {
         (11, "7e263df76d6cf15ae2fe7b04ee2a24d31d0109781b0c758a66abcb96db3c8b4be20fad92acd2670e1044d74915a25552", ""),
         (12, "83e6feb3ab4d52decd076c40ac4e90ef4f5f15e5d059665e46dec3f72b126284174e19107ac15ee3e508f69490bf824c", ""),
         (13, "8ed981cbc8a24233b89b7d3a213e325ac35d6cfe5125b74f49ba30b7eb48a74e67fe79b3588cca0716c1d6ebed2d30a1", ""),
+        (14, "f2bc56b610c42d52c97ccb06d16a8016857b93a831084db4a7e90e25746fe6230222e5ab6af0db7cca2ac3fb601f1549", ""),
     ];
 
     fn checksum(m: &Migration, backend: Backend) -> String {

@@ -26,7 +26,14 @@ async fn api_an_accepted_event_is_on_its_topic_with_its_key_headers_and_body() {
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     let input = lesson("evt-roundtrip-1");
-    let r = api.post("/v1/events", Some(&write), &input).header("traceparent", incoming).send().await.unwrap();
+    let r = api
+        .post("/v1/events", Some(&write), &input)
+        .header("traceparent", incoming)
+        .header("tracestate", "vendor=abc")
+        .header("baggage", "user=ada")
+        .send()
+        .await
+        .unwrap();
     let (status, _, body) = answer(r).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body, json!({"accepted": ["evt-roundtrip-1"], "rejected": []}));
@@ -52,6 +59,7 @@ async fn api_an_accepted_event_is_on_its_topic_with_its_key_headers_and_body() {
     let child = TraceContext::parse_traceparent(&rec.headers["traceparent"]).expect("traceparent header");
     assert_eq!(child.trace_id, parent.trace_id, "the caller's trace continues");
     assert_ne!(child.span_id, parent.span_id, "as a child span");
+    assert_eq!((rec.headers["tracestate"].as_str(), rec.headers["baggage"].as_str()), ("vendor=abc", "user=ada"), "carried as received");
 
     let payments = read_until(&api.brokers, &api.topic(Domain::Payment), |rs| !rs.is_empty()).await;
     assert_eq!((payments[0].key.as_str(), payments[0].event.id.as_str()), ("pay-7", assigned.as_str()));

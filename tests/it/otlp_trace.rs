@@ -102,6 +102,8 @@ async fn an_event_has_one_trace_across_api_processors_and_sinks() {
         .post(format!("{base}/v1/events"))
         .bearer_auth(token("events:write"))
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .header("tracestate", "vendor=abc,other=x:1")
+        .header("baggage", "user=ada,plan=pro")
         .json(&event)
         .send()
         .await
@@ -142,6 +144,18 @@ async fn an_event_has_one_trace_across_api_processors_and_sinks() {
             "{group}: each store write is a child of a processing span: {spans:#?}"
         );
     }
+
+    // The caller's tracestate and baggage reach the derived events too: through the
+    // progress processor's outbox to the records the relay produces.
+    let derived = crate::api_support::read_until(&brokers, topics.topic(Domain::Derived), |rs| {
+        rs.iter().any(|r| r.event.event_type() == lms_events::EventType::ProgressUpdated)
+    })
+    .await;
+    let updated = derived.iter().find(|r| r.event.event_type() == lms_events::EventType::ProgressUpdated).expect("progress.updated");
+    assert!(updated.headers["traceparent"].contains(trace_id), "{:?}", updated.headers);
+    assert_eq!(updated.headers.get("tracestate").map(String::as_str), Some("vendor=abc,other=x:1"), "{:?}", updated.headers);
+    let baggage = updated.headers.get("baggage").cloned().unwrap_or_default();
+    assert!(baggage.contains("user=ada") && baggage.contains("plan=pro"), "{:?}", updated.headers);
 
     // JSON logs: the API's line about the request carries the request span's ids.
     let api_lines = json_lines(&api_log);

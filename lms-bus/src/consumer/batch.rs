@@ -265,8 +265,8 @@ impl BatchEnv {
                 tp = %raw.tp,
                 offset = raw.offset,
                 event_id = raw.event_id().unwrap_or_default(),
-                trace_id = trace.map(|t| t.trace_id_hex()).unwrap_or_default(),
-                span_id = trace.map(|t| t.span_id_hex()).unwrap_or_default(),
+                trace_id = trace.as_ref().map(lms_events::TraceContext::trace_id_hex).unwrap_or_default(),
+                span_id = trace.as_ref().map(lms_events::TraceContext::span_id_hex).unwrap_or_default(),
                 %reason,
                 "dead-lettering a record"
             );

@@ -116,8 +116,8 @@ impl Changes {
             }
             _ => {}
         }
-        if let (Some(learner), Some(trace)) = (e.learner_id(), r.trace) {
-            self.traces.insert((e.tenant.clone(), learner.to_owned()), trace);
+        if let (Some(learner), Some(trace)) = (e.learner_id(), &r.trace) {
+            self.traces.insert((e.tenant.clone(), learner.to_owned()), trace.clone());
         }
     }
 

@@ -253,7 +253,7 @@ fn candidates(records: &[Record], payments: &HashMap<(String, String), String>) 
                 vars,
                 superseded,
                 event_at_us: to_us(e.time),
-                trace: r.trace,
+                trace: r.trace.clone(),
             });
         };
         match &e.data {
@@ -754,7 +754,7 @@ async fn apply(settings: &Settings, store: &Store, tx: &mut Tx, records: &[Recor
             Decision::Digest { .. } => "digest",
         };
         *decided.entry((c.category, outcome)).or_insert(0) += 1;
-        tracing::debug!(event_id = %c.source_event_id, trace_id = ?c.trace.map(|t| t.to_traceparent()), category = c.category, outcome, "notification decided");
+        tracing::debug!(event_id = %c.source_event_id, trace_id = ?c.trace.as_ref().map(TraceContext::to_traceparent), category = c.category, outcome, "notification decided");
     }
     let mut planned: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for d in &deliveries {

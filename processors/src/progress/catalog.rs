@@ -69,8 +69,8 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
                 if published.get(&key).is_none_or(|q| p.beats(q)) {
                     published.insert(key.clone(), p);
                 }
-                if let Some(t) = r.trace {
-                    traces.insert(key, t);
+                if let Some(t) = &r.trace {
+                    traces.insert(key, t.clone());
                 }
             }
             EventData::CourseRetired(d) => {
@@ -140,7 +140,7 @@ async fn apply(store: &Store, tx: &mut Tx, records: &[Record]) -> Result<Emitted
         let now = chrono::Utc::now();
         let revised = db::revise(tx, &keys, now.timestamp_micros()).await?;
         let events = db::recompute(tx, &keys, &revised, &HashMap::new(), now, SOURCE).await?;
-        out.extend(events.into_iter().map(|e| (e, trace)));
+        out.extend(events.into_iter().map(|e| (e, trace.clone())));
     }
     Ok(out)
 }

@@ -51,8 +51,8 @@ impl Changes {
         if record.event.time > *t {
             *t = record.event.time;
         }
-        if let Some(trace) = record.trace {
-            self.traces.insert(key.clone(), trace);
+        if let Some(trace) = &record.trace {
+            self.traces.insert(key.clone(), trace.clone());
         }
         self.courses.entry(key.clone()).or_default()
     }
