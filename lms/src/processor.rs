@@ -68,7 +68,8 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let names: Vec<&str> =
         if args.names.iter().any(|n| n == "all") { processors::all() } else { args.names.iter().map(String::as_str).collect() };
     let selected = names.iter().map(|n| processors::lookup(n).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
-    config.require_stores("processor run", false)?;
+    // Before anything is opened: a component that cannot run without a section names it.
+    config.require_stores("processor run", selected.iter().any(|r| r.requires.contains(&"analytics")))?;
     let store = Store::open(&config.store.url, config.store.max_connections)
         .await
         .with_context(|| format!("cannot open the state store {}", lms_state::redact_url(&config.store.url)))?;

@@ -85,6 +85,9 @@ pub struct Registered {
     /// processors) rather than in Kafka; `lms groups` and `lms replay` reset them there. A test
     /// checks it against the built processor.
     pub offsets_in_store: bool,
+    /// Configuration sections it cannot run without (`analytics`: the analytics store), so
+    /// the binary refuses to start before it opens anything when one is missing.
+    pub requires: &'static [&'static str],
     /// Makes what its instances share from its configuration section (`None`: nothing).
     pub prepare: Option<Prepare>,
     /// Builds an instance; fails when the context lacks what it needs.
@@ -106,6 +109,7 @@ pub const REGISTRY: &[Registered] = &[
         domains: &[Domain::Catalog],
         in_all: true,
         offsets_in_store: true,
+        requires: &[],
         prepare: None,
         build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), progress::catalog::Catalog))),
         service: None,
@@ -116,6 +120,7 @@ pub const REGISTRY: &[Registered] = &[
         domains: &[Domain::Learning, Domain::Enrollment],
         in_all: true,
         offsets_in_store: true,
+        requires: &[],
         prepare: None,
         build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), progress::Progress))),
         service: None,
@@ -126,6 +131,7 @@ pub const REGISTRY: &[Registered] = &[
         domains: &[Domain::Learning, Domain::Enrollment, Domain::Derived],
         in_all: true,
         offsets_in_store: true,
+        requires: &[],
         prepare: Some(|c| Box::pin(achievements::prepare(c))),
         build: |c| {
             let rules = c.require("achievements")?;
@@ -140,6 +146,7 @@ pub const REGISTRY: &[Registered] = &[
         domains: &[Domain::Enrollment, Domain::Payment, Domain::Derived],
         in_all: true,
         offsets_in_store: true,
+        requires: &[],
         prepare: Some(|c| Box::pin(notifications::prepare(c))),
         build: |c| Ok(Arc::new(notifications::processor(c.store.clone(), c.require("notifications")?))),
         service: Some(notifications::dispatcher::start),
@@ -150,6 +157,7 @@ pub const REGISTRY: &[Registered] = &[
         domains: &[Domain::Erasure],
         in_all: true,
         offsets_in_store: true,
+        requires: &[],
         prepare: None,
         build: |c| Ok(Arc::new(Stateful::new(c.store.clone(), Arc::clone(&c.relay), erasure::Erasure))),
         service: None,
@@ -160,6 +168,7 @@ pub const REGISTRY: &[Registered] = &[
         domains: &[Domain::Learning, Domain::Enrollment, Domain::Payment, Domain::Catalog],
         in_all: false,
         offsets_in_store: false,
+        requires: &[],
         prepare: None,
         build: |_| Ok(Arc::new(noop::Noop::default())),
         service: None,
@@ -170,6 +179,7 @@ pub const REGISTRY: &[Registered] = &[
         domains: &lms_analytics::SINK_DOMAINS,
         in_all: true,
         offsets_in_store: false,
+        requires: &["analytics"],
         prepare: Some(|c| Box::pin(analytics::prepare(c))),
         build: |c| Ok(Arc::new(lms_analytics::AnalyticsSink::new(c.require("analytics")?))),
         service: None,
