@@ -243,7 +243,8 @@ async fn fresh_db(base: &str, tag: &str) -> anyhow::Result<(String, String)> {
 /// its autovacuum (the next one's [`checkpoint`] writes out its dirty pages).
 async fn drop_db(base: &str, name: &str) -> anyhow::Result<()> {
     let admin = Store::connect(base, 2).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(admin.pool()).await?;
+    // FORCE (PostgreSQL 13+): the measured members' pool may still be closing its connections.
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(admin.pool()).await?;
     admin.close().await;
     Ok(())
 }
