@@ -99,7 +99,9 @@ pub struct Registered {
 }
 
 /// Starts a processor's background service; it runs until the token is cancelled.
-pub type StartService = fn(&Context, &runtime::Plumbing, tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()>;
+/// Fails, before anything started, when the context lacks what the service needs.
+pub type StartService =
+    fn(&Context, &runtime::Plumbing, tokio_util::sync::CancellationToken) -> Result<tokio::task::JoinHandle<()>, String>;
 
 /// Every processor, by name.
 pub const REGISTRY: &[Registered] = &[

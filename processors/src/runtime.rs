@@ -82,6 +82,22 @@ pub fn start(
             built.push((*reg, i, processor));
         }
     }
+    // The services next, still before any member joins: one that cannot start (what it
+    // needs is missing from the context) fails the start with the reason.
+    let mut services = Vec::new();
+    for reg in processors.iter().filter(|r| r.service.is_some()) {
+        let stop = CancellationToken::new();
+        match reg.service.map(|start| start(ctx, plumbing, stop.clone())) {
+            Some(Ok(task)) => services.push((reg.name, task, stop)),
+            Some(Err(e)) => {
+                for (_, _, started) in &services {
+                    started.cancel();
+                }
+                return Err(BusError::Member(format!("processor {}: {e}", reg.name)));
+            }
+            None => {}
+        }
+    }
     // A batch with poison in it commits only once its dead letters are acknowledged. On the
     // relay's producer they would queue behind the outbox backlog (librdkafka sends a
     // connection's partitions in turn, at most 5 requests in flight), and every such batch
@@ -118,14 +134,6 @@ pub fn start(
         let member = Member::spawn(config, processor, Arc::clone(&dead_letters), Arc::clone(&plumbing.metrics), members_stop.clone())?;
         members.push((reg.name, member));
     }
-    let services = processors
-        .iter()
-        .filter_map(|r| r.service.map(|start| (r.name, start)))
-        .map(|(name, start)| {
-            let stop = CancellationToken::new();
-            (name, start(ctx, plumbing, stop.clone()), stop)
-        })
-        .collect();
     Ok(Running { members, relay, relay_stop, members_stop, services })
 }
 

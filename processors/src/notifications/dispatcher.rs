@@ -208,9 +208,14 @@ pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
 }
 
 /// Starts the dispatcher of the notifications component (its [`crate::Registered::service`]):
-/// one per process that runs the processor, until `stop`.
-pub fn start(ctx: &crate::Context, plumbing: &crate::runtime::Plumbing, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-    let settings = ctx.extensions.get::<Arc<Settings>>().cloned().unwrap_or_default();
+/// one per process that runs the processor, until `stop`. Needs the settings the
+/// component's `prepare` made (never defaults: they would deliver with no templates).
+pub fn start(
+    ctx: &crate::Context,
+    plumbing: &crate::runtime::Plumbing,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let settings = ctx.require::<Arc<Settings>>("notifications")?;
     let dispatcher = Dispatcher::new(
         ctx.store.clone(),
         settings,
@@ -218,7 +223,7 @@ pub fn start(ctx: &crate::Context, plumbing: &crate::runtime::Plumbing, stop: Ca
         Arc::clone(&ctx.relay),
         plumbing.kafka.group_id("notifications"),
     );
-    tokio::spawn(dispatcher.run(stop))
+    Ok(tokio::spawn(dispatcher.run(stop)))
 }
 
 impl Dispatcher {
