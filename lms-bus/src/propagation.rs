@@ -8,6 +8,7 @@
 //! [`TraceContext`] without building an OpenTelemetry context per record.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use lms_events::TraceContext;
 use lms_events::codec::headers;
@@ -40,8 +41,12 @@ impl Injector for HeadersMut<'_> {
     }
 }
 
-fn propagator() -> TextMapCompositePropagator {
-    TextMapCompositePropagator::new(vec![Box::new(TraceContextPropagator::new()), Box::new(BaggagePropagator::new())])
+/// Built once: records carrying state or baggage go through it one by one.
+static PROPAGATOR: LazyLock<TextMapCompositePropagator> =
+    LazyLock::new(|| TextMapCompositePropagator::new(vec![Box::new(TraceContextPropagator::new()), Box::new(BaggagePropagator::new())]));
+
+fn propagator() -> &'static TextMapCompositePropagator {
+    &PROPAGATOR
 }
 
 /// The trace context of `record_headers`: `None` without a valid `traceparent`.

@@ -41,8 +41,8 @@ pub async fn enqueue(tx: &mut Tx, events: &[(Event, Option<TraceContext>)]) -> R
                 .bind(event.id.clone())
                 .bind(codec::encode(event))
                 .bind(trace.as_ref().map(TraceContext::to_traceparent))
-                .bind(trace.as_ref().and_then(|t| t.state.as_deref().map(str::to_owned)))
-                .bind(trace.as_ref().and_then(|t| t.baggage.as_deref().map(str::to_owned)))
+                .bind(trace.as_ref().and_then(|t| t.state.as_deref()))
+                .bind(trace.as_ref().and_then(|t| t.baggage.as_deref()))
                 .bind(now);
         }
         q.execute(&mut **tx).await?;
