@@ -41,6 +41,12 @@ pub struct ApiConfig {
     /// How long a client may take to send its whole body before the request is answered 408
     /// (protects the service from slow bodies), in milliseconds.
     pub body_timeout_ms: u64,
+    /// How long any request may take from its arrival to its answer before it is answered
+    /// 503 with `Retry-After` (a read whose store does not answer, for example), in
+    /// milliseconds. It must exceed `body_timeout_ms + delivery_timeout_ms`, so that a write
+    /// is always answered by its own limits, with the list of what was accepted, and never
+    /// cut off in the middle of a delivery.
+    pub request_timeout_ms: u64,
     /// Per-tenant rate limit of write requests (token bucket).
     pub rate_limit: RateLimitConfig,
     /// Webhook signing secret per tenant: `POST /v1/payments/webhook` accepts calls only for
@@ -156,6 +162,7 @@ impl Default for ApiConfig {
             max_batch_events: 1_000,
             max_event_bytes: 64 * 1024,
             body_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
             rate_limit: RateLimitConfig::default(),
             webhook_secrets: BTreeMap::new(),
             webhook_tolerance_s: 300,
@@ -181,6 +188,19 @@ impl ApiConfig {
         k.delivery_timeout_ms = self.delivery_timeout_ms;
         k.linger_ms = self.linger_ms;
         k
+    }
+
+    /// The limit of the whole request (see [`ApiConfig::request_timeout_ms`]), or why it is
+    /// too short.
+    pub(crate) fn request_timeout(&self) -> Result<Duration, String> {
+        let writes = self.body_timeout_ms.saturating_add(self.delivery_timeout_ms);
+        if self.request_timeout_ms <= writes {
+            return Err(format!(
+                "request_timeout_ms ({}) must exceed body_timeout_ms + delivery_timeout_ms ({writes}): a write must be answered by its own limits",
+                self.request_timeout_ms
+            ));
+        }
+        Ok(Duration::from_millis(self.request_timeout_ms))
     }
 
     pub(crate) fn body_timeout(&self) -> Duration {

@@ -157,6 +157,7 @@ impl Api {
             }
         }
         let cors = cors::layer(&config.cors_allowed_origins).map_err(ApiError::Config)?;
+        config.request_timeout().map_err(ApiError::Config)?;
         Ok(Api {
             config: config.clone(),
             producer,
@@ -223,6 +224,8 @@ impl Api {
     /// inside a Tokio runtime; the task ends when the router (every clone) is dropped.
     pub fn into_router(self) -> Router {
         let readiness = Arc::new(readiness::Readiness::new());
+        // Checked by `Api::new`.
+        let (limit, retry_after_s) = (self.config.request_timeout().unwrap_or(Duration::MAX), self.config.retry_after_s);
         let openapi = Bytes::from(serde_json::to_vec_pretty(&openapi::document()).unwrap_or_default());
         let state = Arc::new(AppState {
             limiter: rate_limit::RateLimiter::new(&self.config.rate_limit),
@@ -268,6 +271,15 @@ impl Api {
         let router = router
             .fallback(|| async { Problem::not_found("no such route") })
             .method_not_allowed_fallback(|| async { Problem::method_not_allowed("the route exists, not with this method") })
+            // A request not answered in time (tower's timeout) is a problem+json 503 inside
+            // the request span and the metrics; the handler's future is dropped.
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(axum::error_handling::HandleErrorLayer::new(move |_: tower::BoxError| async move {
+                        Problem::unavailable(format!("the request was not answered within {} ms", limit.as_millis()), retry_after_s)
+                    }))
+                    .timeout(limit),
+            )
             .layer(axum::Extension(self.authenticator))
             .layer(axum::middleware::from_fn_with_state(self.metrics, telemetry::observe))
             // Request ids (tower-http): a caller's `x-request-id` is kept, else a UUID is set

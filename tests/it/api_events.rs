@@ -187,6 +187,57 @@ async fn api_every_error_class_is_a_problem_and_nothing_refused_is_produced() {
     assert_eq!(ids_until(&api.brokers, &api.topic(Domain::Learning), "sentinel").await, ["sentinel"]);
 }
 
+/// A request its handler never answers (here a route that waits forever; in production a
+/// read whose store hangs) is answered 503 problem+json with `Retry-After` once
+/// `request_timeout_ms` has passed, and counted like any answer; a configuration whose limit
+/// could cut a write short is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_a_request_not_answered_in_time_is_a_503_problem() {
+    let short = api::ApiConfig { body_timeout_ms: 300, delivery_timeout_ms: 500, request_timeout_ms: 800, ..config() };
+    let refused = api::Api::new(
+        &short,
+        std::sync::Arc::new(
+            lms_bus::Producer::new(
+                &lms_bus::KafkaConfig::new(&kafka_brokers()),
+                lms_bus::TopicsFile::bundled().topic_map(""),
+                lms_bus::BusMetrics::register(&prometheus::Registry::new()).unwrap(),
+                "timeout-test",
+            )
+            .unwrap(),
+        ),
+        &prometheus::Registry::new(),
+    );
+    let message = refused.err().expect("a request limit below the write limits is refused").to_string();
+    assert!(message.contains("request_timeout_ms (800) must exceed body_timeout_ms + delivery_timeout_ms (800)"), "{message}");
+
+    let cfg = api::ApiConfig { request_timeout_ms: 1_000, ..short };
+    let hang = axum::Router::new().route("/v1/hang", axum::routing::get(|| std::future::pending::<&'static str>()));
+    let api = TestApi::start_with("api-timeout", &kafka_brokers(), cfg, |a| a.merge(hang)).await;
+    let started = std::time::Instant::now();
+    let r = api.http.get(format!("{}/v1/hang", api.url)).timeout(Duration::from_secs(30)).send().await.unwrap();
+    let waited = started.elapsed();
+    let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let request_id = r.headers().get("x-request-id").is_some();
+    let (status, ct, body) = answer(r).await;
+    assert_eq!((status, ct.as_str()), (503, PROBLEM), "{body}");
+    assert_eq!(body["type"], "urn:lms:problem:unavailable", "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("within 1000 ms"), "{body}");
+    assert_eq!(retry_after.as_deref(), Some("2"));
+    assert!(request_id, "the answer carries its request id");
+    assert!(waited >= Duration::from_millis(1_000), "answered after the limit, not before: {waited:?}");
+    let metrics = api.http.get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("lms_http_requests_total{") && l.contains("route=\"/v1/hang\"") && l.contains("status=\"503\"")),
+        "the 503 is counted under its route"
+    );
+    // Writes are answered by their own limits, well inside the request limit.
+    let (status, _, body) =
+        answer(api.post("/v1/events", Some(&token("events:write")), &lesson("evt-in-time")).send().await.unwrap()).await;
+    assert_eq!(status, 202, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_auth_matrix() {
     let api = TestApi::start("api-auth", &kafka_brokers(), config()).await;
