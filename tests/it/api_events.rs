@@ -198,7 +198,7 @@ async fn api_a_request_not_answered_in_time_is_a_503_problem() {
         &short,
         std::sync::Arc::new(
             lms_bus::Producer::new(
-                &lms_bus::KafkaConfig::new(&kafka_brokers()),
+                &lms_bus::KafkaConfig::new(kafka_brokers()),
                 lms_bus::TopicsFile::bundled().topic_map(""),
                 lms_bus::BusMetrics::register(&prometheus::Registry::new()).unwrap(),
                 "timeout-test",
@@ -211,7 +211,7 @@ async fn api_a_request_not_answered_in_time_is_a_503_problem() {
     assert!(message.contains("request_timeout_ms (800) must exceed body_timeout_ms + delivery_timeout_ms (800)"), "{message}");
 
     let cfg = api::ApiConfig { request_timeout_ms: 1_000, ..short };
-    let hang = axum::Router::new().route("/v1/hang", axum::routing::get(|| std::future::pending::<&'static str>()));
+    let hang = axum::Router::new().route("/v1/hang", axum::routing::get(std::future::pending::<&'static str>));
     let api = TestApi::start_with("api-timeout", &kafka_brokers(), cfg, |a| a.merge(hang)).await;
     let started = std::time::Instant::now();
     let r = api.http.get(format!("{}/v1/hang", api.url)).timeout(Duration::from_secs(30)).send().await.unwrap();
