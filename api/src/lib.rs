@@ -281,7 +281,18 @@ impl Api {
                     .timeout(limit),
             )
             .layer(axum::Extension(self.authenticator))
-            .layer(axum::middleware::from_fn_with_state(self.metrics, telemetry::observe))
+            .layer(axum::middleware::from_fn(telemetry::bind_trace))
+            // The request span (tower-http), exported over OTLP when the binary exports traces;
+            // its own answer and failure lines are replaced by `Answered`'s one line.
+            .layer(
+                tower_http::trace::TraceLayer::new_for_http()
+                    .make_span_with(telemetry::RequestSpan)
+                    .on_request(())
+                    .on_response(telemetry::Answered)
+                    .on_eos(())
+                    .on_failure(()),
+            )
+            .layer(axum::middleware::from_fn_with_state(self.metrics, telemetry::count))
             // Request ids (tower-http): a caller's `x-request-id` is kept, else a UUID is set
             // before the request span opens (which records it), and the answer echoes it.
             .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())

@@ -1,13 +1,15 @@
-//! Spans exported over OTLP, one trace per event: the API's request span, and for every
-//! record a processor handles a `process` span (the batch's time from hand-over to the
-//! end of its write) with a `write` child (the processor's store write), both in the trace
-//! of the record's `traceparent`.
+//! The processors' spans, exported over OTLP in the trace of each event: for every record a
+//! processor handles, a `process` span (the batch's time from hand-over to the end of its
+//! write) with a `write` child (the processor's store write), both in the trace of the
+//! record's `traceparent`. (The API's request span is a `tracing` span that
+//! tracing-opentelemetry exports: `api::telemetry`.)
 //!
-//! The trace context already travels with every event ([`TraceContext`] in the record
-//! headers), with span ids the services choose; this module reports those spans with those
-//! ids through the OpenTelemetry API, so the exported trace and the propagated headers
-//! agree. Nothing happens until the binary installs an exporter and calls [`enable`]: then
-//! spans go to the global tracer provider, and only for sampled contexts.
+//! These spans are known only once the batch is written, with its times, so they are made
+//! here through the OpenTelemetry API with explicit start and end times and with the span
+//! ids the derived records already carry ([`TraceContext`] in their headers), so that the
+//! exported trace and the propagated headers agree; `tracing` spans cannot be back-dated.
+//! Nothing happens until the binary installs an exporter and calls [`enable`]: then spans go
+//! to the global tracer provider, and only for sampled contexts.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
@@ -31,25 +33,25 @@ pub fn enabled() -> bool {
 }
 
 /// A finished span to report.
-pub struct SpanRecord {
+struct SpanRecord {
     /// Span name, such as `POST /v1/events`.
-    pub name: String,
+    name: String,
     /// Server, consumer, internal, ...
-    pub kind: SpanKind,
+    kind: SpanKind,
     /// The span's own trace id and span id (and whether the trace is sampled).
-    pub context: TraceContext,
+    context: TraceContext,
     /// The parent span in the same trace, if any.
-    pub parent: Option<[u8; 8]>,
+    parent: Option<[u8; 8]>,
     /// When it started.
-    pub start: SystemTime,
+    start: SystemTime,
     /// When it ended.
-    pub end: SystemTime,
+    end: SystemTime,
     /// Attributes (bounded: no payloads).
-    pub attributes: Vec<KeyValue>,
+    attributes: Vec<KeyValue>,
 }
 
 /// Reports a finished span, if spans are enabled and its trace is sampled.
-pub fn export(span: SpanRecord) {
+fn export(span: SpanRecord) {
     if !enabled() || !span.context.sampled {
         return;
     }

@@ -28,6 +28,10 @@ struct Received {
     trace_id: String,
     span_id: String,
     parent: String,
+    /// OTLP span kind (2: server).
+    kind: i64,
+    /// Attribute key to its value as text.
+    attributes: std::collections::BTreeMap<String, String>,
 }
 
 fn spans_of(body: &Value) -> Vec<Received> {
@@ -50,6 +54,17 @@ fn spans_of(body: &Value) -> Vec<Received> {
                     trace_id: text("traceId"),
                     span_id: text("spanId"),
                     parent: text("parentSpanId"),
+                    kind: s["kind"].as_i64().unwrap_or_default(),
+                    attributes: s["attributes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|a| {
+                            let v = &a["value"];
+                            let text = v["stringValue"].as_str().map(str::to_owned).or_else(|| v["intValue"].as_str().map(str::to_owned));
+                            (a["key"].as_str().unwrap_or_default().to_owned(), text.unwrap_or_else(|| v.to_string()))
+                        })
+                        .collect(),
                 });
             }
         }
@@ -132,6 +147,10 @@ async fn an_event_has_one_trace_across_api_processors_and_sinks() {
     let api = api[0];
     assert_eq!(api.service, "lms-api");
     assert_eq!(api.parent, caller_span, "the API's span is a child of the caller's");
+    assert_eq!(api.kind, 2, "a server span: {api:?}");
+    for (key, value) in [("http.request.method", "POST"), ("http.route", "/v1/events"), ("http.response.status_code", "202")] {
+        assert_eq!(api.attributes.get(key).map(String::as_str), Some(value), "{key} of {api:?}");
+    }
     for group in [&progress_group, &analytics_group] {
         // The event itself, and (for analytics) the derived events it caused, whose records
         // carry the same trace.
