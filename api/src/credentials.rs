@@ -39,8 +39,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::Claims;
-use crate::learners::{check_learner, store_problem};
-use crate::problem::{PathParams, Problem};
+use crate::learners::{LearnerPath, check_learner, store_problem};
+use crate::problem::{PathParams, Problem, ProblemDocument};
 
 /// The `credentials` section of the API configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,12 +213,43 @@ pub fn router(store: Store, credentials: Arc<Credentials>) -> Router {
 type CredState = State<(Store, Arc<Credentials>)>;
 
 /// `?course_id=`
-#[derive(Debug, Deserialize)]
-struct CourseQuery {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CourseQuery {
+    /// The course of a per-course achievement unlocked in several courses
+    #[param(min_length = 1, max_length = 128)]
     course_id: Option<String>,
 }
 
-async fn get_credential(
+/// A signed credential as JSON (the other representation is the compact JWT alone, for
+/// `Accept: application/vc+jwt`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation: the handlers build the JSON
+struct SignedCredential {
+    /// The credential (VC data model 2.0)
+    #[schema(value_type = Object)]
+    credential: Value,
+    /// The credential as a compact JWT (typ vc+jwt)
+    jwt: String,
+}
+
+/// An unlocked achievement as an Open Badges 3.0 credential (learner:read (own) or analytics:read)
+#[utoipa::path(
+    get,
+    path = "/v1/learners/{learner_id}/achievements/{achievement_id}/credential",
+    tag = "credentials",
+    security(("bearer" = [])),
+    params(LearnerPath, ("achievement_id" = String, Path, description = "The achievement", min_length = 1, max_length = 128), CourseQuery),
+    responses(
+        (status = 200, description = "The signed OpenBadgeCredential", content((SignedCredential = "application/json"), (String = "application/vc+jwt"))),
+        (status = 400, description = "Unlocked in several courses: pass `course_id`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, expired or invalid token", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, description = "The token may not do this", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, description = "Not unlocked or not issued, or the tenant issues no credentials", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_credential(
     State((store, creds)): CredState,
     claims: Claims,
     headers: HeaderMap,
@@ -298,7 +329,23 @@ fn pick<'a>(
     }
 }
 
-async fn revoke_credential(
+/// Revokes the issued credential (admin)
+#[utoipa::path(
+    delete,
+    path = "/v1/learners/{learner_id}/achievements/{achievement_id}/credential",
+    tag = "credentials",
+    security(("bearer" = [])),
+    params(LearnerPath, ("achievement_id" = String, Path, description = "The achievement", min_length = 1, max_length = 128), CourseQuery),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, description = "A path parameter is invalid", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, expired or invalid token", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, description = "The token may not do this", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, description = "Not unlocked or not issued, or the tenant issues no credentials", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn revoke_credential(
     State((store, creds)): CredState,
     claims: Claims,
     PathParams((learner_id, achievement_id)): PathParams<(String, String)>,
@@ -320,17 +367,50 @@ async fn revoke_credential(
     }
 }
 
-async fn get_profile(State((_, creds)): CredState, PathParams(tenant): PathParams<String>) -> Result<Json<Value>, Problem> {
+/// The issuer profile of a tenant
+#[utoipa::path(
+    get,
+    path = "/v1/issuers/{tenant}",
+    tag = "credentials",
+    params(("tenant" = String, Path, description = "The issuing tenant", min_length = 1, max_length = 128)),
+    responses(
+        (status = 200, description = "OK", body = Object),
+        (status = 404, description = "The tenant issues no credentials", body = ProblemDocument, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_profile(State((_, creds)): CredState, PathParams(tenant): PathParams<String>) -> Result<Json<Value>, Problem> {
     let issuer = creds.issuer(&tenant)?;
     Ok(Json(creds.profile(&tenant, issuer)))
 }
 
-async fn get_jwks(State((_, creds)): CredState, PathParams(tenant): PathParams<String>) -> Result<Json<Value>, Problem> {
+/// The issuer's public keys (JWK set)
+#[utoipa::path(
+    get,
+    path = "/v1/issuers/{tenant}/jwks",
+    tag = "credentials",
+    params(("tenant" = String, Path, description = "The issuing tenant", min_length = 1, max_length = 128)),
+    responses(
+        (status = 200, description = "OK", body = Object),
+        (status = 404, description = "The tenant issues no credentials", body = ProblemDocument, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_jwks(State((_, creds)): CredState, PathParams(tenant): PathParams<String>) -> Result<Json<Value>, Problem> {
     let issuer = creds.issuer(&tenant)?;
     Ok(Json(json!({"keys": [issuer.jwk]})))
 }
 
-async fn get_status_list(
+/// The issuer's revocation status list (BitstringStatusListCredential)
+#[utoipa::path(
+    get,
+    path = "/v1/issuers/{tenant}/status/revocation",
+    tag = "credentials",
+    params(("tenant" = String, Path, description = "The issuing tenant", min_length = 1, max_length = 128)),
+    responses(
+        (status = 200, description = "OK", content((SignedCredential = "application/json"), (String = "application/vc+jwt"))),
+        (status = 404, description = "The tenant issues no credentials", body = ProblemDocument, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_status_list(
     State((store, creds)): CredState,
     headers: HeaderMap,
     PathParams(tenant): PathParams<String>,
@@ -365,58 +445,6 @@ async fn get_status_list(
     });
     let jwt = creds.sign(issuer, &with_claims(&credential, &issuer_id, &url, now))?;
     Ok(respond(&headers, credential, jwt))
-}
-
-/// Adds the credential routes to the OpenAPI document.
-pub(crate) fn add_openapi(doc: &mut Value) {
-    let problem = json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}});
-    let signed = json!({
-        "application/json": {"schema": {"type": "object", "required": ["credential", "jwt"], "properties": {
-            "credential": {"type": "object", "description": "The credential (VC data model 2.0)"},
-            "jwt": {"type": "string", "description": "The credential as a compact JWT (typ vc+jwt)"}}}},
-        "application/vc+jwt": {"schema": {"type": "string"}}
-    });
-    let path_param =
-        |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128}});
-    let params = json!([crate::openapi_reads::learner_path(), path_param("achievement_id"),
-        {"name": "course_id", "in": "query", "required": false, "schema": {"type": "string", "minLength": 1, "maxLength": 128},
-         "description": "The course of a per-course achievement unlocked in several courses"}]);
-    let errors = |extra: Value| {
-        let mut r = json!({
-            "401": {"description": "Missing, expired or invalid token", "content": problem},
-            "403": {"description": "The token may not do this", "content": problem},
-            "404": {"description": "Not unlocked or not issued, or the tenant issues no credentials", "content": problem},
-            "503": {"description": "The store is unavailable; retry after `Retry-After`", "content": problem}
-        });
-        if let (Some(r), Some(extra)) = (r.as_object_mut(), extra.as_object()) {
-            r.extend(extra.clone());
-        }
-        r
-    };
-    doc["paths"]["/v1/learners/{learner_id}/achievements/{achievement_id}/credential"] = json!({
-        "get": {"tags": ["credentials"], "summary": "An unlocked achievement as an Open Badges 3.0 credential (learner:read (own) or analytics:read)",
-                "parameters": params, "security": [{"bearer": []}],
-                "responses": errors(json!({"200": {"description": "The signed OpenBadgeCredential", "content": signed},
-                                           "400": {"description": "Unlocked in several courses: pass `course_id`", "content": problem}}))},
-        "delete": {"tags": ["credentials"], "summary": "Revokes the issued credential (admin)",
-                   "parameters": params, "security": [{"bearer": []}],
-                   "responses": errors(json!({"204": {"description": "Revoked"},
-                                              "400": {"description": "A path parameter is invalid", "content": problem}}))}
-    });
-    let public = |summary: &str, content: Value| {
-        json!({"get": {"tags": ["credentials"], "summary": summary, "security": [],
-        "parameters": [path_param("tenant")],
-        "responses": {"200": {"description": "OK", "content": content},
-                      "404": {"description": "The tenant issues no credentials", "content": problem}}}})
-    };
-    let object = json!({"application/json": {"schema": {"type": "object"}}});
-    doc["paths"]["/v1/issuers/{tenant}"] = public("The issuer profile of a tenant", object.clone());
-    doc["paths"]["/v1/issuers/{tenant}/jwks"] = public("The issuer's public keys (JWK set)", object);
-    doc["paths"]["/v1/issuers/{tenant}/status/revocation"] =
-        public("The issuer's revocation status list (BitstringStatusListCredential)", signed);
-    if let Some(tags) = doc["tags"].as_array_mut() {
-        tags.push(json!({"name": "credentials", "description": "Achievements as Open Badges 3.0 credentials"}));
-    }
 }
 
 /// The credential with the JWT registered claims beside it.

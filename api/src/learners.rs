@@ -13,7 +13,7 @@ use processors::achievements::{self, AchievementView};
 use processors::progress::{self, model::ProgressView};
 
 use crate::auth::Claims;
-use crate::problem::{PathParams, Problem};
+use crate::problem::{PathParams, Problem, ProblemDocument};
 
 /// The learner read routes over `store`, to [`crate::Api::merge`].
 pub fn router(store: Store) -> Router {
@@ -23,7 +23,46 @@ pub fn router(store: Store) -> Router {
         .with_state(store)
 }
 
-async fn get_progress(
+/// The `learner_id` path parameter of the learner routes: 1 to 128 characters, none a
+/// control character (else 400, see [`check_learner`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documentation: the handlers take the path as a string
+pub(crate) struct LearnerPath {
+    /// The learner.
+    #[param(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
+    learner_id: String,
+}
+
+/// The problems every read can answer: a bad parameter, no or the wrong token, the store
+/// unavailable.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documentation: the handlers answer `Problem`
+pub(crate) enum ReadProblems {
+    /// A parameter is invalid; `errors` names each one
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(ProblemDocument),
+    /// Missing, expired or invalid token
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(ProblemDocument),
+    /// The token may not read this
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(ProblemDocument),
+    /// The store is unavailable; retry after `Retry-After`
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(ProblemDocument),
+}
+
+/// A learner's progress per course (learner:read (own) or analytics:read)
+#[utoipa::path(
+    get,
+    path = "/v1/learners/{learner_id}/progress",
+    tag = "read",
+    security(("bearer" = [])),
+    params(LearnerPath),
+    responses((status = 200, description = "OK", body = Vec<ProgressView>), ReadProblems)
+)]
+pub(crate) async fn get_progress(
     State(store): State<Store>,
     claims: Claims,
     PathParams(learner_id): PathParams<String>,
@@ -32,7 +71,16 @@ async fn get_progress(
     progress::read(&store, &claims.tenant, &learner_id).await.map(Json).map_err(store_problem)
 }
 
-async fn get_achievements(
+/// A learner's achievements (learner:read (own) or analytics:read)
+#[utoipa::path(
+    get,
+    path = "/v1/learners/{learner_id}/achievements",
+    tag = "read",
+    security(("bearer" = [])),
+    params(LearnerPath),
+    responses((status = 200, description = "OK", body = Vec<AchievementView>), ReadProblems)
+)]
+pub(crate) async fn get_achievements(
     State(store): State<Store>,
     claims: Claims,
     PathParams(learner_id): PathParams<String>,

@@ -53,7 +53,6 @@ mod ingest;
 pub mod learners;
 pub mod notifications;
 mod openapi;
-mod openapi_reads;
 mod ops;
 pub mod problem;
 mod producer;

@@ -22,8 +22,8 @@ use processors::notifications::preferences::{self, Preferences};
 use serde::Deserialize;
 
 use crate::auth::{Claims, scope};
-use crate::learners::{check_learner, store_problem};
-use crate::problem::{PathParams, Problem};
+use crate::learners::{LearnerPath, check_learner, store_problem};
+use crate::problem::{PathParams, Problem, ProblemDocument};
 
 /// The notification routes over `store`, to [`crate::Api::merge`].
 pub fn router(store: Store) -> Router {
@@ -35,10 +35,12 @@ pub fn router(store: Store) -> Router {
 }
 
 /// Query of the inbox.
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    /// Only notifications not read yet.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Only notifications not read yet
     #[serde(default)]
+    #[param(default = false)]
     unread_only: bool,
 }
 
@@ -52,7 +54,22 @@ fn check_owner(claims: &Claims, learner_id: &str) -> Result<(), Problem> {
     }
 }
 
-async fn list(
+/// A learner's in-app notifications (learner:read (own) or analytics:read)
+#[utoipa::path(
+    get,
+    path = "/v1/learners/{learner_id}/notifications",
+    tag = "read",
+    security(("bearer" = [])),
+    params(LearnerPath, ListQuery),
+    responses(
+        (status = 200, description = "The inbox, newest first", body = Vec<InboxItem>),
+        (status = 400, description = "A parameter is invalid: `unread_only`, or learner_id is not a well-formed id", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, expired or invalid token", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, description = "The token may not read or change this learner", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list(
     State(store): State<Store>,
     claims: Claims,
     PathParams(learner_id): PathParams<String>,
@@ -63,7 +80,23 @@ async fn list(
     inbox::list(&store, &claims.tenant, &learner_id, q.unread_only).await.map(Json).map_err(store_problem)
 }
 
-async fn mark_read(
+/// Marks a notification read (the learner itself or admin)
+#[utoipa::path(
+    post,
+    path = "/v1/learners/{learner_id}/notifications/{id}/read",
+    tag = "read",
+    security(("bearer" = [])),
+    params(LearnerPath, ("id" = String, Path, description = "The notification", min_length = 1, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")),
+    responses(
+        (status = 204, description = "Read (again: unchanged)"),
+        (status = 400, description = "learner_id (or the notification id) is not a well-formed id", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, description = "No such notification in the learner's inbox", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, expired or invalid token", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, description = "The token may not read or change this learner", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn mark_read(
     State(store): State<Store>,
     claims: Claims,
     PathParams((learner_id, id)): PathParams<(String, String)>,
@@ -80,7 +113,22 @@ async fn mark_read(
     }
 }
 
-async fn get_preferences(
+/// A learner's notification preferences, defaults included (learner:read (own) or analytics:read)
+#[utoipa::path(
+    get,
+    path = "/v1/learners/{learner_id}/notification-preferences",
+    tag = "read",
+    security(("bearer" = [])),
+    params(LearnerPath),
+    responses(
+        (status = 200, description = "The preferences", body = Preferences),
+        (status = 400, description = "learner_id (or the notification id) is not a well-formed id", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, expired or invalid token", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, description = "The token may not read or change this learner", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_preferences(
     State(store): State<Store>,
     claims: Claims,
     PathParams(learner_id): PathParams<String>,
@@ -89,7 +137,25 @@ async fn get_preferences(
     preferences::read(&store, &claims.tenant, &learner_id).await.map(Json).map_err(store_problem)
 }
 
-async fn put_preferences(
+/// Replaces a learner's notification preferences (the learner itself or admin)
+#[utoipa::path(
+    put,
+    path = "/v1/learners/{learner_id}/notification-preferences",
+    tag = "read",
+    security(("bearer" = [])),
+    params(LearnerPath),
+    request_body(content = Preferences, description = "Absent fields take their defaults"),
+    responses(
+        (status = 200, description = "Stored", body = Preferences),
+        (status = 400, description = "Malformed JSON, or learner_id is not a well-formed id", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 410, description = "The learner was erased: nothing of them is stored again", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid preferences; `errors` names each field", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, expired or invalid token", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, description = "The token may not read or change this learner", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn put_preferences(
     State(store): State<Store>,
     claims: Claims,
     PathParams(learner_id): PathParams<String>,
@@ -120,89 +186,4 @@ async fn put_preferences(
         ));
     }
     Ok(Json(prefs))
-}
-
-/// Adds the notification routes and their schemas to the OpenAPI document `doc` (the
-/// answers are types of the processors crate, which does not depend on utoipa).
-pub(crate) fn add_openapi(doc: &mut serde_json::Value) {
-    use serde_json::json;
-    let time = |nullable: bool| {
-        if nullable { json!({"type": ["string", "null"], "format": "date-time"}) } else { json!({"type": "string", "format": "date-time"}) }
-    };
-    let hhmm = json!({"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9]$"});
-    doc["components"]["schemas"]["Notification"] = json!({
-        "type": "object", "required": ["id", "category", "title", "body", "created_at", "read_at"],
-        "properties": {
-            "id": {"type": "string"},
-            "category": {"type": "string", "description": "enrollment, payment, completion, achievement, milestone or digest"},
-            "title": {"type": "string"}, "body": {"type": "string"},
-            "created_at": time(false), "read_at": time(true)
-        }
-    });
-    doc["components"]["schemas"]["NotificationPreferences"] = json!({
-        "type": "object", "additionalProperties": false,
-        "description": "Absent fields take their defaults; PUT answers the stored document",
-        "properties": {
-            "email": {"type": ["string", "null"], "format": "email"},
-            "locale": {"type": "string", "default": "en"},
-            "timezone": {"type": "string", "default": "UTC", "description": "IANA time zone (quiet hours, daily digests, streak days)"},
-            "channels": {"type": "object", "required": ["in_app", "email", "webhook"], "additionalProperties": false,
-                         "properties": {"in_app": {"type": "boolean"}, "email": {"type": "boolean"}, "webhook": {"type": "boolean"}}},
-            "muted_categories": {"type": "array", "items": {"type": "string"}},
-            "quiet_hours": {"oneOf": [{"type": "null"}, {"type": "object", "required": ["start", "end"], "additionalProperties": false,
-                            "properties": {"start": hhmm, "end": hhmm}}]},
-            "digest": {"type": "string", "enum": ["off", "hourly", "daily"], "default": "off"}
-        }
-    });
-    let problem = json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}});
-    let learner = crate::openapi_reads::learner_path();
-    let bad = json!({"description": "learner_id (or the notification id) is not a well-formed id", "content": problem});
-    let errors = |extra: serde_json::Value| {
-        let mut r = json!({
-            "401": {"description": "Missing, expired or invalid token", "content": problem},
-            "403": {"description": "The token may not read or change this learner", "content": problem},
-            "503": {"description": "The store is unavailable; retry after `Retry-After`", "content": problem}
-        });
-        if let (Some(r), Some(extra)) = (r.as_object_mut(), extra.as_object()) {
-            r.extend(extra.clone());
-        }
-        r
-    };
-    let prefs = json!({"application/json": {"schema": {"$ref": "#/components/schemas/NotificationPreferences"}}});
-    let mut list = errors(json!({"200": {"description": "The inbox, newest first", "content": {"application/json": {"schema":
-        {"type": "array", "items": {"$ref": "#/components/schemas/Notification"}}}}}}));
-    list["400"] =
-        json!({"description": "A parameter is invalid: `unread_only`, or learner_id is not a well-formed id", "content": problem});
-    doc["paths"]["/v1/learners/{learner_id}/notifications"] = json!({"get": {
-        "tags": ["read"], "summary": "A learner's in-app notifications (learner:read (own) or analytics:read)",
-        "security": [{"bearer": []}],
-        "parameters": [learner, {"name": "unread_only", "in": "query", "required": false, "schema": {"type": "boolean", "default": false}}],
-        "responses": list
-    }});
-    doc["paths"]["/v1/learners/{learner_id}/notifications/{id}/read"] = json!({"post": {
-        "tags": ["read"], "summary": "Marks a notification read (the learner itself or admin)",
-        "security": [{"bearer": []}],
-        "parameters": [learner, {"name": "id", "in": "path", "required": true,
-                                 "schema": {"type": "string", "minLength": 1, "pattern": crate::openapi_reads::NO_CONTROL}}],
-        "responses": errors(json!({"204": {"description": "Read (again: unchanged)"}, "400": bad,
-                                   "404": {"description": "No such notification in the learner's inbox", "content": problem}}))
-    }});
-    doc["paths"]["/v1/learners/{learner_id}/notification-preferences"] = json!({
-        "get": {
-            "tags": ["read"], "summary": "A learner's notification preferences, defaults included (learner:read (own) or analytics:read)",
-            "security": [{"bearer": []}], "parameters": [learner],
-            "responses": errors(json!({"200": {"description": "The preferences", "content": prefs}, "400": bad}))
-        },
-        "put": {
-            "tags": ["read"], "summary": "Replaces a learner's notification preferences (the learner itself or admin)",
-            "security": [{"bearer": []}], "parameters": [learner],
-            "requestBody": {"required": true, "content": prefs},
-            "responses": errors(json!({
-                "200": {"description": "Stored", "content": prefs},
-                "400": {"description": "Malformed JSON, or learner_id is not a well-formed id", "content": problem},
-                "410": {"description": "The learner was erased: nothing of them is stored again", "content": problem},
-                "422": {"description": "Invalid preferences; `errors` names each field", "content": problem}
-            }))
-        }
-    });
 }

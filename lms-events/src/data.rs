@@ -238,6 +238,7 @@ pub struct PaymentFailed {
 
 /// Where a learner stands in a course.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ProgressStatus {
     /// Enrolled, but no learning event in the course yet.

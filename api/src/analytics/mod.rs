@@ -17,8 +17,10 @@ use serde::Serialize;
 pub mod params;
 
 use crate::auth::{Claims, scope};
+use crate::learners::ReadProblems;
 use crate::problem::{PathParams, Problem};
-use params::ParamError;
+use lms_analytics::{ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, Scores};
+use params::{ParamError, doc};
 
 type Store = Arc<dyn AnalyticsStore>;
 type Pairs = Query<Vec<(String, String)>>;
@@ -37,43 +39,121 @@ pub fn router(store: Store) -> Router {
         .with_state(store)
 }
 
-async fn active_learners(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
+/// Distinct active learners per bucket (analytics:read)
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/active-learners",
+    tag = "analytics",
+    security(("bearer" = [])),
+    params(doc::Series),
+    responses((status = 200, description = "OK", body = Vec<ActiveLearnersPoint>), ReadProblems)
+)]
+pub(crate) async fn active_learners(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
     let p = params::series(&c.tenant, &q).map_err(|e| param_problem(e, &[]))?;
     s.active_learners(&p).await.map(Json).map_err(store_problem)
 }
 
-async fn enrollments(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
+/// Enrollments and drops per bucket (analytics:read)
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/enrollments",
+    tag = "analytics",
+    security(("bearer" = [])),
+    params(doc::Series),
+    responses((status = 200, description = "OK", body = Vec<EnrollmentsPoint>), ReadProblems)
+)]
+pub(crate) async fn enrollments(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
     let p = params::series(&c.tenant, &q).map_err(|e| param_problem(e, &[]))?;
     s.enrollments(&p).await.map(Json).map_err(store_problem)
 }
 
-async fn completions(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
+/// Course completions per bucket (analytics:read)
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/completions",
+    tag = "analytics",
+    security(("bearer" = [])),
+    params(doc::Series),
+    responses((status = 200, description = "OK", body = Vec<CompletionsPoint>), ReadProblems)
+)]
+pub(crate) async fn completions(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
     let p = params::series(&c.tenant, &q).map_err(|e| param_problem(e, &[]))?;
     s.completions(&p).await.map(Json).map_err(store_problem)
 }
 
-async fn revenue(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
+/// Gross, refunded and net revenue per bucket and currency (analytics:read)
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/revenue",
+    tag = "analytics",
+    security(("bearer" = [])),
+    params(doc::Revenue),
+    responses((status = 200, description = "OK", body = Vec<RevenuePoint>), ReadProblems)
+)]
+pub(crate) async fn revenue(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
     let p = params::revenue(&c.tenant, &q).map_err(|e| param_problem(e, &[]))?;
     s.revenue(&p).await.map(Json).map_err(store_problem)
 }
 
-async fn funnel(State(s): State<Store>, c: Claims, PathParams(course): PathParams<String>, Query(q): Pairs) -> Answer<impl Serialize> {
+/// A course's funnel (analytics:read)
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/courses/{course_id}/funnel",
+    tag = "analytics",
+    security(("bearer" = [])),
+    params(doc::CoursePath),
+    responses((status = 200, description = "OK", body = Funnel), ReadProblems)
+)]
+pub(crate) async fn funnel(
+    State(s): State<Store>,
+    c: Claims,
+    PathParams(course): PathParams<String>,
+    Query(q): Pairs,
+) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
     let p = params::funnel(&c.tenant, &course, &q).map_err(|e| param_problem(e, &["course_id"]))?;
     s.funnel(&p).await.map(Json).map_err(store_problem)
 }
 
-async fn at_risk(State(s): State<Store>, c: Claims, PathParams(course): PathParams<String>, Query(q): Pairs) -> Answer<impl Serialize> {
+/// Inactive learners of a course, oldest activity first (analytics:read)
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/courses/{course_id}/at-risk",
+    tag = "analytics",
+    security(("bearer" = [])),
+    params(doc::CoursePath, doc::AtRisk),
+    responses((status = 200, description = "OK", body = Vec<AtRiskLearner>), ReadProblems)
+)]
+pub(crate) async fn at_risk(
+    State(s): State<Store>,
+    c: Claims,
+    PathParams(course): PathParams<String>,
+    Query(q): Pairs,
+) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
     let p = params::at_risk(&c.tenant, &course, &q, chrono::Utc::now()).map_err(|e| param_problem(e, &["course_id"]))?;
     s.at_risk(&p).await.map(Json).map_err(store_problem)
 }
 
-async fn scores(State(s): State<Store>, c: Claims, PathParams(assessment): PathParams<String>, Query(q): Pairs) -> Answer<impl Serialize> {
+/// Score statistics of an assessment (analytics:read)
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/assessments/{assessment_id}/scores",
+    tag = "analytics",
+    security(("bearer" = [])),
+    params(doc::AssessmentPath, doc::Scores),
+    responses((status = 200, description = "OK", body = Scores), ReadProblems)
+)]
+pub(crate) async fn scores(
+    State(s): State<Store>,
+    c: Claims,
+    PathParams(assessment): PathParams<String>,
+    Query(q): Pairs,
+) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
     let p = params::scores(&c.tenant, &assessment, &q).map_err(|e| param_problem(e, &["assessment_id"]))?;
     s.scores(&p).await.map(Json).map_err(store_problem)

@@ -320,6 +320,96 @@ pub fn at_risk(tenant: &str, course_id: &str, query: &[(String, String)], now: D
     r.finish(p)
 }
 
+/// The query parameters of each endpoint as the OpenAPI document shows them (utoipa's
+/// `IntoParams`). The parsers above read the raw pairs, so that every problem names its
+/// parameter; the test `documented_parameters_are_the_parsed_ones` keeps these in step with
+/// the names each parser accepts and with the limits above.
+#[allow(dead_code)] // documentation types: never built
+pub(crate) mod doc {
+    use chrono::{DateTime, NaiveDate, Utc};
+    use lms_analytics::query::Granularity;
+
+    /// `from`, `to`, `granularity`, `course_id`.
+    #[derive(utoipa::IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub(crate) struct Series {
+        /// First day (UTC), inclusive
+        pub from: NaiveDate,
+        /// Last day (UTC), inclusive; not before `from`, at most 1095 days after it
+        pub to: NaiveDate,
+        /// Bucket size
+        #[param(inline, default = "day")]
+        pub granularity: Option<Granularity>,
+        /// Only this course
+        #[param(min_length = 1, max_length = 128)]
+        pub course_id: Option<String>,
+    }
+
+    /// [`Series`] and `currency`.
+    #[derive(utoipa::IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub(crate) struct Revenue {
+        /// First day (UTC), inclusive
+        pub from: NaiveDate,
+        /// Last day (UTC), inclusive; not before `from`, at most 1095 days after it
+        pub to: NaiveDate,
+        /// Bucket size
+        #[param(inline, default = "day")]
+        pub granularity: Option<Granularity>,
+        /// Only this course
+        #[param(min_length = 1, max_length = 128)]
+        pub course_id: Option<String>,
+        /// Only this ISO 4217 currency
+        #[param(pattern = "^[A-Z]{3}$")]
+        pub currency: Option<String>,
+    }
+
+    /// The path of the funnel and at-risk endpoints.
+    #[derive(utoipa::IntoParams)]
+    #[into_params(parameter_in = Path)]
+    pub(crate) struct CoursePath {
+        /// The course
+        #[param(min_length = 1, max_length = 128)]
+        pub course_id: String,
+    }
+
+    /// `inactive_days`, `as_of`, `limit`.
+    #[derive(utoipa::IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub(crate) struct AtRisk {
+        /// Days without learning activity
+        #[param(minimum = 0, maximum = 3650, default = 7)]
+        pub inactive_days: Option<u32>,
+        /// Reference time (default now), in the years 1970 to 2199
+        pub as_of: Option<DateTime<Utc>>,
+        /// Most learners returned
+        #[param(minimum = 1, maximum = 10000, default = 1000)]
+        pub limit: Option<u32>,
+    }
+
+    /// The path of the scores endpoint.
+    #[derive(utoipa::IntoParams)]
+    #[into_params(parameter_in = Path)]
+    pub(crate) struct AssessmentPath {
+        /// The assessment
+        #[param(min_length = 1, max_length = 128)]
+        pub assessment_id: String,
+    }
+
+    /// `from`, `to` (both or neither), `course_id`.
+    #[derive(utoipa::IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub(crate) struct Scores {
+        /// First day (with `to`)
+        pub from: Option<NaiveDate>,
+        /// Last day (with `from`; not before it, at most 1095 days after it)
+        pub to: Option<NaiveDate>,
+        /// Only this course
+        #[param(min_length = 1, max_length = 128)]
+        pub course_id: Option<String>,
+    }
+}
+
 #[cfg(test)]
 mod as_of_tests {
     use super::*;
@@ -338,6 +428,31 @@ mod tests {
     use chrono::Duration;
 
     use super::*;
+
+    /// The documented parameters of each endpoint are the names its parser accepts, with the
+    /// limits the parser applies.
+    #[test]
+    fn documented_parameters_are_the_parsed_ones() {
+        use utoipa::IntoParams;
+        let names = |params: Vec<utoipa::openapi::path::Parameter>| params.into_iter().map(|p| p.name).collect::<Vec<_>>();
+        assert_eq!(names(doc::Series::into_params(|| None)), SERIES);
+        assert_eq!(names(doc::Revenue::into_params(|| None)), REVENUE);
+        assert_eq!(names(doc::Scores::into_params(|| None)), SCORES);
+        assert_eq!(names(doc::AtRisk::into_params(|| None)), AT_RISK);
+        let json = serde_json::to_value(doc::AtRisk::into_params(|| None)).unwrap();
+        assert_eq!(json[0]["schema"]["maximum"], MAX_INACTIVE_DAYS);
+        assert_eq!(json[0]["schema"]["default"], DEFAULT_INACTIVE_DAYS);
+        assert_eq!(json[2]["schema"]["maximum"], MAX_AT_RISK_LIMIT);
+        assert_eq!(json[2]["schema"]["default"], DEFAULT_AT_RISK_LIMIT);
+        let series = serde_json::to_value(doc::Series::into_params(|| None)).unwrap();
+        let most = format!("at most {} days after it", MAX_RANGE_DAYS - 1);
+        assert!(series[1]["description"].as_str().unwrap().contains(&most), "{}", series[1]);
+        let scores = serde_json::to_value(doc::Scores::into_params(|| None)).unwrap();
+        assert!(scores[1]["description"].as_str().unwrap().contains(&most), "{}", scores[1]);
+        for p in [&series[3], &scores[2]] {
+            assert_eq!(p["schema"]["maxLength"], MAX_ID_LEN, "{p}");
+        }
+    }
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()

@@ -343,6 +343,8 @@ impl Stage for Achievements {
 
 /// One entry of `GET /v1/learners/{id}/achievements`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = LearnerAchievement))]
 pub struct AchievementView {
     /// Achievement id.
     pub achievement_id: String,
@@ -352,6 +354,7 @@ pub struct AchievementView {
     pub unlocked_at: DateTime<Utc>,
     /// The course, for per-course achievements.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub course_id: Option<String>,
 }
 

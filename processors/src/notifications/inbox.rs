@@ -10,10 +10,12 @@ use sqlx::Row as _;
 
 /// One entry of the inbox (the CONTRACT shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = Notification))]
 pub struct InboxItem {
     /// Notification id.
     pub id: String,
-    /// Category (`achievement`, `payment`, `digest`, …).
+    /// Category: `enrollment`, `payment`, `completion`, `achievement`, `milestone` or `digest`.
     pub category: String,
     /// Title.
     pub title: String,
@@ -22,6 +24,7 @@ pub struct InboxItem {
     /// When it was decided.
     pub created_at: DateTime<Utc>,
     /// When the learner read it; `null` while unread.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub read_at: Option<DateTime<Utc>>,
 }
 

@@ -13,16 +13,21 @@ use sqlx::{AnyConnection, Row as _};
 
 /// A learner's notification preferences; absent fields take the defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = NotificationPreferences))]
 #[serde(deny_unknown_fields)]
 pub struct Preferences {
     /// Where e-mails go; no e-mail without it.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(format = Email))]
     pub email: Option<String>,
     /// Template locale (`en`, `de`, …); templates fall back to `en`.
     #[serde(default = "default_locale")]
+    #[cfg_attr(feature = "openapi", schema(default = "en"))]
     pub locale: String,
     /// IANA time zone of quiet hours, daily digests and streak days.
     #[serde(default = "default_timezone")]
+    #[cfg_attr(feature = "openapi", schema(default = "UTC"))]
     pub timezone: String,
     /// Channels on or off.
     #[serde(default)]
@@ -35,6 +40,7 @@ pub struct Preferences {
     pub quiet_hours: Option<QuietHours>,
     /// Combine notifications into one message per hour or day.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = "off"))]
     pub digest: Digest,
 }
 
@@ -63,6 +69,7 @@ impl Default for Preferences {
 /// Channels on or off (all on by default; e-mail needs an address and the webhook a
 /// tenant webhook as well).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Channels {
     /// The in-app inbox.
@@ -81,16 +88,20 @@ impl Default for Channels {
 
 /// A local period, `"22:00"` to `"07:00"` (it may wrap midnight).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct QuietHours {
     /// Start, `HH:MM` local time.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-2][0-9]:[0-5][0-9]$"))]
     pub start: String,
     /// End, `HH:MM` local time (exclusive).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-2][0-9]:[0-5][0-9]$"))]
     pub end: String,
 }
 
 /// Digest preference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Digest {
     /// Every notification on its own (throttled).

@@ -39,6 +39,8 @@ pub struct CourseFacts {
 
 /// One entry of `GET /v1/learners/{id}/progress`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = LearnerProgress))]
 pub struct ProgressView {
     /// Course.
     pub course_id: String,
@@ -49,12 +51,16 @@ pub struct ProgressView {
     /// Lessons of the current version (0 while the course is not in the catalog).
     pub lessons_total: u32,
     /// 0–100, one decimal.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub percent_complete: f64,
     /// Sum of `watched_s`, each report capped at 300 s.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub time_spent_s: f64,
     /// Latest learning event time.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub last_activity_at: Option<DateTime<Utc>>,
     /// Event time at which the last missing lesson was first completed.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub completed_at: Option<DateTime<Utc>>,
     /// Catalog version the figures follow (0 while the course is not in the catalog).
     #[serde(skip)]

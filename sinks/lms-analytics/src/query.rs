@@ -11,6 +11,7 @@ use serde::Serialize;
 /// The size of series buckets. Buckets are UTC days; weeks start on Monday; months on the
 /// first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Granularity {
     /// One bucket per UTC day.

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 /// `GET /v1/analytics/active-learners`: one item per bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActiveLearnersPoint {
-    /// The first day of the bucket.
+    /// The first UTC day of the bucket's day, week (Monday) or month.
     pub bucket: NaiveDate,
     /// Distinct learners with at least one learning event in the bucket.
     pub active_learners: u64,
@@ -18,8 +19,9 @@ pub struct ActiveLearnersPoint {
 
 /// `GET /v1/analytics/enrollments`: one item per bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollmentsPoint {
-    /// The first day of the bucket.
+    /// The first UTC day of the bucket's day, week (Monday) or month.
     pub bucket: NaiveDate,
     /// Distinct `enrollment.created` events in the bucket.
     pub enrollments: u64,
@@ -29,8 +31,9 @@ pub struct EnrollmentsPoint {
 
 /// `GET /v1/analytics/completions`: one item per bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CompletionsPoint {
-    /// The first day of the bucket.
+    /// The first UTC day of the bucket's day, week (Monday) or month.
     pub bucket: NaiveDate,
     /// Learners and courses completed in the bucket, by `completed_at`.
     pub completions: u64,
@@ -38,6 +41,7 @@ pub struct CompletionsPoint {
 
 /// `GET /v1/analytics/courses/{course_id}/funnel`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Funnel {
     /// Learners currently enrolled (their latest enrollment event is `enrollment.created`) or
     /// who completed the course: the population of every other count.
@@ -56,10 +60,12 @@ pub struct Funnel {
 
 /// `GET /v1/analytics/revenue`: one item per bucket and currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevenuePoint {
-    /// The first day of the bucket.
+    /// The first UTC day of the bucket's day, week (Monday) or month.
     pub bucket: NaiveDate,
     /// The ISO 4217 currency of the amounts.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Z]{3}$"))]
     pub currency: String,
     /// Sum of `payment.succeeded` amounts by their event time.
     pub gross_minor: i64,
@@ -72,6 +78,7 @@ pub struct RevenuePoint {
 /// One 10-point bucket of the score histogram: `from_pct ≤ best < to_pct` (the last one
 /// includes 100).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScoreBucket {
     /// Lower bound, included.
     pub from_pct: u32,
@@ -83,6 +90,7 @@ pub struct ScoreBucket {
 
 /// `GET /v1/analytics/assessments/{assessment_id}/scores`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Scores {
     /// Distinct graded attempts (event ids).
     pub attempts: u64,
@@ -90,11 +98,17 @@ pub struct Scores {
     pub learners: u64,
     /// Mean of the learners' best percentages, rounded to two decimals; `null` without
     /// learners.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub mean_pct: Option<f64>,
-    /// Median of the best percentages (nearest rank, see [`crate::compute::nearest_rank`]),
+    /// Median of the best percentages (nearest rank),
     /// rounded to two decimals; `null` without learners.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub p50_pct: Option<f64>,
     /// 90th percentile of the best percentages (nearest rank), rounded to two decimals.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub p90_pct: Option<f64>,
     /// Ten 10-point buckets of best percentages, always all ten.
     pub histogram: Vec<ScoreBucket>,
@@ -102,13 +116,16 @@ pub struct Scores {
 
 /// One learner of `GET /v1/analytics/courses/{course_id}/at-risk`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AtRiskLearner {
     /// The learner.
     pub learner_id: String,
     /// The furthest `percent_complete` the learner reached in the course (0 without
     /// progress).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub percent_complete: f64,
     /// The latest event time of the learner's learning events in the course; `null` when the
     /// learner has none (then the enrollment time was the reference).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub last_activity_at: Option<DateTime<Utc>>,
 }
