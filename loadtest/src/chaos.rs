@@ -14,15 +14,15 @@
 //!    the other half, then one more version per tenant that removes a lesson (learners
 //!    complete without a new event). Progress and analytics must follow the last version
 //!    whatever arrived when; `course.completed`, achievements and notifications follow
-//!    what each phase showed, and stay ([`crate::oracle::progress::Oracle::phased`]).
+//!    what each phase showed, and stay ([`lms_harness::oracle::progress::Oracle::phased`]).
 //! 4. Meanwhile a schedule kills a random processor process with SIGKILL after a random
 //!    delay, `kills` times, restarting each at once.
 //! 5. Once the kills are done: wait until every group has committed the end of every
 //!    partition it reads and the outbox is empty (twice in a row), then compare progress
 //!    and achievements of every learner and the analytics endpoints (active learners,
 //!    enrollments, completions, revenue per granularity, with and without a course filter;
-//!    funnel per course; scores per assessment) with [`crate::oracle`], and every learner's
-//!    in-app inbox with [`crate::oracle::notifications`] (the processes run with a
+//!    funnel per course; scores per assessment) with [`lms_harness::oracle`], and every learner's
+//!    in-app inbox with [`lms_harness::oracle::notifications`] (the processes run with a
 //!    throttle no learner reaches, so no notification is folded into a digest).
 //!
 //! The result counts, per endpoint, what is missing (`lost`: a count below the oracle's, a
@@ -51,12 +51,12 @@ use lms_generator::{Cohort, CohortConfig, Tenant};
 use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
 
-use crate::harness::client::{delete_json, get_json, mint, post_all};
-use crate::harness::compare::{
+use lms_harness::client::{delete_json, get_json, mint, post_all};
+use lms_harness::compare::{
     NOTIFICATIONS_DELIVERED, Tally, compare_achievements, compare_analytics, compare_notifications, compare_progress,
 };
-use crate::harness::deploy::{DeploySpec, Deployment, PROCESSORS, Services, group_of, wait_caught_up};
-use crate::oracle::{analytics, notifications, progress};
+use lms_harness::deploy::{DeploySpec, Deployment, PROCESSORS, Services, group_of, wait_caught_up};
+use lms_harness::oracle::{analytics, notifications, progress};
 
 /// What to run.
 #[derive(Debug, Clone)]

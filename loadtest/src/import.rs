@@ -97,5 +97,5 @@ async fn topics(brokers: &str, prefix: &str) -> anyhow::Result<()> {
     let names: Vec<(String, i32)> =
         Domain::ALL.iter().map(|d| (map.topic(*d).to_owned(), if *d == Domain::Learning { 8 } else { 2 })).collect();
     let refs: Vec<(&str, i32)> = names.iter().map(|(n, p)| (n.as_str(), *p)).collect();
-    loadtest::create_topics(brokers, &refs).await
+    lms_harness::create_topics(brokers, &refs).await
 }

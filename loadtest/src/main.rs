@@ -32,7 +32,7 @@ use chrono::{TimeZone, Utc};
 use clap::{Parser, Subcommand};
 use lms_bus::{BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, OnQueueFull, Producer, TopicsFile};
 use lms_events::{Domain, Event, EventData, LessonRef};
-use loadtest::create_topics;
+use lms_harness::create_topics;
 use processors::noop::Noop;
 use tokio_util::sync::CancellationToken;
 

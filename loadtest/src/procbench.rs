@@ -309,7 +309,7 @@ async fn produce(
     let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let topics = TopicsFile::bundled().topic_map(&prefix);
     for d in Domain::ALL {
-        crate::create_topics(&args.brokers, &[(topics.topic(d), if d == Domain::DeadLetter { 1 } else { args.partitions })]).await?;
+        lms_harness::create_topics(&args.brokers, &[(topics.topic(d), if d == Domain::DeadLetter { 1 } else { args.partitions })]).await?;
     }
     let kafka = KafkaConfig::new(&args.brokers).with_prefix(&prefix);
     let producer = Arc::new(Producer::new(&kafka, topics.clone(), Arc::clone(metrics), "loadtest-processors")?);

@@ -291,7 +291,7 @@ pub fn generate(seed: u64, tenants: usize, learners: usize) -> Stream {
         }
     }
     arrival.shuffle(&mut g.rng);
-    let derived = loadtest::oracle::progress::derived_in_order(&arrival, "analytics-test");
+    let derived = tests::oracle::progress::derived_in_order(&arrival, "analytics-test");
     let mut distinct = g.events.clone();
     distinct.extend(derived.iter().cloned());
     let mut delivered = arrival;
@@ -306,8 +306,8 @@ pub fn generate(seed: u64, tenants: usize, learners: usize) -> Stream {
 }
 
 // The oracle (every answer computed plainly over the distinct events) is shared with the
-// chaos run: `loadtest::oracle::analytics`.
-pub use loadtest::oracle::analytics::Oracle;
+// chaos run: `tests::oracle::analytics`.
+pub use tests::oracle::analytics::Oracle;
 
 // ---------------------------------------------------------------------------------------
 // The queries every test asks, and the comparison.

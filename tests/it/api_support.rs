@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
-use tests::{eventually, fresh_topics};
+use tests::{BusFixture, eventually};
 use tokio_util::sync::CancellationToken;
 
 /// The JWT secret of the test API.
@@ -64,7 +64,7 @@ impl TestApi {
     /// [`TestApi::start`] with extra routes or readiness checks.
     pub async fn start_with(test: &str, brokers: &str, config: ApiConfig, extend: impl FnOnce(Api) -> Api) -> TestApi {
         tests::init_logs();
-        let (prefix, _topics) = fresh_topics(brokers, test, 1).await;
+        let BusFixture { prefix, .. } = BusFixture::fresh(brokers, test, 1).await;
         TestApi::serve(prefix, brokers, config, extend).await
     }
 

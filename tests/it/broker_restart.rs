@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lms_state::Store;
 use serde_json::{Value, json};
-use tests::{OwnBroker, eventually, free_port, fresh_topics, init_logs, lms_env, spawn_lms};
+use tests::{BusFixture, OwnBroker, eventually, free_port, init_logs, lms_env, spawn_lms};
 
 use crate::api_support::{SECRET, token};
 use crate::support::fresh_postgres_db;
@@ -41,7 +41,7 @@ async fn events_acknowledged_across_a_broker_kill_are_all_processed() {
     init_logs();
     let mut broker = OwnBroker::start(true).await;
     let brokers = broker.brokers();
-    let (prefix, _topics) = fresh_topics(&brokers, "broker-restart", 2).await;
+    let BusFixture { prefix, .. } = BusFixture::fresh(&brokers, "broker-restart", 2).await;
     let url = fresh_postgres_db("broker_restart").await;
     let store = Store::open(&url, 2).await.expect("store");
     let port = free_port();

@@ -8,7 +8,7 @@ use std::process::Command;
 use chrono::{DateTime, Utc};
 use lms_events::{Domain, Event};
 use lms_generator::{Cohort, CohortConfig};
-use tests::{fresh_topics, kafka_brokers};
+use tests::{BusFixture, kafka_brokers};
 
 use crate::api_support::{self, TestApi, read_until};
 
@@ -66,7 +66,7 @@ async fn check_topics(brokers: &str, topic: impl Fn(Domain) -> String, expected:
 async fn generate_produces_the_cohort_to_the_topics() {
     tests::init_logs();
     let brokers = kafka_brokers();
-    let (prefix, topics) = fresh_topics(&brokers, "generate", 1).await;
+    let BusFixture { prefix, topics, .. } = BusFixture::fresh(&brokers, "generate", 1).await;
     let (config, mut args) = cohort("acme");
     args.extend(["--brokers".to_owned(), brokers.clone(), "--topic-prefix".to_owned(), prefix.clone()]);
     let stdout = tokio::task::spawn_blocking(move || run(&args)).await.expect("join");

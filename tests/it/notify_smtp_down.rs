@@ -18,7 +18,7 @@ use lms_state::Store;
 use processors::notifications::preferences;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use tests::proxy::Proxy;
-use tests::{eventually, free_port, fresh_topics, init_logs, lms_env, spawn_lms};
+use tests::{BusFixture, eventually, free_port, init_logs, lms_env, spawn_lms};
 
 use crate::notify_support::{SmtpServer, TENANT, achievement, email_prefs};
 use crate::support::{fresh_postgres_db, kafka, produce_all};
@@ -48,7 +48,7 @@ async fn notify_smtp_down_delays_emails_and_delivers_each_once_when_it_is_back()
     let smtp = SmtpServer::start().await;
     let proxy = Proxy::start(&format!("127.0.0.1:{}", smtp.port)).await;
     let brokers = tests::durable_kafka_brokers();
-    let (prefix, topics) = fresh_topics(&brokers, "notify-smtp-down", 1).await;
+    let BusFixture { prefix, topics, .. } = BusFixture::fresh(&brokers, "notify-smtp-down", 1).await;
     let db = fresh_postgres_db("notify_smtp_down").await;
     let store = Store::open(&db, 2).await.expect("store");
     for learner in LEARNERS {

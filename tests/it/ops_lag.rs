@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::{eventually, free_port, fresh_topics, init_logs, kafka_brokers, lms_env, spawn_lms};
+use tests::{BusFixture, eventually, free_port, init_logs, kafka_brokers, lms_env, spawn_lms};
 
 use crate::api_support::{SECRET, token};
 use crate::support::fresh_postgres_db;
@@ -32,7 +32,7 @@ fn group_lag(metrics: &str, group: &str) -> Option<i64> {
 async fn the_lag_gauge_rises_while_every_member_of_a_group_is_stopped() {
     init_logs();
     let brokers = kafka_brokers();
-    let (prefix, _topics) = fresh_topics(&brokers, "ops-lag", 2).await;
+    let BusFixture { prefix, .. } = BusFixture::fresh(&brokers, "ops-lag", 2).await;
     let url = fresh_postgres_db("ops_lag").await;
     let port = free_port();
     let mut env = lms_env(&brokers, &prefix, &url, port, SECRET);

@@ -80,10 +80,7 @@ impl Deployment {
 
 /// Stops a process with SIGTERM (graceful drain) and waits for it.
 pub(crate) fn terminate(proc: &mut Proc) {
-    let child = &mut proc.0;
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill -TERM");
-    assert!(status.success());
-    let status = tokio::task::block_in_place(|| child.wait()).expect("wait");
+    let status = tokio::task::block_in_place(|| tests::process::terminate(&mut proc.0)).expect("SIGTERM and wait");
     assert!(status.success(), "the processor drains and exits cleanly on SIGTERM: {status}");
 }
 

@@ -15,7 +15,7 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use tests::{eventually, free_port, fresh_topics, init_logs, kafka_brokers, lms_env, spawn_lms};
+use tests::{BusFixture, eventually, free_port, init_logs, kafka_brokers, lms_env, spawn_lms};
 
 use crate::api_support::{SECRET, token};
 use crate::support::fresh_postgres_db;
@@ -91,7 +91,7 @@ async fn an_event_has_one_trace_across_api_processors_and_sinks() {
     tokio::spawn(async move { axum::serve(listener, receiver).await });
 
     let brokers = kafka_brokers();
-    let (prefix, topics) = fresh_topics(&brokers, "otlp", 1).await;
+    let BusFixture { prefix, topics, .. } = BusFixture::fresh(&brokers, "otlp", 1).await;
     let port = free_port();
     let mut env = lms_env(&brokers, &prefix, &fresh_postgres_db("otlp_trace").await, port, SECRET);
     env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp));

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tests::{BusFixture, eventually, free_port, init_logs, kafka_brokers, lms_env, poll_until};
 pub(crate) use tests::{Proc, spawn_lms as lms};
-use tests::{eventually, free_port, fresh_topics, init_logs, kafka_brokers, lms_env, poll_until};
 
 use crate::api_support::{SECRET, TENANT, answer, token, token_with};
 use crate::support::fresh_postgres_db;
@@ -35,7 +35,7 @@ pub(crate) fn event(id: &str, kind: &str, time: &str, subject: Option<&str>, dat
 async fn events_in_over_http_come_out_of_the_read_endpoints() {
     init_logs();
     let brokers = kafka_brokers();
-    let (prefix, _topics) = fresh_topics(&brokers, "e2e", 2).await;
+    let BusFixture { prefix, .. } = BusFixture::fresh(&brokers, "e2e", 2).await;
     let store = fresh_postgres_db("pipeline_e2e").await;
     let port = free_port();
     let env = lms_env(&brokers, &prefix, &store, port, SECRET);

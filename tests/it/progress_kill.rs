@@ -4,7 +4,7 @@
 //! `course.completed` must exist exactly once per completed learner and course.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,19 +23,16 @@ use tests::lms_bin;
 
 fn spawn(brokers: &str, prefix: &str, store: &str, n: usize) -> Child {
     let log = std::env::temp_dir().join(format!("{prefix}processor-{n}.log"));
-    let log = std::fs::File::create(&log).expect("log file");
-    Command::new(lms_bin())
-        .args(["processor", "run", "catalog", "progress"])
-        .env("LMS_KAFKA__BROKERS", brokers)
-        .env("LMS_KAFKA__TOPIC_PREFIX", prefix)
-        .env("LMS_STORE__URL", store)
-        .env("LMS_CONSUMER__MAX_BATCH_RECORDS", "500")
-        .env("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50")
-        .env("LMS_CONSUMER__SESSION_TIMEOUT_MS", "6000")
-        .env("RUST_LOG", "info,librdkafka=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
+    let env = [
+        ("LMS_KAFKA__BROKERS", brokers),
+        ("LMS_KAFKA__TOPIC_PREFIX", prefix),
+        ("LMS_STORE__URL", store),
+        ("LMS_CONSUMER__MAX_BATCH_RECORDS", "500"),
+        ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50"),
+        ("LMS_CONSUMER__SESSION_TIMEOUT_MS", "6000"),
+        ("RUST_LOG", "info,librdkafka=warn"),
+    ];
+    tests::process::spawn_logged(std::path::Path::new(&lms_bin()), &["processor", "run", "catalog", "progress"], env, &log)
         .expect("start lms processor run")
 }
 

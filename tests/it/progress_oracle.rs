@@ -28,7 +28,7 @@ use tests::{create_topic, eventually, init_logs, kafka_brokers, unique_prefix};
 
 use crate::support::{fast_consumer, kafka, produce_all};
 
-pub(crate) use loadtest::oracle::progress::ACHIEVEMENT_RULES as RULES;
+pub(crate) use tests::oracle::progress::ACHIEVEMENT_RULES as RULES;
 
 pub(crate) const PARTITIONS: &[(Domain, i32)] =
     &[(Domain::Learning, 4), (Domain::Enrollment, 2), (Domain::Catalog, 2), (Domain::Derived, 4), (Domain::DeadLetter, 1)];
@@ -160,7 +160,7 @@ pub(crate) fn world(seed: u64, learners_per_tenant: usize) -> World {
     World { early_catalog: early, activity, late_catalog: late, late_versions: versions }
 }
 
-pub(crate) use loadtest::oracle::progress::{Expected, Oracle};
+pub(crate) use tests::oracle::progress::{Expected, Oracle};
 
 /// The oracle over the world's catalog and activity, without the late versions.
 pub(crate) fn oracle(world: &World) -> Oracle {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use api::auth::{Claims, sign_hs256};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
-use tests::{eventually, free_port, fresh_topics, init_logs, kafka_brokers, lms_env};
+use tests::{BusFixture, eventually, free_port, init_logs, kafka_brokers, lms_env};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -50,7 +50,7 @@ impl Pipeline {
     pub(crate) async fn start(test: &str, processors: &[&str], extra: &[(&str, String)]) -> Pipeline {
         init_logs();
         let brokers = kafka_brokers();
-        let (prefix, _topics) = fresh_topics(&brokers, test, 2).await;
+        let BusFixture { prefix, .. } = BusFixture::fresh(&brokers, test, 2).await;
         let store = fresh_postgres_db(test).await;
         let port = free_port();
         let mut env = lms_env(&brokers, &prefix, &store, port, SECRET);

@@ -48,5 +48,5 @@ async fn soak_short_samples_rss_lag_and_freshness_and_loses_nothing() {
     assert!(report.rounds >= 2, "the oracle is checked across cohort rounds:\n{shown}");
     assert_eq!(report.tallies.len(), 2, "progress and achievements compared:\n{shown}");
     assert!(report.tallies.iter().all(|t| t.checked > 0), "something was compared:\n{shown}");
-    assert!(report.tallies.iter().all(loadtest::harness::Tally::clean), "progress differs from the oracle:\n{shown}");
+    assert!(report.tallies.iter().all(tests::Tally::clean), "progress differs from the oracle:\n{shown}");
 }

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use std::collections::BTreeMap;
 
 use super::SoakConfig;
-use crate::harness::client::{get_json, post, time};
-use crate::oracle::progress;
+use lms_harness::client::{get_json, post, time};
+use lms_harness::oracle::progress;
 
 /// A `lesson.completed` whose visibility is timed.
 #[derive(Debug, Clone)]

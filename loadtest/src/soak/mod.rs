@@ -27,7 +27,7 @@
 //!    `probe_concurrency` probes at a time; the others are counted as skipped).
 //! 5. The load stops; once the progress group has stored offsets covering every accepted
 //!    record and the outbox is empty, every learner's progress (and achievements, when that
-//!    processor runs) is compared with [`crate::oracle::progress`], computed per round from
+//!    processor runs) is compared with [`lms_harness::oracle::progress`], computed per round from
 //!    the events actually sent.
 //!
 //! Lag is counted, not read from watermarks (tansu's memory engine answers wrong high
@@ -54,10 +54,10 @@ use lms_generator::CohortConfig;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::client::post;
-use crate::harness::compare::{Tally, compare_achievements, compare_progress};
-use crate::harness::deploy::{DeploySpec, Deployment, PROCESSORS, Services, group_of};
-use crate::oracle::progress;
+use lms_harness::client::post;
+use lms_harness::compare::{Tally, compare_achievements, compare_progress};
+use lms_harness::deploy::{DeploySpec, Deployment, PROCESSORS, Services, group_of};
+use lms_harness::oracle::progress;
 
 mod load;
 mod procs;

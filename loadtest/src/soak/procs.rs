@@ -5,7 +5,7 @@ use lms_bus::TopicMap;
 use lms_events::Domain;
 
 use super::load::Shared;
-use crate::harness::deploy::Fleet;
+use lms_harness::deploy::Fleet;
 
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::harness::compare::Tally;
+use lms_harness::compare::Tally;
 
 /// One ramp step.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 //! group has caught up.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -13,41 +13,35 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 use serde_json::Value;
 
-use super::client::mint;
+use crate::client::mint;
 use crate::oracle::progress;
 
 /// The processors every process runs.
 pub const PROCESSORS: &[&str] = &["catalog", "progress", "achievements", "notifications", "analytics", "erasure"];
 
 /// The `lms` processes of a run; all are killed when dropped.
-pub(crate) struct Fleet {
-    pub(crate) lms_bin: PathBuf,
-    pub(crate) log_dir: PathBuf,
-    pub(crate) prefix: String,
-    pub(crate) env: Vec<(String, String)>,
-    pub(crate) rules: PathBuf,
-    pub(crate) processor_names: Vec<String>,
+pub struct Fleet {
+    pub lms_bin: PathBuf,
+    pub log_dir: PathBuf,
+    pub prefix: String,
+    pub env: Vec<(String, String)>,
+    pub rules: PathBuf,
+    pub processor_names: Vec<String>,
     /// The processor processes.
-    pub(crate) processors: Vec<Child>,
-    pub(crate) started: usize,
+    pub processors: Vec<Child>,
+    pub started: usize,
     /// The `lms api` process.
-    pub(crate) api: Option<Child>,
+    pub api: Option<Child>,
 }
 
 impl Fleet {
-    pub(crate) fn spawn(&mut self, args: &[&str], log: &str) -> anyhow::Result<Child> {
-        let log = std::fs::File::create(self.log_dir.join(log)).context("creating a process log")?;
-        Command::new(&self.lms_bin)
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
+    pub fn spawn(&mut self, args: &[&str], log: &str) -> anyhow::Result<Child> {
+        crate::process::spawn_logged(&self.lms_bin, args, self.env.iter().map(|(k, v)| (k, v)), &self.log_dir.join(log))
             .with_context(|| format!("starting {}", self.lms_bin.display()))
     }
 
     /// Starts one more `lms processor run <processors>` process (not added to `processors`).
-    pub(crate) fn spawn_processor(&mut self) -> anyhow::Result<Child> {
+    pub fn spawn_processor(&mut self) -> anyhow::Result<Child> {
         let n = self.started;
         self.started += 1;
         let rules = self.rules.display().to_string();
@@ -62,16 +56,15 @@ impl Fleet {
 
 impl Fleet {
     /// Stops every processor process with SIGTERM (it drains and commits) and waits for it.
-    pub(crate) fn stop_processors(&mut self) {
+    pub fn stop_processors(&mut self) {
         for c in &mut self.processors {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let _ = c.wait();
+            let _ = crate::process::terminate(c);
         }
     }
 
     /// Runs an `lms` command with the deployment's environment to its end; fails unless it
     /// succeeds.
-    pub(crate) fn run_to_end(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    pub fn run_to_end(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         let out = Command::new(&self.lms_bin)
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -132,36 +125,36 @@ impl Services {
 /// What a deployment of `lms` processes against running services needs (the chaos and
 /// soak runs).
 #[derive(Debug, Clone)]
-pub(crate) struct DeploySpec {
+pub struct DeploySpec {
     /// Names the topics (`<name>-<id>.`), databases (`<name>_<id>`) and logs.
-    pub(crate) name: &'static str,
+    pub name: &'static str,
     /// The services and processes.
-    pub(crate) services: Services,
+    pub services: Services,
     /// Extra librdkafka properties of every process (`kafka.properties`).
-    pub(crate) kafka_properties: Vec<(String, String)>,
+    pub kafka_properties: Vec<(String, String)>,
     /// What every processor process runs.
-    pub(crate) processors: Vec<String>,
+    pub processors: Vec<String>,
     /// More environment of every process (`LMS_…` settings).
-    pub(crate) env: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
 }
 
 /// A running deployment: fresh topics, state store and ClickHouse database, `lms api` and
 /// the processor processes (killed when dropped).
-pub(crate) struct Deployment {
-    pub(crate) prefix: String,
-    pub(crate) topics: TopicMap,
+pub struct Deployment {
+    pub prefix: String,
+    pub topics: TopicMap,
     /// The state store, migrated.
-    pub(crate) store: lms_state::Store,
-    pub(crate) secret: String,
+    pub store: lms_state::Store,
+    pub secret: String,
     /// `http://127.0.0.1:<port>` of the API.
-    pub(crate) base: String,
-    pub(crate) http: reqwest::Client,
-    pub(crate) fleet: Fleet,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub fleet: Fleet,
 }
 
 impl Deployment {
     /// Creates the fresh names and starts the processes; returns once the API is ready.
-    pub(crate) async fn start(spec: &DeploySpec, say: impl Fn(String)) -> anyhow::Result<Deployment> {
+    pub async fn start(spec: &DeploySpec, say: impl Fn(String)) -> anyhow::Result<Deployment> {
         let name = spec.name;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let prefix = format!("{name}-{}.", &id[..8]);
@@ -244,16 +237,16 @@ impl Deployment {
     }
 
     /// A token of `tenant` with `scope`, valid for a day.
-    pub(crate) fn token(&self, sub: &str, tenant: &str, scope: &str) -> String {
+    pub fn token(&self, sub: &str, tenant: &str, scope: &str) -> String {
         mint(&self.secret, sub, tenant, scope)
     }
 }
 
-pub(crate) fn group_of(prefix: &str, processor: &str) -> String {
+pub fn group_of(prefix: &str, processor: &str) -> String {
     lms_bus::KafkaConfig::new("").with_prefix(prefix).group_id(processor)
 }
 
-pub(crate) async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+pub async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
@@ -294,7 +287,7 @@ pub fn group_lag(brokers: &str, group: &str, topics: &[String]) -> anyhow::Resul
 /// Waits until every group has committed the end of its topics and (when given) the
 /// outbox is empty, twice in a row. On timeout the error names every partition still
 /// behind, per group.
-pub(crate) async fn wait_caught_up(
+pub async fn wait_caught_up(
     brokers: &str,
     groups: &[(String, Vec<String>)],
     store: Option<&lms_state::Store>,

@@ -13,7 +13,7 @@ use lms_analytics::{
 };
 use lms_generator::Tenant;
 
-use super::client::{get_json, time};
+use crate::client::{get_json, time};
 use crate::oracle::progress::LearnerKey;
 use crate::oracle::{analytics, notifications, progress};
 
@@ -35,12 +35,12 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub(crate) fn new(endpoint: &str) -> Tally {
+    pub fn new(endpoint: &str) -> Tally {
         Tally { endpoint: endpoint.to_owned(), ..Tally::default() }
     }
 
     /// Compares a count; returns whether it matched.
-    pub(crate) fn count(&mut self, got: u64, want: u64) -> bool {
+    pub fn count(&mut self, got: u64, want: u64) -> bool {
         if got < want {
             self.lost += want - got;
         } else {
@@ -50,7 +50,7 @@ impl Tally {
     }
 
     /// Adds `other`'s counts and as many of its examples as fit.
-    pub(crate) fn add(&mut self, other: Tally) {
+    pub fn add(&mut self, other: Tally) {
         self.checked += other.checked;
         self.lost += other.lost;
         self.doubled += other.doubled;
@@ -60,7 +60,7 @@ impl Tally {
         }
     }
 
-    pub(crate) fn example(&mut self, what: String) {
+    pub fn example(&mut self, what: String) {
         if self.examples.len() < 5 {
             self.examples.push(what);
         }
@@ -72,7 +72,7 @@ impl Tally {
     }
 }
 
-pub(crate) async fn compare_progress(
+pub async fn compare_progress(
     http: &reqwest::Client,
     base: &str,
     reader: &impl Fn(&str) -> String,
@@ -127,11 +127,11 @@ pub(crate) async fn compare_progress(
 
 /// How long the in-app deliveries may take after the groups caught up: the dispatcher
 /// performs them after the decisions commit.
-pub(crate) const NOTIFICATIONS_DELIVERED: Duration = Duration::from_secs(60);
+pub const NOTIFICATIONS_DELIVERED: Duration = Duration::from_secs(60);
 
 /// Compares every learner's inbox with the oracle, re-reading the learners that differ
 /// until they match or `within` passes (the dispatcher may still be delivering).
-pub(crate) async fn compare_notifications(
+pub async fn compare_notifications(
     http: &reqwest::Client,
     base: &str,
     reader: &impl Fn(&str) -> String,
@@ -169,7 +169,7 @@ pub(crate) async fn compare_notifications(
 }
 
 /// One learner's inbox `got` (id, category) against the oracle's `want`.
-pub(crate) fn compare_inbox(t: &mut Tally, who: &str, got: &[(String, String)], want: &notifications::Expected) {
+pub fn compare_inbox(t: &mut Tally, who: &str, got: &[(String, String)], want: &notifications::Expected) {
     t.checked += want.required() as u64;
     let milestones: BTreeSet<&str> = want.milestones.values().flat_map(|m| m.reached.keys().map(String::as_str)).collect();
     let mut seen: BTreeSet<&str> = BTreeSet::new();
@@ -201,7 +201,7 @@ pub(crate) fn compare_inbox(t: &mut Tally, who: &str, got: &[(String, String)], 
     }
 }
 
-pub(crate) async fn compare_achievements(
+pub async fn compare_achievements(
     http: &reqwest::Client,
     base: &str,
     reader: &impl Fn(&str) -> String,
@@ -246,7 +246,7 @@ pub(crate) async fn compare_achievements(
 }
 
 /// Compares two series keyed by bucket, field by field (a missing bucket counts 0).
-pub(crate) fn series<K: Ord + Clone + fmt::Debug>(t: &mut Tally, what: &str, got: BTreeMap<K, Vec<u64>>, want: BTreeMap<K, Vec<u64>>) {
+pub fn series<K: Ord + Clone + fmt::Debug>(t: &mut Tally, what: &str, got: BTreeMap<K, Vec<u64>>, want: BTreeMap<K, Vec<u64>>) {
     let keys: BTreeSet<K> = got.keys().chain(want.keys()).cloned().collect();
     for k in keys {
         t.checked += 1;
@@ -262,7 +262,7 @@ pub(crate) fn series<K: Ord + Clone + fmt::Debug>(t: &mut Tally, what: &str, got
     }
 }
 
-pub(crate) async fn compare_analytics(
+pub async fn compare_analytics(
     http: &reqwest::Client,
     base: &str,
     reader: &impl Fn(&str) -> String,
@@ -390,7 +390,7 @@ pub(crate) async fn compare_analytics(
 
 /// Compares an at-risk list with the oracle's: a learner missing is lost, one listed twice
 /// or not expected is doubled, a different percent, last activity or order is wrong.
-pub(crate) fn compare_at_risk(t: &mut Tally, what: &str, got: &[AtRiskLearner], want: &[AtRiskLearner]) {
+pub fn compare_at_risk(t: &mut Tally, what: &str, got: &[AtRiskLearner], want: &[AtRiskLearner]) {
     let wanted: BTreeMap<&str, &AtRiskLearner> = want.iter().map(|l| (l.learner_id.as_str(), l)).collect();
     let mut seen = BTreeSet::new();
     // The list itself (its order), and each learner on it.
@@ -424,12 +424,12 @@ pub(crate) fn compare_at_risk(t: &mut Tally, what: &str, got: &[AtRiskLearner], 
 mod tests {
     use super::*;
 
-    pub(crate) fn inbox(got: &[(&str, &str)]) -> Vec<(String, String)> {
+    pub fn inbox(got: &[(&str, &str)]) -> Vec<(String, String)> {
         got.iter().map(|(id, c)| ((*id).to_owned(), (*c).to_owned())).collect()
     }
 
     #[test]
-    pub(crate) fn inbox_comparison_counts_each_kind_of_difference() {
+    pub fn inbox_comparison_counts_each_kind_of_difference() {
         let want = notifications::Expected {
             exact: [("e1".to_owned(), "enrollment"), ("p1".to_owned(), "payment")].into_iter().collect(),
             milestones: [(

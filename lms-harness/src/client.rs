@@ -14,13 +14,13 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 /// A token signed with `secret`, valid for a day.
-pub(crate) fn mint(secret: &str, sub: &str, tenant: &str, scope: &str) -> String {
+pub fn mint(secret: &str, sub: &str, tenant: &str, scope: &str) -> String {
     let exp = (Utc::now().timestamp() + 24 * 3600) as u64;
     sign_hs256(secret.as_bytes(), &Claims { sub: sub.to_owned(), tenant: tenant.to_owned(), scope: scope.to_owned(), exp })
 }
 
 /// POSTs `events` in batches of one tenant each, `concurrency` at a time.
-pub(crate) async fn post_all(
+pub async fn post_all(
     http: &reqwest::Client,
     base: &str,
     tokens: &BTreeMap<String, String>,
@@ -59,7 +59,7 @@ pub(crate) async fn post_all(
 
 /// Posts one batch until the API accepts it: 429 and 503 after `Retry-After`, connection
 /// errors with back-off; the body (so the ids) stays the same.
-pub(crate) async fn post(http: &reqwest::Client, url: &str, token: &str, body: Vec<u8>, retries: &AtomicU64) -> anyhow::Result<()> {
+pub async fn post(http: &reqwest::Client, url: &str, token: &str, body: Vec<u8>, retries: &AtomicU64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -90,7 +90,7 @@ pub(crate) async fn post(http: &reqwest::Client, url: &str, token: &str, body: V
     }
 }
 
-pub(crate) async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
+pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
     let r = http.get(url).bearer_auth(token).send().await.with_context(|| format!("GET {url}"))?;
     let status = r.status();
     let body: Value = r.json().await.with_context(|| format!("GET {url}: reading the answer"))?;
@@ -98,11 +98,11 @@ pub(crate) async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> 
     Ok(body)
 }
 
-pub(crate) fn time(v: &Value) -> Option<DateTime<Utc>> {
+pub fn time(v: &Value) -> Option<DateTime<Utc>> {
     v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.to_utc())
 }
 
-pub(crate) async fn delete_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
+pub async fn delete_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
     let r = http.delete(url).bearer_auth(token).send().await.with_context(|| format!("DELETE {url}"))?;
     let status = r.status();
     let body: Value = r.json().await.with_context(|| format!("DELETE {url}: reading the answer"))?;
