@@ -1,15 +1,16 @@
 //! A tansu broker a test owns: killed, restarted, made to require authentication.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::process::Proc;
 use crate::{eventually, free_port};
 
 /// A tansu broker this test owns: it can be killed and restarted on the same port and
 /// (for the SQLite engine) the same data.
 pub struct OwnBroker {
-    child: Option<Child>,
+    child: Option<Proc>,
     port: u16,
     dir: PathBuf,
     durable: bool,
@@ -63,10 +64,8 @@ impl OwnBroker {
 
     /// Kills the broker with SIGKILL.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // Dropping the process kills and reaps it.
+        self.child = None;
     }
 
     /// (Re)starts the broker on the same port and data, and waits until it accepts connections.
@@ -83,7 +82,7 @@ impl OwnBroker {
             command.arg("--authentication");
         }
         let child = command.current_dir(&self.dir).stdout(Stdio::null()).stderr(log).spawn().expect("start tansu (LMS_TANSU_BIN)");
-        self.child = Some(child);
+        self.child = Some(Proc(child));
         let addr = format!("127.0.0.1:{}", self.port);
         eventually("the test broker to accept connections", Duration::from_secs(30), || {
             let addr = addr.clone();

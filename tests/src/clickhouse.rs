@@ -4,14 +4,14 @@
 //! of its own (ClickHouse 18.16 has no `CREATE USER`).
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::{eventually, free_port};
+use crate::{Proc, eventually, free_port};
 
 /// A ClickHouse server of the test's own, killed and its data removed when dropped.
 pub struct OwnClickHouse {
-    child: Option<Child>,
+    child: Option<Proc>,
     dir: PathBuf,
     ports: [u16; 3],
     users: Option<PathBuf>,
@@ -52,10 +52,8 @@ impl OwnClickHouse {
 
     /// Kills the server with SIGKILL (its data stays).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // Dropping the process kills and reaps it.
+        self.child = None;
     }
 
     /// (Re)starts the server on the same ports and data, and waits until `/ping` answers.
@@ -89,7 +87,7 @@ impl OwnClickHouse {
             .stderr(log)
             .spawn()
             .expect("start clickhouse-server (LMS_CLICKHOUSE_SERVER_BIN)");
-        self.child = Some(child);
+        self.child = Some(Proc(child));
         // `/ping` needs no user, so it works whatever the users file says.
         let url = format!("{}/ping", self.url());
         eventually("the test's own ClickHouse to answer /ping", Duration::from_secs(60), || {

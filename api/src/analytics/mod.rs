@@ -90,7 +90,7 @@ pub(crate) async fn completions(State(s): State<Store>, c: Claims, Query(q): Pai
     path = "/v1/analytics/revenue",
     tag = "analytics",
     security(("bearer" = [])),
-    params(doc::Revenue),
+    params(doc::Series, doc::Currency),
     responses((status = 200, description = "OK", body = Vec<RevenuePoint>), ReadProblems)
 )]
 pub(crate) async fn revenue(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {

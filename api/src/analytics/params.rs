@@ -345,20 +345,10 @@ pub(crate) mod doc {
         pub course_id: Option<String>,
     }
 
-    /// [`Series`] and `currency`.
+    /// `currency`, the revenue endpoint's parameter besides those of [`Series`].
     #[derive(utoipa::IntoParams)]
     #[into_params(parameter_in = Query)]
-    pub(crate) struct Revenue {
-        /// First day (UTC), inclusive
-        pub from: NaiveDate,
-        /// Last day (UTC), inclusive; not before `from`, at most 1095 days after it
-        pub to: NaiveDate,
-        /// Bucket size
-        #[param(inline, default = "day")]
-        pub granularity: Option<Granularity>,
-        /// Only this course
-        #[param(min_length = 1, max_length = 128)]
-        pub course_id: Option<String>,
+    pub(crate) struct Currency {
         /// Only this ISO 4217 currency
         #[param(pattern = "^[A-Z]{3}$")]
         pub currency: Option<String>,
@@ -436,7 +426,8 @@ mod tests {
         use utoipa::IntoParams;
         let names = |params: Vec<utoipa::openapi::path::Parameter>| params.into_iter().map(|p| p.name).collect::<Vec<_>>();
         assert_eq!(names(doc::Series::into_params(|| None)), SERIES);
-        assert_eq!(names(doc::Revenue::into_params(|| None)), REVENUE);
+        let revenue = [names(doc::Series::into_params(|| None)), names(doc::Currency::into_params(|| None))].concat();
+        assert_eq!(revenue, REVENUE);
         assert_eq!(names(doc::Scores::into_params(|| None)), SCORES);
         assert_eq!(names(doc::AtRisk::into_params(|| None)), AT_RISK);
         let json = serde_json::to_value(doc::AtRisk::into_params(|| None)).unwrap();
