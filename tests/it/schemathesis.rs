@@ -24,14 +24,16 @@ async fn generated_requests_get_no_server_error_and_documented_answers() {
     // A crash inside schemathesis itself (its "Runtime Error", e.g. an IndexError in its
     // Hypothesis generator on DELETE /v1/enrollments, seen once in CI; an IndexError inside
     // Hypothesis's own optimise pass, seen on 4 December; a KeyError in its coverage phase's
-    // cache, 7 December) says nothing about the API: such a
-    // run is repeated once, with the next seed. Any finding about the API (a "Failures" section, a
-    // non-runtime error) fails at once.
-    let mut attempt = 0;
+    // cache, 7 December; "AST constructor recursion depth mismatch" when Hypothesis parses a
+    // lambda's source to describe it, the CPython 3.11 AST bug, in both runs of one CI run on
+    // 7 December) says nothing about the API: such a run is repeated, up to twice, each time
+    // with the next seed. Any finding about the API (a "Failures" section, a non-runtime
+    // error) fails at once.
+    let mut attempt: u64 = 0;
     let stdout = loop {
         attempt += 1;
         let started = Instant::now();
-        let seed = if attempt == 1 { seed.clone() } else { seed.parse::<u64>().map_or_else(|_| seed.clone(), |s| (s + 1).to_string()) };
+        let seed = seed.parse::<u64>().map_or_else(|_| seed.clone(), |s| (s + attempt - 1).to_string());
         let mut st = Command::new("st");
         st.arg("run")
             .arg(&schema)
@@ -63,7 +65,7 @@ async fn generated_requests_get_no_server_error_and_documented_answers() {
             && stdout.lines().filter(|l| l.contains("🚫")).all(|l| l.contains("Runtime Error") || l.contains("passed") || phase(l))
             && (stdout.contains("site-packages/schemathesis") || stdout.contains("site-packages/hypothesis"));
         assert!(
-            own_crash_only && attempt < 2,
+            own_crash_only && attempt < 3,
             "schemathesis found problems (exit {:?}, run {attempt}):\n{stdout}\n{stderr}",
             output.status.code()
         );
