@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lms_bus::{BusError, BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, MemberReport, Producer, TopicMap};
+use lms_bus::{BusError, BusMetrics, ConsumerConfig, KafkaConfig, Member, MemberConfig, MemberReport, Processor, Producer, TopicMap};
 use lms_events::Domain;
 use lms_state::outbox::{Relay, RelayConfig};
 use tokio::task::JoinHandle;
@@ -85,19 +85,44 @@ pub fn start(
     // The services next, still before any member joins: one that cannot start (what it
     // needs is missing from the context) fails the start with the reason.
     let mut services = Vec::new();
-    for reg in processors.iter().filter(|r| r.service.is_some()) {
+    for reg in processors {
+        let Some(start) = reg.service else { continue };
         let stop = CancellationToken::new();
-        match reg.service.map(|start| start(ctx, plumbing, stop.clone())) {
-            Some(Ok(task)) => services.push((reg.name, task, stop)),
-            Some(Err(e)) => {
-                for (_, _, started) in &services {
-                    started.cancel();
-                }
+        match start(ctx, plumbing, stop.clone()) {
+            Ok(task) => services.push((reg.name, task, stop)),
+            Err(e) => {
+                cancel(&services);
                 return Err(BusError::Member(format!("processor {}: {e}", reg.name)));
             }
-            None => {}
         }
     }
+    match start_members(plumbing, relay, built) {
+        Ok((members, relay, relay_stop, members_stop)) => Ok(Running { members, relay, relay_stop, members_stop, services }),
+        Err(e) => {
+            // Nothing started is left running behind the error.
+            cancel(&services);
+            Err(e)
+        }
+    }
+}
+
+type Services = [(&'static str, JoinHandle<()>, CancellationToken)];
+
+fn cancel(services: &Services) {
+    for (_, _, stop) in services {
+        stop.cancel();
+    }
+}
+
+type Started = (Vec<(&'static str, Member)>, JoinHandle<()>, CancellationToken, CancellationToken);
+
+/// The dead-letter producer, the relay and the members of `built`; on an error, what was
+/// started is stopped again.
+fn start_members(
+    plumbing: &Plumbing,
+    relay: Relay,
+    built: Vec<(&'static Registered, usize, Arc<dyn Processor>)>,
+) -> Result<Started, BusError> {
     // A batch with poison in it commits only once its dead letters are acknowledged. On the
     // relay's producer they would queue behind the outbox backlog (librdkafka sends a
     // connection's partitions in turn, at most 5 requests in flight), and every such batch
@@ -131,10 +156,16 @@ pub fn start(
             topics: reg.domains.iter().map(|d| plumbing.topics.topic(*d).to_owned()).collect(),
             client_id: format!("lms-{}-{}-{i}", reg.name, std::process::id()),
         };
-        let member = Member::spawn(config, processor, Arc::clone(&dead_letters), Arc::clone(&plumbing.metrics), members_stop.clone())?;
-        members.push((reg.name, member));
+        match Member::spawn(config, processor, Arc::clone(&dead_letters), Arc::clone(&plumbing.metrics), members_stop.clone()) {
+            Ok(member) => members.push((reg.name, member)),
+            Err(e) => {
+                members_stop.cancel();
+                relay_stop.cancel();
+                return Err(e);
+            }
+        }
     }
-    Ok(Running { members, relay, relay_stop, members_stop, services })
+    Ok((members, relay, relay_stop, members_stop))
 }
 
 impl Running {
