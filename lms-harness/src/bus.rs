@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lms_bus::{KafkaConfig, TopicMap, TopicsFile};
+use lms_bus::{TopicMap, TopicsFile};
 use lms_events::Domain;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -25,17 +25,10 @@ pub fn unique_prefix(test: &str) -> String {
     format!("t{}-{}.", &uuid::Uuid::new_v4().simple().to_string()[..10], test)
 }
 
-/// Creates a topic with `partitions` partitions (replication 1) on `brokers`.
+/// Creates a topic with `partitions` partitions (replication 1) on `brokers`; fails the test
+/// if it cannot.
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
-    let nt = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let res = admin
-        .create_topics([&nt], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
-        .await
-        .expect("create_topics request");
-    for r in res {
-        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
-    }
+    create_topics(brokers, &[(topic, partitions)]).await.unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Creates topics of (name, partitions), or says which could not be created.
@@ -71,10 +64,5 @@ impl BusFixture {
             create_topic(brokers, topics.topic(domain), partitions).await;
         }
         BusFixture { brokers: brokers.to_owned(), prefix, topics }
-    }
-
-    /// The Kafka configuration of a client of this bus (brokers and prefix).
-    pub fn kafka_config(&self) -> KafkaConfig {
-        KafkaConfig::new(&self.brokers).with_prefix(&self.prefix)
     }
 }

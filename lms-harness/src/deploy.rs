@@ -3,7 +3,7 @@
 //! group has caught up.
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::client::mint;
 use crate::oracle::progress;
+use crate::process::Proc;
 
 /// The processors every process runs.
 pub const PROCESSORS: &[&str] = &["catalog", "progress", "achievements", "notifications", "analytics", "erasure"];
@@ -27,21 +28,22 @@ pub struct Fleet {
     pub env: Vec<(String, String)>,
     pub rules: PathBuf,
     pub processor_names: Vec<String>,
-    /// The processor processes.
-    pub processors: Vec<Child>,
+    /// The processor processes (killed when the fleet is dropped).
+    pub processors: Vec<Proc>,
     pub started: usize,
-    /// The `lms api` process.
-    pub api: Option<Child>,
+    /// The `lms api` process (killed when the fleet is dropped).
+    pub api: Option<Proc>,
 }
 
 impl Fleet {
-    pub fn spawn(&mut self, args: &[&str], log: &str) -> anyhow::Result<Child> {
+    pub fn spawn(&mut self, args: &[&str], log: &str) -> anyhow::Result<Proc> {
         crate::process::spawn_logged(&self.lms_bin, args, self.env.iter().map(|(k, v)| (k, v)), &self.log_dir.join(log))
+            .map(Proc)
             .with_context(|| format!("starting {}", self.lms_bin.display()))
     }
 
     /// Starts one more `lms processor run <processors>` process (not added to `processors`).
-    pub fn spawn_processor(&mut self) -> anyhow::Result<Child> {
+    pub fn spawn_processor(&mut self) -> anyhow::Result<Proc> {
         let n = self.started;
         self.started += 1;
         let rules = self.rules.display().to_string();
@@ -58,7 +60,7 @@ impl Fleet {
     /// Stops every processor process with SIGTERM (it drains and commits) and waits for it.
     pub fn stop_processors(&mut self) {
         for c in &mut self.processors {
-            let _ = crate::process::terminate(c);
+            let _ = crate::process::terminate(&mut c.0);
         }
     }
 
@@ -72,15 +74,6 @@ impl Fleet {
             .with_context(|| format!("running lms {args:?}"))?;
         ensure!(out.status.success(), "lms {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         Ok(out)
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for c in self.processors.iter_mut().chain(self.api.as_mut()) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 

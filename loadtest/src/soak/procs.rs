@@ -30,13 +30,13 @@ pub(crate) async fn lag(
 /// The `lms` processes, by name and pid; fails if one has exited.
 pub(crate) fn processes(fleet: &mut Fleet) -> anyhow::Result<Vec<(String, u32)>> {
     let mut out = Vec::new();
-    if let Some(api) = fleet.api.as_mut() {
+    if let Some(lms_harness::Proc(api)) = fleet.api.as_mut() {
         if let Some(status) = api.try_wait()? {
             bail!("lms api exited ({status}); see its log");
         }
         out.push(("api".to_owned(), api.id()));
     }
-    for (i, p) in fleet.processors.iter_mut().enumerate() {
+    for (i, lms_harness::Proc(p)) in fleet.processors.iter_mut().enumerate() {
         if let Some(status) = p.try_wait()? {
             bail!("processor process {i} exited ({status}); see its log");
         }
