@@ -221,6 +221,24 @@ pub(crate) struct CourseQuery {
     course_id: Option<String>,
 }
 
+/// The problems both credential routes of a learner can answer besides their own.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documentation: the handlers answer `Problem`
+pub(crate) enum CredentialProblems {
+    /// Missing, expired or invalid token
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(ProblemDocument),
+    /// The token may not do this
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(ProblemDocument),
+    /// Not unlocked or not issued, or the tenant issues no credentials
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(ProblemDocument),
+    /// The store is unavailable; retry after `Retry-After`
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(ProblemDocument),
+}
+
 /// A signed credential as JSON (the other representation is the compact JWT alone, for
 /// `Accept: application/vc+jwt`).
 #[derive(utoipa::ToSchema)]
@@ -243,10 +261,7 @@ struct SignedCredential {
     responses(
         (status = 200, description = "The signed OpenBadgeCredential", content((SignedCredential = "application/json"), (String = "application/vc+jwt"))),
         (status = 400, description = "Unlocked in several courses: pass `course_id`", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, expired or invalid token", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 403, description = "The token may not do this", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 404, description = "Not unlocked or not issued, or the tenant issues no credentials", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable; retry after `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+        CredentialProblems,
     )
 )]
 pub(crate) async fn get_credential(
@@ -339,10 +354,7 @@ fn pick<'a>(
     responses(
         (status = 204, description = "Revoked"),
         (status = 400, description = "A path parameter is invalid", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, expired or invalid token", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 403, description = "The token may not do this", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 404, description = "Not unlocked or not issued, or the tenant issues no credentials", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable; retry after `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+        CredentialProblems,
     )
 )]
 pub(crate) async fn revoke_credential(

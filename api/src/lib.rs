@@ -127,6 +127,8 @@ pub struct Api {
     checks: Vec<Box<dyn ReadinessCheck>>,
     webhook_store: Option<lms_state::Store>,
     erasure: Option<erasure::ErasureStores>,
+    /// The limit of a whole request, checked against the write limits by [`Api::new`].
+    request_timeout: Duration,
 }
 
 impl Api {
@@ -156,7 +158,7 @@ impl Api {
             }
         }
         let cors = cors::layer(&config.cors_allowed_origins).map_err(ApiError::Config)?;
-        config.request_timeout().map_err(ApiError::Config)?;
+        let request_timeout = config.request_timeout().map_err(ApiError::Config)?;
         Ok(Api {
             config: config.clone(),
             producer,
@@ -169,6 +171,7 @@ impl Api {
             extra: Vec::new(),
             webhook_store: None,
             erasure: None,
+            request_timeout,
         })
     }
 
@@ -223,8 +226,7 @@ impl Api {
     /// inside a Tokio runtime; the task ends when the router (every clone) is dropped.
     pub fn into_router(self) -> Router {
         let readiness = Arc::new(readiness::Readiness::new());
-        // Checked by `Api::new`.
-        let (limit, retry_after_s) = (self.config.request_timeout().unwrap_or(Duration::MAX), self.config.retry_after_s);
+        let (limit, retry_after_s) = (self.request_timeout, self.config.retry_after_s);
         let openapi = Bytes::from(serde_json::to_vec_pretty(&openapi::document()).unwrap_or_default());
         let state = Arc::new(AppState {
             limiter: rate_limit::RateLimiter::new(&self.config.rate_limit),

@@ -34,6 +34,22 @@ pub fn router(store: Store) -> Router {
         .with_state(store)
 }
 
+/// The problems every notification route can answer besides its own: no or the wrong
+/// token, the store unavailable.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documentation: the handlers answer `Problem`
+pub(crate) enum LearnerProblems {
+    /// Missing, expired or invalid token
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(ProblemDocument),
+    /// The token may not read or change this learner
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(ProblemDocument),
+    /// The store is unavailable; retry after `Retry-After`
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(ProblemDocument),
+}
+
 /// Query of the inbox.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -64,9 +80,7 @@ fn check_owner(claims: &Claims, learner_id: &str) -> Result<(), Problem> {
     responses(
         (status = 200, description = "The inbox, newest first", body = Vec<InboxItem>),
         (status = 400, description = "A parameter is invalid: `unread_only`, or learner_id is not a well-formed id", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, expired or invalid token", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 403, description = "The token may not read or change this learner", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable; retry after `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+        LearnerProblems,
     )
 )]
 pub(crate) async fn list(
@@ -91,9 +105,7 @@ pub(crate) async fn list(
         (status = 204, description = "Read (again: unchanged)"),
         (status = 400, description = "learner_id (or the notification id) is not a well-formed id", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, description = "No such notification in the learner's inbox", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, expired or invalid token", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 403, description = "The token may not read or change this learner", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable; retry after `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+        LearnerProblems,
     )
 )]
 pub(crate) async fn mark_read(
@@ -123,9 +135,7 @@ pub(crate) async fn mark_read(
     responses(
         (status = 200, description = "The preferences", body = Preferences),
         (status = 400, description = "learner_id (or the notification id) is not a well-formed id", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, expired or invalid token", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 403, description = "The token may not read or change this learner", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable; retry after `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+        LearnerProblems,
     )
 )]
 pub(crate) async fn get_preferences(
@@ -150,9 +160,7 @@ pub(crate) async fn get_preferences(
         (status = 400, description = "Malformed JSON, or learner_id is not a well-formed id", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 410, description = "The learner was erased: nothing of them is stored again", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 422, description = "Invalid preferences; `errors` names each field", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, expired or invalid token", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 403, description = "The token may not read or change this learner", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable; retry after `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+        LearnerProblems,
     )
 )]
 pub(crate) async fn put_preferences(
