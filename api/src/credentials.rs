@@ -40,7 +40,7 @@ use uuid::Uuid;
 
 use crate::auth::Claims;
 use crate::learners::{LearnerPath, check_learner, store_problem};
-use crate::problem::{PathParams, Problem, ProblemDocument};
+use crate::problem::{AccessProblems, PathParams, Problem, ProblemDocument};
 
 /// The `credentials` section of the API configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,22 +221,14 @@ pub(crate) struct CourseQuery {
     course_id: Option<String>,
 }
 
-/// The problems both credential routes of a learner can answer besides their own.
+/// The 404 answer of both credential routes of a learner, beside [`AccessProblems`]
+/// (OpenAPI only).
 #[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // documentation: the handlers answer `Problem`
-pub(crate) enum CredentialProblems {
-    /// Missing, expired or invalid token
-    #[response(status = 401, content_type = "application/problem+json")]
-    Unauthorized(ProblemDocument),
-    /// The token may not do this
-    #[response(status = 403, content_type = "application/problem+json")]
-    Forbidden(ProblemDocument),
+#[allow(dead_code)]
+pub(crate) enum NotIssued {
     /// Not unlocked or not issued, or the tenant issues no credentials
     #[response(status = 404, content_type = "application/problem+json")]
     NotFound(ProblemDocument),
-    /// The store is unavailable; retry after `Retry-After`
-    #[response(status = 503, content_type = "application/problem+json")]
-    Unavailable(ProblemDocument),
 }
 
 /// A signed credential as JSON (the other representation is the compact JWT alone, for
@@ -261,7 +253,8 @@ struct SignedCredential {
     responses(
         (status = 200, description = "The signed OpenBadgeCredential", content((SignedCredential = "application/json"), (String = "application/vc+jwt"))),
         (status = 400, description = "Unlocked in several courses: pass `course_id`", body = ProblemDocument, content_type = "application/problem+json"),
-        CredentialProblems,
+        NotIssued,
+        AccessProblems,
     )
 )]
 pub(crate) async fn get_credential(
@@ -354,7 +347,8 @@ fn pick<'a>(
     responses(
         (status = 204, description = "Revoked"),
         (status = 400, description = "A path parameter is invalid", body = ProblemDocument, content_type = "application/problem+json"),
-        CredentialProblems,
+        NotIssued,
+        AccessProblems,
     )
 )]
 pub(crate) async fn revoke_credential(

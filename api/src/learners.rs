@@ -13,7 +13,7 @@ use processors::achievements::{self, AchievementView};
 use processors::progress::{self, model::ProgressView};
 
 use crate::auth::Claims;
-use crate::problem::{PathParams, Problem, ProblemDocument};
+use crate::problem::{AccessProblems, PathParams, Problem, ProblemDocument};
 
 /// The learner read routes over `store`, to [`crate::Api::merge`].
 pub fn router(store: Store) -> Router {
@@ -34,23 +34,13 @@ pub(crate) struct LearnerPath {
     learner_id: String,
 }
 
-/// The problems every read can answer: a bad parameter, no or the wrong token, the store
-/// unavailable.
+/// The 400 answer of every read, beside [`AccessProblems`] (OpenAPI only).
 #[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // documentation: the handlers answer `Problem`
-pub(crate) enum ReadProblems {
+#[allow(dead_code)]
+pub(crate) enum InvalidParameter {
     /// A parameter is invalid; `errors` names each one
     #[response(status = 400, content_type = "application/problem+json")]
     BadRequest(ProblemDocument),
-    /// Missing, expired or invalid token
-    #[response(status = 401, content_type = "application/problem+json")]
-    Unauthorized(ProblemDocument),
-    /// The token may not read this
-    #[response(status = 403, content_type = "application/problem+json")]
-    Forbidden(ProblemDocument),
-    /// The store is unavailable; retry after `Retry-After`
-    #[response(status = 503, content_type = "application/problem+json")]
-    Unavailable(ProblemDocument),
 }
 
 /// A learner's progress per course (learner:read (own) or analytics:read)
@@ -60,7 +50,7 @@ pub(crate) enum ReadProblems {
     tag = "read",
     security(("bearer" = [])),
     params(LearnerPath),
-    responses((status = 200, description = "OK", body = Vec<ProgressView>), ReadProblems)
+    responses((status = 200, description = "OK", body = Vec<ProgressView>), InvalidParameter, AccessProblems)
 )]
 pub(crate) async fn get_progress(
     State(store): State<Store>,
@@ -78,7 +68,7 @@ pub(crate) async fn get_progress(
     tag = "read",
     security(("bearer" = [])),
     params(LearnerPath),
-    responses((status = 200, description = "OK", body = Vec<AchievementView>), ReadProblems)
+    responses((status = 200, description = "OK", body = Vec<AchievementView>), InvalidParameter, AccessProblems)
 )]
 pub(crate) async fn get_achievements(
     State(store): State<Store>,

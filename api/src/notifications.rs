@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use crate::auth::{Claims, scope};
 use crate::learners::{LearnerPath, check_learner, store_problem};
-use crate::problem::{PathParams, Problem, ProblemDocument};
+use crate::problem::{AccessProblems, PathParams, Problem, ProblemDocument};
 
 /// The notification routes over `store`, to [`crate::Api::merge`].
 pub fn router(store: Store) -> Router {
@@ -32,22 +32,6 @@ pub fn router(store: Store) -> Router {
         .route("/v1/learners/{learner_id}/notifications/{id}/read", post(mark_read))
         .route("/v1/learners/{learner_id}/notification-preferences", get(get_preferences).put(put_preferences))
         .with_state(store)
-}
-
-/// The problems every notification route can answer besides its own: no or the wrong
-/// token, the store unavailable.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // documentation: the handlers answer `Problem`
-pub(crate) enum LearnerProblems {
-    /// Missing, expired or invalid token
-    #[response(status = 401, content_type = "application/problem+json")]
-    Unauthorized(ProblemDocument),
-    /// The token may not read or change this learner
-    #[response(status = 403, content_type = "application/problem+json")]
-    Forbidden(ProblemDocument),
-    /// The store is unavailable; retry after `Retry-After`
-    #[response(status = 503, content_type = "application/problem+json")]
-    Unavailable(ProblemDocument),
 }
 
 /// Query of the inbox.
@@ -80,7 +64,7 @@ fn check_owner(claims: &Claims, learner_id: &str) -> Result<(), Problem> {
     responses(
         (status = 200, description = "The inbox, newest first", body = Vec<InboxItem>),
         (status = 400, description = "A parameter is invalid: `unread_only`, or learner_id is not a well-formed id", body = ProblemDocument, content_type = "application/problem+json"),
-        LearnerProblems,
+        AccessProblems,
     )
 )]
 pub(crate) async fn list(
@@ -105,7 +89,7 @@ pub(crate) async fn list(
         (status = 204, description = "Read (again: unchanged)"),
         (status = 400, description = "learner_id (or the notification id) is not a well-formed id", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, description = "No such notification in the learner's inbox", body = ProblemDocument, content_type = "application/problem+json"),
-        LearnerProblems,
+        AccessProblems,
     )
 )]
 pub(crate) async fn mark_read(
@@ -135,7 +119,7 @@ pub(crate) async fn mark_read(
     responses(
         (status = 200, description = "The preferences", body = Preferences),
         (status = 400, description = "learner_id (or the notification id) is not a well-formed id", body = ProblemDocument, content_type = "application/problem+json"),
-        LearnerProblems,
+        AccessProblems,
     )
 )]
 pub(crate) async fn get_preferences(
@@ -160,7 +144,7 @@ pub(crate) async fn get_preferences(
         (status = 400, description = "Malformed JSON, or learner_id is not a well-formed id", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 410, description = "The learner was erased: nothing of them is stored again", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 422, description = "Invalid preferences; `errors` names each field", body = ProblemDocument, content_type = "application/problem+json"),
-        LearnerProblems,
+        AccessProblems,
     )
 )]
 pub(crate) async fn put_preferences(

@@ -49,6 +49,22 @@ pub struct ProblemDocument {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// The problems every authenticated route that reads or changes a learner's or tenant's
+/// state can answer besides its own (OpenAPI only: the handlers answer [`Problem`]).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum AccessProblems {
+    /// Missing, expired or invalid token
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(ProblemDocument),
+    /// The token's scopes or learner do not allow this
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(ProblemDocument),
+    /// The store is unavailable; retry after `Retry-After`
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(ProblemDocument),
+}
+
 /// A validation error: what is wrong, at which JSON pointer.
 #[derive(ToSchema)]
 #[schema(as = FieldError)]

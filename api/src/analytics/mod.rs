@@ -17,7 +17,8 @@ use serde::Serialize;
 pub mod params;
 
 use crate::auth::{Claims, scope};
-use crate::learners::ReadProblems;
+use crate::learners::InvalidParameter;
+use crate::problem::AccessProblems;
 use crate::problem::{PathParams, Problem};
 use lms_analytics::{ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, Scores};
 use params::{ParamError, doc};
@@ -46,7 +47,7 @@ pub fn router(store: Store) -> Router {
     tag = "analytics",
     security(("bearer" = [])),
     params(doc::Series),
-    responses((status = 200, description = "OK", body = Vec<ActiveLearnersPoint>), ReadProblems)
+    responses((status = 200, description = "OK", body = Vec<ActiveLearnersPoint>), InvalidParameter, AccessProblems)
 )]
 pub(crate) async fn active_learners(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
@@ -61,7 +62,7 @@ pub(crate) async fn active_learners(State(s): State<Store>, c: Claims, Query(q):
     tag = "analytics",
     security(("bearer" = [])),
     params(doc::Series),
-    responses((status = 200, description = "OK", body = Vec<EnrollmentsPoint>), ReadProblems)
+    responses((status = 200, description = "OK", body = Vec<EnrollmentsPoint>), InvalidParameter, AccessProblems)
 )]
 pub(crate) async fn enrollments(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
@@ -76,7 +77,7 @@ pub(crate) async fn enrollments(State(s): State<Store>, c: Claims, Query(q): Pai
     tag = "analytics",
     security(("bearer" = [])),
     params(doc::Series),
-    responses((status = 200, description = "OK", body = Vec<CompletionsPoint>), ReadProblems)
+    responses((status = 200, description = "OK", body = Vec<CompletionsPoint>), InvalidParameter, AccessProblems)
 )]
 pub(crate) async fn completions(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
@@ -91,7 +92,7 @@ pub(crate) async fn completions(State(s): State<Store>, c: Claims, Query(q): Pai
     tag = "analytics",
     security(("bearer" = [])),
     params(doc::Series, doc::Currency),
-    responses((status = 200, description = "OK", body = Vec<RevenuePoint>), ReadProblems)
+    responses((status = 200, description = "OK", body = Vec<RevenuePoint>), InvalidParameter, AccessProblems)
 )]
 pub(crate) async fn revenue(State(s): State<Store>, c: Claims, Query(q): Pairs) -> Answer<impl Serialize> {
     c.require(scope::ANALYTICS_READ)?;
@@ -106,7 +107,7 @@ pub(crate) async fn revenue(State(s): State<Store>, c: Claims, Query(q): Pairs) 
     tag = "analytics",
     security(("bearer" = [])),
     params(doc::CoursePath),
-    responses((status = 200, description = "OK", body = Funnel), ReadProblems)
+    responses((status = 200, description = "OK", body = Funnel), InvalidParameter, AccessProblems)
 )]
 pub(crate) async fn funnel(
     State(s): State<Store>,
@@ -126,7 +127,7 @@ pub(crate) async fn funnel(
     tag = "analytics",
     security(("bearer" = [])),
     params(doc::CoursePath, doc::AtRisk),
-    responses((status = 200, description = "OK", body = Vec<AtRiskLearner>), ReadProblems)
+    responses((status = 200, description = "OK", body = Vec<AtRiskLearner>), InvalidParameter, AccessProblems)
 )]
 pub(crate) async fn at_risk(
     State(s): State<Store>,
@@ -146,7 +147,7 @@ pub(crate) async fn at_risk(
     tag = "analytics",
     security(("bearer" = [])),
     params(doc::AssessmentPath, doc::Scores),
-    responses((status = 200, description = "OK", body = Scores), ReadProblems)
+    responses((status = 200, description = "OK", body = Scores), InvalidParameter, AccessProblems)
 )]
 pub(crate) async fn scores(
     State(s): State<Store>,
