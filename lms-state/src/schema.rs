@@ -4,9 +4,11 @@
 //! Ownership of the tables (ARCHITECTURE.md, "State ownership"): this crate owns the offsets,
 //! the outbox, the erased learners and the API's webhook and credential tables; the
 //! processor components own theirs (`progress` with its catalog, `achievements`,
-//! `notifications`) and hold their queries. The history stays one ordered list because
-//! released migrations cannot move or change: every database records each one's checksum,
-//! and two of them (0003, 0013) touch tables of several owners.
+//! `notifications`) and hold their queries. The history stays one ordered list: every
+//! database records it, with each migration's checksum, in one `_sqlx_migrations` table, so
+//! every opener applies the whole list (a partial one fails on a migrated database), and two
+//! released migrations (0003, 0013) touch tables of several owners, so no owner's part
+//! applies alone.
 //!
 //! The few dialect differences are tokens ([`DIALECT`]) rendered per backend. What a backend
 //! runs for a released migration must never change; `checksums_of_released_migrations_are_pinned`
