@@ -42,6 +42,7 @@
 pub mod analytics;
 pub mod auth;
 mod body;
+pub mod client;
 mod config;
 mod cors;
 pub mod credentials;

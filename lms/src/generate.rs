@@ -15,7 +15,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lms_bus::{BusMetrics, OnQueueFull, Producer, TopicsFile};
 use lms_events::Event;
 use lms_generator::{Cohort, CohortConfig, Summary};
-use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::config::Config;
@@ -347,53 +346,18 @@ impl ApiTarget {
         Ok(())
     }
 
-    /// Posts one batch; retries on 429 and 503 after the `Retry-After` the API gives, and on
-    /// connection errors with back-off (ids are kept, so a retry changes nothing downstream).
+    /// Posts one batch until the API accepts it ([`api::client::post_events`]: retried on 429,
+    /// 503 and connection errors with the same body, so the same ids), showing each retry on
+    /// the progress bar.
     async fn post(&mut self, tenant: &str, batch: Vec<Value>, bar: &ProgressBar) -> anyhow::Result<()> {
         let token = self.shared_token.as_ref().or_else(|| self.tokens.get(tenant)).cloned().unwrap_or_default();
         let body = serde_json::to_vec(&batch)?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            let sent = self
-                .http
-                .post(&self.url)
-                .bearer_auth(&token)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-                .send()
-                .await;
-            let wait = match sent {
-                Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
-                    let answer: Value = resp.json().await.context("reading the API's answer")?;
-                    let rejected = answer["rejected"].as_array().map_or(0, Vec::len);
-                    ensure!(rejected == 0, "the API rejected {rejected} generated event(s): {}", answer["rejected"]);
-                    return Ok(());
-                }
-                Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS || resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                    let after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map_or(backoff, Duration::from_secs);
-                    bar.set_message(format!("API answered {}; retrying in {}s", resp.status().as_u16(), after.as_secs_f32()));
-                    after
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let text = resp.text().await.unwrap_or_default();
-                    bail!("the API answered {status} to POST {}: {text}", self.url);
-                }
-                Err(e) => {
-                    bar.set_message(format!("API unreachable ({e}); retrying"));
-                    backoff
-                }
-            };
-            ensure!(Instant::now() + wait < deadline, "the API did not accept a batch within 5 minutes of retries");
-            self.retries += 1;
-            tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
+        let retries = &mut self.retries;
+        api::client::post_events(&self.http, &self.url, &token, body, |why, wait| {
+            *retries += 1;
+            bar.set_message(format!("{why}; retrying in {:.1}s", wait.as_secs_f32()));
+        })
+        .await?;
+        Ok(())
     }
 }
