@@ -3,9 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use api::auth::{Claims, sign_hs256};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
@@ -57,55 +56,35 @@ pub async fn post_all(
     Ok(())
 }
 
-/// Posts one batch until the API accepts it: 429 and 503 after `Retry-After`, connection
-/// errors with back-off; the body (so the ids) stays the same.
+/// Posts one batch until the API accepts it ([`api::client::post_events`]), counting the
+/// retries in `retries`.
 pub async fn post(http: &reqwest::Client, url: &str, token: &str, body: Vec<u8>, retries: &AtomicU64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let sent = http.post(url).bearer_auth(token).header("content-type", "application/json").body(body.clone()).send().await;
-        let wait = match sent {
-            Ok(r) if r.status() == StatusCode::ACCEPTED => {
-                let answer: Value = r.json().await.context("reading the API's answer")?;
-                let rejected = answer["rejected"].as_array().map_or(0, Vec::len);
-                ensure!(rejected == 0, "the API rejected {rejected} generated event(s): {}", answer["rejected"]);
-                return Ok(());
-            }
-            Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status() == StatusCode::SERVICE_UNAVAILABLE => r
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map_or(backoff, Duration::from_secs),
-            Ok(r) => {
-                let status = r.status();
-                bail!("the API answered {status} to a POST: {}", r.text().await.unwrap_or_default());
-            }
-            Err(_) => backoff,
-        };
-        ensure!(Instant::now() + wait < deadline, "the API did not accept a batch within 5 minutes of retries");
+    api::client::post_events(http, url, token, body, |_, _| {
         retries.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    })
+    .await?;
+    Ok(())
 }
 
+/// `GET url` with `token`; the JSON answer, or an error unless it is 200.
 pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
-    let r = http.get(url).bearer_auth(token).send().await.with_context(|| format!("GET {url}"))?;
-    let status = r.status();
-    let body: Value = r.json().await.with_context(|| format!("GET {url}: reading the answer"))?;
-    ensure!(status == StatusCode::OK, "GET {url} answered {status}: {body}");
-    Ok(body)
+    json_answer(http.get(url), "GET", url, token).await
 }
 
 pub fn time(v: &Value) -> Option<DateTime<Utc>> {
     v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.to_utc())
 }
 
+/// `DELETE url` with `token`; the JSON answer, or an error unless it is 200.
 pub async fn delete_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
-    let r = http.delete(url).bearer_auth(token).send().await.with_context(|| format!("DELETE {url}"))?;
+    json_answer(http.delete(url), "DELETE", url, token).await
+}
+
+async fn json_answer(request: reqwest::RequestBuilder, method: &str, url: &str, token: &str) -> anyhow::Result<Value> {
+    let r = request.bearer_auth(token).send().await.with_context(|| format!("{method} {url}"))?;
     let status = r.status();
-    let body: Value = r.json().await.with_context(|| format!("DELETE {url}: reading the answer"))?;
-    ensure!(status == StatusCode::OK, "DELETE {url} answered {status}: {body}");
-    Ok(body)
+    // The text first: an answer that is not JSON (a proxy's error page) still shows its status.
+    let text = r.text().await.with_context(|| format!("{method} {url}: reading the answer"))?;
+    ensure!(status == StatusCode::OK, "{method} {url} answered {status}: {text}");
+    serde_json::from_str(&text).with_context(|| format!("{method} {url}: the answer is not JSON: {text}"))
 }
