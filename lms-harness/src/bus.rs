@@ -60,9 +60,8 @@ impl BusFixture {
     pub async fn fresh(brokers: &str, test: &str, partitions: i32) -> BusFixture {
         let prefix = unique_prefix(test);
         let topics = TopicsFile::bundled().topic_map(&prefix);
-        for domain in Domain::ALL {
-            create_topic(brokers, topics.topic(domain), partitions).await;
-        }
+        let all: Vec<(&str, i32)> = Domain::ALL.into_iter().map(|d| (topics.topic(d), partitions)).collect();
+        create_topics(brokers, &all).await.unwrap_or_else(|e| panic!("{e}"));
         BusFixture { brokers: brokers.to_owned(), prefix, topics }
     }
 }

@@ -54,14 +54,16 @@ impl Fleet {
         let log = format!("{}processor-{n}.log", self.prefix);
         self.spawn(&args, &log)
     }
-}
 
-impl Fleet {
-    /// Stops every processor process with SIGTERM (it drains and commits) and waits for it.
-    pub fn stop_processors(&mut self) {
-        for c in &mut self.processors {
-            let _ = crate::process::terminate(&mut c.0);
+    /// Stops every processor process with SIGTERM (it drains and commits) and waits for it;
+    /// fails if one could not be stopped or did not exit cleanly (a replay that follows
+    /// assumes none is running and every one committed its work).
+    pub fn stop_processors(&mut self) -> anyhow::Result<()> {
+        for (i, c) in self.processors.iter_mut().enumerate() {
+            let status = crate::process::terminate(&mut c.0).with_context(|| format!("stopping processor process {i}"))?;
+            ensure!(status.success(), "processor process {i} did not exit cleanly on SIGTERM ({status}); see its log");
         }
+        Ok(())
     }
 
     /// Runs an `lms` command with the deployment's environment to its end; fails unless it
@@ -152,10 +154,11 @@ impl Deployment {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let prefix = format!("{name}-{}.", &id[..8]);
         let topics = TopicsFile::bundled().topic_map(&prefix);
-        for d in Domain::ALL {
-            let p = if d == Domain::DeadLetter { 1 } else { spec.services.partitions };
-            crate::create_topics(&spec.services.brokers, &[(topics.topic(d), p)]).await?;
-        }
+        let partitions: Vec<(&str, i32)> = Domain::ALL
+            .into_iter()
+            .map(|d| (topics.topic(d), if d == Domain::DeadLetter { 1 } else { spec.services.partitions }))
+            .collect();
+        crate::create_topics(&spec.services.brokers, &partitions).await?;
         let store_url = lms_state::create_postgres_database(&spec.services.postgres_url, &format!("{name}_{}", &id[..10]))
             .await
             .context("creating the run's state database")?;
@@ -179,7 +182,7 @@ impl Deployment {
         };
         std::fs::write(&config_file, yaml)?;
         let secret = format!("{name}-{id}");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = crate::free_port();
         let env: Vec<(String, String)> = [
             ("LMS_CONFIG", config_file.display().to_string()),
             ("LMS_KAFKA__BROKERS", spec.services.brokers.clone()),
@@ -240,14 +243,8 @@ pub fn group_of(prefix: &str, processor: &str) -> String {
 }
 
 pub async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "{base}/readyz did not answer 200 within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = || async { http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200).then_some(()) };
+    crate::poll_until(Duration::from_secs(60), ready).await.with_context(|| format!("{base}/readyz did not answer 200 within 60 s"))
 }
 
 /// The partitions of `topics` where `group` is behind the end, as `(partition, committed,

@@ -294,7 +294,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
     say(format!("every group caught up {:.1} s after the last kill", catch_up.as_secs_f64()));
     if cfg.replay {
         let mut f = fleet.lock().await;
-        f.stop_processors();
+        f.stop_processors()?;
         for name in PROCESSORS {
             f.run_to_end(&["replay", "--group", name, "--to-earliest", "--yes", "--skip-member-check"])?;
         }
