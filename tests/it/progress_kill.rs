@@ -11,31 +11,24 @@ use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_events::{Domain, Event};
 use lms_state::{Store, offsets, outbox};
 use rand::{Rng, SeedableRng};
-use tests::{OwnBroker, Proc, create_topic, eventually, init_logs, unique_prefix};
+use tests::{OwnBroker, Proc, create_topics, eventually, init_logs, spawn_lms, unique_prefix};
 
 use crate::progress_oracle::{PARTITIONS, check_progress, completed_on_topic, oracle, world};
 use crate::support::{fresh_postgres_db, kafka, produce_all};
 
 const KILLS: usize = 5;
 
-use tests::lms_bin;
-
 /// A processor process; dropping it (the test's end, or a panic) kills it.
 fn spawn(brokers: &str, prefix: &str, store: &str, n: usize) -> Proc {
-    let log = std::env::temp_dir().join(format!("{prefix}processor-{n}.log"));
     let env = [
-        ("LMS_KAFKA__BROKERS", brokers),
-        ("LMS_KAFKA__TOPIC_PREFIX", prefix),
-        ("LMS_STORE__URL", store),
-        ("LMS_CONSUMER__MAX_BATCH_RECORDS", "500"),
-        ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50"),
-        ("LMS_CONSUMER__SESSION_TIMEOUT_MS", "6000"),
-        ("RUST_LOG", "info,librdkafka=warn"),
+        ("LMS_KAFKA__BROKERS", brokers.to_owned()),
+        ("LMS_KAFKA__TOPIC_PREFIX", prefix.to_owned()),
+        ("LMS_STORE__URL", store.to_owned()),
+        ("LMS_CONSUMER__MAX_BATCH_RECORDS", "500".to_owned()),
+        ("LMS_CONSUMER__MAX_BATCH_WAIT_MS", "50".to_owned()),
+        ("LMS_CONSUMER__SESSION_TIMEOUT_MS", "6000".to_owned()),
     ];
-    Proc(
-        tests::process::spawn_logged(std::path::Path::new(&lms_bin()), &["processor", "run", "catalog", "progress"], env, &log)
-            .expect("start lms processor run"),
-    )
+    spawn_lms(&["processor", "run", "catalog", "progress"], &env, &format!("{prefix}processor-{n}.log"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -49,9 +42,8 @@ async fn progress_survives_sigkill_of_instances() {
     let broker = OwnBroker::start(false).await;
     let brokers = broker.brokers();
     let topics = TopicsFile::bundled().topic_map(&prefix);
-    for (domain, partitions) in PARTITIONS {
-        create_topic(&brokers, topics.topic(*domain), *partitions).await;
-    }
+    let partitions: Vec<(&str, i32)> = PARTITIONS.iter().map(|(d, p)| (topics.topic(*d), *p)).collect();
+    create_topics(&brokers, &partitions).await.expect("create the topics");
     let url = fresh_postgres_db("progress_kill").await;
     let store = Store::open(&url, 4).await.expect("store");
 

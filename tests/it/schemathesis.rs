@@ -33,7 +33,7 @@ async fn generated_requests_get_no_server_error_and_documented_answers() {
     let stdout = loop {
         attempt += 1;
         let started = Instant::now();
-        let seed = seed.parse::<u64>().map_or_else(|_| seed.clone(), |s| (s + attempt - 1).to_string());
+        let seed = seed.parse::<u64>().map_or_else(|_| seed.clone(), |s| s.wrapping_add(attempt - 1).to_string());
         let mut st = Command::new("st");
         st.arg("run")
             .arg(&schema)

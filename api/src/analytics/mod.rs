@@ -18,8 +18,7 @@ pub mod params;
 
 use crate::auth::{Claims, scope};
 use crate::learners::InvalidParameter;
-use crate::problem::AccessProblems;
-use crate::problem::{PathParams, Problem};
+use crate::problem::{AccessProblems, PathParams, Problem};
 use lms_analytics::{ActiveLearnersPoint, AtRiskLearner, CompletionsPoint, EnrollmentsPoint, Funnel, RevenuePoint, Scores};
 use params::{ParamError, doc};
 
