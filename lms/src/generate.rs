@@ -241,7 +241,8 @@ fn report(cohort: &Cohort, s: &Summary, elapsed: Duration, retries: u64) -> Stri
         out += &format!("event times {} .. {}\n", first.to_rfc3339(), last.to_rfc3339());
     }
     if retries > 0 {
-        out += &format!("the API asked to retry {retries} time(s) (429/503); every batch was accepted in the end\n");
+        out +=
+            &format!("{retries} retries of a batch (the API answered 429/503 or was unreachable); every batch was accepted in the end\n");
     }
     out += "by type:\n";
     for (t, n) in &s.by_type {
