@@ -18,7 +18,7 @@ use lms_analytics::AnalyticsStore;
 use lms_events::data::LearnerErased;
 use lms_events::{Event, EventData};
 use lms_state::Store;
-use lms_state::erasure::{self, Erased};
+use processors::state::Erased;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -117,7 +117,7 @@ pub async fn erase_stores(stores: &ErasureStores, event: &Event) -> Result<Erasu
     };
     let (tenant, learner) = (event.tenant.as_str(), d.learner_id.as_str());
     let mut tx = stores.store.begin().await?;
-    let erased = erasure::erase(&mut tx, stores.store.backend(), tenant, learner, lms_state::sql::to_us(event.time)).await?;
+    let erased = processors::erasure::erase(&mut tx, stores.store.backend(), tenant, learner, lms_state::sql::to_us(event.time)).await?;
     tx.commit().await?;
     let analytics = match stores.analytics.erase(tenant, learner).await {
         Ok(rows) => AnalyticsErasure { status: "erased".to_owned(), rows, reason: None },

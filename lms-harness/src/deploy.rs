@@ -163,7 +163,7 @@ impl Deployment {
             .await
             .context("creating the run's state database")?;
         // Migrated here, once, before the processes race to do it.
-        let store = lms_state::Store::open(&store_url, 2).await.context("opening the fresh state store")?;
+        let store = processors::open_store(&store_url, 2).await.context("opening the fresh state store")?;
         let clickhouse_db = format!("{name}_{}", &id[..10]);
         std::fs::create_dir_all(&spec.services.log_dir)?;
         let rules = spec.services.log_dir.join(format!("{prefix}rules.yaml"));

@@ -107,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn indexes_are_allocated_once_per_credential_and_revocation_sticks() {
-        let store = Store::open("sqlite::memory:", 1).await.expect("store");
+        let store = Store::open("sqlite::memory:", 1, crate::schema::TEST_COMPONENT_TABLES).await.expect("store");
         let a = issue(&store, "acme", "ada", "first-lesson", "").await.expect("issue");
         let b = issue(&store, "acme", "bob", "first-lesson", "").await.expect("issue");
         let g = issue(&store, "globex", "ada", "first-lesson", "").await.expect("issue");

@@ -1,15 +1,14 @@
 //! Learner erasure in the state store (CONTRACT.md, "Learner data lifecycle").
 //!
-//! - [`erase`] records the learner in `erased_learners` and removes every row the store
-//!   holds of them: contact data and preferences, the inbox, pending deliveries and their
-//!   attempts, throttle counters and digests, progress facts, achievements and their facts,
-//!   the dedupe rows of their video reports. Issued Open Badges credentials are revoked and
-//!   their status rows keep only their index (the status list must keep the bit).
+//! - [`record`] records the learner in `erased_learners` and revokes their issued Open Badges
+//!   credentials (their status rows keep only their index: the status list must keep the
+//!   bit). Each component then removes its own rows of the learner in the same transaction
+//!   (`processors::erasure::erase` runs them all; [`delete_learner_rows`] is their helper).
 //! - [`erased`] tells which learners of a batch are erased: every processor asks it in the
 //!   transaction of the batch, after [`guard`], and drops those learners' events.
 //!
 //! Why an erased learner never comes back: a batch transaction takes the erasure lock shared
-//! ([`guard`]) before it reads the list, and [`erase`] takes it exclusively before it writes
+//! ([`guard`]) before it reads the list, and [`record`] takes it exclusively before it writes
 //! the list and deletes. So a batch either committed before the erasure began (and the
 //! erasure deletes what it wrote) or reads the list after the erasure committed (and drops
 //! the learner's events). On SQLite the single connection serialises both anyway.
@@ -59,34 +58,23 @@ pub async fn erased<'a>(
     Ok(found)
 }
 
-/// What one erasure removed from the state store, rows per kind of data.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Erased {
-    /// The learner was erased before (this erasure only removed what came in meanwhile,
-    /// which is nothing unless an older processor wrote it).
+/// What [`record`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// The learner was erased before.
     pub already_erased: bool,
     /// When the learner was first erased, µs since the epoch.
     pub erased_at_us: i64,
-    /// Contact data and notification preferences (0 or 1).
-    pub preferences: u64,
-    /// Inbox notifications.
-    pub notifications: u64,
-    /// Pending and past deliveries with their attempts, throttle counters, digests and the
-    /// payment-to-learner map of the notifications.
-    pub deliveries: u64,
-    /// Progress facts: completed lessons, course rows, completions.
-    pub progress: u64,
-    /// Unlocked achievements and the facts the rules read.
-    pub achievements: u64,
-    /// Dedupe rows of the learner's video reports.
-    pub dedupe: u64,
     /// Issued credentials now revoked (their status row keeps only its index).
     pub credentials_revoked: u64,
 }
 
-/// Erases `learner` of `tenant` in `tx` (see the module documentation); idempotent.
-/// `now_us` is the time recorded for a first erasure.
-pub async fn erase(tx: &mut Tx, backend: Backend, tenant: &str, learner: &str, now_us: i64) -> Result<Erased, StoreError> {
+/// This crate's part of erasing `learner` of `tenant` in `tx`; idempotent. Takes the erasure
+/// lock exclusively (see the module documentation), records the learner in `erased_learners`
+/// (`now_us` is the time recorded for a first erasure) and revokes their credentials. The
+/// components then delete their own rows of the learner in the same transaction
+/// (`processors::erasure::erase`).
+pub async fn record(tx: &mut Tx, backend: Backend, tenant: &str, learner: &str, now_us: i64) -> Result<Recorded, StoreError> {
     lock_keys(tx, backend, &[erasure_lock()], true).await?;
     let inserted = sqlx::query(
         "INSERT INTO erased_learners (tenant, learner_id, erased_at_us) VALUES ($1, $2, $3) ON CONFLICT (tenant, learner_id) DO NOTHING",
@@ -103,24 +91,7 @@ pub async fn erase(tx: &mut Tx, backend: Backend, tenant: &str, learner: &str, n
         .fetch_one(&mut **tx)
         .await?
         .try_get(0)?;
-    let mut out = Erased { already_erased: inserted == 0, erased_at_us, ..Erased::default() };
-
-    // The notifications' dependent rows first: they find the learner through the inbox.
-    const BY_NOTIFICATION: &str = "notification_id IN (SELECT id FROM notifications WHERE tenant = $1 AND learner_id = $2)";
-    out.deliveries += delete(tx, "notification_attempts", &format!("tenant = $1 AND {BY_NOTIFICATION}"), tenant, learner).await?;
-    for table in ["notification_deliveries", "notification_counters", "notification_digests", "notification_payments"] {
-        out.deliveries += delete(tx, table, LEARNER, tenant, learner).await?;
-    }
-    out.notifications = delete(tx, "notifications", LEARNER, tenant, learner).await?;
-    out.preferences = delete(tx, "learner_preferences", LEARNER, tenant, learner).await?;
-    for table in ["progress_lessons", "progress_courses", "course_completions"] {
-        out.progress += delete(tx, table, LEARNER, tenant, learner).await?;
-    }
-    out.dedupe = delete(tx, "progress_seen", LEARNER, tenant, learner).await?;
-    for table in ["achievements", "achievement_facts", "achievement_activity", "achievement_enrollments"] {
-        out.achievements += delete(tx, table, LEARNER, tenant, learner).await?;
-    }
-    out.credentials_revoked = sqlx::query(
+    let credentials_revoked = sqlx::query(
         "UPDATE credential_status SET learner_id = 'erased:' || CAST(status_index AS TEXT), \
          revoked_at_us = COALESCE(revoked_at_us, $3) WHERE tenant = $1 AND learner_id = $2",
     )
@@ -130,12 +101,15 @@ pub async fn erase(tx: &mut Tx, backend: Backend, tenant: &str, learner: &str, n
     .execute(&mut **tx)
     .await?
     .rows_affected();
-    Ok(out)
+    Ok(Recorded { already_erased: inserted == 0, erased_at_us, credentials_revoked })
 }
 
-const LEARNER: &str = "tenant = $1 AND learner_id = $2";
+/// The rows of one learner: `condition` for [`delete_learner_rows`].
+pub const LEARNER: &str = "tenant = $1 AND learner_id = $2";
 
-async fn delete(tx: &mut Tx, table: &str, condition: &str, tenant: &str, learner: &str) -> Result<u64, StoreError> {
+/// Deletes the rows of `table` where `condition` holds, with `$1` bound to the tenant and `$2`
+/// to the learner (usually [`LEARNER`]); the count deleted. For the components' erasures.
+pub async fn delete_learner_rows(tx: &mut Tx, table: &str, condition: &str, tenant: &str, learner: &str) -> Result<u64, StoreError> {
     let sql = format!("DELETE FROM {table} WHERE {condition}");
     Ok(sqlx::query(&sql).bind(tenant).bind(learner).execute(&mut **tx).await?.rows_affected())
 }
@@ -147,18 +121,12 @@ mod tests {
 
     #[tokio::test]
     async fn erasure_is_recorded_once_and_found_per_tenant() {
-        let store = Store::open("sqlite::memory:", 1).await.expect("open");
+        let store = Store::open("sqlite::memory:", 1, crate::schema::TEST_COMPONENT_TABLES).await.expect("open");
         let mut tx = store.begin().await.expect("begin");
-        sqlx::query("INSERT INTO progress_lessons (tenant, learner_id, course_id, lesson_id, first_completed_at_us) VALUES ('t', 'l1', 'c', 'x', 1)")
-            .execute(&mut *tx)
-            .await
-            .expect("insert");
-        let first = erase(&mut tx, store.backend(), "t", "l1", 5).await.expect("erase");
-        assert!(!first.already_erased);
-        assert_eq!((first.progress, first.erased_at_us), (1, 5));
-        let again = erase(&mut tx, store.backend(), "t", "l1", 9).await.expect("erase again");
-        assert!(again.already_erased);
-        assert_eq!((again.progress, again.erased_at_us), (0, 5), "the first erasure's time is kept");
+        let first = record(&mut tx, store.backend(), "t", "l1", 5).await.expect("erase");
+        assert_eq!(first, Recorded { already_erased: false, erased_at_us: 5, credentials_revoked: 0 });
+        let again = record(&mut tx, store.backend(), "t", "l1", 9).await.expect("erase again");
+        assert_eq!(again, Recorded { already_erased: true, erased_at_us: 5, credentials_revoked: 0 }, "the first erasure's time is kept");
         guard(&mut tx, store.backend()).await.expect("guard");
         let found = erased(&mut tx, [("t", "l1"), ("t", "l2"), ("u", "l1")]).await.expect("erased");
         assert_eq!(found, HashSet::from([("t".to_owned(), "l1".to_owned())]));

@@ -2,16 +2,17 @@
 //! one portable SQL dialect (sqlx's `Any` driver).
 //!
 //! - [`Store`]: connects by URL (`postgres://…`, `sqlite://<path>`, `sqlite::memory:`),
-//!   applies the embedded migrations ([`schema`]: one history for both backends, each
-//!   migration tagged with its owner), and opens transactions.
+//!   applies the migrations ([`schema`]: this crate's and those the processor components
+//!   declare for their tables, one history for both backends), and opens transactions.
 //! - [`offsets`]: consumer offsets written in the transaction of a batch's effects, with
 //!   a compare-and-set on the offsets the batch expected (this fences a member that lost
 //!   its partitions), and the [`lms_bus::OffsetStore`] the runner seeks from.
 //! - [`outbox`]: events a processor emits are written to the outbox in that same
 //!   transaction; the [`outbox::Relay`] produces them to Kafka and deletes them once
 //!   acknowledged (at least once; consumers dedupe by event id).
-//! - [`erasure`]: erased learners (checked by every batch transaction) and the removal of
-//!   everything the store holds of a learner.
+//! - [`erasure`]: erased learners (checked by every batch transaction), the record of an
+//!   erasure and the revocation of the learner's credentials; each component removes its own
+//!   rows of the learner (`processors::erasure`).
 //! - [`webhooks`]: the payment webhooks the API accepted, so that any instance answers a
 //!   redelivery without producing it again.
 //! - [`sql`]: the few helpers that keep statements portable (placeholders, multi-row
@@ -69,6 +70,9 @@ pub enum StoreError {
     /// Stored data could not be read back (a bug or a foreign write).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The migrations handed to [`Store::open`] do not form one history.
+    #[error("schema: {0}")]
+    Schema(String),
 }
 
 impl StoreError {
@@ -83,7 +87,7 @@ impl StoreError {
                 !(code.starts_with("22") || code.starts_with("23"))
             }
             Self::Db(_) => true,
-            Self::Migrate(_) | Self::UnsupportedUrl(_) | Self::Fenced(_) | Self::Corrupt(_) => false,
+            Self::Migrate(_) | Self::UnsupportedUrl(_) | Self::Fenced(_) | Self::Corrupt(_) | Self::Schema(_) => false,
         }
     }
 
@@ -151,17 +155,20 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
-    /// Applies the embedded migrations ([`schema::MIGRATIONS`], rendered for the backend);
-    /// idempotent.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        schema::migrator(self.backend).await?.run(&self.pool).await?;
+    /// Applies this crate's migrations ([`schema::MIGRATIONS`]) and the components' `components`
+    /// (`processors::state::migrations()`), in version order, rendered for the backend;
+    /// idempotent. The list must be the whole one: a migration this database recorded and
+    /// the list lacks fails (sqlx's `VersionMissing`).
+    pub async fn migrate(&self, components: &[schema::Migration]) -> Result<(), StoreError> {
+        schema::migrator(self.backend, components).await?.run(&self.pool).await?;
         Ok(())
     }
 
-    /// Connects and migrates.
-    pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+    /// Connects and migrates (see [`Store::migrate`]); `processors::open_store` passes every
+    /// component's migrations.
+    pub async fn open(url: &str, max_connections: u32, components: &[schema::Migration]) -> Result<Store, StoreError> {
         let store = Store::connect(url, max_connections).await?;
-        store.migrate().await?;
+        store.migrate(components).await?;
         Ok(store)
     }
 
@@ -255,8 +262,8 @@ mod tests {
 
     #[tokio::test]
     async fn sqlite_migrates_twice_and_refuses_unknown_urls() {
-        let store = Store::open("sqlite::memory:", 1).await.expect("open");
-        store.migrate().await.expect("second migrate is a no-op");
+        let store = Store::open("sqlite::memory:", 1, schema::TEST_COMPONENT_TABLES).await.expect("open");
+        store.migrate(schema::TEST_COMPONENT_TABLES).await.expect("second migrate is a no-op");
         store.ping().await.expect("ping");
         let err = Store::connect("mysql://lms:hunter2@x/db", 1).await.expect_err("mysql is not a store");
         assert!(matches!(err, StoreError::UnsupportedUrl(_)), "{err}");

@@ -122,7 +122,7 @@ mod tests {
 
     #[tokio::test]
     async fn offsets_advance_only_from_what_was_expected() {
-        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let store = Store::open("sqlite::memory:", 1, crate::schema::TEST_COMPONENT_TABLES).await.unwrap();
         let mut tx = store.begin().await.unwrap();
         advance(&mut tx, "g", &[po(0, None, 10), po(1, None, 5)]).await.unwrap();
         tx.commit().await.unwrap();

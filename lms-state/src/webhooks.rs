@@ -48,7 +48,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_recorded_webhook_is_accepted_until_it_expires() {
-        let store = Store::open("sqlite::memory:", 1).await.expect("store");
+        let store = Store::open("sqlite::memory:", 1, crate::schema::TEST_COMPONENT_TABLES).await.expect("store");
         assert!(!accepted(&store, "acme", "wh_1").await.expect("lookup"));
         record(&store, "acme", "wh_1", "e1").await.expect("record");
         record(&store, "acme", "wh_1", "e1").await.expect("a second record changes nothing");

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use lms_bus::{BusMetrics, Producer, TopicsFile};
-use lms_state::Store;
 use processors::runtime::{self, Plumbing};
 
 use crate::config::Config;
@@ -70,7 +69,7 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let selected = names.iter().map(|n| processors::lookup(n).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
     // Before anything is opened: a component that cannot run without a section names it.
     config.require_stores("processor run", selected.iter().any(|r| r.requires.contains(&"analytics")))?;
-    let store = Store::open(&config.store.url, config.store.max_connections)
+    let store = processors::open_store(&config.store.url, config.store.max_connections)
         .await
         .with_context(|| format!("cannot open the state store {}", lms_state::redact_url(&config.store.url)))?;
     let topics = TopicsFile::bundled().topic_map(&config.kafka.topic_prefix);
@@ -110,7 +109,7 @@ async fn run_processors(args: RunArgs, config: &Config) -> anyhow::Result<()> {
 /// `lms migrate`: applies the migrations of the state store and the analytics store.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     config.require_stores("migrate", true)?;
-    let store = Store::open(&config.store.url, 2)
+    let store = processors::open_store(&config.store.url, 2)
         .await
         .with_context(|| format!("cannot migrate the state store {}", lms_state::redact_url(&config.store.url)))?;
     println!("state store {} is at the latest schema", lms_state::redact_url(&config.store.url));

@@ -28,7 +28,7 @@ pub struct Backends {
 impl Backends {
     /// Opens (and migrates) both stores of `config`.
     pub async fn open(config: &Config) -> anyhow::Result<Backends> {
-        let store = Store::open(&config.store.url, config.store.max_connections)
+        let store = processors::open_store(&config.store.url, config.store.max_connections)
             .await
             .with_context(|| format!("cannot open the state store {}", lms_state::redact_url(&config.store.url)))?;
         let analytics = open_analytics(config).await?;

@@ -111,7 +111,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
     let topics = TopicsFile::bundled().topic_map(&prefix);
     let topic = topics.topic(Domain::Enrollment).to_owned();
     lms_harness::create_topics(&args.brokers, &[(topic.as_str(), args.partitions), (topics.topic(Domain::DeadLetter), 1)]).await?;
-    let store = Store::open(&fresh_db(&args.postgres).await?, 16).await?;
+    let store = processors::open_store(&fresh_db(&args.postgres).await?, 16).await?;
     let metrics = BusMetrics::standalone();
     let producer = Arc::new(Producer::new(&kafka, topics.clone(), metrics.clone(), "loadtest-notify")?);
 

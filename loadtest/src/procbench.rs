@@ -348,7 +348,7 @@ async fn produce(
 async fn measure(args: &ProcessorsArgs, bench: &Bench, p: &Produced, k: usize, broker: Option<u32>) -> anyhow::Result<Measured> {
     let reg = bench.reg;
     let (url, db) = fresh_db(&args.postgres, &reg.name.replace('-', "_")).await?;
-    let store = Store::open(&url, 16).await?;
+    let store = processors::open_store(&url, 16).await?;
     let run_kafka = KafkaConfig::new(&args.brokers).with_prefix(format!("{}k{k}-", p.prefix));
     let plumbing = Plumbing {
         kafka: run_kafka.clone(),

@@ -3,7 +3,7 @@
 //!
 //! Architecture invariant: a component (one module the registry builds: `progress` with its
 //! catalog, `achievements`, `notifications`, `erasure`, `analytics`, `noop`) imports no other component;
-//! components share only the framework of this crate (`stateful`, `runtime`, `cost`), the
+//! components share only the framework of this crate (`stateful`, `runtime`, `state`, `cost`), the
 //! event contract (lms-events), the bus (lms-bus) and the state store (lms-state). A test
 //! below checks it.
 
@@ -15,6 +15,7 @@ pub mod noop;
 pub mod notifications;
 pub mod progress;
 pub mod runtime;
+pub mod state;
 pub mod stateful;
 #[cfg(test)]
 mod testkit;
@@ -27,6 +28,7 @@ use lms_events::{Domain, Event};
 use lms_state::Store;
 use tokio::sync::Notify;
 
+pub use state::open_store;
 pub use stateful::{Stage, Stateful};
 
 /// What components are built from: what every one may use (the state store, the relay's
@@ -230,7 +232,7 @@ mod tests {
     /// where the registry says (`lms groups` and `lms replay` rely on it).
     #[tokio::test]
     async fn every_processor_builds_after_prepare_and_keeps_offsets_where_declared() {
-        let store = lms_state::Store::open("sqlite::memory:", 1).await.expect("store");
+        let store = super::open_store("sqlite::memory:", 1).await.expect("store");
         let kafka = lms_bus::KafkaConfig::new("127.0.0.1:9");
         let topics = lms_bus::TopicsFile::bundled().topic_map("");
         // Connects lazily and sends nothing here.
@@ -268,7 +270,7 @@ mod tests {
 
     /// Which component files name another component, after `edit` of their text.
     fn cross_imports(src: &std::path::Path, edit: impl Fn(String) -> String) -> Vec<String> {
-        const FRAMEWORK: &[&str] = &["lib", "runtime", "stateful", "cost", "testkit"];
+        const FRAMEWORK: &[&str] = &["lib", "runtime", "state", "stateful", "cost", "testkit"];
         fn sources(path: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
             if path.is_dir() {
                 for entry in std::fs::read_dir(path).expect("a source folder") {

@@ -146,7 +146,7 @@ impl<S: Stage> Processor for Stateful<S> {
 /// erasure is either seen here or removes what this transaction writes. `learner.erased`
 /// records themselves always pass. Borrows `records` when nothing is dropped (the usual case).
 ///
-/// A batch of nothing but erasures (the `erasure` processor's) takes no lock: [`erasure::erase`]
+/// A batch of nothing but erasures (the `erasure` processor's) takes no lock: [`crate::erasure::erase`]
 /// takes it exclusively, and two such batches each holding it shared would deadlock.
 pub async fn admitted<'r>(store: &Store, tx: &mut Tx, records: &'r [Record]) -> Result<Cow<'r, [Record]>, StoreError> {
     if records.iter().all(|r| matches!(r.event.data, EventData::LearnerErased(_))) {

@@ -82,7 +82,7 @@ async fn api_webhooks_are_verified_and_redeliveries_change_nothing() {
 /// instance and after a restart: 200, `duplicate`, and the topic holds the event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeliveries_are_recognised_by_other_instances_and_after_a_restart() {
-    let store = lms_state::Store::open(&crate::support::fresh_postgres_db("webhook_ledger").await, 4).await.expect("state store");
+    let store = processors::open_store(&crate::support::fresh_postgres_db("webhook_ledger").await, 4).await.expect("state store");
     let with_store = |a: api::Api| a.webhook_store(store.clone());
     let first = TestApi::start_with("api-webhook-ledger", &kafka_brokers(), config(), with_store).await;
     let now = chrono::Utc::now().timestamp();

@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use lms_state::Store;
 use serde_json::{Value, json};
 use tests::{BusFixture, OwnBroker, eventually, free_port, init_logs, lms_env, spawn_lms};
 
@@ -43,7 +42,7 @@ async fn events_acknowledged_across_a_broker_kill_are_all_processed() {
     let brokers = broker.brokers();
     let BusFixture { prefix, .. } = BusFixture::fresh(&brokers, "broker-restart", 2).await;
     let url = fresh_postgres_db("broker_restart").await;
-    let store = Store::open(&url, 2).await.expect("store");
+    let store = processors::open_store(&url, 2).await.expect("store");
     let port = free_port();
     let mut env = lms_env(&brokers, &prefix, &url, port, SECRET);
     env.push(("LMS_CONSUMER__SESSION_TIMEOUT_MS", "6000".to_owned()));

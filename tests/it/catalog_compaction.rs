@@ -158,7 +158,7 @@ struct State {
 /// Runs the catalog before the activity, the activity, then the late catalog, on a fresh
 /// database, and reads the state back.
 async fn rebuild(test: &str, early: &[Event], activity: &[Event], late: &[Event]) -> State {
-    let store = Store::open(&fresh_postgres_db(test).await, 4).await.expect("store");
+    let store = processors::open_store(&fresh_postgres_db(test).await, 4).await.expect("store");
     apply(&store, &Catalog, early, 3).await;
     apply(&store, &Progress, activity, 25).await;
     apply(&store, &Catalog, late, 1).await;

@@ -64,7 +64,7 @@ async fn credentials_verify_independently_and_revocation_shows() {
     std::fs::create_dir_all(&dir).expect("dir");
     let ed = openssl_key(&dir, "acme.pem", &["-algorithm", "ed25519"]);
     let ec = openssl_key(&dir, "globex.pem", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
-    let store = Store::open(&fresh_postgres_db("ob3").await, 4).await.expect("store");
+    let store = processors::open_store(&fresh_postgres_db("ob3").await, 4).await.expect("store");
     unlock(&store, TENANT, "ada", "first-lesson", "", "First steps").await;
     unlock(&store, TENANT, "ada", "course-completed", "c1", "Course completed").await;
     unlock(&store, TENANT, "ada", "course-completed", "c2", "Course completed").await;

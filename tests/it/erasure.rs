@@ -50,7 +50,7 @@ async fn lms_learners_erase_reports_records_and_refuses_bad_input() {
     assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
 
     // What ada left: contact data in the state store, activity in the analytics twin.
-    let store = lms_state::Store::open(&store_url, 2).await.expect("state store");
+    let store = processors::open_store(&store_url, 2).await.expect("state store");
     let prefs = Preferences { email: Some("ada@example.org".to_owned()), ..Preferences::default() };
     assert!(preferences::write(&store, "acme", "ada", &prefs).await.expect("preferences"));
     let twin_dir = env.iter().find(|(k, _)| *k == "LMS_ANALYTICS__DIR").map(|(_, v)| v.clone()).expect("twin dir");

@@ -11,7 +11,7 @@ use crate::api_support::{TENANT, TestApi, answer, config, token_with};
 use crate::support::fresh_postgres_db;
 
 async fn serve(test: &str) -> (TestApi, Store) {
-    let store = Store::open(&fresh_postgres_db(test).await, 4).await.expect("store");
+    let store = processors::open_store(&fresh_postgres_db(test).await, 4).await.expect("store");
     let router = api::notifications::router(store.clone());
     let api = TestApi::start_with(test, &kafka_brokers(), config(), |a| a.merge(router)).await;
     (api, store)

@@ -50,7 +50,7 @@ async fn notify_smtp_down_delays_emails_and_delivers_each_once_when_it_is_back()
     let brokers = tests::durable_kafka_brokers();
     let BusFixture { prefix, topics, .. } = BusFixture::fresh(&brokers, "notify-smtp-down", 1).await;
     let db = fresh_postgres_db("notify_smtp_down").await;
-    let store = Store::open(&db, 2).await.expect("store");
+    let store = processors::open_store(&db, 2).await.expect("store");
     for learner in LEARNERS {
         preferences::write(&store, TENANT, learner, &email_prefs(learner)).await.expect("preferences");
     }

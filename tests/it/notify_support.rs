@@ -201,7 +201,7 @@ impl Pipeline {
         for d in Domain::ALL {
             create_topic(&brokers, topics.topic(d), 1).await;
         }
-        let store = Store::open(&fresh_postgres_db(test).await, 8).await.expect("store");
+        let store = processors::open_store(&fresh_postgres_db(test).await, 8).await.expect("store");
         let producer = Arc::new(Producer::new(&kafka, topics.clone(), BusMetrics::standalone(), "notify-test").expect("producer"));
         let clock = Clock::default();
         let config = NotifyConfig { templates_dir: templates_dir.map(Path::to_path_buf), ..config };

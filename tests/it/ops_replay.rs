@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use lms_bus::{BusMetrics, Producer, TopicPartition, TopicsFile};
 use lms_events::{Domain, Event};
-use lms_state::{Store, offsets, outbox};
+use lms_state::{offsets, outbox};
 use serde_json::Value;
 use tests::{create_topic, durable_kafka_brokers, eventually, free_port, init_logs, unique_prefix};
 
@@ -112,7 +112,7 @@ async fn replaying_the_progress_group_gives_identical_results() {
         create_topic(&brokers, topics.topic(*domain), *partitions).await;
     }
     let url = fresh_postgres_db("ops_replay").await;
-    let store = Store::open(&url, 4).await.expect("store");
+    let store = processors::open_store(&url, 4).await.expect("store");
     let d = Deployment { brokers: brokers.clone(), prefix: prefix.clone(), store: url.clone() };
     let k = kafka(&brokers, &prefix);
     let producer = Arc::new(Producer::new(&k, topics.clone(), BusMetrics::standalone(), "ops-producer").expect("producer"));

@@ -97,7 +97,7 @@ async fn replay_to_offsets_moves_store_and_kafka_and_a_broker_without_time_looku
     let (ok, out, err) = lms(&["replay", "--group", "progress", "--to-offset", &to_offset("1:4"), "--skip-member-check", "--yes"]);
     assert!(ok, "{out}{err}");
     assert_eq!(committed(&admin), HashMap::from([(tp(0), PER_PARTITION), (tp(1), 4)]));
-    let s = lms_state::Store::open(&store_url, 1).await.expect("open the store");
+    let s = processors::open_store(&store_url, 1).await.expect("open the store");
     let stored = lms_state::offsets::load(&s, &group).await.expect("stored offsets");
     s.close().await;
     assert_eq!((stored.get(&tp(0)), stored.get(&tp(1))), (Some(&PER_PARTITION), Some(&4)), "{stored:?}");

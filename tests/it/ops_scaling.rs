@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_events::Domain;
-use lms_state::{Store, outbox};
+use lms_state::outbox;
 use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, unique_prefix};
 
 use crate::ops_replay::{Deployment, Proc, terminate, track};
@@ -57,7 +57,7 @@ async fn scaling_the_progress_group_1_3_1_keeps_results_equal_to_the_oracle() {
         create_topic(&brokers, topics.topic(*domain), *partitions).await;
     }
     let url = fresh_postgres_db("ops_scale").await;
-    let store = Store::open(&url, 4).await.expect("store");
+    let store = processors::open_store(&url, 4).await.expect("store");
     let d = Deployment { brokers: brokers.clone(), prefix: prefix.clone(), store: url.clone() };
     let k = kafka(&brokers, &prefix);
     let mut one_per_batch = k.clone();

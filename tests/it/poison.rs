@@ -12,7 +12,6 @@ use chrono::{TimeZone, Utc};
 use lms_bus::{BusMetrics, OnQueueFull, OutRecord, Producer, TopicsFile};
 use lms_events::data::{AssessmentGraded, CoursePublished, LessonRef, Module, VideoProgressed};
 use lms_events::{Domain, Event, EventData, codec};
-use lms_state::Store;
 use processors::runtime::{self, Plumbing};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -90,7 +89,7 @@ async fn poison_is_dead_lettered_per_group_with_reasons_and_the_rest_is_exact() 
     for domain in Domain::ALL {
         create_topic(&brokers, topics.topic(domain), if domain == Domain::Learning { 2 } else { 1 }).await;
     }
-    let store = Store::open(&fresh_postgres_db("poison").await, 4).await.expect("store");
+    let store = processors::open_store(&fresh_postgres_db("poison").await, 4).await.expect("store");
     let k = kafka(&brokers, &prefix);
     let metrics = BusMetrics::standalone();
     let producer = Arc::new(Producer::new(&k, topics.clone(), Arc::clone(&metrics), "poison-producer").expect("producer"));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_events::{Domain, Event};
-use lms_state::{Store, offsets, outbox};
+use lms_state::{offsets, outbox};
 use rand::{Rng, SeedableRng};
 use tests::{OwnBroker, Proc, create_topics, eventually, init_logs, spawn_lms, unique_prefix};
 
@@ -45,7 +45,7 @@ async fn progress_survives_sigkill_of_instances() {
     let partitions: Vec<(&str, i32)> = PARTITIONS.iter().map(|(d, p)| (topics.topic(*d), *p)).collect();
     create_topics(&brokers, &partitions).await.expect("create the topics");
     let url = fresh_postgres_db("progress_kill").await;
-    let store = Store::open(&url, 4).await.expect("store");
+    let store = processors::open_store(&url, 4).await.expect("store");
 
     // tansu's memory engine loses the rest of a stored record batch when a consumer
     // resumes inside it (see tansu_probe.rs): one record per batch keeps every resume

@@ -261,7 +261,7 @@ pub async fn run_oracle(store_url: &str, test: &str) {
     for (domain, partitions) in PARTITIONS {
         create_topic(&brokers, topics.topic(*domain), *partitions).await;
     }
-    let store = Store::open(store_url, 8).await.expect("store");
+    let store = processors::open_store(store_url, 8).await.expect("store");
     let metrics = BusMetrics::standalone();
     let producer = Arc::new(Producer::new(&kafka, topics.clone(), metrics.clone(), "oracle-producer").expect("producer"));
     let (mut ctx, relay) = runtime::context(store.clone(), Arc::clone(&producer));

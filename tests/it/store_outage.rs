@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use lms_bus::{BusMetrics, Producer, TopicsFile};
 use lms_events::{Domain, Event};
-use lms_state::Store;
 use tests::proxy::Proxy;
 use tests::{create_topic, eventually, free_port, init_logs, kafka_brokers, lms_env, spawn_lms, unique_prefix};
 
@@ -39,7 +38,7 @@ async fn postgres_down_for_30_s_loses_and_doubles_nothing() {
     let proxy = Proxy::start(&format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(5432))).await;
     let mut via_proxy = url.clone();
     via_proxy.set_port(Some(proxy.addr().port())).expect("port");
-    let store = Store::open(&direct, 4).await.expect("store");
+    let store = processors::open_store(&direct, 4).await.expect("store");
 
     let (health, api_port) = (free_port(), free_port());
     let mut env = lms_env(&brokers, &prefix, via_proxy.as_str(), api_port, "outage-test");

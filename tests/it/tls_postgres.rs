@@ -100,7 +100,7 @@ async fn tls_postgres_verify_full_with_a_root_certificate() {
 
     let verified = pg.url(&format!("sslmode=verify-full&sslrootcert={}", root(&ca.ca_file)));
     assert!(ssl_in_use(&verified).await.expect("verify-full with the right root"), "the session is encrypted");
-    let store = tokio::time::timeout(Duration::from_secs(60), lms_state::Store::open(&verified, 2))
+    let store = tokio::time::timeout(Duration::from_secs(60), processors::open_store(&verified, 2))
         .await
         .expect("in time")
         .expect("the state store migrates over TLS");

@@ -88,7 +88,7 @@ pub fn spawn(
                 }
                 let look = async {
                     if store.is_none() {
-                        store = Some(Store::open(&config.store.url, 1).await.context("opening the state store")?);
+                        store = Some(processors::open_store(&config.store.url, 1).await.context("opening the state store")?);
                     }
                     let s = store.as_ref().context("no store")?;
                     refresh(&config, s, &admin, &mut specs, &gauges).await

@@ -51,7 +51,7 @@ pub fn select(specs: Vec<GroupSpec>, wanted: &[String]) -> anyhow::Result<Vec<Gr
 /// or change nothing of the deployment's.
 pub async fn open_store(config: &Config, command: &str) -> anyhow::Result<Store> {
     config.require_stores(command, false)?;
-    Store::open(&config.store.url, 2)
+    processors::open_store(&config.store.url, 2)
         .await
         .with_context(|| format!("cannot open the state store {}", lms_state::redact_url(&config.store.url)))
 }

@@ -14,6 +14,7 @@
 #[cfg(test)]
 mod properties;
 pub mod rules;
+pub mod state;
 
 /// The achievements' configuration: where the rules come from (`lms processor run --rules`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

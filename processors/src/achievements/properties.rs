@@ -113,7 +113,7 @@ struct Outcome {
 }
 
 async fn run(rules: &Rules, events: &[Event], batch_sizes: &[usize]) -> Outcome {
-    let store = Store::open("sqlite::memory:", 1).await.expect("an in-memory store");
+    let store = crate::open_store("sqlite::memory:", 1).await.expect("an in-memory store");
     let outcome = run_on(&store, rules, events, batch_sizes, &mut 0).await;
     store.close().await;
     outcome
@@ -158,7 +158,7 @@ fn a_rule_added_later_unlocks_for_past_activity_on_replay() {
     ];
     let events: Vec<Event> = ops.iter().enumerate().map(|(i, (op, hour))| event(i, op, *hour)).collect();
     block_on(async {
-        let store = Store::open("sqlite::memory:", 1).await.expect("an in-memory store");
+        let store = crate::open_store("sqlite::memory:", 1).await.expect("an in-memory store");
         let mut offset = 0;
         let first = run_on(&store, &before, &events, &[3], &mut offset).await;
         let ids = |o: &Outcome, learner: &str| o.achievements[learner].iter().map(|v| v.achievement_id.clone()).collect::<Vec<_>>();

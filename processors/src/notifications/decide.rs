@@ -813,7 +813,7 @@ mod tests {
     /// An in-memory store, `config` with no templates, its clock at the start of a throttle
     /// window, and the processor.
     async fn fixture(config: NotifyConfig) -> (Store, Arc<Settings>, Stateful<Notifications>) {
-        let store = Store::open("sqlite::memory:", 1).await.expect("store");
+        let store = crate::open_store("sqlite::memory:", 1).await.expect("store");
         let settings = Arc::new(Settings::new(config, Templates::from_sets([])));
         let into_window = settings.clock.now().timestamp().rem_euclid(3600);
         settings.clock.advance(std::time::Duration::from_secs(u64::try_from(3601 - into_window).unwrap_or(1)));

@@ -45,6 +45,7 @@ pub mod dispatcher;
 pub mod inbox;
 pub mod metrics;
 pub mod preferences;
+pub mod state;
 #[cfg(feature = "delivery")]
 pub mod templates;
 

@@ -13,6 +13,7 @@ pub mod db;
 pub mod model;
 #[cfg(test)]
 pub(crate) mod properties;
+pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeZone, Utc};
 use lms_events::data::{CoursePublished, EnrollmentCreated, EnrollmentDropped, EnrollmentSource, LessonRef, Module, VideoProgressed};
 use lms_events::{Event, EventData, data::ProgressStatus};
-use lms_state::Store;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -128,7 +127,7 @@ struct Outcome {
 /// within a batch the catalog's events go to the catalog stage and the others to the
 /// progress stage, each stage in its own transaction, as the two processors do.
 async fn run(events: &[Event], batch_sizes: &[usize]) -> Outcome {
-    let store = Store::open("sqlite::memory:", 1).await.expect("an in-memory store");
+    let store = crate::open_store("sqlite::memory:", 1).await.expect("an in-memory store");
     let mut completions = BTreeMap::new();
     let mut derived = Vec::new();
     let mut offset = 0;
