@@ -18,7 +18,7 @@ use lms_analytics::AnalyticsStore;
 use lms_events::data::LearnerErased;
 use lms_events::{Event, EventData};
 use lms_state::Store;
-use processors::state::Erased;
+use processors::state::ErasedState;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -52,39 +52,6 @@ pub struct ErasureReport {
     pub state: ErasedState,
     /// Rows removed from the analytics store.
     pub analytics: AnalyticsErasure,
-}
-
-/// Rows removed from the state store, per kind of data.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErasedState {
-    /// Contact data and notification preferences (0 or 1).
-    pub preferences: u64,
-    /// Inbox notifications.
-    pub notifications: u64,
-    /// Deliveries (pending and past) with their attempts, throttle counters, digests.
-    pub deliveries: u64,
-    /// Progress facts: completed lessons, course rows, completions.
-    pub progress: u64,
-    /// Achievements and the facts their rules read.
-    pub achievements: u64,
-    /// Dedupe rows of the learner's video reports.
-    pub dedupe: u64,
-    /// Issued Open Badges credentials, now revoked in the status list.
-    pub credentials_revoked: u64,
-}
-
-impl From<&Erased> for ErasedState {
-    fn from(e: &Erased) -> Self {
-        ErasedState {
-            preferences: e.preferences,
-            notifications: e.notifications,
-            deliveries: e.deliveries,
-            progress: e.progress,
-            achievements: e.achievements,
-            dedupe: e.dedupe,
-            credentials_revoked: e.credentials_revoked,
-        }
-    }
 }
 
 /// The analytics store's part of an erasure.
@@ -132,7 +99,7 @@ pub async fn erase_stores(stores: &ErasureStores, event: &Event) -> Result<Erasu
         erased_at,
         already_erased: erased.already_erased,
         event_id: event.id.clone(),
-        state: ErasedState::from(&erased),
+        state: erased.state,
         analytics,
     })
 }

@@ -49,7 +49,7 @@ pub const DIALECT: &[(&str, &str, &str)] =
 
 macro_rules! migration {
     ($version:literal, $file:literal, $description:literal) => {
-        Migration { version: $version, description: $description, owner: "lms-state", sql: include_str!(concat!("../migrations/", $file)) }
+        Migration::new($version, $description, "lms-state", include_str!(concat!("../migrations/", $file)))
     };
 }
 
@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 impl Migration {
+    /// A migration of `owner` (for the constant lists of each owner).
+    pub const fn new(version: i64, description: &'static str, owner: &'static str, sql: &'static str) -> Migration {
+        Migration { version, description, owner, sql }
+    }
+
     /// The SQL `backend` runs.
     pub fn render(&self, backend: Backend) -> Cow<'static, str> {
         if !self.sql.contains("{{") {

@@ -22,23 +22,18 @@ use lms_events::EventData;
 use lms_state::sql::to_us;
 use lms_state::{Backend, Store, StoreError, Tx};
 
-use crate::state::{Erased, OWNERS};
+use crate::state::{Erased, ErasedState, OWNERS};
 use crate::stateful::{Applied, Stage, StageError};
 
 /// Erases `learner` of `tenant` in `tx` (see the module documentation); idempotent. `now_us`
 /// is the time recorded for a first erasure.
 pub async fn erase(tx: &mut Tx, backend: Backend, tenant: &str, learner: &str, now_us: i64) -> Result<Erased, StoreError> {
     let recorded = lms_state::erasure::record(tx, backend, tenant, learner, now_us).await?;
-    let mut out = Erased {
-        already_erased: recorded.already_erased,
-        erased_at_us: recorded.erased_at_us,
-        credentials_revoked: recorded.credentials_revoked,
-        ..Erased::default()
-    };
+    let mut state = ErasedState { credentials_revoked: recorded.credentials_revoked, ..ErasedState::default() };
     for owner in OWNERS {
-        out.add_rows(&(owner.erase)(tx, tenant, learner).await?);
+        state += (owner.erase)(tx, tenant, learner).await?;
     }
-    Ok(out)
+    Ok(Erased { already_erased: recorded.already_erased, erased_at_us: recorded.erased_at_us, state })
 }
 
 /// The erasure stage.
@@ -80,10 +75,14 @@ mod tests {
             sqlx::query(sql).execute(&mut *tx).await.expect("insert");
         }
         let first = erase(&mut tx, store.backend(), "t", "l1", 5).await.expect("erase");
-        let expected = Erased { erased_at_us: 5, progress: 1, achievements: 1, preferences: 1, ..Erased::default() };
-        assert_eq!(first, expected);
+        let state = ErasedState { progress: 1, achievements: 1, preferences: 1, ..ErasedState::default() };
+        assert_eq!(first, Erased { already_erased: false, erased_at_us: 5, state });
         let again = erase(&mut tx, store.backend(), "t", "l1", 9).await.expect("erase again");
-        assert_eq!(again, Erased { already_erased: true, erased_at_us: 5, ..Erased::default() }, "the first erasure's time is kept");
+        assert_eq!(
+            again,
+            Erased { already_erased: true, erased_at_us: 5, state: ErasedState::default() },
+            "the first erasure's time is kept"
+        );
         lms_state::erasure::guard(&mut tx, store.backend()).await.expect("guard");
         let found = lms_state::erasure::erased(&mut tx, [("t", "l1"), ("t", "l2"), ("u", "l1")]).await.expect("erased");
         assert_eq!(found, HashSet::from([("t".to_owned(), "l1".to_owned())]));
@@ -147,7 +146,8 @@ mod tests {
         }
         // Every row written was counted under one kind: all learner tables but the revoked
         // credential, plus the attempts.
-        let counted = erased.preferences + erased.notifications + erased.deliveries + erased.progress + erased.achievements + erased.dedupe;
-        assert_eq!((counted, erased.credentials_revoked), (learner_tables.len() as u64, 1), "{erased:?}");
+        let s = erased.state;
+        let counted = s.preferences + s.notifications + s.deliveries + s.progress + s.achievements + s.dedupe;
+        assert_eq!((counted, s.credentials_revoked), (learner_tables.len() as u64, 1), "{erased:?}");
     }
 }

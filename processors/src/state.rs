@@ -30,7 +30,7 @@ pub struct Owner {
 }
 
 /// A component's erasure of one learner: `(tx, tenant, learner)`.
-pub type EraseLearner = for<'a> fn(&'a mut Tx, &'a str, &'a str) -> BoxFuture<'a, Result<Erased, StoreError>>;
+pub type EraseLearner = for<'a> fn(&'a mut Tx, &'a str, &'a str) -> BoxFuture<'a, Result<ErasedState, StoreError>>;
 
 /// Every component that keeps state in the store. Not behind the `delivery` feature: the API
 /// erases notifications' rows and migrates their tables without the delivery stack.
@@ -47,8 +47,7 @@ pub async fn open_store(url: &str, max_connections: u32) -> Result<Store, StoreE
     Store::open(url, max_connections, &migrations()).await
 }
 
-/// What one erasure removed from the state store, rows per kind of data (the kinds of
-/// CONTRACT.md's erasure answer). Each component counts its own rows.
+/// What one erasure did in the state store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Erased {
     /// The learner was erased before (this erasure only removed what came in meanwhile,
@@ -56,26 +55,35 @@ pub struct Erased {
     pub already_erased: bool,
     /// When the learner was first erased, µs since the epoch.
     pub erased_at_us: i64,
+    /// The rows it removed.
+    pub state: ErasedState,
+}
+
+// The kinds are those of CONTRACT.md's erasure answer (`state` of `DELETE
+// /v1/learners/{learner_id}` is this type, and its doc comments are the OpenAPI
+// descriptions); each owner counts its own rows.
+/// Rows removed from the state store, per kind of data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErasedState {
     /// Contact data and notification preferences (0 or 1).
     pub preferences: u64,
     /// Inbox notifications.
     pub notifications: u64,
-    /// Pending and past deliveries with their attempts, throttle counters, digests and the
-    /// payment-to-learner map of the notifications.
+    /// Deliveries (pending and past) with their attempts, throttle counters, digests.
     pub deliveries: u64,
     /// Progress facts: completed lessons, course rows, completions.
     pub progress: u64,
-    /// Unlocked achievements and the facts the rules read.
+    /// Achievements and the facts their rules read.
     pub achievements: u64,
     /// Dedupe rows of the learner's video reports.
     pub dedupe: u64,
-    /// Issued credentials now revoked (their status row keeps only its index).
+    /// Issued Open Badges credentials, now revoked in the status list.
     pub credentials_revoked: u64,
 }
 
-impl Erased {
-    /// Adds the row counts of `other` (a component's part) to these.
-    pub fn add_rows(&mut self, other: &Erased) {
+impl std::ops::AddAssign for ErasedState {
+    fn add_assign(&mut self, other: ErasedState) {
         self.preferences += other.preferences;
         self.notifications += other.notifications;
         self.deliveries += other.deliveries;

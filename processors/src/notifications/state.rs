@@ -6,7 +6,7 @@ use lms_state::erasure::{LEARNER, delete_learner_rows};
 use lms_state::schema::Migration;
 use lms_state::{StoreError, Tx};
 
-use crate::state::{Erased, Owner};
+use crate::state::{ErasedState, Owner};
 
 /// The component's part of the state store.
 pub const STATE: Owner =
@@ -16,28 +16,23 @@ pub const STATE: Owner =
 /// payment-to-learner map. `learner_preferences`, which it owns too, came with the
 /// achievements' migration 3 as released.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 4, description: "notifications", owner: "notifications", sql: include_str!("migrations/0004_notifications.sql") },
-    Migration {
-        version: 7,
-        description: "notification retention",
-        owner: "notifications",
-        sql: include_str!("migrations/0007_notification_retention.sql"),
-    },
-    Migration {
-        version: 8,
-        description: "drop notifications digest index",
-        owner: "notifications",
-        sql: include_str!("migrations/0008_drop_notifications_digest_index.sql"),
-    },
+    Migration::new(4, "notifications", "notifications", include_str!("migrations/0004_notifications.sql")),
+    Migration::new(7, "notification retention", "notifications", include_str!("migrations/0007_notification_retention.sql")),
+    Migration::new(
+        8,
+        "drop notifications digest index",
+        "notifications",
+        include_str!("migrations/0008_drop_notifications_digest_index.sql"),
+    ),
 ];
 
 /// Deletes the learner's contact data and preferences, inbox and deliveries.
-async fn erase(tx: &mut Tx, tenant: &str, learner: &str) -> Result<Erased, StoreError> {
+async fn erase(tx: &mut Tx, tenant: &str, learner: &str) -> Result<ErasedState, StoreError> {
     // The attempts first: they find the learner through the inbox.
     const BY_NOTIFICATION: &str = "tenant = $1 AND notification_id IN (SELECT id FROM notifications WHERE tenant = $1 AND learner_id = $2)";
-    let mut out = Erased {
+    let mut out = ErasedState {
         deliveries: delete_learner_rows(tx, "notification_attempts", BY_NOTIFICATION, tenant, learner).await?,
-        ..Erased::default()
+        ..ErasedState::default()
     };
     for table in ["notification_deliveries", "notification_counters", "notification_digests", "notification_payments"] {
         out.deliveries += delete_learner_rows(tx, table, LEARNER, tenant, learner).await?;

@@ -5,7 +5,7 @@ use lms_state::erasure::{LEARNER, delete_learner_rows};
 use lms_state::schema::Migration;
 use lms_state::{StoreError, Tx};
 
-use crate::state::{Erased, Owner};
+use crate::state::{ErasedState, Owner};
 
 /// The component's part of the state store.
 pub const STATE: Owner =
@@ -13,26 +13,16 @@ pub const STATE: Owner =
 
 /// The catalog, progress facts, completions and the dedupe of video reports.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 2, description: "progress", owner: "progress", sql: include_str!("migrations/0002_progress.sql") },
-    Migration {
-        version: 9,
-        description: "progress revision",
-        owner: "progress",
-        sql: include_str!("migrations/0009_progress_revision.sql"),
-    },
-    Migration {
-        version: 10,
-        description: "catalog retirements",
-        owner: "progress",
-        sql: include_str!("migrations/0010_catalog_retirements.sql"),
-    },
+    Migration::new(2, "progress", "progress", include_str!("migrations/0002_progress.sql")),
+    Migration::new(9, "progress revision", "progress", include_str!("migrations/0009_progress_revision.sql")),
+    Migration::new(10, "catalog retirements", "progress", include_str!("migrations/0010_catalog_retirements.sql")),
 ];
 
 /// Deletes the learner's progress facts and the dedupe rows of their video reports (the
 /// learner column of `progress_seen` came with lms-state's migration 13). The catalog holds
 /// nothing of learners.
-async fn erase(tx: &mut Tx, tenant: &str, learner: &str) -> Result<Erased, StoreError> {
-    let mut out = Erased::default();
+async fn erase(tx: &mut Tx, tenant: &str, learner: &str) -> Result<ErasedState, StoreError> {
+    let mut out = ErasedState::default();
     for table in ["progress_lessons", "progress_courses", "course_completions"] {
         out.progress += delete_learner_rows(tx, table, LEARNER, tenant, learner).await?;
     }
