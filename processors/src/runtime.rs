@@ -97,7 +97,7 @@ pub fn start(
         }
     }
     match start_members(plumbing, relay, built) {
-        Ok((members, relay, relay_stop, members_stop)) => Ok(Running { members, relay, relay_stop, members_stop, services }),
+        Ok(running) => Ok(Running { services, ..running }),
         Err(e) => {
             // Nothing started is left running behind the error.
             cancel(&services);
@@ -114,15 +114,13 @@ fn cancel(services: &Services) {
     }
 }
 
-type Started = (Vec<(&'static str, Member)>, JoinHandle<()>, CancellationToken, CancellationToken);
-
-/// The dead-letter producer, the relay and the members of `built`; on an error, what was
-/// started is stopped again.
+/// The dead-letter producer, the relay and the members of `built` (without services); on an
+/// error, what was started is stopped again.
 fn start_members(
     plumbing: &Plumbing,
     relay: Relay,
     built: Vec<(&'static Registered, usize, Arc<dyn Processor>)>,
-) -> Result<Started, BusError> {
+) -> Result<Running, BusError> {
     // A batch with poison in it commits only once its dead letters are acknowledged. On the
     // relay's producer they would queue behind the outbox backlog (librdkafka sends a
     // connection's partitions in turn, at most 5 requests in flight), and every such batch
@@ -165,7 +163,7 @@ fn start_members(
             }
         }
     }
-    Ok((members, relay, relay_stop, members_stop))
+    Ok(Running { members, relay, relay_stop, members_stop, services: Vec::new() })
 }
 
 impl Running {
