@@ -60,7 +60,7 @@ impl Fleet {
     /// assumes none is running and every one committed its work).
     pub fn stop_processors(&mut self) -> anyhow::Result<()> {
         for (i, c) in self.processors.iter_mut().enumerate() {
-            let status = crate::process::terminate(&mut c.0).with_context(|| format!("stopping processor process {i}"))?;
+            let status = c.terminate().with_context(|| format!("stopping processor process {i}"))?;
             ensure!(status.success(), "processor process {i} did not exit cleanly on SIGTERM ({status}); see its log");
         }
         Ok(())

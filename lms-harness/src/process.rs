@@ -13,11 +13,28 @@ pub fn lms_bin() -> String {
 /// leaves none behind.
 pub struct Proc(pub Child);
 
+impl Proc {
+    /// Its pid.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Kills it with SIGKILL (a crash: nothing drained or committed) and reaps it.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()?;
+        self.0.wait().map(drop)
+    }
+
+    /// Stops it with SIGTERM (an `lms` process drains, commits and exits) and waits for it.
+    pub fn terminate(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        terminate(&mut self.0)
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+            let _ = self.kill();
         }
     }
 }

@@ -233,12 +233,11 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<Report> {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
                 let mut f = fleet.lock().await;
                 let victim = rng.random_range(0..f.processors.len());
-                let child = &mut f.processors[victim].0;
+                let child = &mut f.processors[victim];
                 let pid = child.id();
                 child.kill().context("SIGKILL")?;
-                let _ = child.wait();
                 let fresh = f.spawn_processor()?;
-                let new_pid = fresh.0.id();
+                let new_pid = fresh.id();
                 f.processors[victim] = fresh;
                 at.push(Instant::now());
                 if cfg.verbose {

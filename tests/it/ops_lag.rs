@@ -74,8 +74,7 @@ async fn the_lag_gauge_rises_while_every_member_of_a_group_is_stopped() {
     assert!(caught_up.is_some(), "the progress group caught up (gauge at 0); last {:?}", last.lock().expect("lock"));
 
     // Every member gone: nothing reports lag any more, the exporter still computes it.
-    member.0.kill().expect("kill the member");
-    member.0.wait().expect("reap the member");
+    member.kill().expect("kill and reap the member");
     send(enrollments(10, 25)).await;
     let seen = tests::poll_until(Duration::from_secs(60), || async {
         let l = lag().await;

@@ -80,7 +80,7 @@ impl Deployment {
 
 /// Stops a process with SIGTERM (graceful drain) and waits for it.
 pub(crate) fn terminate(proc: &mut Proc) {
-    let status = tokio::task::block_in_place(|| tests::process::terminate(&mut proc.0)).expect("SIGTERM and wait");
+    let status = tokio::task::block_in_place(|| proc.terminate()).expect("SIGTERM and wait");
     assert!(status.success(), "the processor drains and exits cleanly on SIGTERM: {status}");
 }
 

@@ -102,8 +102,7 @@ async fn progress_survives_sigkill_of_instances() {
         })
         .await;
         let victim = rng.random_range(0..procs.len());
-        procs[victim].0.kill().expect("SIGKILL");
-        let _ = procs[victim].0.wait();
+        procs[victim].kill().expect("SIGKILL");
         tracing::info!(kill, victim, mark, elapsed_ms = started.elapsed().as_millis() as u64, "killed a processor with SIGKILL");
         procs[victim] = spawn(&brokers, &prefix, &url, 2 + kill);
     }
